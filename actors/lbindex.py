@@ -235,8 +235,8 @@ class RankIndex:
         scores: npt.ArrayLike,
         achieved_at: npt.ArrayLike,
         ties: npt.ArrayLike | None = None,
-    ) -> int:
-        """Set the key of each user (the last occurrence wins); return how many keys changed."""
+    ) -> IntArray:
+        """Set the key of each user (the last occurrence wins); return the users whose key changed."""
         u = np.atleast_1d(np.asarray(users, dtype=np.int64))
         keys = self._keys(scores, achieved_at, u, ties)
         last = _last_per_user(u)
@@ -254,7 +254,7 @@ class RankIndex:
         self._present[u] = True
         self._size += int((~present).sum())
         self._maybe_merge()
-        return int(u.shape[0])
+        return u
 
     def remove_many(self, users: npt.ArrayLike) -> int:
         """Remove the users' keys (absent users are ignored); return how many were removed."""

@@ -1,0 +1,946 @@
+"""Leaderboard logic: board specs, period keys, and one shard of one board. No Ray, no Redis.
+
+A board is split into ``spec.shard_count`` shards by ``shard_of(user)``; each shard is a
+``LeaderboardShard`` that the Ray actor shell wraps. The shard owns, for every period of its
+board, the raw records of its users and rank indexes over their entries (see
+``actors/lbindex.py``), so that cross-shard questions reduce to per-shard O(log N) answers:
+
+* global rank of a key  = 1 + sum over shards of ``count_better(key)``;
+* global top / a page    = ``merge_top`` of every shard's ``top(n, after=cursor)``;
+* around a user          = ``merge_around`` of every shard's ``around_key(key, k)``.
+
+Order (one rule everywhere, "better" first): better score (higher for ``desc`` boards, lower
+for ``asc``), then earlier ``achieved_at``, then user id ascending (code point order, which is
+also UTF-8 byte order). A ``SortKey(score, achieved_at, user)`` is exactly that key.
+
+Writes are idempotent per ``(user, source)``: each source holds one record, replaced by a
+write with the same or a later ``achieved_at`` and ignored if older. A user's entry is derived
+from their records (see ``Operator``); its tags (cohort values) are those of the user's most
+recent record (latest ``achieved_at``, then greatest source). Records of a write land in the
+period of their ``achieved_at``; queries default to the period that contains ``now()``.
+
+What survives a restart: everything in ``to_checkpoint()`` — spec, records, entry versions
+(so that pagination cursors stay valid). Indexes are rebuilt on ``from_checkpoint``.
+
+Errors: every exception is a ``LeaderboardError`` carrying a ``Problem``; ``SpecError`` for
+bad specs, ``WriteError`` for rejected writes (a batch is validated before anything is
+applied), ``QueryError`` for unanswerable queries, ``CheckpointError`` for bad checkpoints.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import heapq
+import math
+import re
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import date, datetime, timedelta
+from typing import Any, NamedTuple
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import msgpack
+import numpy as np
+import numpy.typing as npt
+
+from actors.lbindex import RankIndex
+
+__all__ = [
+    "CLASS_TAG",
+    "MAX_USER_ID_BYTES",
+    "Around",
+    "CheckpointError",
+    "Entry",
+    "LeaderboardError",
+    "LeaderboardShard",
+    "LeaderboardSpec",
+    "MemoryReport",
+    "Operator",
+    "Page",
+    "Period",
+    "Problem",
+    "QueryError",
+    "Record",
+    "SortKey",
+    "SortOrder",
+    "SpecError",
+    "Write",
+    "WriteError",
+    "memory_per_entry",
+    "merge_around",
+    "merge_top",
+    "next_reset",
+    "period_key",
+    "shard_of",
+]
+
+CLASS_TAG = "class_id"
+"""Tag naming the class of a write; required on per-class boards, where it is the period."""
+MAX_USER_ID_BYTES = 128
+_CHECKPOINT_VERSION = 1
+_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_MIN_TIE_WIDTH = 16
+_SCAN_CHUNK = 256
+
+
+# -- errors ------------------------------------------------------------------------------
+
+
+class Problem(enum.Enum):
+    """Why a leaderboard call was refused."""
+
+    BAD_NAME = "bad_name"
+    BAD_ENUM = "bad_enum"
+    BAD_TIMEZONE = "bad_timezone"
+    BAD_COHORT_KEYS = "bad_cohort_keys"
+    BAD_SHARDING = "bad_sharding"
+    BAD_USER = "bad_user"
+    BAD_SOURCE = "bad_source"
+    BAD_NUMBER = "bad_number"
+    BAD_TAGS = "bad_tags"
+    MISSING_CLASS = "missing_class"
+    WRONG_SHARD = "wrong_shard"
+    PERIOD_REQUIRED = "period_required"
+    COHORT_NOT_INDEXED = "cohort_not_indexed"
+    BAD_CHECKPOINT = "bad_checkpoint"
+
+
+class LeaderboardError(Exception):
+    """Root of every leaderboard error; ``problem`` says why, ``str()`` says it for humans."""
+
+    def __init__(self, problem: Problem, message: str) -> None:
+        super().__init__(message)
+        self.problem = problem
+
+
+class SpecError(LeaderboardError):
+    """The ``LeaderboardSpec`` (or shard configuration) is invalid."""
+
+
+class WriteError(LeaderboardError):
+    """A write was rejected; no write of its batch was applied."""
+
+
+class QueryError(LeaderboardError):
+    """A query names no period where one is required, or a cohort the spec does not index."""
+
+
+class CheckpointError(LeaderboardError):
+    """A checkpoint could not be decoded."""
+
+
+# -- spec and periods --------------------------------------------------------------------
+
+
+class Operator(enum.StrEnum):
+    """How a user's records make their entry (Nakama's best / incr / set).
+
+    ``best``: the best record; ``sum``: the exactly rounded sum of every source's record,
+    achieved at the latest of them; ``latest``: the record with the latest ``achieved_at``
+    (then the greatest source).
+    """
+
+    BEST = "best"
+    SUM = "sum"
+    LATEST = "latest"
+
+
+class SortOrder(enum.StrEnum):
+    DESC = "desc"
+    ASC = "asc"
+
+
+class Period(enum.StrEnum):
+    """Reset schedule; resets happen at local midnight in ``spec.timezone``."""
+
+    ALLTIME = "alltime"
+    CLASS = "class"
+    DAILY = "daily"
+    WEEKLY = "weekly"
+    MONTHLY = "monthly"
+
+
+def _enum(kind: type[enum.StrEnum], value: object) -> Any:
+    try:
+        return kind(value)
+    except ValueError:
+        allowed = ", ".join(m.value for m in kind)
+        raise SpecError(Problem.BAD_ENUM, f"{kind.__name__} must be one of {allowed}") from None
+
+
+@dataclass(frozen=True)
+class LeaderboardSpec:
+    """What a board ranks and how; immutable and validated on construction.
+
+    ``cohort_keys`` are tag names whose values get their own index (one per value), so that
+    ranks within a cohort are O(log N) too. Combined cohorts are a derived tag written by the
+    producer (e.g. ``"age_gender": "30-39/f"``).
+    """
+
+    name: str
+    metric: str
+    operator: Operator = Operator.BEST
+    order: SortOrder = SortOrder.DESC
+    period: Period = Period.ALLTIME
+    timezone: str = "UTC"
+    cohort_keys: tuple[str, ...] = ()
+    shard_count: int = 1
+
+    def __post_init__(self) -> None:
+        for attr in ("name", "metric"):
+            if not isinstance(getattr(self, attr), str) or not _NAME.fullmatch(getattr(self, attr)):
+                raise SpecError(Problem.BAD_NAME, f"{attr} must match {_NAME.pattern}")
+        object.__setattr__(self, "operator", _enum(Operator, self.operator))
+        object.__setattr__(self, "order", _enum(SortOrder, self.order))
+        object.__setattr__(self, "period", _enum(Period, self.period))
+        object.__setattr__(self, "cohort_keys", tuple(self.cohort_keys))
+        self._check_timezone()
+        self._check_cohorts()
+        if isinstance(self.shard_count, bool) or not isinstance(self.shard_count, int):
+            raise SpecError(Problem.BAD_SHARDING, "shard_count must be an int")
+        if not 1 <= self.shard_count <= 4096:
+            raise SpecError(Problem.BAD_SHARDING, "shard_count must be in 1..4096")
+
+    def _check_timezone(self) -> None:
+        try:
+            ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError, TypeError):
+            raise SpecError(Problem.BAD_TIMEZONE, f"unknown time zone {self.timezone!r}") from None
+
+    def _check_cohorts(self) -> None:
+        keys = self.cohort_keys
+        if len(set(keys)) != len(keys) or not all(isinstance(k, str) and k for k in keys):
+            raise SpecError(Problem.BAD_COHORT_KEYS, "cohort_keys must be distinct non-empty str")
+        if CLASS_TAG in keys and self.period is Period.CLASS:
+            raise SpecError(Problem.BAD_COHORT_KEYS, f"{CLASS_TAG!r} is the period of class boards")
+
+    @property
+    def descending(self) -> bool:
+        return self.order is SortOrder.DESC
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "cohort_keys": list(self.cohort_keys)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LeaderboardSpec:
+        return cls(**{**data, "cohort_keys": tuple(data.get("cohort_keys", ()))})
+
+
+def period_key(spec: LeaderboardSpec, t_s: float, class_id: str | None = None) -> str:
+    """The period containing time ``t_s`` (epoch seconds), in the spec's time zone.
+
+    ``"all"`` | ``class_id`` | ``"2026-11-21"`` | ``"2026-W47"`` (ISO week, Monday start) |
+    ``"2026-11"``. Per-class boards need ``class_id`` (``QueryError`` otherwise).
+    """
+    if spec.period is Period.ALLTIME:
+        return "all"
+    if spec.period is Period.CLASS:
+        if not class_id:
+            raise QueryError(Problem.PERIOD_REQUIRED, "per-class boards need a class id")
+        return class_id
+    local = datetime.fromtimestamp(t_s, spec.zone)
+    if spec.period is Period.DAILY:
+        return local.date().isoformat()
+    if spec.period is Period.WEEKLY:
+        year, week, _ = local.isocalendar()
+        return f"{year}-W{week:02d}"
+    return f"{local.year}-{local.month:02d}"
+
+
+def next_reset(spec: LeaderboardSpec, t_s: float) -> float | None:
+    """Epoch seconds of the first reset after ``t_s``; None for all-time and class boards."""
+    if spec.period in (Period.ALLTIME, Period.CLASS):
+        return None
+    today = datetime.fromtimestamp(t_s, spec.zone).date()
+    if spec.period is Period.DAILY:
+        start = today + timedelta(days=1)
+    elif spec.period is Period.WEEKLY:
+        start = today + timedelta(days=7 - today.weekday())
+    else:
+        start = date(today.year + today.month // 12, today.month % 12 + 1, 1)
+    return datetime(start.year, start.month, start.day, tzinfo=spec.zone).timestamp()
+
+
+def shard_of(user: str, shard_count: int) -> int:
+    """Stable shard of a user id (blake2b, identical across processes and versions)."""
+    digest = hashlib.blake2b(user.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % shard_count
+
+
+# -- value types -------------------------------------------------------------------------
+
+Tags = tuple[tuple[str, str], ...]
+
+
+class Write(NamedTuple):
+    """One result: ``user`` scored ``score`` at ``achieved_at`` (epoch s) from ``source``."""
+
+    user: str
+    source: str
+    score: float
+    achieved_at: float
+    tags: Mapping[str, str] | None = None
+
+
+class Record(NamedTuple):
+    """A stored write, as drained for resharding (``period`` is where it was filed)."""
+
+    user: str
+    source: str
+    score: float
+    achieved_at: float
+    tags: dict[str, str]
+    period: str
+
+
+class SortKey(NamedTuple):
+    """The sort key of an entry; also the keyset pagination cursor."""
+
+    score: float
+    achieved_at: float
+    user: str
+
+
+class Entry(NamedTuple):
+    user: str
+    score: float
+    achieved_at: float
+    tags: dict[str, str]
+
+    @property
+    def key(self) -> SortKey:
+        return SortKey(self.score, self.achieved_at, self.user)
+
+
+@dataclass(frozen=True)
+class Page:
+    """A keyset page from one shard.
+
+    ``next_after`` is the key of the last entry (None when the page is short, i.e. the shard is
+    exhausted). ``as_of`` is the shard's entry version when pagination started: pass it back
+    unchanged with every following page.
+    """
+
+    entries: list[Entry]
+    next_after: SortKey | None
+    as_of: int
+
+
+@dataclass(frozen=True)
+class Around:
+    """Entries ranked just above and below a key, and the entry itself if it is in the shard."""
+
+    above: list[Entry]
+    entry: Entry | None
+    below: list[Entry]
+
+
+class _Rec(NamedTuple):
+    score: float
+    achieved_at: float
+    tags: Tags
+
+
+@dataclass(frozen=True)
+class MemoryReport:
+    """Bytes held by a shard: numpy arrays exactly, Python objects by ``sys.getsizeof``."""
+
+    entries: int
+    records: int
+    array_bytes: int
+    python_bytes: int
+
+    @property
+    def per_entry(self) -> float:
+        return (self.array_bytes + self.python_bytes) / max(self.entries, 1)
+
+
+def _order_tuple(key: SortKey, descending: bool) -> tuple[float, float, str]:
+    return (-key.score if descending else key.score, key.achieved_at, key.user)
+
+
+def merge_top(
+    per_shard: Iterable[Sequence[Entry]], n: int, order: SortOrder = SortOrder.DESC
+) -> list[Entry]:
+    """k-way merge of per-shard lists (each sorted best first) into the best ``n`` entries."""
+    descending = SortOrder(order) is SortOrder.DESC
+    merged = heapq.merge(*per_shard, key=lambda e: _order_tuple(e.key, descending))
+    return [e for _, e in zip(range(n), merged, strict=False)]
+
+
+def merge_around(parts: Iterable[Around], k: int, order: SortOrder = SortOrder.DESC) -> Around:
+    """Combine every shard's ``around_key`` into the global k above / k below."""
+    parts = list(parts)
+    above = merge_top([p.above for p in parts], sys.maxsize, order)[-k:] if k else []
+    below = merge_top([p.below for p in parts], k, order)
+    entry = next((p.entry for p in parts if p.entry is not None), None)
+    return Around(above, entry, below)
+
+
+# -- per-period board --------------------------------------------------------------------
+
+
+def _latest(records: Mapping[str, _Rec]) -> _Rec:
+    source = max(records, key=lambda s: (records[s].achieved_at, s))
+    return records[source]
+
+
+def _aggregate(spec: LeaderboardSpec, records: Mapping[str, _Rec]) -> _Rec:
+    """The entry ``(score, achieved_at, tags)`` derived from a user's records."""
+    latest = _latest(records)
+    if spec.operator is Operator.LATEST:
+        return latest
+    if spec.operator is Operator.SUM:
+        total = math.fsum(r.score for r in records.values())
+        return _Rec(total, max(r.achieved_at for r in records.values()), latest.tags)
+    sign = -1.0 if spec.descending else 1.0
+    best = min(records.items(), key=lambda kv: (sign * kv[1].score, kv[1].achieved_at, kv[0]))
+    return _Rec(best[1].score, best[1].achieved_at, latest.tags)
+
+
+@dataclass
+class _Board:
+    """Records and indexes of one period of one shard."""
+
+    main: RankIndex
+    records: dict[int, dict[str, _Rec]] = field(default_factory=dict)
+    cohorts: dict[tuple[str, str], RankIndex] = field(default_factory=dict)
+    cohort_of: dict[int, Tags] = field(default_factory=dict)
+    version: int = 0
+    user_version: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
+
+    def indexes(self) -> list[RankIndex]:
+        return [self.main, *self.cohorts.values()]
+
+    def bump(self, users: Iterable[int]) -> None:
+        users = np.fromiter(users, dtype=np.int64)
+        if users.size == 0:
+            return
+        if users.max() >= self.user_version.shape[0]:
+            grown = np.zeros(max(int(users.max()) + 1, 2 * self.user_version.shape[0]), np.int64)
+            grown[: self.user_version.shape[0]] = self.user_version
+            self.user_version = grown
+        self.version += 1
+        self.user_version[users] = self.version
+
+    def version_of(self, users: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+        known = users < self.user_version.shape[0]
+        out = np.zeros(users.shape[0], np.int64)
+        out[known] = self.user_version[users[known]]
+        return out
+
+
+# -- the shard ---------------------------------------------------------------------------
+
+_Prepared = tuple[str, str, str, _Rec]  # period, user, source, record
+
+
+def _real(value: object, what: str, error: type[LeaderboardError]) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+        raise error(Problem.BAD_NUMBER, f"{what} must be a real number")
+    number = float(value)
+    if not math.isfinite(number):
+        raise error(Problem.BAD_NUMBER, f"{what} must be finite")
+    return number
+
+
+def _user_bytes(user: object, error: type[LeaderboardError]) -> bytes:
+    if not isinstance(user, str) or not user or "\x00" in user:
+        raise error(Problem.BAD_USER, "user must be a non-empty str without NUL")
+    try:
+        encoded = user.encode("utf-8")
+    except UnicodeEncodeError:
+        raise error(Problem.BAD_USER, "user must be valid unicode") from None
+    if len(encoded) > MAX_USER_ID_BYTES:
+        raise error(Problem.BAD_USER, f"user ids are limited to {MAX_USER_ID_BYTES} bytes")
+    return encoded
+
+
+def _tags(tags: Mapping[str, str] | None) -> Tags:
+    if tags is None:
+        return ()
+    if not isinstance(tags, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in tags.items()
+    ):
+        raise WriteError(Problem.BAD_TAGS, "tags must map str to str")
+    return tuple(sorted(tags.items()))
+
+
+class LeaderboardShard:
+    """One shard of one board: records, entries and rank indexes for every period.
+
+    ``write_many`` / ``load_records`` are idempotent per ``(user, source)`` and safe to retry.
+    Past periods stay queryable until ``drop_period``; ``period=None`` in a query means the
+    period containing ``now()`` (per-class boards always need an explicit period). Counts and
+    ranks are shard-local; see the module docstring for combining shards. Not thread-safe.
+    """
+
+    def __init__(
+        self,
+        spec: LeaderboardSpec,
+        *,
+        shard_index: int = 0,
+        now: Callable[[], float] = time.time,
+    ) -> None:
+        if not 0 <= shard_index < spec.shard_count:
+            raise SpecError(Problem.BAD_SHARDING, f"shard_index must be in 0..{spec.shard_count - 1}")
+        self._spec = spec
+        self._shard_index = shard_index
+        self._now = now
+        self._user_ids: dict[str, int] = {}
+        self._names: list[str] = []
+        self._boards: dict[str, _Board] = {}
+        self._interned: dict[Tags, Tags] = {}
+        self._tie_width = _MIN_TIE_WIDTH
+
+    @property
+    def spec(self) -> LeaderboardSpec:
+        return self._spec
+
+    @property
+    def shard_index(self) -> int:
+        return self._shard_index
+
+    def periods(self) -> list[str]:
+        """Every period holding records, sorted."""
+        return sorted(self._boards)
+
+    def current_period(self) -> str:
+        return period_key(self._spec, self._now())
+
+    def size(self, *, period: str | None = None, cohort: Mapping[str, str] | None = None) -> int:
+        index = self._index(period, cohort)
+        return 0 if index is None else len(index)
+
+    # -- writes ------------------------------------------------------------------------
+
+    def write_many(self, writes: Iterable[Write | tuple[Any, ...]]) -> int:
+        """Apply a batch of writes; return how many entries changed (rank key or cohort).
+
+        The whole batch is validated first: on ``WriteError`` nothing was applied.
+        """
+        return self._apply([self._prepare(Write(*w)) for w in writes])
+
+    def load_records(self, records: Iterable[Record]) -> int:
+        """Apply drained records (e.g. when resharding) into their recorded periods."""
+        prepared = []
+        for r in records:
+            _, user, source, rec = self._prepare(Write(r.user, r.source, r.score, r.achieved_at, r.tags))
+            prepared.append((r.period, user, source, rec))
+        return self._apply(prepared)
+
+    def _prepare(self, write: Write) -> _Prepared:
+        _user_bytes(write.user, WriteError)
+        if shard_of(write.user, self._spec.shard_count) != self._shard_index:
+            raise WriteError(Problem.WRONG_SHARD, f"user {write.user!r} belongs to another shard")
+        if not isinstance(write.source, str) or not write.source:
+            raise WriteError(Problem.BAD_SOURCE, "source must be a non-empty str")
+        score = _real(write.score, "score", WriteError)
+        achieved_at = _real(write.achieved_at, "achieved_at", WriteError)
+        tags = _tags(write.tags)
+        class_id = dict(tags).get(CLASS_TAG)
+        if self._spec.period is Period.CLASS and not class_id:
+            raise WriteError(Problem.MISSING_CLASS, f"per-class boards need a {CLASS_TAG!r} tag")
+        period = period_key(self._spec, achieved_at, class_id)
+        tags = self._interned.setdefault(tags, tags)
+        return period, write.user, write.source, _Rec(score + 0.0, achieved_at + 0.0, tags)
+
+    def _apply(self, prepared: Iterable[_Prepared]) -> int:
+        touched: dict[str, set[int]] = {}
+        for period, user, source, rec in prepared:
+            uid = self._user_id(user)
+            if self._put(period, uid, source, rec):
+                touched.setdefault(period, set()).add(uid)
+        return sum(self._refresh(period, users) for period, users in touched.items())
+
+    def _user_id(self, user: str) -> int:
+        uid = self._user_ids.get(user)
+        if uid is None:
+            uid = self._user_ids[user] = len(self._names)
+            self._names.append(user)
+        return uid
+
+    def _put(self, period: str, uid: int, source: str, rec: _Rec) -> bool:
+        board = self._boards.get(period)
+        if board is None:
+            board = self._boards[period] = _Board(self._new_index())
+        records = board.records.setdefault(uid, {})
+        old = records.get(source)
+        if old is not None and (rec.achieved_at < old.achieved_at or rec == old):
+            return False
+        records[source] = rec
+        return True
+
+    def _new_index(self) -> RankIndex:
+        return RankIndex(descending=self._spec.descending, tie_width=self._tie_width)
+
+    def _fit_ties(self, ties: Sequence[bytes]) -> None:
+        longest = max((len(t) for t in ties), default=0)
+        if longest <= self._tie_width:
+            return
+        self._tie_width = -(-longest // 8) * 8
+        for board in self._boards.values():
+            for index in board.indexes():
+                index.widen(self._tie_width)
+
+    def _refresh(self, period: str, uids: Iterable[int]) -> int:
+        """Re-derive the entries of ``uids`` from their records and re-index them."""
+        board = self._boards[period]
+        users = np.array(sorted(uids), dtype=np.int64)
+        entries = [_aggregate(self._spec, board.records[u]) for u in users.tolist()]
+        ties = [self._names[u].encode("utf-8") for u in users.tolist()]
+        self._fit_ties(ties)
+        scores = np.array([e.score for e in entries], dtype=np.float64)
+        times = np.array([e.achieved_at for e in entries], dtype=np.float64)
+        changed = set(board.main.upsert_many(users, scores, times, ties).tolist())
+        if self._spec.cohort_keys:
+            changed |= self._refresh_cohorts(board, users, entries, (scores, times, ties))
+        board.bump(changed)
+        return len(changed)
+
+    def _refresh_cohorts(
+        self,
+        board: _Board,
+        users: npt.NDArray[np.int64],
+        entries: Sequence[_Rec],
+        keys: tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], Sequence[bytes]],
+    ) -> set[int]:
+        moved: set[int] = set()
+        members: dict[tuple[str, str], list[int]] = {}
+        leaving: dict[tuple[str, str], list[int]] = {}
+        for pos, (uid, entry) in enumerate(zip(users.tolist(), entries, strict=True)):
+            tags = dict(entry.tags)
+            new = tuple((k, tags[k]) for k in self._spec.cohort_keys if k in tags)
+            old = board.cohort_of.get(uid, ())
+            if new != old:
+                moved.add(uid)
+                for kv in set(old) - set(new):
+                    leaving.setdefault(kv, []).append(uid)
+                board.cohort_of[uid] = new
+            for kv in new:
+                members.setdefault(kv, []).append(pos)
+        for kv, uids in leaving.items():
+            board.cohorts[kv].remove_many(uids)
+            if not len(board.cohorts[kv]):
+                del board.cohorts[kv]
+        scores, times, ties = keys
+        for kv, positions in members.items():
+            index = board.cohorts.setdefault(kv, self._new_index())
+            p = np.array(positions)
+            changed = index.upsert_many(users[p], scores[p], times[p], [ties[i] for i in positions])
+            moved.update(changed.tolist())
+        return moved
+
+    def forget_user(self, user: str) -> int:
+        """Erase a user's records and entries from every period; return periods affected."""
+        uid = self._user_ids.get(user)
+        affected = 0
+        for board in self._boards.values() if uid is not None else ():
+            if board.records.pop(uid, None) is None:
+                continue
+            for index in board.indexes():
+                index.remove(uid)
+            board.cohorts = {kv: i for kv, i in board.cohorts.items() if len(i)}
+            board.cohort_of.pop(uid, None)
+            board.bump([uid])
+            affected += 1
+        return affected
+
+    def drop_period(self, period: str) -> int:
+        """Forget a whole period (retention); return how many records were dropped."""
+        board = self._boards.pop(period, None)
+        return 0 if board is None else sum(len(r) for r in board.records.values())
+
+    # -- reads -------------------------------------------------------------------------
+
+    def _board(self, period: str | None) -> _Board | None:
+        return self._boards.get(self.current_period() if period is None else period)
+
+    def _index(self, period: str | None, cohort: Mapping[str, str] | None) -> RankIndex | None:
+        if cohort and (len(cohort) != 1 or next(iter(cohort)) not in self._spec.cohort_keys):
+            raise QueryError(
+                Problem.COHORT_NOT_INDEXED,
+                f"filter on exactly one of the indexed cohort keys {self._spec.cohort_keys}",
+            )
+        board = self._board(period)
+        if board is None or not cohort:
+            return None if board is None else board.main
+        return board.cohorts.get(next(iter(cohort.items())))
+
+    def _query_ties(self, users: Iterable[str]) -> list[bytes]:
+        ties = [_user_bytes(u, QueryError) for u in users]
+        self._fit_ties(ties)
+        return ties
+
+    def count_better(
+        self,
+        score: float,
+        achieved_at: float,
+        user: str,
+        *,
+        period: str | None = None,
+        cohort: Mapping[str, str] | None = None,
+    ) -> int:
+        """How many entries of this shard beat the key ``(score, achieved_at, user)``.
+
+        The user's own entry never counts. Global rank = 1 + the sum over all shards.
+        """
+        found = self.count_better_many([score], [achieved_at], [user], period=period, cohort=cohort)
+        return int(found[0])
+
+    def count_better_many(
+        self,
+        scores: Sequence[float] | npt.NDArray[np.float64],
+        achieved_at: Sequence[float] | npt.NDArray[np.float64],
+        users: Sequence[str],
+        *,
+        period: str | None = None,
+        cohort: Mapping[str, str] | None = None,
+    ) -> npt.NDArray[np.int64]:
+        """Vectorised ``count_better`` for parallel sequences of keys."""
+        s = [_real(v, "score", QueryError) for v in scores]
+        t = [_real(v, "achieved_at", QueryError) for v in achieved_at]
+        ties = self._query_ties(users)
+        index = self._index(period, cohort)
+        if index is None or not len(index):
+            return np.zeros(len(ties), dtype=np.int64)
+        return index.count_better(s, t, ties=ties)
+
+    def entry(self, user: str, *, period: str | None = None) -> Entry | None:
+        """The user's entry in a period, or None."""
+        board = self._board(period)
+        uid = self._user_ids.get(user)
+        if board is None or uid is None or uid not in board.records:
+            return None
+        agg = _aggregate(self._spec, board.records[uid])
+        return Entry(user, agg.score, agg.achieved_at, dict(agg.tags))
+
+    def rank_in_shard(
+        self, user: str, *, period: str | None = None, cohort: Mapping[str, str] | None = None
+    ) -> int | None:
+        """0-based position of the user within this shard (None if absent); O(log N)."""
+        index = self._index(period, cohort)
+        uid = self._user_ids.get(user)
+        if index is None or uid is None or uid not in index:
+            return None
+        return int(index.rank_of([uid])[0])
+
+    def top(
+        self,
+        n: int,
+        *,
+        after: SortKey | None = None,
+        as_of: int | None = None,
+        period: str | None = None,
+        cohort: Mapping[str, str] | None = None,
+    ) -> Page:
+        """Keyset page: the best ``n`` entries ranked strictly after ``after``.
+
+        Entries changed after version ``as_of`` (default: now, returned in the page) are
+        skipped, so paging with the returned ``as_of`` shows each user at most once and every
+        user whose entry did not change exactly once.
+        """
+        board = self._board(period)
+        index = self._index(period, cohort)
+        as_of = (board.version if board else 0) if as_of is None else as_of
+        if board is None or index is None or n <= 0:
+            return Page([], None, as_of)
+        entries: list[Entry] = []
+        cursor = after
+        while len(entries) < n:
+            chunk = self._scan(index, cursor, max(n, _SCAN_CHUNK))
+            if not len(chunk):
+                break
+            keep = board.version_of(chunk.users) <= as_of
+            entries.extend(self._entries(board, chunk.users[keep], chunk)[: n - len(entries)])
+            cursor = SortKey(chunk.scores[-1], chunk.achieved_at[-1], self._names[chunk.users[-1]])
+        return Page(entries, entries[-1].key if len(entries) == n else None, as_of)
+
+    def _scan(self, index: RankIndex, cursor: SortKey | None, n: int) -> Any:
+        if cursor is None:
+            return index.top(n)
+        tie = self._query_ties([cursor.user])[0]
+        score = _real(cursor.score, "cursor score", QueryError)
+        at = _real(cursor.achieved_at, "cursor achieved_at", QueryError)
+        return index.after(score, at, n, tie=tie)
+
+    def _entries(self, board: _Board, users: npt.NDArray[np.int64], chunk: Any) -> list[Entry]:
+        position = {u: i for i, u in enumerate(chunk.users.tolist())}
+        out = []
+        for uid in users.tolist():
+            i = position[uid]
+            tags = dict(_latest(board.records[uid]).tags)
+            out.append(Entry(self._names[uid], float(chunk.scores[i]), float(chunk.achieved_at[i]), tags))
+        return out
+
+    def around(
+        self,
+        user: str,
+        k: int,
+        *,
+        period: str | None = None,
+        cohort: Mapping[str, str] | None = None,
+    ) -> Around:
+        """The user's entry and up to ``k`` entries above and below it within this shard."""
+        index = self._index(period, cohort)
+        uid = self._user_ids.get(user)
+        if index is None or uid is None or uid not in index:
+            return Around([], None, [])
+        score, at = index.get(uid) or (0.0, 0.0)
+        return self.around_key(SortKey(score, at, user), k, period=period, cohort=cohort)
+
+    def around_key(
+        self,
+        key: SortKey,
+        k: int,
+        *,
+        period: str | None = None,
+        cohort: Mapping[str, str] | None = None,
+    ) -> Around:
+        """Up to ``k`` entries ranked just above and just below ``key`` (and its own entry).
+
+        Ask every shard with the user's key and combine with ``merge_around``.
+        """
+        board = self._board(period)
+        index = self._index(period, cohort)
+        if board is None or index is None:
+            return Around([], None, [])
+        better = self.count_better(key.score, key.achieved_at, key.user, period=period, cohort=cohort)
+        n_above = min(k, better)
+        above = index.top(n_above, better - n_above)
+        below = self._scan(index, key, k)
+        own = self._own_entry(board, index, key)
+        return Around(self._entries(board, above.users, above), own, self._entries(board, below.users, below))
+
+    def _own_entry(self, board: _Board, index: RankIndex, key: SortKey) -> Entry | None:
+        uid = self._user_ids.get(key.user)
+        if uid is None or index.get(uid) != (key.score, key.achieved_at):
+            return None
+        return Entry(key.user, key.score, key.achieved_at, dict(_latest(board.records[uid]).tags))
+
+    # -- resharding and checkpoints ----------------------------------------------------
+
+    def iter_records(self) -> Iterator[Record]:
+        """Every stored record (one per user, source and period); do not write meanwhile."""
+        for period, board in self._boards.items():
+            for uid, records in board.records.items():
+                for source, r in records.items():
+                    yield Record(self._names[uid], source, r.score, r.achieved_at, dict(r.tags), period)
+
+    def drain_entries(self) -> list[Record]:
+        """Remove and return every record, e.g. to ``load_records`` them into new shards."""
+        records = list(self.iter_records())
+        self._boards.clear()
+        return records
+
+    def to_checkpoint(self) -> bytes:
+        """Everything that survives a restart, as compact msgpack (numpy columns as bytes)."""
+        sources: dict[str, int] = {}
+        tags: dict[Tags, int] = {}
+        boards = {p: self._board_columns(b, sources, tags) for p, b in self._boards.items()}
+        state = {
+            "v": _CHECKPOINT_VERSION,
+            "spec": self._spec.to_dict(),
+            "shard": self._shard_index,
+            "users": self._names,
+            "sources": list(sources),
+            "tags": [[x for kv in t for x in kv] for t in tags],
+            "boards": boards,
+        }
+        return msgpack.packb(state, use_bin_type=True)
+
+    def _board_columns(
+        self, board: _Board, sources: dict[str, int], tags: dict[Tags, int]
+    ) -> dict[str, Any]:
+        rows = [
+            (uid, sources.setdefault(s, len(sources)), r.score, r.achieved_at,
+             tags.setdefault(r.tags, len(tags)))
+            for uid, records in board.records.items()
+            for s, r in records.items()
+        ]
+        uid, src, score, at, tag = (list(c) for c in zip(*rows, strict=True)) if rows else ([],) * 5
+        return {
+            "user": np.array(uid, np.int32).tobytes(),
+            "source": np.array(src, np.int32).tobytes(),
+            "score": np.array(score, np.float64).tobytes(),
+            "at": np.array(at, np.float64).tobytes(),
+            "tags": np.array(tag, np.int32).tobytes(),
+            "version": board.version,
+            "user_version": board.user_version.tobytes(),
+        }
+
+    @classmethod
+    def from_checkpoint(cls, data: bytes, *, now: Callable[[], float] = time.time) -> LeaderboardShard:
+        """Rebuild a shard (records, entries, versions, indexes) from ``to_checkpoint()``."""
+        try:
+            state = msgpack.unpackb(data, raw=False, strict_map_key=False)
+            if state["v"] != _CHECKPOINT_VERSION:
+                raise ValueError(f"unsupported checkpoint version {state['v']!r}")
+            shard = cls(LeaderboardSpec.from_dict(state["spec"]), shard_index=state["shard"], now=now)
+            shard._restore(state)
+        except LeaderboardError:
+            raise
+        except (ValueError, KeyError, TypeError, IndexError, msgpack.UnpackException) as exc:
+            raise CheckpointError(Problem.BAD_CHECKPOINT, f"bad leaderboard checkpoint: {exc}") from exc
+        return shard
+
+    def _restore(self, state: Mapping[str, Any]) -> None:
+        self._names = list(state["users"])
+        self._user_ids = {u: i for i, u in enumerate(self._names)}
+        sources: list[str] = state["sources"]
+        tag_table = [self._intern_flat(flat) for flat in state["tags"]]
+        for period, columns in state["boards"].items():
+            board = self._boards[period] = _Board(self._new_index())
+            uid = np.frombuffer(columns["user"], np.int32).tolist()
+            src = np.frombuffer(columns["source"], np.int32).tolist()
+            score = np.frombuffer(columns["score"], np.float64).tolist()
+            at = np.frombuffer(columns["at"], np.float64).tolist()
+            tag = np.frombuffer(columns["tags"], np.int32).tolist()
+            for row in zip(uid, src, score, at, tag, strict=True):
+                rec = _Rec(row[2], row[3], tag_table[row[4]])
+                board.records.setdefault(row[0], {})[sources[row[1]]] = rec
+            if board.records:
+                self._refresh(period, board.records)
+            board.version = int(columns["version"])
+            board.user_version = np.frombuffer(columns["user_version"], np.int64).copy()
+
+    def _intern_flat(self, flat: Sequence[str]) -> Tags:
+        tags = tuple(zip(flat[::2], flat[1::2], strict=True))
+        return self._interned.setdefault(tags, tags)
+
+
+def memory_per_entry(shard: LeaderboardShard) -> MemoryReport:
+    """Measure a shard: index arrays exactly, Python containers via ``sys.getsizeof``.
+
+    Shared objects (interned tags, repeated source strings) count once. O(records); meant for
+    benchmarks and capacity planning, not for a hot path.
+    """
+    seen: set[int] = set()
+
+    def size(obj: object) -> int:
+        if id(obj) in seen:
+            return 0
+        seen.add(id(obj))
+        return sys.getsizeof(obj)
+
+    python = size(shard._user_ids) + size(shard._names) + sum(size(n) for n in shard._names)
+    arrays = entries = records = 0
+    for board in shard._boards.values():
+        arrays += sum(i.nbytes for i in board.indexes()) + board.user_version.nbytes
+        entries += len(board.main)
+        python += size(board.records) + size(board.cohort_of)
+        python += sum(size(v) for v in board.cohort_of.values())
+        for user_records in board.records.values():
+            python += size(user_records)
+            for source, rec in user_records.items():
+                python += size(source) + size(rec) + size(rec.score) + size(rec.achieved_at)
+                python += size(rec.tags)
+                records += 1
+    return MemoryReport(entries, records, arrays, python)
