@@ -1,0 +1,31 @@
+"""The exception tree of ``actors``.
+
+``ActorError``
+    ``PhaseError``        an illegal phase transition (carries both phases)
+    ``StaleInstance``     this actor instance was fenced off by a newer epoch
+    ``CheckpointError``   a checkpoint could not be decoded
+"""
+
+from __future__ import annotations
+
+
+class ActorError(Exception):
+    """Root of every error raised by session and leaderboard logic."""
+
+
+class PhaseError(ActorError):
+    def __init__(self, current: str, requested: str) -> None:
+        super().__init__(f"cannot go from phase {current!r} to {requested!r}")
+        self.current = current
+        self.requested = requested
+
+
+class StaleInstance(ActorError):
+    def __init__(self, epoch: int, current: int | None) -> None:
+        super().__init__(f"instance epoch {epoch} fenced off by epoch {current}")
+        self.epoch = epoch
+        self.current = current
+
+
+class CheckpointError(ActorError):
+    pass

@@ -1,0 +1,156 @@
+"""The Ray shell around ``SessionState``: one detached, restartable actor per session.
+
+Owns: one ``SessionState`` and its ``CheckpointStore``. On (re)start ``__init__`` takes a
+new epoch and restores the last checkpoint, so every restart fences off older instances.
+A background loop writes a checkpoint whenever the state changed, at most every
+``checkpoint_interval_s`` (default 0.25 s, i.e. well over once a second while samples
+arrive), and every phase change is checkpointed before the call returns.
+
+Survives a restart: everything that was checkpointed. Samples applied after the last
+checkpoint are lost from memory, but they were never acknowledged, so devices resend
+them; ``tick`` reports the epoch, so edges notice a restart and ask devices to resume.
+Every method is idempotent and safe to retry (``max_task_retries=-1``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Any
+
+import ray
+
+from actors.checkpoint import CheckpointStore
+from actors.errors import StaleInstance
+from actors.session import DeviceBatch, Phase, SessionState
+
+log = logging.getLogger(__name__)
+
+NAMESPACE = "pulseline"
+
+
+def actor_name(session_id: str) -> str:
+    return f"session:{session_id}"
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
+class SessionActor:
+    def __init__(self, session_id: str, settings: dict[str, Any]) -> None:
+        logging.basicConfig(level=logging.INFO)
+        self.session_id = session_id
+        self.interval_s = float(settings.get("checkpoint_interval_s", 0.25))
+        self.store = CheckpointStore(
+            settings["redis_url"], prefix=settings.get("prefix", "pl"), kind="session", ident=session_id
+        )
+        data = self.store.acquire()
+        if data is not None:
+            self.state = SessionState.from_checkpoint(data)
+        else:
+            self.state = SessionState(
+                session_id,
+                board_size=int(settings.get("board_size", 10)),
+                max_gap_s=float(settings.get("max_gap_s", 5.0)),
+            )
+        self.durable: dict[str, int] = self.state.applied_seqs() if data is not None else {}
+        self.checkpointed_version = self.state.version if data is not None else -1
+        self.fenced = False
+        self.checkpoints_written = 0
+        self._loop: asyncio.Task[None] | None = None
+        self._write_lock: asyncio.Lock | None = None
+        log.info("session %s up: epoch %s, restored=%s", session_id, self.store.epoch, data is not None)
+
+    # -- lifecycle --------------------------------------------------------------------
+    def _ensure_loop(self) -> None:
+        if self.fenced:
+            raise StaleInstance(self.store.epoch, None)
+        if self._loop is None or self._loop.done():
+            self._write_lock = asyncio.Lock()
+            self._loop = asyncio.get_running_loop().create_task(self._checkpoint_loop())
+
+    async def _checkpoint_loop(self) -> None:
+        while not self.fenced:
+            await asyncio.sleep(self.interval_s)
+            try:
+                await self._checkpoint()
+            except StaleInstance:
+                log.error("session %s epoch %s fenced off; stopping", self.session_id, self.store.epoch)
+                self.fenced = True
+            except Exception:  # a control loop never dies: log and try again next round
+                log.exception("session %s checkpoint failed", self.session_id)
+
+    async def _checkpoint(self) -> None:
+        assert self._write_lock is not None
+        async with self._write_lock:
+            if self.state.version == self.checkpointed_version:
+                return
+            version = self.state.version
+            seqs = self.state.applied_seqs()  # taken together with the bytes, no await between
+            data = self.state.to_checkpoint()
+            await self.store.write(data)
+            self.checkpointed_version = version
+            self.durable = seqs
+            self.checkpoints_written += 1
+
+    # -- the hot path -------------------------------------------------------------------
+    async def tick(
+        self,
+        *,
+        batches: list[tuple[str, str, list[list[Any]], list[int]]],
+        want_durable: list[str],
+        known_version: int,
+    ) -> dict[str, Any]:
+        """Apply one micro-batch; return the board if newer than ``known_version``."""
+        self._ensure_loop()
+        result = self.state.apply(DeviceBatch(d, p, rows, rej) for d, p, rows, rej in batches)
+        version = self.state.version
+        return {
+            "epoch": self.store.epoch,
+            "version": version,
+            "board": self.state.board() if version != known_version else None,
+            "durable": {d: self.durable.get(d, 0) for d in want_durable},
+            "applied": result.applied,
+            "duplicates": result.duplicates,
+        }
+
+    # -- control --------------------------------------------------------------------------
+    async def flush(self) -> dict[str, int]:
+        """Checkpoint now; returns the durable seq of every device."""
+        self._ensure_loop()
+        await self._checkpoint()
+        return dict(self.durable)
+
+    async def join(self, *, participant: str) -> int:
+        self._ensure_loop()
+        slot = self.state.join(participant)
+        await self._checkpoint()
+        return slot
+
+    async def leave(self, *, participant: str) -> bool:
+        self._ensure_loop()
+        left = self.state.leave(participant)
+        await self._checkpoint()
+        return left
+
+    async def set_phase(self, *, phase: str) -> str:
+        self._ensure_loop()
+        self.state.set_phase(Phase(phase))
+        await self._checkpoint()
+        return self.state.phase.value
+
+    async def snapshot(self) -> dict[str, Any]:
+        self._ensure_loop()
+        snap = self.state.snapshot()
+        snap["epoch"] = self.store.epoch
+        snap["durable"] = dict(self.durable)
+        snap["checkpoints_written"] = self.checkpoints_written
+        snap["state_bytes"] = self.state.nbytes()
+        return snap
+
+    async def info(self) -> dict[str, Any]:
+        return {
+            "pid": os.getpid(),
+            "epoch": self.store.epoch,
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "fenced": self.fenced,
+        }

@@ -1,0 +1,92 @@
+"""Per-connection sending: bounded control frames, and a latest-wins board slot.
+
+A connection never makes server memory grow: control frames (welcome, ack, error,
+throttle) go through a bounded deque — a client that lets it fill up is closed as too
+slow — and boards are kept one deep (a newer board replaces an unsent one), sent at most
+at the rate the viewer asked for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from starlette.websockets import WebSocket
+
+from devices.protocol import CloseCode
+
+log = logging.getLogger(__name__)
+
+BoardEncoder = Callable[[dict[str, Any]], bytes]
+
+
+class Outbox:
+    def __init__(
+        self,
+        ws: WebSocket,
+        *,
+        max_frames: int = 256,
+        board_interval_s: float = 0.1,
+        encode_board: BoardEncoder | None = None,
+    ) -> None:
+        self.ws = ws
+        self.max_frames = max_frames
+        self.board_interval_s = board_interval_s
+        self.encode_board = encode_board
+        self.frames: collections.deque[bytes] = collections.deque()
+        self.board: dict[str, Any] | None = None
+        self.boards_sent = 0
+        self.boards_skipped = 0
+        self._last_board = 0.0
+        self._wake = asyncio.Event()
+        self.closed = False
+        self.close_reason: tuple[int, str] | None = None
+
+    def send(self, frame: bytes) -> None:
+        if self.closed:
+            return
+        if len(self.frames) >= self.max_frames:
+            self.close(CloseCode.THROTTLED, "client too slow: send queue full")
+            return
+        self.frames.append(frame)
+        self._wake.set()
+
+    def set_board(self, board: dict[str, Any]) -> None:
+        if self.board is not None:
+            self.boards_skipped += 1
+        self.board = board
+        self._wake.set()
+
+    def close(self, code: int, reason: str) -> None:
+        if not self.closed:
+            self.closed = True
+            self.close_reason = (code, reason)
+            self._wake.set()
+
+    async def run(self) -> None:
+        """Write until closed; returns when the connection should be closed."""
+        while not self.closed:
+            await self._wake.wait()
+            self._wake.clear()
+            while self.frames and not self.closed:
+                await self.ws.send_bytes(self.frames.popleft())
+            if self.board is not None and self.encode_board is not None and not self.closed:
+                await self._send_board()
+        if self.close_reason:
+            code, reason = self.close_reason
+            await self.ws.close(code, reason)
+
+    async def _send_board(self) -> None:
+        wait = self._last_board + self.board_interval_s - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)  # newer boards replace this one meanwhile
+        board, self.board = self.board, None
+        if board is None or self.encode_board is None:
+            return
+        self._last_board = time.monotonic()
+        await self.ws.send_bytes(self.encode_board(board))
+        self.boards_sent += 1

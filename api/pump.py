@@ -1,0 +1,195 @@
+"""``SessionPump``: the edge's per-session micro-batcher.
+
+Samples from every connection of one session are gathered and sent to the session
+actor in one ``tick`` call per ``tick_interval_s`` — never one Ray call per sample. The
+same call returns the board (when newer than the one this edge has), which is handed to
+every local viewer (latest wins), and the durable seqs of local devices, which become
+``ack`` frames. When the actor's epoch changes (it restarted from its checkpoint) every
+local device is sent a fresh ``welcome`` so it resends what was not durable.
+
+Bounded: at most ``max_pending`` samples wait per session; beyond that ``add`` refuses
+and the connection throttles the device (the device keeps and resends its samples).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from api.outbox import Outbox
+from cluster.directory import SessionDirectory
+from devices.protocol import encode
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True, eq=False)
+class DeviceLink:
+    """One device of one connection, as the pump sees it."""
+
+    device: str
+    participant: str
+    outbox: Outbox
+    acked: int = 0
+    sent: int = 0  # highest seq forwarded to the actor
+    needs_welcome: bool = True
+
+
+@dataclass(slots=True)
+class _Pending:
+    participant: str
+    rows: list[list[Any]] = field(default_factory=list)
+    rejected: list[int] = field(default_factory=list)
+
+
+class SessionPump:
+    def __init__(
+        self,
+        session_id: str,
+        directory: SessionDirectory,
+        *,
+        tick_interval_s: float,
+        idle_poll_s: float,
+        max_pending: int,
+    ) -> None:
+        self.session_id = session_id
+        self.directory = directory
+        self.tick_interval_s = tick_interval_s
+        self.idle_poll_s = idle_poll_s
+        self.max_pending = max_pending
+        self.links: dict[str, DeviceLink] = {}
+        self.viewers: set[Outbox] = set()
+        self.pending: dict[str, _Pending] = {}
+        self.pending_count = 0
+        self.known_version = -1
+        self.epoch: int | None = None
+        self.board: dict[str, Any] | None = None
+        self.ticks = 0
+        self.tick_errors = 0
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    # -- registration -----------------------------------------------------------------
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name=f"pump:{self.session_id}")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(self._task, timeout=2.0)
+            except (TimeoutError, asyncio.CancelledError):
+                self._task.cancel()
+
+    def attach(self, link: DeviceLink) -> None:
+        link.needs_welcome = True
+        self.links[link.device] = link
+        self._wake.set()
+
+    def detach(self, link: DeviceLink) -> None:
+        if self.links.get(link.device) is link:
+            del self.links[link.device]
+
+    def add_viewer(self, outbox: Outbox) -> None:
+        self.viewers.add(outbox)
+        if self.board is not None:
+            outbox.set_board(self.board)
+        self._wake.set()
+
+    def remove_viewer(self, outbox: Outbox) -> None:
+        self.viewers.discard(outbox)
+
+    @property
+    def idle(self) -> bool:
+        return not self.links and not self.viewers and not self.pending
+
+    # -- ingest -----------------------------------------------------------------------
+    def add(self, link: DeviceLink, rows: list[list[Any]], rejected: list[int]) -> bool:
+        """Queue a device's samples for the next tick; False when the session is saturated."""
+        if self.pending_count + len(rows) > self.max_pending:
+            return False
+        entry = self.pending.get(link.device)
+        if entry is None:
+            entry = self.pending[link.device] = _Pending(link.participant)
+        entry.rows.extend(rows)
+        entry.rejected.extend(rejected)
+        self.pending_count += len(rows) + len(rejected)
+        if rows:
+            link.sent = max(link.sent, max(int(r[0]) for r in rows))
+        if rejected:
+            link.sent = max(link.sent, max(rejected))
+        self._wake.set()
+        return True
+
+    # -- the loop ---------------------------------------------------------------------
+    def _has_work(self) -> bool:
+        return bool(self.pending) or any(l.needs_welcome or l.sent > l.acked for l in self.links.values())
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            started = time.monotonic()
+            try:
+                if self._has_work() or self.viewers:
+                    await self._tick()
+            except Exception:  # the loop never dies; devices resend what was not acked
+                self.tick_errors += 1
+                log.exception("session %s tick failed", self.session_id)
+                self.directory.forget(self.session_id)
+                self._resync_all()
+                await asyncio.sleep(0.5)
+            delay = self.tick_interval_s if self._has_work() else self.idle_poll_s
+            if not self._has_work() and not self.viewers:
+                self._wake.clear()
+                if not self._has_work():
+                    await self._wake.wait()
+                    await asyncio.sleep(self.tick_interval_s)  # gather a tick's worth
+                continue
+            await asyncio.sleep(max(0.0, delay - (time.monotonic() - started)))
+
+    def _resync_all(self) -> None:
+        for link in self.links.values():
+            link.needs_welcome = True
+
+    async def _tick(self) -> None:
+        pending, self.pending, self.pending_count = self.pending, {}, 0
+        batches = [(d, p.participant, p.rows, p.rejected) for d, p in pending.items()]
+        want = [d for d, l in self.links.items() if l.needs_welcome or l.sent > l.acked]
+        handle = await self.directory.handle(self.session_id)
+        result = await handle.tick.remote(batches=batches, want_durable=want, known_version=self.known_version)
+        self.ticks += 1
+        if self.epoch is not None and result["epoch"] != self.epoch:
+            log.warning("session %s restarted (epoch %s -> %s): resyncing devices", self.session_id, self.epoch, result["epoch"])
+            self._resync_all()
+        self.epoch = result["epoch"]
+        self._dispatch_acks(result["durable"])
+        board = result["board"]
+        if board is not None:
+            self.known_version = result["version"]
+            board["ts"] = time.time()
+            self.board = board
+            for viewer in self.viewers:
+                viewer.set_board(board)
+
+    def _dispatch_acks(self, durable: dict[str, int]) -> None:
+        acks: dict[Outbox, dict[str, int]] = defaultdict(dict)
+        for device, seq in durable.items():
+            link = self.links.get(device)
+            if link is None:
+                continue
+            if link.needs_welcome:
+                link.needs_welcome = False
+                link.acked = seq
+                link.sent = max(link.sent, seq)
+                link.outbox.send(encode({"t": "welcome", "session": self.session_id, "devices": {device: seq}}))
+            elif seq > link.acked:
+                link.acked = seq
+                acks[link.outbox][device] = seq
+        for outbox, seqs in acks.items():
+            outbox.send(encode({"t": "ack", "acks": seqs}))

@@ -1,0 +1,175 @@
+"""The ``pulseline`` command: up, edge, swarm, demo, bench.
+
+* ``pulseline up`` — local Ray + embedded Redis + the edge on 127.0.0.1:8000 (or attach
+  to ``REDIS_URL`` / ``RAY_ADDRESS``); Ctrl-C or SIGTERM shuts down what it started.
+* ``pulseline swarm --sessions S --devices N --seconds T`` — a simulated class against a
+  running edge; prints the JSON accounting.
+* ``pulseline demo`` — ``up`` plus a small swarm, prints the accounting and where to look.
+* ``pulseline bench`` — ``up`` plus a big swarm, with per-process CPU and memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("pulseline")
+
+
+def _serve_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default=None)
+    p.add_argument("--port", type=int, default=None)
+    p.add_argument("--data-dir", default=None)
+
+
+def _swarm_args(p: argparse.ArgumentParser, sessions: int, devices: int, seconds: float, board_hz: float) -> None:
+    p.add_argument("--sessions", type=int, default=sessions)
+    p.add_argument("--devices", type=int, default=devices)
+    p.add_argument("--seconds", type=float, default=seconds)
+    p.add_argument("--board-hz", type=float, default=board_hz)
+    p.add_argument("--hub-size", type=int, default=1, help="devices per connection (1 = phones)")
+    p.add_argument("--dup-rate", type=float, default=0.0)
+    p.add_argument("--bad-rate", type=float, default=0.0)
+    p.add_argument("--report", default=None, help="also write the JSON here")
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="pulseline", description=__doc__.splitlines()[0])
+    sub = root.add_subparsers(dest="command", required=True)
+    _serve_args(sub.add_parser("up", help="start Ray + Redis + the edge"))
+    swarm = sub.add_parser("swarm", help="run a simulated class against an edge")
+    swarm.add_argument("--url", default="http://127.0.0.1:8000")
+    _swarm_args(swarm, 2, 20, 20.0, 10.0)
+    demo = sub.add_parser("demo", help="up + a small swarm, then keep serving")
+    _serve_args(demo)
+    _swarm_args(demo, 2, 20, 20.0, 10.0)
+    demo.add_argument("--once", action="store_true", help="stop after the swarm")
+    bench = sub.add_parser("bench", help="up + a large swarm with process stats")
+    _serve_args(bench)
+    _swarm_args(bench, 10, 1000, 60.0, 10.0)
+    return root
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    from cluster.settings import from_environment
+
+    return from_environment(host=args.host, port=args.port, data_dir=Path(args.data_dir) if args.data_dir else None)
+
+
+def _swarm_config(args: argparse.Namespace, url: str) -> Any:
+    from sims.swarm import SwarmConfig
+
+    return SwarmConfig(
+        base_url=url, sessions=args.sessions, devices=args.devices, seconds=args.seconds,
+        board_hz=args.board_hz, hub_size=args.hub_size, dup_rate=args.dup_rate, bad_rate=args.bad_rate,
+    )
+
+
+def _emit(result: dict[str, Any], report: str | None) -> None:
+    text = json.dumps(result, indent=2)
+    print(text, flush=True)
+    if report:
+        Path(report).write_text(text + "\n")
+
+
+async def _serve(settings: Any, after_start: Any = None) -> None:
+    import uvicorn
+
+    from api.app import create_app
+
+    config = uvicorn.Config(
+        create_app(settings), host=settings.host, port=settings.port, log_level="warning",
+        ws_max_size=1 << 20, loop="asyncio", lifespan="on",
+    )
+    server = uvicorn.Server(config)
+    serving = asyncio.create_task(server.serve())
+    while not server.started and not serving.done():
+        await asyncio.sleep(0.05)
+    if serving.done():
+        await serving
+        return
+    if after_start is not None:
+        try:
+            await after_start(server)
+        except BaseException:
+            server.should_exit = True
+            await serving
+            raise
+    await serving
+
+
+def _run_stack(args: argparse.Namespace, after_start: Any = None) -> int:
+    from cluster.runtime import Stack
+
+    settings = _settings(args)
+    stack = Stack(settings).start()
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        for note in stack.notes:
+            print(f"pulseline: {note}", file=sys.stderr, flush=True)
+        print(f"pulseline: edge on http://{settings.host}:{settings.port}", file=sys.stderr, flush=True)
+        asyncio.run(_serve(settings, after_start))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stack.stop()
+        print("pulseline: stopped", file=sys.stderr, flush=True)
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from sims.swarm import run_swarm
+
+    async def after_start(server: Any) -> None:
+        url = f"http://{server.config.host}:{server.config.port}"
+        print(f"pulseline: running a {args.devices}-device class for {args.seconds:g}s ...", file=sys.stderr, flush=True)
+        result = await run_swarm(_swarm_config(args, url))
+        _emit(result, args.report)
+        sid = "swarm-0"
+        print(
+            f"\nwhere to look:\n  board (live, browser): {url}/v1/sessions/{sid}/view\n"
+            f"  session state (JSON): {url}/v1/sessions/{sid}\n  metrics: {url}/metrics\n"
+            f"  API docs: {url}/docs",
+            file=sys.stderr, flush=True,
+        )
+        if args.once:
+            server.should_exit = True
+        else:
+            print("pulseline: still serving; Ctrl-C to stop", file=sys.stderr, flush=True)
+
+    return _run_stack(args, after_start)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from sims.bench import bench_after_start
+
+    return _run_stack(args, bench_after_start(args, _swarm_config, _emit))
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parser().parse_args(argv)
+    if args.command == "up":
+        return _run_stack(args)
+    if args.command == "swarm":
+        from sims.swarm import run_swarm
+
+        result = asyncio.run(run_swarm(_swarm_config(args, args.url)))
+        _emit(result, args.report)
+        return 0 if result["lost"] == 0 and result["duplicated"] == 0 else 1
+    if args.command == "demo":
+        return _demo(args)
+    if args.command == "bench":
+        return _bench(args)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

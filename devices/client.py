@@ -1,0 +1,170 @@
+"""The device side of protocol v1: what a phone, a bridge or a simulated device runs.
+
+``DeviceStream`` is one device's sending state with no I/O: it numbers samples (seq from
+1, +1 each), keeps every sample until the server says it is durable (``ack``) or rejected
+(``error`` with ``seqs``), and after a (re)``welcome`` returns what must be resent.
+
+``HubClient`` carries one or more streams over one WebSocket to ``/v1/devices``, and
+reconnects with exponential backoff: on every connect it says ``hello`` for all its
+devices, and resends from where each ``welcome`` says the server is. ``on_frame`` lets a
+caller observe server frames (the swarm counts them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections import Counter
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import msgpack
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from devices.protocol import encode
+
+log = logging.getLogger(__name__)
+
+
+class DeviceStream:
+    def __init__(self, device: str, participant: str, session: str) -> None:
+        self.device = device
+        self.participant = participant
+        self.session = session
+        self.next_seq = 1
+        self.unacked: dict[int, list[Any]] = {}
+        self.acked = 0
+        self.rejected: Counter[str] = Counter()
+        self.rejected_seqs: set[int] = set()
+        self.sent = 0
+
+    def new_sample(self, ts: float, *metrics: float | None) -> list[Any]:
+        row = [self.next_seq, ts, *metrics]
+        self.unacked[self.next_seq] = row
+        self.next_seq += 1
+        self.sent += 1
+        return row
+
+    def on_ack(self, seq: int) -> None:
+        if seq > self.acked:
+            self.acked = seq
+            for s in [s for s in self.unacked if s <= seq]:
+                del self.unacked[s]
+
+    def on_welcome(self, seq: int) -> list[list[Any]]:
+        """The server is durable up to ``seq``: returns every kept sample after it."""
+        self.on_ack(seq)
+        return [self.unacked[s] for s in sorted(self.unacked)]
+
+    def on_rejected(self, seqs: Iterable[int], reason: str) -> None:
+        for seq in seqs:
+            if self.unacked.pop(seq, None) is not None:
+                self.rejected[reason] += 1
+                self.rejected_seqs.add(seq)
+
+    def binding(self) -> dict[str, str]:
+        return {"device": self.device, "participant": self.participant, "session": self.session}
+
+
+FrameObserver = Callable[[dict[str, Any]], None]
+
+
+class HubClient:
+    """One WebSocket carrying ``streams``; reconnects until ``close()``."""
+
+    def __init__(
+        self,
+        url: str,
+        streams: list[DeviceStream],
+        *,
+        on_frame: FrameObserver | None = None,
+        token: str | None = None,
+        max_backoff_s: float = 5.0,
+        chunk: int = 500,
+    ) -> None:
+        self.url = url
+        self.streams = {s.device: s for s in streams}
+        self.on_frame = on_frame
+        self.token = token
+        self.max_backoff_s = max_backoff_s
+        self.chunk = chunk
+        self.ws: ClientConnection | None = None
+        self.ready = asyncio.Event()
+        self.connects = 0
+        self.errors: Counter[str] = Counter()
+        self._welcomed: set[str] = set()
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def close(self) -> None:
+        self._closing = True
+        if self.ws is not None:
+            await self.ws.close()
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def send_rows(self, stream: DeviceStream, rows: list[list[Any]]) -> bool:
+        """Send now if connected and welcomed; otherwise the rows wait in ``unacked``."""
+        ws = self.ws
+        if ws is None or stream.device not in self._welcomed:
+            return False
+        try:
+            for i in range(0, len(rows), self.chunk):
+                await ws.send(encode({"t": "samples", "device": stream.device, "samples": rows[i : i + self.chunk]}))
+        except ConnectionClosed:
+            return False
+        return True
+
+    async def _run(self) -> None:
+        backoff = 0.1
+        while not self._closing:
+            try:
+                async with connect(self.url, max_size=2**22, open_timeout=10) as ws:
+                    self.ws = ws
+                    self.connects += 1
+                    backoff = 0.1
+                    await ws.send(encode({"t": "hello", "v": 1, "devices": [s.binding() for s in self.streams.values()], **({"token": self.token} if self.token else {})}))
+                    async for message in ws:
+                        await self._handle(msgpack.unpackb(message, raw=False) if isinstance(message, bytes) else {})
+            except (OSError, ConnectionClosed, TimeoutError) as exc:
+                self.errors[type(exc).__name__] += 1
+            finally:
+                self.ws = None
+                self._welcomed.clear()
+                self.ready.clear()
+            if not self._closing:
+                await asyncio.sleep(backoff * (0.5 + random.random()))
+                backoff = min(backoff * 2, self.max_backoff_s)
+
+    async def _handle(self, frame: dict[str, Any]) -> None:
+        if self.on_frame is not None:
+            self.on_frame(frame)
+        kind = frame.get("t")
+        if kind == "ack":
+            for device, seq in frame["acks"].items():
+                if device in self.streams:
+                    self.streams[device].on_ack(seq)
+        elif kind == "welcome":
+            for device, seq in frame["devices"].items():
+                stream = self.streams.get(device)
+                if stream is not None:
+                    self._welcomed.add(device)
+                    await self.send_rows(stream, stream.on_welcome(seq))
+            if len(self._welcomed) == len(self.streams):
+                self.ready.set()
+        elif kind == "error":
+            stream = self.streams.get(frame.get("device", ""))
+            if stream is not None and frame.get("seqs"):
+                stream.on_rejected(frame["seqs"], frame["code"])
+            else:
+                self.errors[frame.get("code", "error")] += 1
+        elif kind == "throttle":
+            await asyncio.sleep(frame.get("retry_after_ms", 1000) / 1000)
+            stream = self.streams.get(frame.get("device", ""))
+            if stream is not None:
+                await self.send_rows(stream, [stream.unacked[s] for s in sorted(stream.unacked)])
