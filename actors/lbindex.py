@@ -292,7 +292,7 @@ class RankIndex:
         self._tombs = np.empty(0, self._dtype)
 
     def _pad(self, keys: KeyArray, extra: int) -> KeyArray:
-        raw = keys.view(np.uint8).reshape(keys.shape[0], -1)
+        raw = keys.view(np.uint8).reshape(keys.shape[0], keys.dtype.itemsize)
         split = raw.shape[1] - _USER_WIDTH
         zeros = np.zeros((raw.shape[0], extra), dtype=np.uint8)
         padded = np.concatenate([raw[:, :split], zeros, raw[:, split:]], axis=1)

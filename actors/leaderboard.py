@@ -690,7 +690,8 @@ class LeaderboardShard:
     ) -> int:
         """How many entries of this shard beat the key ``(score, achieved_at, user)``.
 
-        The user's own entry never counts. Global rank = 1 + the sum over all shards.
+        The named user's own entry never counts, whatever its key, so this also answers "what
+        would my rank be with this score". Global rank = 1 + the sum over all shards.
         """
         found = self.count_better_many([score], [achieved_at], [user], period=period, cohort=cohort)
         return int(found[0])
@@ -711,7 +712,11 @@ class LeaderboardShard:
         index = self._index(period, cohort)
         if index is None or not len(index):
             return np.zeros(len(ties), dtype=np.int64)
-        return index.count_better(s, t, ties=ties)
+        counts = index.count_better(s, t, ties=ties)
+        own = index.rank_of([self._user_ids.get(u, -1) for u in users])
+        # The user's own entry beats the key iff it ranks below the key's count.
+        counts -= (own >= 0) & (own < counts)
+        return counts
 
     def entry(self, user: str, *, period: str | None = None) -> Entry | None:
         """The user's entry in a period, or None."""
