@@ -95,9 +95,16 @@ class RevolutionRate:
     def update(self, revolutions: int, event_ticks: int) -> float | None:
         return self.step(revolutions, event_ticks).rpm
 
+    def is_baseline(self, revolutions: int, event_ticks: int) -> bool:
+        """True if this sample is exactly the baseline (a re-sent notification)."""
+        return self._baseline == self._normalised(revolutions, event_ticks)
+
+    def _normalised(self, revolutions: int, event_ticks: int) -> tuple[int, int]:
+        return revolutions % self._revolution_modulus, event_ticks % EVENT_TICK_MODULUS
+
     def step(self, revolutions: int, event_ticks: int) -> RateStep:
         """Like ``update`` but says why there is no rate, and the deltas it used."""
-        sample = (revolutions % self._revolution_modulus, event_ticks % EVENT_TICK_MODULUS)
+        sample = self._normalised(revolutions, event_ticks)
         if self._baseline is None:
             self._baseline = sample
             return RateStep(StepKind.BASELINE)
@@ -147,7 +154,7 @@ class _CounterTracker:
         return self._last_rpm if now_s - self._fresh_s <= self._hold_s else 0.0
 
     def _step(self, revolutions: int, event_ticks: int, now_s: float) -> RateStep:
-        if self._baseline_s is not None and not 0 <= now_s - self._baseline_s <= self._max_gap_s:
+        if self._gap_lost_baseline(revolutions, event_ticks, now_s):
             self.reset()
         step = self._rate.step(revolutions, event_ticks)
         if step.kind is StepKind.REPEAT:
@@ -161,6 +168,17 @@ class _CounterTracker:
         self._fresh_s = None
         self._last_rpm = None
         return RateStep(StepKind.BACKWARDS if step.kind is StepKind.RATE else step.kind)
+
+
+    def _gap_lost_baseline(self, revolutions: int, event_ticks: int, now_s: float) -> bool:
+        """Too long since the baseline for 16-bit ticks to be trusted, or time ran back.
+
+        An exact re-send of the baseline sample carries no new timing, so a stopped
+        sensor that keeps notifying stays stopped (0.0) instead of losing its baseline.
+        """
+        if self._baseline_s is None or self._rate.is_baseline(revolutions, event_ticks):
+            return False
+        return not 0 <= now_s - self._baseline_s <= self._max_gap_s
 
 
 class CrankCadenceTracker(_CounterTracker):
