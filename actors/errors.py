@@ -19,12 +19,18 @@ class PhaseError(ActorError):
         self.current = current
         self.requested = requested
 
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:  # crosses process boundaries (Ray)
+        return (type(self), (self.current, self.requested))
+
 
 class StaleInstance(ActorError):
     def __init__(self, epoch: int, current: int | None) -> None:
         super().__init__(f"instance epoch {epoch} fenced off by epoch {current}")
         self.epoch = epoch
         self.current = current
+
+    def __reduce__(self) -> tuple[type, tuple[int, int | None]]:
+        return (type(self), (self.epoch, self.current))
 
 
 class CheckpointError(ActorError):

@@ -382,11 +382,11 @@ class SessionState:
     def _restore(self, raw: dict[str, Any]) -> None:
         self.phase = Phase(raw["phase"])
         self.version = raw["version"]
-        self.participants = list(raw["participants"])
-        self.slots = {p: i for i, p in enumerate(self.participants)}
-        n = len(self.participants)
-        capacity = max(16, 1 << max(n - 1, 0).bit_length())
-        self._allocate(capacity)
+        participants = list(raw["participants"])
+        n = len(participants)
+        self._allocate(max(16, 1 << max(n - 1, 0).bit_length()))
+        self.participants = participants
+        self.slots = {p: i for i, p in enumerate(participants)}
         self.active[:n] = np.frombuffer(raw["active"], dtype=bool)
         for name, buf in raw["cols"].items():
             arr = self._cols[name]

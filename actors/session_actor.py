@@ -87,7 +87,11 @@ class SessionActor:
             version = self.state.version
             seqs = self.state.applied_seqs()  # taken together with the bytes, no await between
             data = self.state.to_checkpoint()
-            await self.store.write(data)
+            try:
+                await self.store.write(data)
+            except StaleInstance:
+                self.fenced = True
+                raise
             self.checkpointed_version = version
             self.durable = seqs
             self.checkpoints_written += 1

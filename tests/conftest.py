@@ -1,0 +1,125 @@
+"""Shared real infrastructure: one redis-server, one local Ray and one uvicorn edge per test session.
+
+Nothing here is mocked. Fixtures are factories that clean up after themselves; every
+session id used by a test is unique, so tests share the stack without seeing each other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    from cluster.redis_server import EmbeddedRedis
+
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_instance() -> Iterator[Any]:
+    import ray
+
+    ray.init(
+        num_cpus=2,
+        resources={"session_slot": 1000},
+        namespace="pulseline-test",
+        include_dashboard=False,
+        log_to_driver=False,
+    )
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture
+def unique_id() -> str:
+    return uuid.uuid4().hex[:10]
+
+
+class EdgeServer:
+    """uvicorn running ``create_app`` in a thread with its own event loop."""
+
+    def __init__(self, settings: Any) -> None:
+        import uvicorn
+
+        from api.app import create_app
+
+        self.settings = settings
+        self.config = uvicorn.Config(
+            create_app(settings), host="127.0.0.1", port=settings.port, log_level="warning",
+            ws_max_size=1 << 20, loop="asyncio", lifespan="on",
+        )
+        self.server = uvicorn.Server(self.config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.settings.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.settings.port}"
+
+    def start(self) -> EdgeServer:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("edge did not start")
+            time.sleep(0.05)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(15)
+
+
+@pytest.fixture(scope="session")
+def edge_settings(redis_server: Any, ray_instance: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from cluster.settings import Settings
+
+    return Settings(
+        redis_url=redis_server.url,
+        port=_free_port(),
+        prefix=f"t{uuid.uuid4().hex[:6]}",
+        namespace="pulseline-test",
+        data_dir=Path(tmp_path_factory.mktemp("data")),
+        handshake_timeout_s=2.0,
+    )
+
+
+@pytest.fixture(scope="session")
+def edge(edge_settings: Any) -> Iterator[EdgeServer]:
+    server = EdgeServer(edge_settings).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def run() -> Any:
+    """Run a coroutine to completion on a fresh loop (tests stay plain functions)."""
+
+    def runner(coro: Any, timeout: float = 120.0) -> Any:
+        return asyncio.run(asyncio.wait_for(coro, timeout))
+
+    return runner
