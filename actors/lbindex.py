@@ -49,7 +49,8 @@ MAX_USERS = 2**32 - 1
 _SIGN = np.uint64(1 << 63)
 _HEAD = 16
 _USER_WIDTH = 4
-_MIN_MERGE_THRESHOLD = 16_384
+_MIN_MERGE_THRESHOLD = 65_536
+_MAX_MERGE_THRESHOLD = 262_144
 _AFTER_ALL_USERS = MAX_USERS
 
 FloatArray = npt.NDArray[np.float64]
@@ -92,7 +93,8 @@ def _column(raw: npt.NDArray[np.uint8], start: int, stop: int, dtype: str) -> np
 def _search(sorted_keys: KeyArray, queries: KeyArray, side: str = "left") -> IntArray:
     if sorted_keys.shape[0] == 0:
         return np.zeros(queries.shape[0], dtype=np.int64)
-    return np.searchsorted(sorted_keys, queries, side=side).astype(np.int64)  # type: ignore[call-overload]
+    found = np.searchsorted(sorted_keys, queries, side=side)  # type: ignore[call-overload]
+    return found.astype(np.int64)
 
 
 def _members(sorted_keys: KeyArray, queries: KeyArray) -> npt.NDArray[np.bool_]:
@@ -134,7 +136,7 @@ class RankIndex:
 
     ``descending`` picks whether higher scores rank first. ``tie_width`` is the byte width of
     the tie component (0: ties resolve by user index). ``merge_threshold`` bounds the size of
-    the write buffers; ``None`` adapts it to ``max(16384, 8 * sqrt(len))``.
+    the write buffers; ``None`` adapts it: ``32 * sqrt(len)`` clamped to 64k..256k keys.
     """
 
     def __init__(
@@ -179,7 +181,8 @@ class RankIndex:
     def merge_threshold(self) -> int:
         if self._fixed_threshold is not None:
             return self._fixed_threshold
-        return max(_MIN_MERGE_THRESHOLD, int(8 * math.sqrt(self._size)))
+        adaptive = int(32 * math.sqrt(self._size))
+        return min(_MAX_MERGE_THRESHOLD, max(_MIN_MERGE_THRESHOLD, adaptive))
 
     @property
     def buffered(self) -> int:
@@ -224,7 +227,8 @@ class RankIndex:
         raw = keys.view(np.uint8).reshape(-1, self._dtype.itemsize)
         scores = _float_from_ordered(_column(raw, 0, 8, ">u8").astype(np.uint64))
         achieved = _float_from_ordered(_column(raw, 8, 16, ">u8").astype(np.uint64))
-        users = _column(raw, _HEAD + self._tie_width, None, ">u4").astype(np.int64)  # type: ignore[arg-type]
+        width = self._dtype.itemsize
+        users = _column(raw, width - _USER_WIDTH, width, ">u4").astype(np.int64)
         return IndexEntries(users, -scores if self.descending else scores, achieved)
 
     # -- writes ----------------------------------------------------------------------------
@@ -236,7 +240,7 @@ class RankIndex:
         achieved_at: npt.ArrayLike,
         ties: npt.ArrayLike | None = None,
     ) -> IntArray:
-        """Set the key of each user (the last occurrence wins); return the users whose key changed."""
+        """Set each user's key (the last occurrence wins); return the users whose key changed."""
         u = np.atleast_1d(np.asarray(users, dtype=np.int64))
         keys = self._keys(scores, achieved_at, u, ties)
         last = _last_per_user(u)

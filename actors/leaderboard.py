@@ -22,9 +22,10 @@ period of their ``achieved_at``; queries default to the period that contains ``n
 What survives a restart: everything in ``to_checkpoint()`` — spec, records, entry versions
 (so that pagination cursors stay valid). Indexes are rebuilt on ``from_checkpoint``.
 
-Errors: every exception is a ``LeaderboardError`` carrying a ``Problem``; ``SpecError`` for
-bad specs, ``WriteError`` for rejected writes (a batch is validated before anything is
-applied), ``QueryError`` for unanswerable queries, ``CheckpointError`` for bad checkpoints.
+Errors: every exception is a ``LeaderboardError`` (an ``actors.errors.ActorError``) carrying a
+``Problem``; ``SpecError`` for bad specs, ``WriteError`` for rejected writes (a batch is
+validated before anything is applied), ``QueryError`` for unanswerable queries and
+``LeaderboardCheckpointError`` (also an ``actors.errors.CheckpointError``) for bad checkpoints.
 """
 
 from __future__ import annotations
@@ -46,14 +47,15 @@ import msgpack
 import numpy as np
 import numpy.typing as npt
 
+from actors.errors import ActorError, CheckpointError
 from actors.lbindex import RankIndex
 
 __all__ = [
     "CLASS_TAG",
     "MAX_USER_ID_BYTES",
     "Around",
-    "CheckpointError",
     "Entry",
+    "LeaderboardCheckpointError",
     "LeaderboardError",
     "LeaderboardShard",
     "LeaderboardSpec",
@@ -108,12 +110,15 @@ class Problem(enum.Enum):
     BAD_CHECKPOINT = "bad_checkpoint"
 
 
-class LeaderboardError(Exception):
+class LeaderboardError(ActorError):
     """Root of every leaderboard error; ``problem`` says why, ``str()`` says it for humans."""
 
     def __init__(self, problem: Problem, message: str) -> None:
         super().__init__(message)
         self.problem = problem
+
+    def __reduce__(self) -> tuple[type, tuple[Problem, str]]:  # crosses process boundaries (Ray)
+        return (type(self), (self.problem, str(self)))
 
 
 class SpecError(LeaderboardError):
@@ -128,8 +133,8 @@ class QueryError(LeaderboardError):
     """A query names no period where one is required, or a cohort the spec does not index."""
 
 
-class CheckpointError(LeaderboardError):
-    """A checkpoint could not be decoded."""
+class LeaderboardCheckpointError(LeaderboardError, CheckpointError):
+    """A leaderboard checkpoint could not be decoded (also an ``actors.errors.CheckpointError``)."""
 
 
 # -- spec and periods --------------------------------------------------------------------
@@ -490,7 +495,8 @@ class LeaderboardShard:
         now: Callable[[], float] = time.time,
     ) -> None:
         if not 0 <= shard_index < spec.shard_count:
-            raise SpecError(Problem.BAD_SHARDING, f"shard_index must be in 0..{spec.shard_count - 1}")
+            last = spec.shard_count - 1
+            raise SpecError(Problem.BAD_SHARDING, f"shard_index must be in 0..{last}")
         self._spec = spec
         self._shard_index = shard_index
         self._now = now
@@ -532,7 +538,8 @@ class LeaderboardShard:
         """Apply drained records (e.g. when resharding) into their recorded periods."""
         prepared = []
         for r in records:
-            _, user, source, rec = self._prepare(Write(r.user, r.source, r.score, r.achieved_at, r.tags))
+            write = Write(r.user, r.source, r.score, r.achieved_at, r.tags)
+            _, user, source, rec = self._prepare(write)
             prepared.append((r.period, user, source, rec))
         return self._apply(prepared)
 
@@ -782,7 +789,8 @@ class LeaderboardShard:
         for uid in users.tolist():
             i = position[uid]
             tags = dict(_latest(board.records[uid]).tags)
-            out.append(Entry(self._names[uid], float(chunk.scores[i]), float(chunk.achieved_at[i]), tags))
+            score, at = float(chunk.scores[i]), float(chunk.achieved_at[i])
+            out.append(Entry(self._names[uid], score, at, tags))
         return out
 
     def around(
@@ -817,12 +825,14 @@ class LeaderboardShard:
         index = self._index(period, cohort)
         if board is None or index is None:
             return Around([], None, [])
-        better = self.count_better(key.score, key.achieved_at, key.user, period=period, cohort=cohort)
+        better = self.count_better(*key, period=period, cohort=cohort)
         n_above = min(k, better)
         above = index.top(n_above, better - n_above)
         below = self._scan(index, key, k)
         own = self._own_entry(board, index, key)
-        return Around(self._entries(board, above.users, above), own, self._entries(board, below.users, below))
+        return Around(
+            self._entries(board, above.users, above), own, self._entries(board, below.users, below)
+        )
 
     def _own_entry(self, board: _Board, index: RankIndex, key: SortKey) -> Entry | None:
         uid = self._user_ids.get(key.user)
@@ -837,7 +847,8 @@ class LeaderboardShard:
         for period, board in self._boards.items():
             for uid, records in board.records.items():
                 for source, r in records.items():
-                    yield Record(self._names[uid], source, r.score, r.achieved_at, dict(r.tags), period)
+                    user = self._names[uid]
+                    yield Record(user, source, r.score, r.achieved_at, dict(r.tags), period)
 
     def drain_entries(self) -> list[Record]:
         """Remove and return every record, e.g. to ``load_records`` them into new shards."""
@@ -882,18 +893,22 @@ class LeaderboardShard:
         }
 
     @classmethod
-    def from_checkpoint(cls, data: bytes, *, now: Callable[[], float] = time.time) -> LeaderboardShard:
+    def from_checkpoint(
+        cls, data: bytes, *, now: Callable[[], float] = time.time
+    ) -> LeaderboardShard:
         """Rebuild a shard (records, entries, versions, indexes) from ``to_checkpoint()``."""
         try:
             state = msgpack.unpackb(data, raw=False, strict_map_key=False)
             if state["v"] != _CHECKPOINT_VERSION:
                 raise ValueError(f"unsupported checkpoint version {state['v']!r}")
-            shard = cls(LeaderboardSpec.from_dict(state["spec"]), shard_index=state["shard"], now=now)
+            spec = LeaderboardSpec.from_dict(state["spec"])
+            shard = cls(spec, shard_index=state["shard"], now=now)
             shard._restore(state)
         except LeaderboardError:
             raise
         except (ValueError, KeyError, TypeError, IndexError, msgpack.UnpackException) as exc:
-            raise CheckpointError(Problem.BAD_CHECKPOINT, f"bad leaderboard checkpoint: {exc}") from exc
+            message = f"bad leaderboard checkpoint: {exc}"
+            raise LeaderboardCheckpointError(Problem.BAD_CHECKPOINT, message) from exc
         return shard
 
     def _restore(self, state: Mapping[str, Any]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import pickle
 import random
 from datetime import datetime
 from zoneinfo import ZoneInfo
@@ -11,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from actors.errors import ActorError, CheckpointError
 from actors.leaderboard import (
     CLASS_TAG,
     Entry,
@@ -399,9 +401,17 @@ def test_checkpoint_round_trip_keeps_entries_versions_and_long_ids() -> None:
     restored.write_many([("u3", "c9", 1000, clock.t)])
     assert restored.top(10, after=page.next_after, as_of=page.as_of) == shard.top(10, after=page.next_after, as_of=page.as_of)
     assert restored.count_better(6, clock.t, long_id) == shard.count_better(6, clock.t, long_id)
-    with pytest.raises(LeaderboardError) as info:
+    with pytest.raises(CheckpointError) as info:  # the actors package's checkpoint error
         LeaderboardShard.from_checkpoint(b"\x93garbage")
-    assert info.value.problem is Problem.BAD_CHECKPOINT
+    assert isinstance(info.value, LeaderboardError)
+    assert info.value.problem is Problem.BAD_CHECKPOINT  # type: ignore[attr-defined]
+
+
+def test_errors_share_the_actors_root_and_survive_pickling() -> None:
+    error = WriteError(Problem.WRONG_SHARD, "user 'x' belongs to another shard")
+    clone = pickle.loads(pickle.dumps(error))
+    assert isinstance(clone, WriteError) and isinstance(clone, ActorError)
+    assert clone.problem is Problem.WRONG_SHARD and str(clone) == str(error)
 
 
 def test_resharding_two_to_five_preserves_every_entry_and_rank() -> None:
