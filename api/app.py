@@ -15,7 +15,7 @@ from typing import Any, AsyncIterator
 
 import redis.asyncio as aioredis
 from fastapi import FastAPI, Query, WebSocket
-from fastapi.responses import PlainTextResponse
+from fastapi.responses import HTMLResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
@@ -24,7 +24,7 @@ from api.errors import BadRequest, UnknownSession, install_handlers
 from api.ingest import DeviceConnection
 from api.outbox import Outbox
 from api.pump import SessionPump
-from api.viewer import board_encoder
+from api.viewer import VIEW_PAGE, board_encoder
 from cluster.directory import SessionDirectory
 from cluster.settings import Settings
 from devices.protocol import CloseCode
@@ -149,6 +149,11 @@ def create_app(settings: Settings) -> FastAPI:
     async def flush(session_id: str) -> dict[str, Any]:
         return {"durable": await edge().call(session_id, "flush")}
 
+    @app.get("/v1/sessions/{session_id}/view", response_class=HTMLResponse)
+    async def view_page(session_id: str) -> HTMLResponse:
+        await edge().require(session_id)
+        return HTMLResponse(VIEW_PAGE)
+
     @app.websocket("/v1/devices")
     async def devices(ws: WebSocket) -> None:
         await DeviceConnection(ws, edge()).serve()
@@ -160,10 +165,11 @@ def create_app(settings: Settings) -> FastAPI:
         rate: float = Query(default=1.0),
         participant: str | None = Query(default=None),
         view: str = Query(default="top"),
+        format: str = Query(default="msgpack"),
     ) -> None:
         await ws.accept()
-        if not 1.0 <= rate <= settings.max_board_rate_hz or view not in ("top", "all"):
-            await ws.close(CloseCode.PROTOCOL, f"rate must be 1-{settings.max_board_rate_hz:g} Hz, view top|all")
+        if not 1.0 <= rate <= settings.max_board_rate_hz or view not in ("top", "all") or format not in ("msgpack", "json"):
+            await ws.close(CloseCode.PROTOCOL, f"rate must be 1-{settings.max_board_rate_hz:g} Hz, view top|all, format msgpack|json")
             return
         try:
             await edge().require(session_id)
@@ -174,7 +180,7 @@ def create_app(settings: Settings) -> FastAPI:
             ws,
             max_frames=settings.send_queue_frames,
             board_interval_s=1.0 / rate,
-            encode_board=board_encoder(participant, everyone=view == "all"),
+            encode_board=board_encoder(participant, everyone=view == "all", as_json=format == "json"),
         )
         pump = edge().pump(session_id)
         pump.add_viewer(outbox)

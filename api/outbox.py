@@ -21,7 +21,7 @@ from devices.protocol import CloseCode
 
 log = logging.getLogger(__name__)
 
-BoardEncoder = Callable[[dict[str, Any]], bytes]
+BoardEncoder = Callable[[dict[str, Any]], bytes | str]
 
 
 class Outbox:
@@ -88,5 +88,9 @@ class Outbox:
         if board is None or self.encode_board is None:
             return
         self._last_board = time.monotonic()
-        await self.ws.send_bytes(self.encode_board(board))
+        frame = self.encode_board(board)
+        if isinstance(frame, str):
+            await self.ws.send_text(frame)
+        else:
+            await self.ws.send_bytes(frame)
         self.boards_sent += 1

@@ -8,6 +8,7 @@ row. Encoded lazily at send time, so boards a slow viewer skips cost nothing.
 
 from __future__ import annotations
 
+import json
 from typing import Any, Callable
 
 from devices.protocol import encode
@@ -22,13 +23,40 @@ def own_row(board: dict[str, Any], participant: str) -> list[Any] | None:
     return index.get(participant)  # type: ignore[no-any-return]
 
 
-def board_encoder(participant: str | None, *, everyone: bool) -> Callable[[dict[str, Any]], bytes]:
-    def encode_board(board: dict[str, Any]) -> bytes:
+def board_encoder(
+    participant: str | None, *, everyone: bool, as_json: bool = False
+) -> Callable[[dict[str, Any]], bytes | str]:
+    def encode_board(board: dict[str, Any]) -> bytes | str:
         frame: dict[str, Any] = {"t": "board", **{k: board[k] for k in _SHARED if k in board}}
         if participant is not None:
             frame["you"] = own_row(board, participant)
         if everyone:
             frame["rows"] = board["rows"]
-        return encode(frame)
+        return json.dumps(frame) if as_json else encode(frame)
 
     return encode_board
+
+
+VIEW_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>pulseline board</title>
+<style>body{font-family:system-ui,sans-serif;margin:2em}table{border-collapse:collapse}
+td,th{padding:4px 10px;border-bottom:1px solid #ddd;text-align:right}td:first-child,th:first-child{text-align:left}</style>
+</head><body><h2>pulseline &mdash; session <span id="sid"></span> <small id="meta"></small></h2>
+<table><thead id="head"></thead><tbody id="body"></tbody></table>
+<script>
+const sid = location.pathname.split("/")[3];
+document.getElementById("sid").textContent = sid;
+const proto = location.protocol === "https:" ? "wss" : "ws";
+const ws = new WebSocket(`${proto}://${location.host}/v1/sessions/${sid}/board?rate=2&view=all&format=json`);
+ws.onmessage = (ev) => {
+  const b = JSON.parse(ev.data);
+  document.getElementById("meta").textContent = `${b.phase} · ${b.n} riders · v${b.version}`;
+  const cols = b.cols.filter(c => c !== "last_ts");
+  document.getElementById("head").innerHTML = "<tr>" + cols.map(c => `<th>${c}</th>`).join("") + "</tr>";
+  document.getElementById("body").innerHTML = b.rows.map(r => "<tr>" + cols.map(c => {
+    const v = r[b.cols.indexOf(c)]; return `<td>${v === null ? "–" : (typeof v === "number" ? +v.toFixed(1) : v)}</td>`;
+  }).join("") + "</tr>").join("");
+};
+ws.onclose = (ev) => { document.getElementById("meta").textContent = `closed: ${ev.code} ${ev.reason}`; };
+</script></body></html>
+"""

@@ -38,6 +38,7 @@ def _swarm_args(p: argparse.ArgumentParser, sessions: int, devices: int, seconds
     p.add_argument("--dup-rate", type=float, default=0.0)
     p.add_argument("--bad-rate", type=float, default=0.0)
     p.add_argument("--report", default=None, help="also write the JSON here")
+    p.add_argument("--session-prefix", default=None, help="session ids are PREFIX-0..S-1 (default: a fresh random prefix)")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -64,9 +65,12 @@ def _settings(args: argparse.Namespace) -> Any:
 
 
 def _swarm_config(args: argparse.Namespace, url: str) -> Any:
+    import uuid
+
     from sims.swarm import SwarmConfig
 
     return SwarmConfig(
+        session_prefix=args.session_prefix or f"swarm-{uuid.uuid4().hex[:6]}",
         base_url=url, sessions=args.sessions, devices=args.devices, seconds=args.seconds,
         board_hz=args.board_hz, hub_size=args.hub_size, dup_rate=args.dup_rate, bad_rate=args.bad_rate,
     )
@@ -132,7 +136,7 @@ def _demo(args: argparse.Namespace) -> int:
         print(f"pulseline: running a {args.devices}-device class for {args.seconds:g}s ...", file=sys.stderr, flush=True)
         result = await run_swarm(_swarm_config(args, url))
         _emit(result, args.report)
-        sid = "swarm-0"
+        sid = result["session_ids"][0]
         print(
             f"\nwhere to look:\n  board (live, browser): {url}/v1/sessions/{sid}/view\n"
             f"  session state (JSON): {url}/v1/sessions/{sid}\n  metrics: {url}/metrics\n"

@@ -75,6 +75,7 @@ class Viewer:
     session: str
     pending: dict[str, deque[float]] = field(default_factory=dict)
     latencies_ms: list[float] = field(default_factory=list)
+    sent_at: list[float] = field(default_factory=list)
     boards: int = 0
 
     def expect(self, participant: str, ts: float) -> None:
@@ -90,7 +91,9 @@ class Viewer:
             if not queue or last is None:
                 continue
             while queue and queue[0] <= last + 1e-6:
-                self.latencies_ms.append((now - queue.popleft()) * 1000.0)
+                ts = queue.popleft()
+                self.sent_at.append(ts)
+                self.latencies_ms.append((now - ts) * 1000.0)
 
 
 class Swarm:
@@ -115,6 +118,7 @@ class Swarm:
                 self._viewer_tasks.append(asyncio.create_task(self._watch(sid)))
             for client in self.clients:
                 client.start()
+            ready_s = await self._wait_ready()
             started = time.time()
             await self._drive(started)
             drained = await self._drain()
@@ -125,7 +129,17 @@ class Swarm:
         for task in self._viewer_tasks:
             task.cancel()
         await asyncio.gather(*self._viewer_tasks, return_exceptions=True)
-        return self.accounting(states, drained, time.time() - started)
+        result = self.accounting(states, drained, time.time() - started)
+        result["connect_s"] = ready_s
+        return result
+
+    async def _wait_ready(self) -> float:
+        """A class starts once its devices are connected: wait for every welcome (bounded)."""
+        began = time.monotonic()
+        await asyncio.wait(
+            [asyncio.ensure_future(c.ready.wait()) for c in self.clients], timeout=self.config.drain_timeout_s
+        )
+        return round(time.monotonic() - began, 2)
 
     def _build(self) -> None:
         cfg = self.config
@@ -226,6 +240,7 @@ class Swarm:
         pct = (lambda q: round(float(np.percentile(latencies, q)), 2)) if latencies.size else (lambda q: None)
         return {
             "sessions": self.config.sessions,
+            "session_ids": self.sessions,
             "devices": self.config.devices,
             "seconds": round(elapsed_s, 2),
             "sent": sent,
@@ -242,10 +257,27 @@ class Swarm:
                 "p50": pct(50), "p90": pct(90), "p99": pct(99),
                 "max": round(float(latencies.max()), 2) if latencies.size else None,
             },
+            "latency_over_time": self._timeline(),
             "boards_received": sum(v.boards for v in self.viewers.values()),
             "reconnects": sum(max(0, c.connects - 1) for c in self.clients),
             "server_frames": dict(self.frames_in),
         }
+
+
+    def _timeline(self, window_s: float = 5.0) -> list[dict[str, Any]]:
+        """p50/p99/max latency per window of scheduled send time."""
+        sent = np.array([t for v in self.viewers.values() for t in v.sent_at])
+        lat = np.array([x for v in self.viewers.values() for x in v.latencies_ms])
+        if not sent.size:
+            return []
+        bucket = ((sent - sent.min()) // window_s).astype(int)
+        out = []
+        for b in range(int(bucket.max()) + 1):
+            sel = lat[bucket == b]
+            if sel.size:
+                out.append({"t_s": b * window_s, "n": int(sel.size), "p50": round(float(np.percentile(sel, 50)), 1),
+                            "p99": round(float(np.percentile(sel, 99)), 1), "max": round(float(sel.max()), 1)})
+        return out
 
 
 async def run_swarm(config: SwarmConfig) -> dict[str, Any]:

@@ -1,0 +1,125 @@
+"""``pulseline bench``: a swarm in its own process against a freshly started stack, with
+CPU and memory of every process (edge, each Ray worker, Redis, swarm) from psutil.
+
+Prints one JSON document: the swarm's accounting and latency, ``processes`` (CPU seconds
+used during the run, CPU % of one core, peak RSS), and per-session actor memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import psutil
+
+
+def _classify(proc: psutil.Process, edge_pid: int, swarm_pid: int) -> str | None:
+    try:
+        if proc.pid == edge_pid:
+            return "edge"
+        if proc.pid == swarm_pid:
+            return "swarm"
+        name = " ".join(proc.cmdline())[:200]
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+    if "redis-server" in name:
+        return "redis"
+    if "SessionActor" in name:
+        return f"ray-worker:SessionActor:{proc.pid}"
+    if name.startswith("ray::") or "default_worker.py" in name:
+        return f"ray-worker:{proc.pid}"
+    for part in ("raylet", "gcs_server", "dashboard", "log_monitor", "monitor.py", "runtime_env"):
+        if part in name:
+            return f"ray-system:{part}"
+    return None
+
+
+class ProcessSampler:
+    def __init__(self, edge_pid: int, swarm_pid: int) -> None:
+        self.edge_pid = edge_pid
+        self.swarm_pid = swarm_pid
+        self.start_cpu: dict[int, float] = {}
+        self.last_cpu: dict[int, float] = {}
+        self.peak_rss: dict[int, int] = {}
+        self.labels: dict[int, str] = {}
+
+    def _procs(self) -> list[psutil.Process]:
+        me = psutil.Process(self.edge_pid)
+        procs = [me, *me.children(recursive=True)]
+        seen = {p.pid for p in procs}
+        for p in psutil.process_iter():
+            if p.pid not in seen:
+                procs.append(p)
+        return procs
+
+    def sample(self) -> None:
+        for proc in self._procs():
+            label = self.labels.get(proc.pid) or _classify(proc, self.edge_pid, self.swarm_pid)
+            if label is None:
+                continue
+            try:
+                times = proc.cpu_times()
+                rss = proc.memory_info().rss
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+            self.labels[proc.pid] = label
+            cpu = times.user + times.system
+            self.start_cpu.setdefault(proc.pid, cpu)
+            self.last_cpu[proc.pid] = cpu
+            self.peak_rss[proc.pid] = max(self.peak_rss.get(proc.pid, 0), rss)
+
+    def report(self, wall_s: float) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for pid, label in self.labels.items():
+            used = self.last_cpu[pid] - self.start_cpu[pid]
+            out[label] = {
+                "pid": pid,
+                "cpu_s": round(used, 2),
+                "cpu_pct_of_one_core": round(100 * used / wall_s, 1) if wall_s else None,
+                "peak_rss_mib": round(self.peak_rss[pid] / 2**20, 1),
+            }
+        return dict(sorted(out.items()))
+
+
+def bench_after_start(args: Any, swarm_config: Callable[[Any, str], Any], emit: Callable[[dict[str, Any], str | None], None]) -> Callable[[Any], Any]:
+    async def after_start(server: Any) -> None:
+        url = f"http://{server.config.host}:{server.config.port}"
+        report = tempfile.NamedTemporaryFile(suffix=".json", delete=False).name
+        cmd = [
+            sys.executable, "-m", "cluster.cli", "swarm", "--url", url, "--sessions", str(args.sessions),
+            "--devices", str(args.devices), "--seconds", str(args.seconds), "--board-hz", str(args.board_hz),
+            "--hub-size", str(args.hub_size), "--report", report,
+        ]
+        if args.session_prefix:
+            cmd += ["--session-prefix", args.session_prefix]
+        started = time.monotonic()
+        proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.DEVNULL)
+        sampler = ProcessSampler(os.getpid(), proc.pid)
+        while proc.returncode is None:
+            sampler.sample()
+            try:
+                await asyncio.wait_for(proc.wait(), 1.0)
+            except TimeoutError:
+                pass
+        wall = time.monotonic() - started
+        result = json.loads(open(report).read())
+        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+            actors = {}
+            for sid in result["session_ids"]:
+                snap = (await http.get(f"/v1/sessions/{sid}")).json()
+                n = max(1, len(snap["participants"]))
+                actors[sid] = {"participants": n, "state_bytes": snap["state_bytes"], "bytes_per_participant": round(snap["state_bytes"] / n, 1), "checkpoints_written": snap["checkpoints_written"]}
+        result["processes"] = sampler.report(wall)
+        result["actors"] = actors
+        result["config"] = {"devices": args.devices, "sessions": args.sessions, "seconds": args.seconds, "board_hz": args.board_hz, "hub_size": args.hub_size, "cpus": os.cpu_count()}
+        emit(result, args.report)
+        server.should_exit = True
+
+    return after_start
