@@ -534,7 +534,9 @@ def _as_bytes(payload: object, characteristic: Characteristic) -> bytes:
     )
 
 
-def decode(characteristic: CharacteristicRef, payload: bytes | bytearray | memoryview) -> Measurement:
+def decode(
+    characteristic: CharacteristicRef, payload: bytes | bytearray | memoryview
+) -> Measurement:
     """Decode one notification of ``characteristic``; see the module docstring."""
     known = parse_characteristic(characteristic)
     return _DECODERS[known](_Reader(_as_bytes(payload, known), known))

@@ -39,7 +39,9 @@ def bike(**fields: float | int | None) -> IndoorBikeData:
 
 def power_meter(watts: int, crank: tuple[int, int] | None = None) -> CyclingPowerMeasurement:
     revolutions, ticks = crank if crank is not None else (None, None)
-    return CyclingPowerMeasurement(power_w=watts, crank_revolutions=revolutions, crank_event_ticks=ticks)
+    return CyclingPowerMeasurement(
+        power_w=watts, crank_revolutions=revolutions, crank_event_ticks=ticks
+    )
 
 
 def csc(
@@ -99,10 +101,12 @@ def test_cadence_power_meter_crank_beats_csc_crank_beats_trainer() -> None:
     assert n.emit(0.0).cadence_rpm == 70.0
     n.add(csc(crank=(1, 1024)), 1.0)
     n.add(csc(crank=(2, 2048)), 2.0)  # 60 rpm
-    assert (n.emit(2.0).cadence_rpm, n.emit(2.0).sources["cadence_rpm"]) == (60.0, Source.SPEED_CADENCE)
+    reading = n.emit(2.0)
+    assert (reading.cadence_rpm, reading.sources["cadence_rpm"]) == (60.0, Source.SPEED_CADENCE)
     n.add(power_meter(200, crank=(10, 1024)), 2.5)
     n.add(power_meter(200, crank=(12, 2048)), 3.0)  # 120 rpm
-    assert (n.emit(3.0).cadence_rpm, n.emit(3.0).sources["cadence_rpm"]) == (120.0, Source.POWER_METER)
+    reading = n.emit(3.0)
+    assert (reading.cadence_rpm, reading.sources["cadence_rpm"]) == (120.0, Source.POWER_METER)
 
 
 def test_first_counter_sample_gives_no_cadence() -> None:
@@ -166,7 +170,8 @@ def test_300_bpm_is_flagged_and_not_used() -> None:
     n.add(strap(300), 1.0)
     reading = n.emit(1.0)
     assert reading.hr_bpm == 141.0  # the strap's reading is dropped, the trainer takes over
-    assert reading.flags == (Flag("hr_bpm", Source.HEART_RATE_STRAP, 300.0, FlagReason.OUT_OF_RANGE, 1.0),)
+    flag = Flag("hr_bpm", Source.HEART_RATE_STRAP, 300.0, FlagReason.OUT_OF_RANGE, 1.0)
+    assert reading.flags == (flag,)
     assert reading.flags[0].reason.value == "out_of_range"
 
 
@@ -245,7 +250,8 @@ def test_distance_jump_faster_than_speed_bound_is_flagged() -> None:
     n.add(bike(total_distance_m=100 + 500), 1.0)
     reading = n.emit(1.0)
     assert reading.distance_m == 0.0
-    assert [(f.metric, f.reason) for f in reading.flags] == [("distance_m", FlagReason.OUT_OF_RANGE)]
+    flags = [(f.metric, f.reason) for f in reading.flags]
+    assert flags == [("distance_m", FlagReason.OUT_OF_RANGE)]
 
 
 def test_no_distance_source_is_none() -> None:

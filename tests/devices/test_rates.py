@@ -112,14 +112,18 @@ def test_rate_is_exact_through_any_rollover(
     rate = RevolutionRate(tps, bits)
     assert rate.update(revolutions, ticks) is None
     for delta_revolutions, delta_ticks in steps:
-        revolutions, ticks = (revolutions + delta_revolutions) % 2**bits, (ticks + delta_ticks) % 65536
-        assert rate.update(revolutions, ticks) == pytest.approx(delta_revolutions * 60 * tps / delta_ticks)
+        revolutions = (revolutions + delta_revolutions) % 2**bits
+        ticks = (ticks + delta_ticks) % 65536
+        expected = delta_revolutions * 60 * tps / delta_ticks
+        assert rate.update(revolutions, ticks) == pytest.approx(expected)
 
 
 # --- CrankCadenceTracker ------------------------------------------------------------
 
 
-def feed(tracker: CrankCadenceTracker | WheelSpeedTracker, samples: list[tuple[int, int, float]]) -> list[float | None]:
+def feed(
+    tracker: CrankCadenceTracker | WheelSpeedTracker, samples: list[tuple[int, int, float]]
+) -> list[float | None]:
     return [tracker.update(rev, ticks, now) for rev, ticks, now in samples]
 
 
@@ -216,7 +220,9 @@ def test_crank_tracker_reset_on_reconnect() -> None:
         max_size=30,
     )
 )
-def test_crank_tracker_never_returns_huge_or_negative(samples: list[tuple[int, int, float]]) -> None:
+def test_crank_tracker_never_returns_huge_or_negative(
+    samples: list[tuple[int, int, float]],
+) -> None:
     tracker = CrankCadenceTracker(max_rpm=400.0)
     now = 0.0
     for revolutions, ticks, step_s in samples:
