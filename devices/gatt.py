@@ -71,7 +71,9 @@ class Characteristic(enum.IntEnum):
 
     @property
     def label(self) -> str:
-        return f"{self.name.replace('_', ' ').title()} 0x{self.value:04X}"
+        """Human name for messages, e.g. ``CSC Measurement 0x2A5B``."""
+        words = (w if w in {"CSC", "RSC"} else w.capitalize() for w in self.name.split("_"))
+        return f"{' '.join(words)} 0x{self.value:04X}"
 
 
 CharacteristicRef: TypeAlias = "int | str | uuid.UUID | Characteristic"
@@ -492,17 +494,16 @@ _DECODERS: Final[dict[Characteristic, Callable[[_Reader], Measurement]]] = {
 
 # --- entry points -------------------------------------------------------------------
 
+_BY_NUMBER: Final[dict[int | None, Characteristic]] = {c.value: c for c in Characteristic}
 _SHORT_FORM: Final = re.compile(r"(?:0[xX])?([0-9a-fA-F]{4})")
 _LONG_FORM: Final = re.compile(r"0000([0-9a-fA-F]{4})" + re.escape(SIG_BASE_UUID_SUFFIX), re.I)
 
 
 def parse_characteristic(characteristic: object) -> Characteristic:
     """Resolve any accepted spelling of a characteristic; ``DecodeError`` if unknown."""
-    number = _assigned_number(characteristic)
-    try:
-        return Characteristic(number)  # type: ignore[arg-type]
-    except ValueError:
-        pass
+    known = _BY_NUMBER.get(_assigned_number(characteristic))
+    if known is not None:
+        return known
     raise DecodeError(
         DecodeFailure.UNKNOWN_CHARACTERISTIC,
         f"unknown or unsupported characteristic {characteristic!r:.80}",
