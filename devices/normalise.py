@@ -33,6 +33,7 @@ Not thread-safe; one ``Normaliser`` per participant, fed from one consumer.
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
@@ -253,7 +254,7 @@ class Normaliser:
             if winner is not None:
                 sources[metric] = winner[0]
                 values[metric] = winner[1].value
-        values["distance_m"] = self._distance(sources.get("distance_m"), ts_s)
+        values["distance_m"] = self._distance(sources.get("distance_m"))
         if values["distance_m"] is None:
             sources.pop("distance_m", None)
         flags, self._flags = tuple(self._flags), []
@@ -275,7 +276,7 @@ class Normaliser:
                 return source, value
         return None
 
-    def _distance(self, winner: Source | None, ts_s: float) -> float | None:
+    def _distance(self, winner: Source | None) -> float | None:
         if winner is not None:
             flag = self._odometer.advance(winner, self._values[("distance_m", winner)])
             if flag is not None:
@@ -283,8 +284,9 @@ class Normaliser:
         return self._odometer.total_m
 
     def _offer(self, metric: str, source: Source, value: float, ts_s: float) -> None:
-        low, high = self._bounds.get(metric, (float("-inf"), float("inf")))
-        if metric == "distance_m" or low <= value <= high:
+        # Cumulative distances start anywhere; the odometer checks their increments.
+        low, high = (0.0, math.inf) if metric == "distance_m" else self._bounds[metric]
+        if low <= value <= high:
             self._values[(metric, source)] = _Value(value, ts_s)
         else:
             self._reject(metric, source, value, FlagReason.OUT_OF_RANGE, ts_s)

@@ -365,3 +365,12 @@ def test_emitted_values_are_always_within_bounds(events: list[tuple[object, floa
             assert reading.distance_m >= previous_distance
             previous_distance = reading.distance_m
         assert all(flag.ts <= now for flag in reading.flags)
+
+
+def test_non_finite_values_are_flagged_not_used() -> None:
+    n = Normaliser()
+    nan = float("nan")
+    n.add(RscMeasurement(speed_mps=nan, cadence_spm=170, total_distance_m=nan), 0.0)
+    reading = n.emit(0.0)
+    assert (reading.speed_mps, reading.distance_m, reading.cadence_rpm) == (None, None, 170.0)
+    assert {f.metric for f in reading.flags} == {"speed_mps", "distance_m"}
