@@ -129,9 +129,10 @@ def main() -> None:
     parser.add_argument("--entries", type=int, default=1_000_000)
     parser.add_argument("--redis", action="store_true")
     parser.add_argument("--skip-shard", action="store_true")
+    parser.add_argument("--skip-index", action="store_true")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
-    for threshold in (None, 16_384, 262_144):
+    for threshold in () if args.skip_index else (None, 16_384, 262_144):
         bench_index(args.entries, threshold, rng)
     if not args.skip_shard:
         bench_shard(args.entries, rng)
