@@ -462,3 +462,13 @@ def test_shard_of_is_stable_and_merge_top_merges_by_sort_key() -> None:
     a = [Entry("x", 5.0, 1.0, {}), Entry("z", 3.0, 0.0, {})]
     b = [Entry("y", 5.0, 1.0, {}), Entry("w", 4.0, 9.0, {})]
     assert [e.user for e in merge_top([a, b], 3)] == ["x", "y", "w"]
+
+
+def test_public_surface_is_curated() -> None:
+    import actors.lbindex
+    import actors.leaderboard
+
+    for module in (actors.leaderboard, actors.lbindex):
+        assert sorted(module.__all__) == sorted(set(module.__all__))
+        assert all(hasattr(module, name) for name in module.__all__)
+    assert "LeaderboardShard" in actors.leaderboard.__all__ and "RankIndex" in actors.lbindex.__all__
