@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from api.metrics import CONNECTIONS, FRAMES_IN, SAMPLES_IN
 from api.outbox import Outbox
 from api.pump import DeviceLink, SessionPump
 from devices.protocol import (
@@ -57,11 +58,13 @@ class DeviceConnection:
     async def serve(self) -> None:
         await self.ws.accept()
         writer = asyncio.create_task(self.outbox.run())
+        CONNECTIONS.labels("device").inc()
         try:
             await self._receive_loop()
         except WebSocketDisconnect:
             pass
         finally:
+            CONNECTIONS.labels("device").dec()
             self.state = LinkState.CLOSED
             for link, pump in self.links.values():
                 pump.detach(link)
@@ -88,6 +91,7 @@ class DeviceConnection:
     async def _handle(self, data: bytes | str) -> None:
         try:
             frame = decode_device_frame(data)
+            FRAMES_IN.labels(type(frame).__name__.lower()).inc()
             if isinstance(frame, Samples):
                 self._samples(frame)
             elif isinstance(frame, Hello):
@@ -138,7 +142,11 @@ class DeviceConnection:
                 "t": "throttle", "device": frame.device, "retry_after_ms": 1000,
                 "reason": "too many unacknowledged samples; resend after the pause",
             }))
+            SAMPLES_IN.labels("throttled").inc(len(frame.rows))
             return
+        SAMPLES_IN.labels("accepted").inc(len(valid))
+        if rejected:
+            SAMPLES_IN.labels("rejected").inc(len(rejected))
         self._report_rejections(frame.device, rejected)
 
     def _validate(self, frame: Samples) -> tuple[list[list[Any]], list[tuple[int, ErrorCode]]]:

@@ -17,6 +17,7 @@ from typing import Any
 
 from starlette.websockets import WebSocket
 
+from api.metrics import BOARDS_OUT
 from devices.protocol import CloseCode
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,8 @@ class Outbox:
             await self.ws.close(code, reason)
 
     async def _send_board(self) -> None:
-        wait = self._last_board + self.board_interval_s - time.monotonic()
+        # 10% slack: boards produced at exactly the viewer's rate must not slip a whole tick
+        wait = self._last_board + 0.9 * self.board_interval_s - time.monotonic()
         if wait > 0:
             await asyncio.sleep(wait)  # newer boards replace this one meanwhile
         board, self.board = self.board, None
@@ -94,3 +96,4 @@ class Outbox:
         else:
             await self.ws.send_bytes(frame)
         self.boards_sent += 1
+        BOARDS_OUT.inc()

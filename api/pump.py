@@ -20,6 +20,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+from api.metrics import RESYNCS, TICK_ERRORS, TICK_SECONDS
 from api.outbox import Outbox
 from cluster.directory import SessionDirectory
 from devices.protocol import encode
@@ -140,6 +141,7 @@ class SessionPump:
                     await self._tick()
             except Exception:  # the loop never dies; devices resend what was not acked
                 self.tick_errors += 1
+                TICK_ERRORS.inc()
                 log.exception("session %s tick failed", self.session_id)
                 self.directory.forget(self.session_id)
                 self._resync_all()
@@ -162,11 +164,14 @@ class SessionPump:
         batches = [(d, p.participant, p.rows, p.rejected) for d, p in pending.items()]
         want = [d for d, l in self.links.items() if l.needs_welcome or l.sent > l.acked]
         handle = await self.directory.handle(self.session_id)
+        began = time.perf_counter()
         result = await handle.tick.remote(batches=batches, want_durable=want, known_version=self.known_version)
+        TICK_SECONDS.observe(time.perf_counter() - began)
         self.ticks += 1
         if self.epoch is not None and result["epoch"] != self.epoch:
             log.warning("session %s restarted (epoch %s -> %s): resyncing devices", self.session_id, self.epoch, result["epoch"])
             self._resync_all()
+            RESYNCS.inc()
         self.epoch = result["epoch"]
         self._dispatch_acks(result["durable"])
         board = result["board"]

@@ -56,6 +56,7 @@ def init_ray(settings: Settings) -> None:
     else:
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         ray.init(
+            address="local",  # always a fresh instance; never join a Ray someone else started
             num_cpus=max(2, os.cpu_count() or 2),
             resources={"session_slot": settings.local_session_slots},
             include_dashboard=False,

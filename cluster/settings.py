@@ -22,7 +22,9 @@ class Settings(BaseSettings):
     prefix: str = "pl"
     namespace: str = "pulseline"
     local_session_slots: int = 256
-    tick_interval_s: float = 0.05
+    # One actor call per session per tick. At the top board rate (10 Hz) a tick lands just
+    # before every viewer is due, so a sample waits at most one tick (see docs/benchmarks.md).
+    tick_interval_s: float = 0.1
     checkpoint_interval_s: float = 0.25
     board_size: int = 10
     max_gap_s: float = 5.0
