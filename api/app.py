@@ -81,6 +81,19 @@ class Edge:
         await asyncio.gather(*(p.stop() for p in self.pumps.values()))
 
 
+def settings_extensions() -> list[Any]:
+    """Routers that other capabilities add to the edge (each ``install(app)``), imported
+    lazily so the core edge does not depend on them."""
+    import importlib
+    import importlib.util
+
+    installers = []
+    for module in ("api.leaderboards", "api.cluster_routes"):
+        if importlib.util.find_spec(module) is not None:
+            installers.append(importlib.import_module(module).install)
+    return installers
+
+
 def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -95,6 +108,8 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(title="pulseline edge", version="1", lifespan=lifespan)
     install_handlers(app)
+    for extension in settings_extensions():
+        extension(app)
 
     def edge() -> Edge:
         return app.state.edge  # type: ignore[no-any-return]

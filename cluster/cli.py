@@ -52,6 +52,8 @@ def parser() -> argparse.ArgumentParser:
     _serve_args(demo)
     _swarm_args(demo, 2, 20, 20.0, 10.0)
     demo.add_argument("--once", action="store_true", help="stop after the swarm")
+    bridge = sub.add_parser("bridge", help="BLE bridge: scan, connect sensors, forward to an edge", add_help=False)
+    bridge.add_argument("bridge_args", nargs=argparse.REMAINDER)
     bench = sub.add_parser("bench", help="up + a large swarm with process stats")
     _serve_args(bench)
     _swarm_args(bench, 10, 1000, 60.0, 10.0)
@@ -172,6 +174,10 @@ def main(argv: list[str] | None = None) -> int:
         return _demo(args)
     if args.command == "bench":
         return _bench(args)
+    if args.command == "bridge":
+        from devices.bridge_cli import main as bridge_main
+
+        return int(bridge_main(args.bridge_args))
     return 2
 
 

@@ -41,6 +41,7 @@ def ray_instance() -> Iterator[Any]:
     import ray
 
     ray.init(
+        address="local",  # always a private instance, never one a neighbour started
         num_cpus=2,
         resources={"session_slot": 1000},
         namespace="pulseline-test",
