@@ -23,7 +23,7 @@ import msgpack
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from devices.protocol import encode
+from devices.protocol import MAX_DEVICES_PER_HELLO, encode
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,10 @@ class DeviceStream:
         self.on_ack(seq)
         return [self.unacked[s] for s in sorted(self.unacked)]
 
+    def pending_rows(self) -> list[list[Any]]:
+        """Every kept sample, oldest first (what a ``throttle`` makes the hub resend)."""
+        return [self.unacked[s] for s in sorted(self.unacked)]
+
     def on_rejected(self, seqs: Iterable[int], reason: str) -> None:
         for seq in seqs:
             if self.unacked.pop(seq, None) is not None:
@@ -83,6 +87,7 @@ class HubClient:
         token: str | None = None,
         max_backoff_s: float = 5.0,
         chunk: int = 500,
+        hub: str | None = None,
     ) -> None:
         self.url = url
         self.streams = {s.device: s for s in streams}
@@ -90,6 +95,7 @@ class HubClient:
         self.token = token
         self.max_backoff_s = max_backoff_s
         self.chunk = chunk
+        self.hub = hub
         self.ws: ClientConnection | None = None
         self.ready = asyncio.Event()
         self.connects = 0
@@ -107,6 +113,26 @@ class HubClient:
             await self.ws.close()
         if self._task is not None:
             await asyncio.gather(self._task, return_exceptions=True)
+
+    async def add_stream(self, stream: DeviceStream) -> None:
+        """Carry one more device; says ``hello`` for it now if connected (else on connect)."""
+        self.streams[stream.device] = stream
+        self.ready.clear()
+        ws = self.ws
+        if ws is None:
+            return
+        try:
+            await ws.send(encode(self._hello([stream])))
+        except ConnectionClosed:
+            pass  # the reconnect says hello for every stream
+
+    def _hello(self, streams: Iterable[DeviceStream]) -> dict[str, Any]:
+        frame: dict[str, Any] = {"t": "hello", "v": 1, "devices": [s.binding() for s in streams]}
+        if self.token:
+            frame["token"] = self.token
+        if self.hub:
+            frame["hub"] = self.hub
+        return frame
 
     async def send_rows(self, stream: DeviceStream, rows: list[list[Any]]) -> bool:
         """Send now if connected and welcomed; otherwise the rows wait in ``unacked``."""
@@ -128,7 +154,9 @@ class HubClient:
                     self.ws = ws
                     self.connects += 1
                     backoff = 0.1
-                    await ws.send(encode({"t": "hello", "v": 1, "devices": [s.binding() for s in self.streams.values()], **({"token": self.token} if self.token else {})}))
+                    streams = list(self.streams.values())
+                    for i in range(0, len(streams), MAX_DEVICES_PER_HELLO):
+                        await ws.send(encode(self._hello(streams[i : i + MAX_DEVICES_PER_HELLO])))
                     async for message in ws:
                         await self._handle(msgpack.unpackb(message, raw=False) if isinstance(message, bytes) else {})
             except (OSError, ConnectionClosed, TimeoutError) as exc:
@@ -167,4 +195,4 @@ class HubClient:
             await asyncio.sleep(frame.get("retry_after_ms", 1000) / 1000)
             stream = self.streams.get(frame.get("device", ""))
             if stream is not None:
-                await self.send_rows(stream, [stream.unacked[s] for s in sorted(stream.unacked)])
+                await self.send_rows(stream, stream.pending_rows())
