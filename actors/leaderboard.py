@@ -73,6 +73,7 @@ __all__ = [
     "SpecError",
     "Write",
     "WriteError",
+    "check_write",
     "memory_per_entry",
     "merge_around",
     "merge_top",
@@ -110,6 +111,7 @@ class Problem(enum.Enum):
     PERIOD_REQUIRED = "period_required"
     COHORT_NOT_INDEXED = "cohort_not_indexed"
     BAD_CHECKPOINT = "bad_checkpoint"
+    MOVED = "moved"
 
 
 class LeaderboardError(ActorError):
@@ -486,6 +488,31 @@ def _tags(tags: Mapping[str, str] | None) -> Tags:
     return items
 
 
+def _checked(spec: LeaderboardSpec, write: Write) -> tuple[str, _Rec]:
+    _user_bytes(write.user, WriteError)
+    if not isinstance(write.source, str) or not write.source:
+        raise WriteError(Problem.BAD_SOURCE, "source must be a non-empty str")
+    score = _real(write.score, "score", WriteError)
+    achieved_at = _real(write.achieved_at, "achieved_at", WriteError)
+    tags = _tags(write.tags)
+    class_id = dict(tags).get(CLASS_TAG) if tags else None
+    if spec.period is Period.CLASS and not class_id:
+        raise WriteError(Problem.MISSING_CLASS, f"per-class boards need a {CLASS_TAG!r} tag")
+    period = period_key(spec, achieved_at, class_id)
+    return period, _Rec(score + 0.0, achieved_at + 0.0, tags)
+
+
+def check_write(spec: LeaderboardSpec, write: Write | tuple[Any, ...]) -> Write:
+    """Validate one write against a board (everything but its shard); raise ``WriteError``.
+
+    Routers call it on a whole batch before fanning it out, so that a bad write in one shard's
+    part cannot leave the other shards' parts applied.
+    """
+    checked = Write(*write)
+    _checked(spec, checked)
+    return checked
+
+
 class LeaderboardShard:
     """One shard of one board: records, entries and rank indexes for every period.
 
@@ -553,20 +580,11 @@ class LeaderboardShard:
         return self._apply(prepared)
 
     def _prepare(self, write: Write) -> _Prepared:
-        _user_bytes(write.user, WriteError)
+        period, rec = _checked(self._spec, write)
         if shard_of(write.user, self._spec.shard_count) != self._shard_index:
             raise WriteError(Problem.WRONG_SHARD, f"user {write.user!r} belongs to another shard")
-        if not isinstance(write.source, str) or not write.source:
-            raise WriteError(Problem.BAD_SOURCE, "source must be a non-empty str")
-        score = _real(write.score, "score", WriteError)
-        achieved_at = _real(write.achieved_at, "achieved_at", WriteError)
-        tags = _tags(write.tags)
-        class_id = dict(tags).get(CLASS_TAG)
-        if self._spec.period is Period.CLASS and not class_id:
-            raise WriteError(Problem.MISSING_CLASS, f"per-class boards need a {CLASS_TAG!r} tag")
-        period = period_key(self._spec, achieved_at, class_id)
-        tags = self._interned.setdefault(tags, tags)
-        return period, write.user, write.source, _Rec(score + 0.0, achieved_at + 0.0, tags)
+        tags = self._interned.setdefault(rec.tags, rec.tags)
+        return period, write.user, write.source, _Rec(rec.score, rec.achieved_at, tags)
 
     def _apply(self, prepared: Iterable[_Prepared]) -> int:
         touched: dict[str, set[int]] = {}
