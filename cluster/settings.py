@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -33,6 +34,38 @@ class Settings(BaseSettings):
     max_unacked_per_device: int = 3_600
     handshake_timeout_s: float = 10.0
     send_queue_frames: int = 256
+
+    # -- authentication (api/auth.py, docs/security.md) ----------------------------------
+    # development: HS256 tokens signed with a shared secret (``auth_secret`` or one generated
+    # into ``data_dir/dev-secret``), minted by ``pulseline token`` and the dev token route.
+    # production: RS256/ES256 tokens from an OpenID Connect issuer, checked against its JWKS;
+    # the edge refuses to start without an issuer or with a shared secret.
+    auth_mode: Literal["development", "production"] = "development"
+    auth_secret: SecretStr | None = None
+    auth_issuer: str | None = None  # e.g. https://login.example.com/realms/gym
+    auth_jwks_url: str | None = None  # default: discovered from the issuer's openid-configuration
+    auth_audience: str = "pulseline"
+    auth_leeway_s: float = 30.0  # clock skew tolerated on exp / nbf / iat
+    auth_jwks_cache_s: float = 3600.0  # refetch keys at least this often
+    auth_jwks_min_refetch_s: float = 10.0  # an unknown kid refetches at most this often
+    auth_expiry_notice_s: float = 60.0  # warn a connection this long before its token expires
+    dev_token_ttl_s: float = 12 * 3600.0
+    public_metrics: bool = False  # /metrics without an operator token (scrapers on a private net)
+
+    # -- limits (api/limits.py; every one documented in docs/security.md) ------------------
+    max_frame_bytes: int = 64 * 1024
+    max_ws_message_bytes: int = 1 << 20  # transport limit: larger messages close with 1009
+    max_samples_per_frame: int = 1000
+    max_devices_per_hub: int = 256
+    max_frames_per_s_per_connection: float = 200.0
+    max_frames_per_s_per_device: float = 20.0
+    rate_burst_s: float = 2.0  # a bucket holds this many seconds of its rate
+    max_throttle_strikes: int = 20  # frames sent while throttled before the close (4429)
+    max_connections_per_token: int = 4
+    max_connections_per_address: int = 4096
+    idle_timeout_s: float = 300.0  # no frame at all from a device connection for this long
+    ws_ping_interval_s: float = 20.0
+    ws_ping_timeout_s: float = 20.0
 
     def actor_settings(self) -> dict[str, Any]:
         assert self.redis_url, "redis_url is resolved before actors are created"

@@ -3,9 +3,11 @@
 Every frame is a map with a type key ``"t"``. The full reference, with every field and
 error code, is ``docs/protocol.md``; this module is its executable form:
 
-* ``decode_device_frame(data)`` turns bytes (msgpack) or str (JSON) from a device into
-  a typed frame or raises ``ProtocolError`` with an ``ErrorCode``; it never raises
-  anything else.
+* ``decode_device_frame(data, limits)`` turns bytes (msgpack) or str (JSON) from a
+  device into a typed frame or raises ``ProtocolError`` with an ``ErrorCode``; it never
+  raises anything else (property-tested with arbitrary bytes in
+  ``tests/devices/test_protocol_fuzz.py``). ``FrameLimits`` carries the configurable
+  size limits; the module constants are their defaults.
 * ``validate_sample(row, now_s)`` checks one wire sample and returns the reason it is
   rejected, or ``None``.
 * ``encode(frame_dict)`` packs a server (or device) frame.
@@ -15,7 +17,9 @@ from __future__ import annotations
 
 import enum
 import json
+import logging
 import math
+import reprlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,11 +27,17 @@ import msgpack
 
 from devices.sample import BOUNDS, METRICS
 
+log = logging.getLogger(__name__)
+_short = reprlib.Repr()
+_short.maxstring = _short.maxother = 40
+_short.maxlevel = 2
+
 VERSION = 1
 MAX_FRAME_BYTES = 64 * 1024
 MAX_SAMPLES_PER_FRAME = 1000
 MAX_DEVICES_PER_HELLO = 256
 MAX_ID_LEN = 128
+MAX_TOKEN_LEN = 8192
 # How far a device clock may run ahead of the server, and how old a sample may be.
 MAX_FUTURE_S = 300.0
 MAX_AGE_S = 7 * 24 * 3600.0
@@ -50,6 +60,11 @@ class ErrorCode(str, enum.Enum):
     BAD_TIMESTAMP = "bad_timestamp"
     UNAVAILABLE = "unavailable"
     INTERNAL = "internal"
+    # authentication, authorisation and limits (docs/security.md)
+    UNAUTHORISED = "unauthorised"
+    FORBIDDEN = "forbidden"
+    TOKEN_EXPIRING = "token_expiring"
+    TOO_MANY_DEVICES = "too_many_devices"
 
 
 class CloseCode(enum.IntEnum):
@@ -64,6 +79,7 @@ class CloseCode(enum.IntEnum):
     UNKNOWN_SESSION = 4404
     TIMEOUT = 4408
     THROTTLED = 4429
+    INTERNAL = 1011
 
 
 class ProtocolError(ValueError):
@@ -77,6 +93,18 @@ class ProtocolError(ValueError):
 
     def frame(self, **extra: Any) -> dict[str, Any]:
         return error_frame(self.code, self.message, fatal=self.fatal, **extra)
+
+
+@dataclass(frozen=True, slots=True)
+class FrameLimits:
+    """Per-frame size limits (configurable through the edge's settings)."""
+
+    max_frame_bytes: int = MAX_FRAME_BYTES
+    max_samples_per_frame: int = MAX_SAMPLES_PER_FRAME
+    max_devices_per_hello: int = MAX_DEVICES_PER_HELLO
+
+
+DEFAULT_LIMITS = FrameLimits()
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +132,14 @@ class Bye:
     device: str | None = None
 
 
-DeviceFrame = Hello | Samples | Bye
+@dataclass(frozen=True, slots=True)
+class Auth:
+    """In-band re-authentication: a fresh token for the same connection."""
+
+    token: str
+
+
+DeviceFrame = Hello | Samples | Bye | Auth
 
 
 def encode(frame: dict[str, Any]) -> bytes:
@@ -115,24 +150,45 @@ def error_frame(code: ErrorCode, message: str, *, fatal: bool = False, **extra: 
     return {"t": "error", "code": code.value, "message": message, "fatal": fatal, **extra}
 
 
-def decode_device_frame(data: bytes | str) -> DeviceFrame:
-    raw = _unpack(data)
+def decode_device_frame(data: bytes | str, limits: FrameLimits = DEFAULT_LIMITS) -> DeviceFrame:
+    try:
+        return _decode(data, limits)
+    except ProtocolError:
+        raise
+    except Exception as exc:  # a bug, not the client's fault: still never crash the caller
+        log.exception("decoder bug on a %d-byte frame", len(data))
+        raise ProtocolError(ErrorCode.INTERNAL, f"frame could not be decoded: {type(exc).__name__}") from None
+
+
+def _decode(data: bytes | str, limits: FrameLimits) -> DeviceFrame:
+    raw = _unpack(data, limits.max_frame_bytes)
     kind = raw.get("t")
     if kind == "samples":
-        return _samples(raw)
+        return _samples(raw, limits.max_samples_per_frame)
     if kind == "hello":
-        return _hello(raw)
+        return _hello(raw, limits.max_devices_per_hello)
     if kind == "bye":
         device = raw.get("device")
         if device is not None:
             _check_id(device, "device")
         return Bye(device)
-    raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown frame type {kind!r}")
+    if kind == "auth":
+        return Auth(_check_token(raw.get("token"), fatal=False))
+    raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown frame type {_short.repr(kind)}")
 
 
-def _unpack(data: bytes | str) -> dict[str, Any]:
-    if len(data) > MAX_FRAME_BYTES:
-        raise ProtocolError(ErrorCode.TOO_LARGE, f"frame of {len(data)} bytes exceeds {MAX_FRAME_BYTES}")
+def _byte_length(data: bytes | str, limit: int) -> int:
+    if isinstance(data, bytes):
+        return len(data)
+    if len(data) > limit or len(data) * 4 <= limit:
+        return len(data)  # decided without encoding: too many characters, or surely small
+    return len(data.encode("utf-8", "surrogatepass"))
+
+
+def _unpack(data: bytes | str, max_bytes: int) -> dict[str, Any]:
+    size = _byte_length(data, max_bytes)
+    if size > max_bytes:
+        raise ProtocolError(ErrorCode.TOO_LARGE, f"frame of {size} bytes exceeds {max_bytes}")
     try:
         if isinstance(data, str):
             raw = json.loads(data)
@@ -145,45 +201,52 @@ def _unpack(data: bytes | str) -> dict[str, Any]:
     return raw
 
 
-def _check_id(value: Any, name: str) -> str:
-    if not isinstance(value, str) or not 0 < len(value) <= MAX_ID_LEN:
-        raise ProtocolError(ErrorCode.BAD_FIELD, f"{name} must be a string of 1-{MAX_ID_LEN} chars")
+def _check_id(value: Any, name: str, *, fatal: bool = False) -> str:
+    # printable excludes control characters and lone surrogates (which cannot be re-encoded)
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_ID_LEN or not value.isprintable():
+        raise ProtocolError(ErrorCode.BAD_FIELD, f"{name} must be a printable string of 1-{MAX_ID_LEN} chars", fatal=fatal)
     return value
 
 
-def _hello(raw: dict[str, Any]) -> Hello:
+def _check_token(value: Any, *, fatal: bool) -> str:
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_TOKEN_LEN or not value.isascii():
+        raise ProtocolError(ErrorCode.BAD_FIELD, f"token must be an ASCII string of 1-{MAX_TOKEN_LEN} chars", fatal=fatal)
+    return value
+
+
+def _hello(raw: dict[str, Any], max_devices: int) -> Hello:
     if raw.get("v", VERSION) != VERSION:
         raise ProtocolError(ErrorCode.BAD_VERSION, f"protocol version {raw.get('v')!r} unsupported; use {VERSION}", fatal=True)
     devices = raw.get("devices")
-    if not isinstance(devices, list) or not 0 < len(devices) <= MAX_DEVICES_PER_HELLO:
-        raise ProtocolError(ErrorCode.BAD_FIELD, f"hello needs 1-{MAX_DEVICES_PER_HELLO} devices", fatal=True)
+    if not isinstance(devices, list) or not 0 < len(devices) <= max_devices:
+        raise ProtocolError(ErrorCode.BAD_FIELD, f"hello needs 1-{max_devices} devices", fatal=True)
     bindings = []
     for entry in devices:
         if not isinstance(entry, dict):
             raise ProtocolError(ErrorCode.BAD_FIELD, "each device must be a map", fatal=True)
         bindings.append(
             DeviceBinding(
-                _check_id(entry.get("device"), "device"),
-                _check_id(entry.get("participant"), "participant"),
-                _check_id(entry.get("session"), "session"),
+                _check_id(entry.get("device"), "device", fatal=True),
+                _check_id(entry.get("participant"), "participant", fatal=True),
+                _check_id(entry.get("session"), "session", fatal=True),
             )
         )
     token = raw.get("token")
     hub = raw.get("hub")
-    if token is not None and not isinstance(token, str):
-        raise ProtocolError(ErrorCode.BAD_FIELD, "token must be a string", fatal=True)
+    if token is not None:
+        _check_token(token, fatal=True)
     if hub is not None:
-        _check_id(hub, "hub")
+        _check_id(hub, "hub", fatal=True)
     return Hello(tuple(bindings), token, hub)
 
 
-def _samples(raw: dict[str, Any]) -> Samples:
+def _samples(raw: dict[str, Any], max_samples: int) -> Samples:
     device = _check_id(raw.get("device"), "device")
     rows = raw.get("samples")
     if not isinstance(rows, list):
         raise ProtocolError(ErrorCode.BAD_FIELD, "samples must be a list of sample arrays")
-    if len(rows) > MAX_SAMPLES_PER_FRAME:
-        raise ProtocolError(ErrorCode.TOO_MANY_SAMPLES, f"{len(rows)} samples in one frame; max {MAX_SAMPLES_PER_FRAME}")
+    if len(rows) > max_samples:
+        raise ProtocolError(ErrorCode.TOO_MANY_SAMPLES, f"{len(rows)} samples in one frame; max {max_samples}")
     return Samples(device, rows)
 
 

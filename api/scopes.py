@@ -1,0 +1,191 @@
+"""What a verified token may do, and the one place refusals are logged.
+
+The rules (``docs/security.md`` has the full matrix):
+
+=============  ==========================================================================
+kind           may
+=============  ==========================================================================
+device         write its own ``device`` for its own ``participant`` in its ``sessions``
+hub            write for the ``devices`` registered to it (the token's ``devices`` claim),
+               any participant, in its ``sessions`` (every session when the claim is absent)
+participant    join / leave itself; read the board and state of sessions it has joined
+               (it is on the roster), within its ``sessions`` when the claim is present
+operator       create sessions, change phase (end them), flush, join/leave anyone, read any
+               board and state, leaderboards and cluster status
+=============  ==========================================================================
+
+Everything else raises ``Forbidden`` with a ``ScopeReason``. ``Gate`` authenticates
+(``api.auth``) and logs every refusal (rate-limited per reason, and counted in
+``pulseline_auth_refusals_total``); ``principal`` / ``operator`` are FastAPI dependencies.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+from collections.abc import Collection, Mapping
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import Counter
+
+from api.auth import Principal, TokenKind, TokenVerifier
+from api.errors import AuthError, Forbidden, Unauthorised
+from devices.protocol import DeviceBinding
+
+log = logging.getLogger(__name__)
+
+REFUSALS = Counter("pulseline_auth_refusals_total", "Requests and frames refused by auth", ["status", "reason"])
+
+
+class ScopeReason(str, enum.Enum):
+    """Why a valid token may not do this (HTTP 403, WebSocket close 4403 / error frame)."""
+
+    WRONG_KIND = "wrong_kind"
+    WRONG_SESSION = "wrong_session"
+    WRONG_PARTICIPANT = "wrong_participant"
+    WRONG_DEVICE = "wrong_device"
+    WRONG_HUB = "wrong_hub"
+    NOT_JOINED = "not_joined"
+    NOT_SAME_PRINCIPAL = "not_same_principal"
+
+
+def _forbid(reason: ScopeReason, message: str) -> Forbidden:
+    return Forbidden(reason, message)
+
+
+def _check_session(p: Principal, session: str) -> None:
+    if p.sessions is not None and session not in p.sessions:
+        raise _forbid(ScopeReason.WRONG_SESSION, f"token not issued for session {session!r}")
+
+
+def authorise_write(p: Principal, binding: DeviceBinding, *, hub: str | None = None) -> None:
+    """May ``p`` send samples of ``binding`` (device, participant, session)?"""
+    if p.kind is TokenKind.DEVICE:
+        if binding.device != p.device:
+            raise _forbid(ScopeReason.WRONG_DEVICE, f"token is for device {p.device!r}, not {binding.device!r}")
+        if binding.participant != p.participant:
+            raise _forbid(ScopeReason.WRONG_PARTICIPANT, f"token is for participant {p.participant!r}")
+    elif p.kind is TokenKind.HUB:
+        if hub is not None and hub != p.hub:
+            raise _forbid(ScopeReason.WRONG_HUB, f"token is for hub {p.hub!r}, not {hub!r}")
+        if binding.device not in p.devices:
+            raise _forbid(ScopeReason.WRONG_DEVICE, f"device {binding.device!r} is not registered to hub {p.hub!r}")
+    else:
+        raise _forbid(ScopeReason.WRONG_KIND, f"a {p.kind.value} token cannot send samples")
+    _check_session(p, binding.session)
+
+
+def authorise_operator(p: Principal, action: str = "this") -> None:
+    if p.kind is not TokenKind.OPERATOR:
+        raise _forbid(ScopeReason.WRONG_KIND, f"only an operator token may do {action}")
+
+
+def authorise_membership(p: Principal, session: str, participant: str) -> None:
+    """Join or leave ``participant`` to/from ``session``: operators, or the participant itself."""
+    if p.kind is TokenKind.OPERATOR:
+        return
+    if p.kind is not TokenKind.PARTICIPANT:
+        raise _forbid(ScopeReason.WRONG_KIND, f"a {p.kind.value} token cannot change a roster")
+    if participant != p.participant:
+        raise _forbid(ScopeReason.WRONG_PARTICIPANT, f"token is for participant {p.participant!r}")
+    _check_session(p, session)
+
+
+def authorise_read(p: Principal, session: str, roster: Collection[str]) -> None:
+    """Read a session's board or state: operators, or a participant on its roster."""
+    if p.kind is TokenKind.OPERATOR:
+        return
+    if p.kind is not TokenKind.PARTICIPANT:
+        raise _forbid(ScopeReason.WRONG_KIND, f"a {p.kind.value} token cannot read boards")
+    _check_session(p, session)
+    if p.participant not in roster:
+        raise _forbid(ScopeReason.NOT_JOINED, f"participant {p.participant!r} has not joined session {session!r}")
+
+
+def authorise_renewal(old: Principal, new: Principal, bindings: Collection[DeviceBinding], hub: str | None) -> None:
+    """A fresh token on a live connection must be the same principal and cover its devices."""
+    if (new.kind, new.subject) != (old.kind, old.subject):
+        raise _forbid(ScopeReason.NOT_SAME_PRINCIPAL, "a renewed token must be for the same subject")
+    for binding in bindings:
+        authorise_write(new, binding, hub=hub)
+
+
+def roster_of(snapshot: Mapping[str, Any]) -> set[str]:
+    return {row.get("participant") for row in snapshot.get("participants", []) if isinstance(row, dict)}
+
+
+class Gate:
+    """Authentication plus refusal logging, shared by HTTP routes and WebSockets."""
+
+    def __init__(self, verifier: TokenVerifier, *, log_interval_s: float = 1.0) -> None:
+        self.verifier = verifier
+        self.log_interval_s = log_interval_s
+        self._last_logged: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    async def authenticate(self, token: str | None, *, where: str, peer: str) -> Principal:
+        try:
+            return await self.verifier.verify(token)
+        except Unauthorised as exc:
+            raise self.refused(exc, where=where, who="anonymous", peer=peer) from None
+
+    def refused(self, exc: AuthError, *, where: str, who: str, peer: str) -> AuthError:
+        """Count and log a refusal (at most one line per reason per interval); returns ``exc``."""
+        reason = getattr(exc.reason, "value", str(exc.reason))
+        REFUSALS.labels(str(exc.status), reason).inc()
+        now = time.monotonic()
+        if now - self._last_logged.get(reason, -1e9) >= self.log_interval_s:
+            self._last_logged[reason] = now
+            suppressed = self._suppressed.pop(reason, 0)
+            log.warning(
+                "refused %s %s: %s (%s) for %s from %s%s", exc.status, where, reason, exc.message, who, peer,
+                f" (+{suppressed} similar)" if suppressed else "",
+            )
+        else:
+            self._suppressed[reason] = self._suppressed.get(reason, 0) + 1
+        return exc
+
+    def check(self, p: Principal, rule: Any, *args: Any, where: str, peer: str, **kwargs: Any) -> None:
+        """Apply one ``authorise_*`` rule; a refusal is logged and raised."""
+        try:
+            rule(p, *args, **kwargs)
+        except Forbidden as exc:
+            raise self.refused(exc, where=where, who=p.describe(), peer=peer) from None
+
+    async def aclose(self) -> None:
+        await self.verifier.aclose()
+
+
+# -- FastAPI dependencies ----------------------------------------------------------------------
+_bearer = HTTPBearer(auto_error=False, description="A JWT (see docs/security.md)")
+
+
+def peer_of(request: Any) -> str:
+    client = getattr(request, "client", None)
+    return client.host if client is not None else "?"
+
+
+def gate_of(request: Any) -> Gate:
+    return request.app.state.gate  # type: ignore[no-any-return]
+
+
+async def principal(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> Principal:
+    """The caller of an HTTP route (401 without a valid bearer token)."""
+    token = credentials.credentials if credentials is not None else None
+    return await gate_of(request).authenticate(token, where=f"{request.method} {request.url.path}", peer=peer_of(request))
+
+
+async def operator(request: Request, who: Annotated[Principal, Depends(principal)]) -> Principal:
+    """An operator caller (401 / 403 otherwise). Add as ``dependencies=[Depends(operator)]``."""
+    gate_of(request).check(who, authorise_operator, f"{request.method} {request.url.path}",
+                           where=f"{request.method} {request.url.path}", peer=peer_of(request))
+    return who
+
+
+Caller = Annotated[Principal, Depends(principal)]
+Operator = Annotated[Principal, Depends(operator)]
