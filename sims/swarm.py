@@ -1,198 +1,488 @@
-"""A first swarm: N simulated 1 Hz devices over S sessions, with exact accounting.
+"""The swarm: simulated riders and their devices against a running edge, with exact accounting.
 
-Each device is a ``DeviceStream`` on its own connection (a phone) or, with ``hub_size``,
-many devices share one connection (a gym bridge). One viewer per session watches the
-full board (``view=all``) at ``board_hz`` and times every sample from its *scheduled*
-send time to the first board that shows it (no coordinated omission). At the end the
-swarm waits for every sample to be acknowledged, reads the server's totals over HTTP and
-compares them with the ground truth it kept.
+``Swarm(SwarmConfig(...)).run()`` creates the sessions, connects the devices (one
+connection per rider like a phone, or ``hub_size`` devices per connection like a gym
+bridge), drives every rider through a class plan (``sims.physiology``) at ``rate_hz``
+with the load shape of ``sims.load`` (join window, surges), injects the faults of
+``sims.faults``, watches each session's board at ``board_hz`` to time every sample from
+its *scheduled* send time to the first board showing it, optionally opens one board per
+participant (``participant_boards``), waits until every sample is durably acknowledged,
+and compares the server's per-participant totals with the ground truth it kept
+(``sims.accounting``).
+
+``run()`` returns the summary (the keys the tests and the CLI rely on: ``sent``,
+``acknowledged``, ``applied``, ``rejected``, ``rejected_by_reason``, ``lost``,
+``duplicated``, ``drained``, ``energy_max_abs_error_kj``, ``latency_ms``,
+``latency_over_time``, ``boards_received``, ``server_frames``, ``session_ids``, ...);
+``report()`` afterwards adds the per-participant rows and the per-second timeline that
+``sims.report`` turns into JSON and plots.
+
+Latency is measured for samples sent live; samples a fault held back on purpose (while
+offline, reordered, uploaded late) are accounted for but not latency-probed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
+import logging
 import math
 import random
 import time
-from collections import Counter, deque
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-import msgpack
-import numpy as np
-from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
 
-from devices.client import DeviceStream, HubClient
+from devices.client import DeviceStream
+from sims.accounting import ParticipantTruth, account, server_rows
+from sims.faults import BAD_TS_AGE_S, DeviceClock, DeviceFaults, FaultConfig, FlakyHubClient
+from sims.histogram import LatencyHistogram
+from sims.load import Surge, rate_at
+from sims.physiology import ClassPlan, Reading, RiderModel, random_profile, standard_plan
+from sims.progress import Progress
+from sims.viewers import ParticipantViewer, Viewer, watch
+
+__all__ = ["DEVICE_KINDS", "Rider", "Swarm", "SwarmConfig", "Viewer", "run_swarm"]
+
+log = logging.getLogger(__name__)
+
+# Which of (hr, power, cadence, speed, distance) each kind of device reports.
+DEVICE_KINDS: dict[str, tuple[bool, bool, bool, bool, bool]] = {
+    "phone": (True, True, True, True, True),  # an app that merges its sensors
+    "strap": (True, False, False, False, False),  # heart-rate strap
+    "power": (False, True, True, False, False),  # pedal / crank power meter
+    "trainer": (False, True, True, True, True),  # FTMS smart bike / trainer
+    "cadence": (False, False, True, False, False),  # CSC cadence sensor
+}
 
 
 @dataclass
 class SwarmConfig:
     base_url: str = "http://127.0.0.1:8000"
     sessions: int = 2
-    devices: int = 10
+    devices: int = 10  # riders in live sessions (each has one device per kind of its kit)
     seconds: float = 10.0
     rate_hz: float = 1.0
     board_hz: float = 10.0
-    hub_size: int = 1
+    hub_size: int = 1  # devices per connection; 1 = one connection per rider (a phone)
     session_prefix: str = "swarm"
-    dup_rate: float = 0.0  # probability a frame is sent twice (idempotency check)
-    bad_rate: float = 0.0  # probability a sample carries an out-of-range value
+    dup_rate: float = 0.0  # shorthands for faults.dup_rate / faults.bad_rate
+    bad_rate: float = 0.0
     drain_timeout_s: float = 30.0
-    max_gap_s: float = 5.0
+    max_gap_s: float = 5.0  # must equal the server's (energy integration clamp)
     seed: int = 1
+    name: str = "swarm"
+    kits: dict[str, float] = field(default_factory=lambda: {"phone": 1.0})
+    faults: FaultConfig | None = None
+    join_window_s: float = 0.0
+    surges: tuple[Surge, ...] = ()
+    participant_boards: bool = False
+    participant_board_hz: float = 1.0
+    phases: bool = True  # drive lobby -> live -> cooldown -> ended
+    progress: bool = False
+    ready_timeout_s: float = 60.0
 
     @property
     def ws_url(self) -> str:
         return self.base_url.replace("http://", "ws://").replace("https://", "wss://")
 
+    def fault_config(self) -> FaultConfig:
+        if self.faults is not None:
+            return self.faults
+        return FaultConfig(dup_rate=self.dup_rate, bad_rate=self.bad_rate)
+
+
+@dataclass
+class Participant:
+    """One rider: a body (``RiderModel``) shared by all its devices."""
+
+    id: str
+    session: str
+    model: RiderModel
+    late: bool = False
+    last_t: float | None = None
+
+    def reading(self, t: float) -> Reading:
+        dt = 1.0 if self.last_t is None else max(0.0, t - self.last_t)
+        self.last_t = t
+        return self.model.step(t, dt)
+
 
 @dataclass
 class Rider:
+    """One device of one participant (named for compatibility: the first swarm had one
+    device per rider). Holds the device's ground truth."""
+
     stream: DeviceStream
-    client: HubClient
-    ftp: float
-    rng: random.Random
-    distance_m: float = 0.0
+    client: FlakyHubClient
+    participant: Participant
+    kind: str
+    faults: DeviceFaults
+    clock: DeviceClock
     truth_energy_kj: float = 0.0
     last_valid_ts: float | None = None
+    invalid: int = 0
+    held: list[Any] | None = None  # a sample held back to be sent after the next one
+    last_t: float | None = None
 
-    def reading(self, t: float, bad: bool) -> tuple[float | None, ...]:
-        phase = math.sin(t / 30.0 + self.ftp)
-        power = max(0.0, self.ftp * (0.75 + 0.25 * phase) + self.rng.gauss(0, 8))
-        hr = 95 + 0.3 * power + self.rng.gauss(0, 2)
-        cadence = 70 + 20 * phase + self.rng.gauss(0, 2)
-        speed = max(0.0, 6.0 + power / 60.0)
-        self.distance_m += speed / 1.0
-        if bad:
-            power = 9999.0
-        return (round(hr, 1), round(power, 1), round(cadence, 1), round(speed, 3), round(self.distance_m, 1))
+    def values(self, reading: Reading) -> list[float | None]:
+        raw = (round(reading.hr_bpm, 1), round(reading.power_w, 1), round(reading.cadence_rpm, 1),
+               round(reading.speed_mps, 3), round(reading.distance_m, 1))
+        out: list[float | None] = [v if keep else None for v, keep in zip(raw, DEVICE_KINDS[self.kind], strict=True)]
+        while out and out[-1] is None:
+            out.pop()
+        return out
+
+    def credit(self, ts: float, power: float | None, max_gap_s: float) -> None:
+        """Integrate energy exactly as the server does (by seq order over device time)."""
+        if self.last_valid_ts is not None and power:
+            self.truth_energy_kj += power * min(max(ts - self.last_valid_ts, 0.0), max_gap_s) / 1000.0
+        self.last_valid_ts = ts if self.last_valid_ts is None else max(self.last_valid_ts, ts)
 
 
-@dataclass
-class Viewer:
-    session: str
-    pending: dict[str, deque[float]] = field(default_factory=dict)
-    latencies_ms: list[float] = field(default_factory=list)
-    sent_at: list[float] = field(default_factory=list)
-    boards: int = 0
-
-    def expect(self, participant: str, ts: float) -> None:
-        self.pending.setdefault(participant, deque()).append(ts)
-
-    def on_board(self, frame: dict[str, Any], now: float) -> None:
-        self.boards += 1
-        cols = frame["cols"]
-        ip, its = cols.index("participant"), cols.index("last_ts")
-        for row in frame.get("rows", []):
-            queue = self.pending.get(row[ip])
-            last = row[its]
-            if not queue or last is None:
-                continue
-            while queue and queue[0] <= last + 1e-6:
-                ts = queue.popleft()
-                self.sent_at.append(ts)
-                self.latencies_ms.append((now - ts) * 1000.0)
+def _spoil(values: list[float | None]) -> list[float | None]:
+    """Make a reading out of range (the server must reject it as ``out_of_range``)."""
+    spoilt = list(values) + [None] * (5 - len(values))
+    index = next((i for i, v in enumerate(spoilt) if v is not None), 0)
+    spoilt[index] = 9999.0
+    return spoilt
 
 
 class Swarm:
     def __init__(self, config: SwarmConfig) -> None:
         self.config = config
+        self.fault_config = config.fault_config()
         self.rng = random.Random(config.seed)
-        self.riders: list[Rider] = []
-        self.clients: list[HubClient] = []
-        self.viewers: dict[str, Viewer] = {}
         self.sessions = [f"{config.session_prefix}-{i}" for i in range(config.sessions)]
+        self.late_sessions: list[str] = []
+        self.participants: list[Participant] = []
+        self.riders: list[Rider] = []
+        self.clients: list[FlakyHubClient] = []
+        self.join_at: dict[int, float] = {}  # id(client) -> class time it connects
+        self.viewers: dict[str, Viewer] = {}
+        self.participant_viewers: list[ParticipantViewer] = []
         self.frames_in: Counter[str] = Counter()
-        self._viewer_tasks: list[asyncio.Task[None]] = []
+        self.injected: Counter[str] = Counter()
+        self.lag = LatencyHistogram()  # how late the swarm emitted vs its schedule
+        self.per_second: dict[str, Counter[int]] = defaultdict(Counter)
+        self.connections: dict[int, int] = {}
+        self._by_device: dict[str, DeviceStream] = {}
+        self._client_by_participant: dict[str, FlakyHubClient] = {}
+        self._tasks: list[asyncio.Task[Any]] = []
         self._stop = asyncio.Event()
+        self.started = 0.0
+        self._summary: dict[str, Any] | None = None
+        self._accounting: dict[str, Any] | None = None
 
-    async def run(self) -> dict[str, Any]:
-        async with httpx.AsyncClient(base_url=self.config.base_url, timeout=60) as http:
-            for sid in self.sessions:
-                (await http.post("/v1/sessions", json={"id": sid})).raise_for_status()
-            self._build()
-            for sid in self.sessions:
-                self.viewers[sid] = Viewer(sid)
-                self._viewer_tasks.append(asyncio.create_task(self._watch(sid)))
-            for client in self.clients:
-                client.start()
-            ready_s = await self._wait_ready()
-            started = time.time()
-            await self._drive(started)
-            drained = await self._drain()
-            await asyncio.sleep(2.0 / self.config.board_hz + 0.3)  # let the last boards arrive
-            states = {sid: (await http.get(f"/v1/sessions/{sid}")).json() for sid in self.sessions}
-        self._stop.set()
-        await asyncio.gather(*(c.close() for c in self.clients))
-        for task in self._viewer_tasks:
-            task.cancel()
-        await asyncio.gather(*self._viewer_tasks, return_exceptions=True)
-        result = self.accounting(states, drained, time.time() - started)
-        result["connect_s"] = ready_s
-        return result
+    # -- building -----------------------------------------------------------------------
+    def _plan(self) -> ClassPlan:
+        return standard_plan(max(self.config.seconds, 1.0))
 
-    async def _wait_ready(self) -> float:
-        """A class starts once its devices are connected: wait for every welcome (bounded)."""
-        began = time.monotonic()
-        await asyncio.wait(
-            [asyncio.ensure_future(c.ready.wait()) for c in self.clients], timeout=self.config.drain_timeout_s
-        )
-        return round(time.monotonic() - began, 2)
+    def _kit(self, rng: random.Random) -> list[str]:
+        kits = self.config.kits
+        names = sorted(kits)
+        choice = rng.choices(names, weights=[kits[n] for n in names])[0]
+        return choice.split("+")
 
     def _build(self) -> None:
         cfg = self.config
-        streams = []
+        plan = self._plan()
         for i in range(cfg.devices):
             sid = self.sessions[i % cfg.sessions]
-            streams.append(DeviceStream(f"{sid}-dev{i}", f"{sid}-p{i}", sid))
-        groups: dict[str, list[DeviceStream]] = {}
-        for stream in streams:
-            groups.setdefault(stream.session, []).append(stream)
-        for members in groups.values():
-            for j in range(0, len(members), cfg.hub_size):
-                chunk = members[j : j + cfg.hub_size]
-                client = HubClient(f"{cfg.ws_url}/v1/devices", chunk, on_frame=self._count)
-                self.clients.append(client)
-                for stream in chunk:
-                    rng = random.Random(self.rng.random())
-                    self.riders.append(Rider(stream, client, ftp=rng.uniform(150, 320), rng=rng))
+            self.participants.append(self._participant(f"{sid}-p{i}", sid, plan, late=False))
+        late = self.fault_config.late_sync
+        n_late = round(cfg.devices * late.fraction)
+        if n_late:
+            self.late_sessions = [f"{cfg.session_prefix}-late-{k}" for k in range(max(1, math.ceil(n_late / 100)))]
+            late_plan = standard_plan(late.ride_s)
+            for j in range(n_late):
+                sid = self.late_sessions[j % len(self.late_sessions)]
+                self.participants.append(self._participant(f"{sid}-p{j}", sid, late_plan, late=True))
+        self._connect_groups()
+
+    def _participant(self, pid: str, sid: str, plan: ClassPlan, *, late: bool) -> Participant:
+        rng = random.Random(self.rng.random())
+        return Participant(pid, sid, RiderModel(random_profile(rng), plan, rng), late=late)
+
+    def _connect_groups(self) -> None:
+        """Pack each session's riders' devices onto connections without splitting a rider."""
+        cfg = self.config
+        by_session: dict[tuple[str, bool], list[Participant]] = defaultdict(list)
+        for p in self.participants:
+            by_session[(p.session, p.late)].append(p)
+        for (_, late), members in by_session.items():
+            group: list[tuple[Participant, list[str]]] = []
+            size = 0
+            for p in members:
+                kit = self._kit(p.model.rng)
+                if group and size + len(kit) > cfg.hub_size:
+                    self._connection(group, late)
+                    group, size = [], 0
+                group.append((p, kit))
+                size += len(kit)
+            if group:
+                self._connection(group, late)
+
+    def _connection(self, group: list[tuple[Participant, list[str]]], late: bool) -> None:
+        cfg = self.config
+        rng = random.Random(self.rng.random())
+        streams: list[tuple[Participant, str, DeviceStream]] = []
+        for p, kit in group:
+            index = p.id.rsplit("-p", 1)[1]
+            for kind in kit:
+                device = f"{p.session}-dev{index}" if len(kit) == 1 else f"{p.session}-dev{index}-{kind}"
+                streams.append((p, kind, DeviceStream(device, p.id, p.session)))
+        client = FlakyHubClient(f"{cfg.ws_url}/v1/devices", [s for _, _, s in streams], on_frame=self._count)
+        clock = DeviceClock.random(self.fault_config, rng)
+        for p, kind, stream in streams:
+            faults = DeviceFaults(self.fault_config, random.Random(rng.random()))
+            self.riders.append(Rider(stream, client, p, kind, faults, clock))
+            self._by_device[stream.device] = stream
+            self._client_by_participant[p.id] = client
+        self.clients.append(client)
+        late_cfg = self.fault_config.late_sync
+        if late:
+            self.join_at[id(client)] = late_cfg.upload_at_s + rng.uniform(0, late_cfg.window_s)
+        else:
+            self.join_at[id(client)] = rng.uniform(0, cfg.join_window_s) if cfg.join_window_s > 0 else 0.0
+
+    def _record_late_rides(self) -> None:
+        """A late rider's phone recorded the whole ride hours ago; it is all in the buffer."""
+        late = self.fault_config.late_sync
+        origin = time.time() - late.hours_ago * 3600.0
+        devices_of: dict[str, list[Rider]] = defaultdict(list)
+        for rider in self.riders:
+            if rider.participant.late:
+                devices_of[rider.participant.id].append(rider)
+        for riders in devices_of.values():
+            model = riders[0].participant.model
+            readings = [model.step(float(k), 1.0) for k in range(int(late.ride_s))]
+            for rider in riders:
+                for k, reading in enumerate(readings):
+                    ts = rider.clock(origin + k)
+                    values = rider.values(reading)
+                    rider.stream.new_sample(ts, *values)
+                    rider.credit(ts, values[1] if len(values) > 1 else None, self.config.max_gap_s)
+                self.injected["late_sync_samples"] += len(readings)
+
+    # -- running ------------------------------------------------------------------------
+    async def run(self) -> dict[str, Any]:
+        cfg = self.config
+        async with httpx.AsyncClient(base_url=cfg.base_url, timeout=60) as http:
+            await self._create_sessions(http)
+            self._build()
+            self._record_late_rides()
+            ready_s = await self._connect_before_start()
+            self.started = time.time()
+            self._start_viewers()
+            await self._set_phase(http, self.sessions, "live")
+            self._tasks.append(asyncio.create_task(self._joiner()))
+            self._tasks.append(asyncio.create_task(self._fault_loop()))
+            self._tasks.append(asyncio.create_task(self._monitor()))
+            await self._drive()
+            await self._flush_held()
+            await self._set_phase(http, self.sessions, "cooldown")
+            drained = await self._drain()
+            await asyncio.sleep(2.0 / cfg.board_hz + 0.3)  # let the last boards arrive
+            await self._set_phase(http, self.sessions, "ended")
+            ids = self.sessions + self.late_sessions
+            states = {sid: (await http.get(f"/v1/sessions/{sid}")).json() for sid in ids}
+        elapsed = time.time() - self.started
+        await self._shutdown()
+        self._summary = self._summarise(states, drained, elapsed)
+        self._summary["connect_s"] = ready_s
+        return self._summary
+
+    async def _create_sessions(self, http: httpx.AsyncClient) -> None:
+        n_late = round(self.config.devices * self.fault_config.late_sync.fraction)
+        late_ids = [f"{self.config.session_prefix}-late-{k}" for k in range(max(1, math.ceil(n_late / 100)))] if n_late else []
+        for sid in self.sessions + late_ids:
+            (await http.post("/v1/sessions", json={"id": sid})).raise_for_status()
+        # a late upload belongs to a class that is long over
+        await self._set_phase(http, late_ids, "ended")
+
+    async def _set_phase(self, http: httpx.AsyncClient, sids: list[str], phase: str) -> None:
+        if not self.config.phases:
+            return
+        for sid in sids:
+            response = await http.post(f"/v1/sessions/{sid}/phase", json={"phase": phase})
+            if response.status_code >= 400:
+                log.warning("phase %s for %s: %s %s", phase, sid, response.status_code, response.text[:200])
+
+    async def _connect_before_start(self) -> float:
+        """Connections due at class time 0 connect now; the class starts once they are
+        welcomed (bounded by ``ready_timeout_s``)."""
+        began = time.monotonic()
+        early = [c for c in self.clients if self.join_at[id(c)] == 0.0]
+        for client in early:
+            client.start()
+        if early:
+            await asyncio.wait([asyncio.ensure_future(c.ready.wait()) for c in early], timeout=self.config.ready_timeout_s)
+        return round(time.monotonic() - began, 2)
+
+    def _start_viewers(self) -> None:
+        cfg = self.config
+        for sid in self.sessions:
+            viewer = self.viewers[sid] = Viewer(sid, origin=self.started)
+            url = f"{cfg.ws_url}/v1/sessions/{sid}/board?rate={cfg.board_hz:g}&view=all"
+            self._tasks.append(asyncio.create_task(watch(url, viewer.on_board, self._stop, lambda v=viewer: self._connected(v))))
+        if cfg.participant_boards:
+            for p in self.participants:
+                if not p.late and self.join_at[id(self._client_of(p))] == 0.0:
+                    self._start_participant_viewer(p)
+
+    def _connected(self, viewer: Viewer | ParticipantViewer) -> None:
+        viewer.connects += 1
+
+    def _client_of(self, p: Participant) -> FlakyHubClient:
+        return self._client_by_participant[p.id]
+
+    def _start_participant_viewer(self, p: Participant) -> None:
+        cfg = self.config
+        pv = ParticipantViewer(p.session, p.id)
+        self.participant_viewers.append(pv)
+        url = f"{cfg.ws_url}/v1/sessions/{p.session}/board?rate={cfg.participant_board_hz:g}&participant={p.id}"
+        self._tasks.append(asyncio.create_task(watch(url, pv.on_board, self._stop, lambda: self._connected(pv))))
+
+    async def _joiner(self) -> None:
+        """Connect the clients that join after the start, at their join times."""
+        later = sorted((c for c in self.clients if self.join_at[id(c)] > 0.0), key=lambda c: self.join_at[id(c)])
+        members: dict[int, list[Participant]] = defaultdict(list)
+        for r in self.riders:
+            if r.participant not in members[id(r.client)]:
+                members[id(r.client)].append(r.participant)
+        for client in later:
+            delay = self.started + self.join_at[id(client)] - time.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            client.start()
+            if self.config.participant_boards:
+                for p in members[id(client)]:
+                    if not p.late:
+                        self._start_participant_viewer(p)
+
+    async def _drive(self) -> None:
+        cfg = self.config
+        heap: list[tuple[float, int]] = []
+        for idx, rider in enumerate(self.riders):
+            if not rider.participant.late:
+                offset = self.rng.random() / cfg.rate_hz
+                heapq.heappush(heap, (self.started + self.join_at[id(rider.client)] + offset, idx))
+        behind = 0
+        while heap:
+            due, idx = heapq.heappop(heap)
+            t = due - self.started
+            if t >= cfg.seconds:
+                continue
+            delay = due - time.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            else:
+                behind += 1
+                if behind % 200 == 0:
+                    await asyncio.sleep(0)  # never starve the readers (acks, boards)
+            self.lag.record(max(0.0, time.time() - due) * 1000.0)
+            await self._emit(self.riders[idx], due, t)
+            heapq.heappush(heap, (due + 1.0 / rate_at(cfg.rate_hz, cfg.surges, t), idx))
+
+    async def _emit(self, rider: Rider, scheduled: float, t: float) -> None:
+        dt = 1.0 if rider.last_t is None else t - rider.last_t
+        rider.last_t = t
+        faults = rider.faults
+        if faults.silent(t, dt):
+            return
+        values = rider.values(rider.participant.reading(t))
+        ts = rider.clock(scheduled)
+        invalid = True
+        if faults.bad_value():
+            values = _spoil(values)
+        elif faults.bad_timestamp():
+            ts -= BAD_TS_AGE_S
+        else:
+            invalid = False
+        row = rider.stream.new_sample(ts, *values)
+        self.per_second["sent"][int(t)] += 1
+        if invalid:
+            rider.invalid += 1
+        else:
+            rider.credit(ts, values[1] if len(values) > 1 else None, self.config.max_gap_s)
+        if rider.held is None and not invalid and faults.reorder():
+            rider.held = row
+            return
+        live = await self._send(rider, [row])
+        if live and not invalid:
+            self.viewers[rider.stream.session].expect(rider.participant.id, ts, scheduled)
+        if rider.held is not None:
+            held, rider.held = rider.held, None
+            await self._send(rider, [held])
+
+    async def _send(self, rider: Rider, rows: list[list[Any]]) -> bool:
+        if not rider.client.online:
+            return False
+        sent = await rider.client.send_rows(rider.stream, rows)
+        if sent and rider.faults.duplicate():
+            await rider.client.send_rows(rider.stream, rows)
+        return sent
+
+    async def _flush_held(self) -> None:
+        for rider in self.riders:
+            if rider.held is not None:
+                held, rider.held = rider.held, None
+                await self._send(rider, [held])
+
+    async def _fault_loop(self) -> None:
+        """Connection-level faults: random link dropouts and scheduled reconnect storms."""
+        fc = self.fault_config
+        storms = sorted(fc.reconnect_storms, key=lambda s: s.at_s)
+        rng = random.Random(self.rng.random())
+        while not self._stop.is_set():
+            await asyncio.sleep(1.0)
+            t = time.time() - self.started
+            live = [c for c in self.clients if c.online]
+            if fc.link_dropout_rate > 0:
+                for client in live:
+                    if rng.random() < fc.link_dropout_rate:
+                        self.injected["link_dropouts"] += 1
+                        self._tasks.append(asyncio.create_task(client.go_offline(rng.uniform(*fc.link_dropout_s))))
+            while storms and storms[0].at_s <= t:
+                storm = storms.pop(0)
+                victims = rng.sample(live, int(len(live) * storm.fraction))
+                self.injected["reconnect_storms"] += 1
+                self.injected["storm_disconnects"] += len(victims)
+                await asyncio.gather(*(c.go_offline(0.0) for c in victims), return_exceptions=True)
+
+    async def _monitor(self) -> None:
+        cfg = self.config
+        bar = Progress(cfg.seconds) if cfg.progress else None
+        while not self._stop.is_set():
+            await asyncio.sleep(1.0)
+            second = int(time.time() - self.started)
+            up = sum(1 for c in self.clients if c.ready.is_set())
+            self.connections[second] = up
+            if bar is not None:
+                bar.update(min(second, cfg.seconds), self._status(up))
+
+    def _status(self, up: int) -> str:
+        sent = sum(self.per_second["sent"].values())
+        acked = sum(self.per_second["acked"].values())
+        hist = LatencyHistogram()
+        for v in self.viewers.values():
+            hist.merge(v.histogram)
+        p99 = hist.percentile(99)
+        p99_text = f"{p99:.0f}ms" if p99 is not None else "-"
+        return f"conns {up}/{len(self.clients)} sent {sent} acked {acked} p99 {p99_text}"
 
     def _count(self, frame: dict[str, Any]) -> None:
-        self.frames_in[frame.get("t", "?")] += 1
-
-    async def _drive(self, started: float) -> None:
-        cfg = self.config
-        period = 1.0 / cfg.rate_hz
-        ticks = int(cfg.seconds * cfg.rate_hz)
-        offsets = [self.rng.random() * period for _ in self.riders]
-        order = sorted(range(len(self.riders)), key=offsets.__getitem__)
-        for k in range(ticks):
-            base = started + k * period
-            for idx in order:
-                scheduled = base + offsets[idx]
-                delay = scheduled - time.time()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                await self._emit(self.riders[idx], scheduled)
-
-    async def _emit(self, rider: Rider, scheduled: float) -> None:
-        bad = self.rng.random() < self.config.bad_rate
-        values = rider.reading(scheduled, bad)
-        row = rider.stream.new_sample(scheduled, *values)
-        if not bad:
-            self._truth(rider, scheduled, values[1])
-            self.viewers[rider.stream.session].expect(rider.stream.participant, scheduled)
-        sent = await rider.client.send_rows(rider.stream, [row])
-        if sent and self.rng.random() < self.config.dup_rate:
-            await rider.client.send_rows(rider.stream, [row])
-
-    def _truth(self, rider: Rider, ts: float, power: float | None) -> None:
-        if rider.last_valid_ts is not None and power:
-            dt = min(max(ts - rider.last_valid_ts, 0.0), self.config.max_gap_s)
-            rider.truth_energy_kj += power * dt / 1000.0
-        rider.last_valid_ts = ts
+        kind = frame.get("t", "?")
+        self.frames_in[kind] += 1
+        if kind == "ack" and self.started:
+            second = int(time.time() - self.started)
+            for device, seq in frame.get("acks", {}).items():
+                stream = self._by_device.get(device)
+                if stream is not None and seq > stream.acked:
+                    self.per_second["acked"][second] += sum(1 for s in stream.unacked if s <= seq)
 
     async def _drain(self) -> bool:
         deadline = time.monotonic() + self.config.drain_timeout_s
@@ -202,82 +492,121 @@ class Swarm:
             await asyncio.sleep(0.1)
         return False
 
-    async def _watch(self, sid: str) -> None:
-        url = f"{self.config.ws_url}/v1/sessions/{sid}/board?rate={self.config.board_hz:g}&view=all"
-        viewer = self.viewers[sid]
-        while not self._stop.is_set():
-            try:
-                async with connect(url, max_size=2**24) as ws:
-                    async for message in ws:
-                        frame = msgpack.unpackb(message, raw=False)
-                        if frame.get("t") == "board":
-                            viewer.on_board(frame, time.time())
-            except (OSError, ConnectionClosed, TimeoutError):
-                await asyncio.sleep(0.2)
+    async def _shutdown(self) -> None:
+        self._stop.set()
+        await asyncio.gather(*(c.close() for c in self.clients), return_exceptions=True)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    def accounting(self, states: dict[str, Any], drained: bool, elapsed_s: float) -> dict[str, Any]:
-        server = {}
-        for sid, snap in states.items():
-            for p in snap.get("participants", []):
-                server[p["participant"]] = p
-        sent = acked = rejected = applied = lost = duplicated = 0
-        energy_errors = []
-        rejected_by_reason: Counter[str] = Counter()
+    # -- results ------------------------------------------------------------------------
+    def truths(self) -> list[ParticipantTruth]:
+        by_participant: dict[str, ParticipantTruth] = {}
+        for r in self.riders:
+            p = r.participant
+            truth = by_participant.get(p.id)
+            if truth is None:
+                truth = by_participant[p.id] = ParticipantTruth(p.session, p.id)
+            truth.sent += r.stream.sent
+            truth.invalid += r.invalid
+            truth.told_rejected.update(r.stream.rejected)
+            truth.unacked += len(r.stream.unacked)
+            truth.energy_kj += r.truth_energy_kj
+        return list(by_participant.values())
+
+    def latency(self) -> LatencyHistogram:
+        hist = LatencyHistogram()
+        for viewer in self.viewers.values():
+            hist.merge(viewer.histogram)
+        return hist
+
+    def timeline(self) -> dict[int, LatencyHistogram]:
+        merged: dict[int, LatencyHistogram] = defaultdict(LatencyHistogram)
+        for viewer in self.viewers.values():
+            for second, hist in viewer.timeline.items():
+                merged[second].merge(hist)
+        return dict(merged)
+
+    def _windows(self, window_s: int = 5) -> list[dict[str, Any]]:
+        """Latency percentiles per ``window_s`` of scheduled send time."""
+        windows: dict[int, LatencyHistogram] = defaultdict(LatencyHistogram)
+        for second, hist in self.timeline().items():
+            windows[second // window_s].merge(hist)
+        return [{"t_s": w * window_s, "n": h.count, **{k: v for k, v in h.summary().items() if k != "samples"}}
+                for w, h in sorted(windows.items())]
+
+    def _summarise(self, states: dict[str, Any], drained: bool, elapsed_s: float) -> dict[str, Any]:
+        cfg = self.config
+        self._accounting = account(self.truths(), server_rows(states))
+        summary = {k: v for k, v in self._accounting.items() if k != "participants"}
         for rider in self.riders:
-            s = rider.stream
-            truth_applied = s.sent - len(s.rejected_seqs)
-            row = server.get(s.participant, {})
-            got = int(row.get("samples", 0))
-            sent += s.sent
-            rejected += len(s.rejected_seqs)
-            rejected_by_reason.update(s.rejected)
-            acked += s.sent - len(s.unacked) - len(s.rejected_seqs)
-            applied += got
-            lost += max(0, truth_applied - got) + len(s.unacked)
-            duplicated += max(0, got - truth_applied)
-            energy_errors.append(abs(float(row.get("energy_kj", 0.0)) - rider.truth_energy_kj))
-        latencies = np.array([x for v in self.viewers.values() for x in v.latencies_ms])
-        pct = (lambda q: round(float(np.percentile(latencies, q)), 2)) if latencies.size else (lambda q: None)
+            self.injected.update(rider.faults.injected)
+        pv = self.participant_viewers
         return {
-            "sessions": self.config.sessions,
+            "scenario": cfg.name,
+            "sessions": cfg.sessions,
             "session_ids": self.sessions,
-            "devices": self.config.devices,
+            "late_session_ids": self.late_sessions,
+            "devices": cfg.devices,
+            "riders": len(self.participants),
+            "device_streams": len(self.riders),
+            "connections": len(self.clients),
+            "hub_size": cfg.hub_size,
             "seconds": round(elapsed_s, 2),
-            "sent": sent,
-            "acknowledged": acked,
-            "applied": applied,
-            "rejected": rejected,
-            "rejected_by_reason": dict(rejected_by_reason),
-            "lost": lost,
-            "duplicated": duplicated,
+            **summary,
             "drained": drained,
-            "energy_max_abs_error_kj": round(max(energy_errors, default=0.0), 9),
-            "latency_ms": {
-                "samples": int(latencies.size),
-                "p50": pct(50), "p90": pct(90), "p99": pct(99),
-                "max": round(float(latencies.max()), 2) if latencies.size else None,
-            },
-            "latency_over_time": self._timeline(),
+            "latency_ms": self.latency().summary(),
+            "latency_over_time": self._windows(),
+            "latency_unseen": sum(v.unseen for v in self.viewers.values()),
+            "swarm_lag_ms": self.lag.summary(),
+            "throughput_samples_per_s": round(summary["sent"] / cfg.seconds, 1) if cfg.seconds else None,
             "boards_received": sum(v.boards for v in self.viewers.values()),
+            "participant_boards": {
+                "viewers": len(pv), "boards": sum(v.boards for v in pv),
+                "with_own_row": sum(v.with_own_row for v in pv),
+                "reconnects": sum(max(0, v.connects - 1) for v in pv),
+            },
+            "join_s": self._join_times(),
             "reconnects": sum(max(0, c.connects - 1) for c in self.clients),
+            "faults_injected": dict(sorted(self.injected.items())),
             "server_frames": dict(self.frames_in),
         }
 
+    def _join_times(self) -> dict[str, Any]:
+        """Seconds from each connection's join time to its first welcome."""
+        hist = LatencyHistogram()
+        for c in self.clients:
+            if c.welcomed_at is not None and c.started_at is not None:
+                hist.record(max(0.0, c.welcomed_at - c.started_at) * 1000.0)
+        s = hist.summary()
+        return {"connections": s["samples"], **{k: (None if v is None else round(v / 1000.0, 3))
+                                                   for k, v in s.items() if k in ("p50", "p99", "max")}}
 
-    def _timeline(self, window_s: float = 5.0) -> list[dict[str, Any]]:
-        """p50/p99/max latency per window of scheduled send time."""
-        sent = np.array([t for v in self.viewers.values() for t in v.sent_at])
-        lat = np.array([x for v in self.viewers.values() for x in v.latencies_ms])
-        if not sent.size:
-            return []
-        bucket = ((sent - sent.min()) // window_s).astype(int)
-        out = []
-        for b in range(int(bucket.max()) + 1):
-            sel = lat[bucket == b]
-            if sel.size:
-                out.append({"t_s": b * window_s, "n": int(sel.size), "p50": round(float(np.percentile(sel, 50)), 1),
-                            "p99": round(float(np.percentile(sel, 99)), 1), "max": round(float(sel.max()), 1)})
-        return out
+    def report(self) -> dict[str, Any]:
+        """The full report: the summary plus per-participant rows, per-second timeline and
+        the latency histograms (mergeable, for multi-process swarms)."""
+        if self._summary is None or self._accounting is None:
+            raise RuntimeError("run() first")
+        seconds = sorted(set(self.per_second["sent"]) | set(self.per_second["acked"]) | set(self.connections))
+        timeline = self.timeline()
+        return {
+            **self._summary,
+            "participants": self._accounting["participants"],
+            "timeline": [
+                {
+                    "t_s": s,
+                    "sent": self.per_second["sent"].get(s, 0),
+                    "acked": self.per_second["acked"].get(s, 0),
+                    "connections": self.connections.get(s),
+                    "latency_ms": timeline[s].summary() if s in timeline else None,
+                }
+                for s in seconds
+            ],
+            "histograms": {
+                "latency": self.latency().to_dict(),
+                "by_second": {str(s): h.to_dict() for s, h in sorted(timeline.items())},
+            },
+        }
 
 
 async def run_swarm(config: SwarmConfig) -> dict[str, Any]:

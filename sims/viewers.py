@@ -1,0 +1,103 @@
+"""Board connections the swarm opens: latency probes and participants' own boards.
+
+* ``Viewer`` — one per session, ``view=all`` at ``board_hz``: the latency probe. The swarm
+  tells it every sample it sent live (``expect(participant, device_ts, scheduled)``); the
+  first board whose ``last_ts`` for that participant reaches the sample's device timestamp
+  shows it, and its latency is *board receipt - scheduled send time* — so a swarm that
+  fell behind its schedule cannot hide latency (no coordinated omission). Latencies go
+  into one ``LatencyHistogram`` overall and one per second of scheduled time.
+* ``ParticipantViewer`` — what each rider's phone shows: ``?participant=ID&rate=1``;
+  counts boards and whether they carried the rider's own row (``you``).
+
+Both reconnect until ``stop`` is set; both only read (a viewer that does not read would
+be closed by the edge as too slow).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from sims.histogram import LatencyHistogram
+
+__all__ = ["ParticipantViewer", "Viewer", "watch"]
+
+
+@dataclass
+class Viewer:
+    session: str
+    origin: float = 0.0  # the class start (wall clock): timeline buckets are seconds since
+    pending: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    histogram: LatencyHistogram = field(default_factory=LatencyHistogram)
+    timeline: dict[int, LatencyHistogram] = field(default_factory=dict)
+    boards: int = 0
+    connects: int = 0
+
+    def expect(self, participant: str, device_ts: float, scheduled: float | None = None) -> None:
+        heapq.heappush(self.pending.setdefault(participant, []), (device_ts, device_ts if scheduled is None else scheduled))
+
+    def on_board(self, frame: dict[str, Any], now: float) -> None:
+        self.boards += 1
+        cols = frame["cols"]
+        ip, its = cols.index("participant"), cols.index("last_ts")
+        for row in frame.get("rows") or ():
+            heap = self.pending.get(row[ip])
+            last = row[its]
+            if not heap or last is None:
+                continue
+            while heap and heap[0][0] <= last + 1e-6:
+                _, scheduled = heapq.heappop(heap)
+                self._record(scheduled, (now - scheduled) * 1000.0)
+
+    def _record(self, scheduled: float, latency_ms: float) -> None:
+        self.histogram.record(latency_ms)
+        second = int(scheduled - self.origin)
+        hist = self.timeline.get(second)
+        if hist is None:
+            hist = self.timeline[second] = LatencyHistogram()
+        hist.record(latency_ms)
+
+    @property
+    def unseen(self) -> int:
+        return sum(len(h) for h in self.pending.values())
+
+
+@dataclass
+class ParticipantViewer:
+    session: str
+    participant: str
+    boards: int = 0
+    with_own_row: int = 0
+    connects: int = 0
+
+    def on_board(self, frame: dict[str, Any], now: float) -> None:
+        self.boards += 1
+        if frame.get("you") is not None:
+            self.with_own_row += 1
+
+
+async def watch(url: str, on_board: Callable[[dict[str, Any], float], None], stop: asyncio.Event,
+                on_connect: Callable[[], None] | None = None) -> None:
+    """Read board frames from ``url`` until ``stop``; reconnect after 0.2-1 s on failure."""
+    backoff = 0.2
+    while not stop.is_set():
+        try:
+            async with connect(url, max_size=2**24, open_timeout=20) as ws:
+                backoff = 0.2
+                if on_connect is not None:
+                    on_connect()
+                async for message in ws:
+                    frame = msgpack.unpackb(message, raw=False)
+                    if frame.get("t") == "board":
+                        on_board(frame, time.time())
+        except (OSError, ConnectionClosed, TimeoutError, InvalidStatus):
+            await asyncio.sleep(backoff)
+            backoff = min(1.0, backoff * 2)
