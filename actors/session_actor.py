@@ -58,6 +58,11 @@ class SessionActor:
         self.checkpoints_written = 0
         self._loop: asyncio.Task[None] | None = None
         self._write_lock: asyncio.Lock | None = None
+        # Leaderboards fed with this class's results once it ends (board names; default none).
+        self.settings = settings
+        self.leaderboards = [str(b) for b in settings.get("leaderboards") or ()]
+        self._publish_task: asyncio.Task[None] | None = None
+        self._republish = False
         log.info("session %s up: epoch %s, restored=%s", session_id, self.store.epoch, data is not None)
 
     # -- lifecycle --------------------------------------------------------------------
@@ -107,6 +112,8 @@ class SessionActor:
         """Apply one micro-batch; return the board if newer than ``known_version``."""
         self._ensure_loop()
         result = self.state.apply(DeviceBatch(d, p, rows, rej) for d, p, rows, rej in batches)
+        if result.applied and self.state.phase is Phase.ENDED:
+            self._publish_results()  # late data: the corrected results replace the earlier ones
         version = self.state.version
         return {
             "epoch": self.store.epoch,
@@ -140,7 +147,27 @@ class SessionActor:
         self._ensure_loop()
         self.state.set_phase(Phase(phase))
         await self._checkpoint()
+        if self.state.phase is Phase.ENDED:
+            self._publish_results()
         return self.state.phase.value
+
+    def _publish_results(self) -> None:
+        """Publish results to ``settings["leaderboards"]`` in the background; never fails a call."""
+        if not self.leaderboards:
+            return
+        self._republish = True
+        if self._publish_task is None or self._publish_task.done():
+            self._publish_task = asyncio.get_running_loop().create_task(self._publish_loop())
+
+    async def _publish_loop(self) -> None:
+        from cluster.leaderboards import publish_from_session  # lazy: only sessions with boards
+
+        while self._republish:
+            self._republish = False
+            try:
+                await publish_from_session(self.settings, self.state.snapshot())
+            except Exception:  # results are re-published on the next late data or phase call
+                log.exception("session %s: publishing results failed", self.session_id)
 
     async def snapshot(self) -> dict[str, Any]:
         self._ensure_loop()
