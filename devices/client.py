@@ -102,6 +102,7 @@ class HubClient:
         self.errors: Counter[str] = Counter()
         self._welcomed: set[str] = set()
         self._closing = False
+        self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -109,6 +110,7 @@ class HubClient:
 
     async def close(self) -> None:
         self._closing = True
+        self._stop.set()  # cuts a reconnect backoff short
         if self.ws is not None:
             await self.ws.close()
         if self._task is not None:
@@ -166,7 +168,10 @@ class HubClient:
                 self._welcomed.clear()
                 self.ready.clear()
             if not self._closing:
-                await asyncio.sleep(backoff * (0.5 + random.random()))
+                try:
+                    await asyncio.wait_for(self._stop.wait(), backoff * (0.5 + random.random()))
+                except TimeoutError:
+                    pass
                 backoff = min(backoff * 2, self.max_backoff_s)
 
     async def _handle(self, frame: dict[str, Any]) -> None:
