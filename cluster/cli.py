@@ -47,6 +47,8 @@ def parser() -> argparse.ArgumentParser:
     _serve_args(sub.add_parser("up", help="start Ray + Redis + the edge"))
     swarm = sub.add_parser("swarm", help="run a simulated class against an edge")
     swarm.add_argument("--url", default="http://127.0.0.1:8000")
+    swarm.add_argument("scenario", nargs="?", default=None, help="a scenario file (sims/scenarios/*.toml)")
+    swarm.add_argument("--out", default=None, help="write report.json and PNG plots into this directory")
     _swarm_args(swarm, 2, 20, 20.0, 10.0)
     demo = sub.add_parser("demo", help="up + a small swarm, then keep serving")
     _serve_args(demo)
@@ -178,11 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "up":
         return _run_stack(args)
     if args.command == "swarm":
-        from sims.swarm import run_swarm
+        from sims.command import swarm_command
 
-        result = asyncio.run(run_swarm(_swarm_config(args, args.url)))
-        _emit(result, args.report)
-        return 0 if result["lost"] == 0 and result["duplicated"] == 0 else 1
+        return swarm_command(args, _swarm_config, _emit)
     if args.command == "demo":
         return _demo(args)
     if args.command == "bench":

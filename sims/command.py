@@ -1,0 +1,51 @@
+"""``pulseline swarm [SCENARIO]``: run a scenario file (or the flag-built swarm) against an edge.
+
+With a scenario, the file decides everything but the edge (``--url``); the flags
+``--sessions/--devices/...`` apply only without one. Prints the JSON summary on stdout
+(and to ``--report``), a short human summary and a progress bar on stderr, and writes
+``report.json`` + PNG plots to ``--out`` (for scenarios, by default
+``.pulseline/reports/<scenario>-<time>/``). Exit status 0 iff lost == 0 and duplicated == 0
+and every sample was acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sims.report import summary_text, write_report
+from sims.scenario import ScenarioError, load
+from sims.swarm import Swarm
+
+__all__ = ["swarm_command"]
+
+
+def swarm_command(args: Any, swarm_config: Callable[[Any, str], Any],
+                  emit: Callable[[dict[str, Any], str | None], None]) -> int:
+    out = getattr(args, "out", None)
+    scenario_path = getattr(args, "scenario", None)
+    if scenario_path:
+        try:
+            scenario = load(scenario_path)
+        except ScenarioError as exc:
+            print(f"pulseline swarm: {exc}", file=sys.stderr)
+            return 2
+        config = scenario.swarm_config(args.url, progress=True)
+        out = out or f".pulseline/reports/{scenario.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        print(f"pulseline swarm: {scenario.name}: {scenario.description}", file=sys.stderr, flush=True)
+    else:
+        config = swarm_config(args, args.url)
+        config.progress = sys.stderr.isatty()
+    swarm = Swarm(config)
+    summary = asyncio.run(swarm.run())
+    emit(summary, args.report)
+    print(summary_text(summary), file=sys.stderr, flush=True)
+    if out:
+        paths = write_report(swarm.report(), Path(out))
+        print(f"pulseline swarm: report in {paths[0].parent}/ ({', '.join(p.name for p in paths)})", file=sys.stderr)
+    ok = summary["lost"] == 0 and summary["duplicated"] == 0 and summary["drained"]
+    return 0 if ok else 1
