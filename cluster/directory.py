@@ -4,6 +4,13 @@
 detached actor named ``session:{sid}`` in the pulseline namespace, off the event loop.
 ``forget(sid)`` drops a handle that turned out dead so the next call re-resolves it.
 
+The handle is a ``SessionHandle``: ``await handle.method.remote(**kwargs)`` calls the actor
+and, if the actor is gone for good (``ActorDiedError``: it was passivated, possibly by
+another edge), re-resolves the name — which recreates the actor from its checkpoint —
+and calls again (at most ``REFRESH_ATTEMPTS`` times). Every session actor method is
+idempotent, so the repeat is safe. Node loss does not need this: Ray restarts the actor
+(``max_restarts=-1``) elsewhere and retries the call (``max_task_retries=-1``).
+
 Redis key owned here: ``{prefix}:session:{id}:meta`` (hash: created_at, board_size,
 title) — a session exists iff this key exists.
 """
@@ -11,13 +18,56 @@ title) — a session exists iff this key exists.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
 
 import ray
 import redis.asyncio as aioredis
+from ray.exceptions import ActorDiedError
 
 from actors.session_actor import SessionActor, actor_name
+
+log = logging.getLogger(__name__)
+
+
+REFRESH_ATTEMPTS = 3
+
+
+class _Method:
+    def __init__(self, handle: SessionHandle, name: str) -> None:
+        self.handle = handle
+        self.name = name
+
+    async def remote(self, **kwargs: Any) -> Any:
+        return await self.handle.call(self.name, **kwargs)
+
+
+class SessionHandle:
+    """A session actor's handle that refreshes itself when the actor died for good."""
+
+    def __init__(self, directory: SessionDirectory, session_id: str, actor: Any) -> None:
+        self.directory = directory
+        self.session_id = session_id
+        self.actor = actor
+
+    def __getattr__(self, name: str) -> _Method:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return _Method(self, name)
+
+    async def call(self, method: str, **kwargs: Any) -> Any:
+        for attempt in range(REFRESH_ATTEMPTS):
+            try:
+                return await getattr(self.actor, method).remote(**kwargs)
+            except ActorDiedError:
+                if attempt == REFRESH_ATTEMPTS - 1:
+                    raise
+                log.info("session %s: actor gone for good; re-resolving (%s)", self.session_id, method)
+                self.directory.forget(self.session_id)
+                await asyncio.sleep(0.1 * attempt)  # a just-killed name can take a moment to free
+                self.actor = (await self.directory.handle(self.session_id)).actor
+        raise AssertionError("unreachable")
 
 
 class SessionDirectory:
@@ -35,7 +85,7 @@ class SessionDirectory:
         self.namespace = namespace
         self.actor_settings = actor_settings
         self.resources = resources if resources is not None else {"session_slot": 1}
-        self._handles: dict[str, Any] = {}
+        self._handles: dict[str, SessionHandle] = {}
         self._known: set[str] = set()
 
     def meta_key(self, session_id: str) -> str:
@@ -62,11 +112,11 @@ class SessionDirectory:
         raw = await self.redis.hgetall(self.meta_key(session_id))
         return {k.decode(): v.decode() for k, v in raw.items()}
 
-    async def handle(self, session_id: str) -> Any:
+    async def handle(self, session_id: str) -> SessionHandle:
         handle = self._handles.get(session_id)
         if handle is None:
-            handle = await asyncio.to_thread(self._get_or_create, session_id)
-            self._handles[session_id] = handle
+            actor = await asyncio.to_thread(self._get_or_create, session_id)
+            handle = self._handles[session_id] = SessionHandle(self, session_id, actor)
         return handle
 
     def _get_or_create(self, session_id: str) -> Any:
@@ -83,10 +133,9 @@ class SessionDirectory:
 
     def kill(self, session_id: str) -> None:
         """Passivate: stop the actor for good (its state stays in Redis)."""
-        handle = self._handles.pop(session_id, None)
-        if handle is None:
-            try:
-                handle = ray.get_actor(actor_name(session_id), namespace=self.namespace)
-            except ValueError:
-                return
-        ray.kill(handle, no_restart=True)
+        self._handles.pop(session_id, None)
+        try:
+            actor = ray.get_actor(actor_name(session_id), namespace=self.namespace)
+        except ValueError:
+            return
+        ray.kill(actor, no_restart=True)

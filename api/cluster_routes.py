@@ -1,0 +1,163 @@
+"""Cluster routes of the edge: the operator view, pre-scaling and passivation.
+
+``install(app)`` (called by ``api.app.create_app``) adds
+
+* ``GET /v1/cluster/status`` — ``cluster.status.cluster_status`` plus this edge's
+  scheduled classes and pre-scale request;
+* ``POST /v1/sessions/{id}/schedule`` ``{start_at, expected_participants}`` — book a class
+  for pre-scaling (``cluster.prescale``). Records the session if it does not exist yet but
+  does *not* start its actor: that happens at the start (``POST /v1/sessions`` or the first
+  device), on capacity the pre-scale brought up. 202 with the slots and request times.
+* ``POST /v1/sessions/{id}/passivate`` — checkpoint and end the session's actor
+  (``cluster.placement.passivate``); the next call recreates it from Redis.
+
+All three need an operator token. And, for the app's lifetime, two loops: the ``Prescaler`` and the ``Passivator`` (ended
+sessions idle on this edge). Their knobs are ``ClusterPolicySettings`` (``PULSELINE_*``
+environment variables, read when the app starts, or ``app.state.cluster_settings``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from api.errors import BadRequest
+from api.scopes import operator
+from cluster.placement import Passivator, is_active, passivate, read_placement
+from cluster.prescale import PrescaleBook, PrescalePolicy, Prescaler, ScheduledClass, slots_for
+from cluster.status import cluster_status
+
+log = logging.getLogger(__name__)
+_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")  # the edge's session id rule (api.app)
+
+
+class ClusterPolicySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PULSELINE_", extra="ignore")
+
+    prescale_lead_time_s: float = 300.0
+    prescale_release_after_s: float = 60.0
+    participants_per_slot: int = 1000
+    prescale_interval_s: float = 1.0
+    passivate_idle_s: float = 60.0
+    passivate_interval_s: float = 5.0
+
+    def policy(self) -> PrescalePolicy:
+        return PrescalePolicy(
+            lead_time_s=self.prescale_lead_time_s,
+            release_after_s=self.prescale_release_after_s,
+            participants_per_slot=self.participants_per_slot,
+            interval_s=self.prescale_interval_s,
+        )
+
+
+class ScheduleRequest(BaseModel):
+    start_at: float = Field(description="unix time (s) the class starts")
+    expected_participants: int = Field(ge=0, le=1_000_000)
+
+
+class ClusterLoops:
+    """The edge's cluster loops and their state (``app.state.cluster``)."""
+
+    def __init__(self, edge: Any, settings: ClusterPolicySettings) -> None:
+        self.edge = edge
+        self.settings = settings
+        namespace = edge.directory.namespace
+        self.book = PrescaleBook(edge.directory.redis, prefix=edge.directory.prefix)
+        self.prescaler = Prescaler(
+            self.book,
+            settings.policy(),
+            used_slots=lambda: read_placement(namespace).slots_used,
+            active=lambda sid: is_active(sid, namespace),
+        )
+        self.passivator = Passivator(
+            edge.directory, self._candidates, idle_s=settings.passivate_idle_s, interval_s=settings.passivate_interval_s
+        )
+        self.tasks: list[asyncio.Task[None]] = []
+
+    def _candidates(self) -> Iterator[tuple[str, str | None, bool]]:
+        for sid, pump in list(self.edge.pumps.items()):
+            board = pump.board or {}
+            yield sid, board.get("phase"), pump.idle
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.tasks = [
+            loop.create_task(self.prescaler.run(), name="prescaler"),
+            loop.create_task(self.passivator.run(), name="passivator"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+def _loops(request: Request) -> ClusterLoops:
+    return request.app.state.cluster  # type: ignore[no-any-return]
+
+
+def _wrap_lifespan(app: FastAPI) -> None:
+    inner = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(app_: FastAPI) -> AsyncIterator[Any]:
+        async with inner(app_) as state:
+            settings = getattr(app_.state, "cluster_settings", None) or ClusterPolicySettings()
+            loops = app_.state.cluster = ClusterLoops(app_.state.edge, settings)
+            loops.start()
+            try:
+                yield state
+            finally:
+                await loops.stop()
+
+    app.router.lifespan_context = lifespan
+
+
+def install(app: FastAPI) -> None:
+    router = APIRouter(dependencies=[Depends(operator)])  # every route here is an operator's
+
+    @router.get("/v1/cluster/status")
+    async def status(request: Request) -> dict[str, Any]:
+        loops = _loops(request)
+        result = await asyncio.to_thread(cluster_status, loops.edge.directory.namespace)
+        result["prescale"] = loops.prescaler.describe(await loops.book.all())
+        result["edge"] = {"pumps": len(loops.edge.pumps), "passivated_here": sorted(loops.passivator.passivated)}
+        return result
+
+    @router.post("/v1/sessions/{session_id}/schedule", status_code=202)
+    async def schedule(session_id: str, body: ScheduleRequest, request: Request) -> dict[str, Any]:
+        loops = _loops(request)
+        if body.start_at < time.time() - loops.settings.prescale_release_after_s:
+            raise BadRequest("start_at is in the past")
+        if not _ID.match(session_id):
+            raise BadRequest(f"bad session id {session_id!r}")
+        await loops.edge.directory.create(session_id)
+        policy = loops.prescaler.policy
+        cls = ScheduledClass(
+            session_id, body.start_at, body.expected_participants,
+            slots_for(body.expected_participants, policy.participants_per_slot),
+        )
+        await loops.book.put(cls)
+        return {
+            "session": session_id, "start_at": cls.start_at, "slots": cls.slots,
+            "requested_from": cls.requested_from(policy), "released_at": cls.released_at(policy),
+        }
+
+    @router.post("/v1/sessions/{session_id}/passivate")
+    async def passivate_route(session_id: str, request: Request) -> dict[str, Any]:
+        loops = _loops(request)
+        await loops.edge.require(session_id)
+        done = await passivate(loops.edge.directory, session_id)
+        return {"session": session_id, "passivated": done}
+
+    app.include_router(router)
+    _wrap_lifespan(app)

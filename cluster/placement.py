@@ -1,0 +1,233 @@
+"""Where sessions live: session slots per node, which node hosts which session, passivation.
+
+Placement is Ray's job: every session actor asks for ``num_cpus=0`` and one
+``session_slot`` (``cluster.directory``), nodes declare how many slots they have, so each
+node hosts at most that many sessions and a session beyond every node's capacity becomes
+resource demand that Ray's autoscaler answers with a new node. This module only *reads*
+that placement back from the GCS (no dashboard needed) and *ends* actors:
+
+* ``read_placement(namespace)`` — a ``Placement``: every alive node with its slots
+  (total / used / free, from the GCS resource tables) and the sessions it hosts, plus the
+  sessions still waiting for a slot (``PENDING_CREATION`` / ``RESTARTING``: after a node
+  loss, or while the autoscaler adds a node).
+* ``passivate(directory, session_id)`` — virtual-actor passivation: checkpoint, then
+  ``ray.kill(no_restart=True)``. The state stays in Redis; the next call through any
+  edge's directory gets-or-creates the actor again, which restores its checkpoint. Idle
+  nodes then lose their last session and Ray's autoscaler removes them.
+* ``Passivator`` — a loop on each edge that passivates the sessions that are ``ended``
+  and have had no device, viewer or pending sample on this edge for ``idle_s``.
+
+All functions here that talk to Ray are blocking; call them via ``asyncio.to_thread``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+
+from actors.session_actor import actor_name
+from cluster.directory import SessionDirectory
+
+log = logging.getLogger(__name__)
+
+SLOT = "session_slot"
+SESSION_PREFIX = actor_name("")
+WAITING_STATES = frozenset({"DEPENDENCIES_UNREADY", "PENDING_CREATION", "RESTARTING"})
+
+
+@dataclass(frozen=True)
+class SessionActorInfo:
+    """One session actor as the GCS records it."""
+
+    session_id: str
+    state: str  # ALIVE, PENDING_CREATION, RESTARTING, DEPENDENCIES_UNREADY (DEAD ones are left out)
+    node_id: str | None
+    pid: int
+    restarts: int
+
+
+@dataclass(frozen=True)
+class NodeSlots:
+    node_id: str
+    address: str
+    slots_total: float
+    slots_free: float
+    sessions: tuple[str, ...]
+    resources: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def slots_used(self) -> float:
+        return self.slots_total - self.slots_free
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "node_id": self.node_id,
+            "address": self.address,
+            "slots_total": self.slots_total,
+            "slots_used": self.slots_used,
+            "slots_free": self.slots_free,
+            "sessions": list(self.sessions),
+            "cpus": self.resources.get("CPU", 0.0),
+        }
+
+
+@dataclass(frozen=True)
+class Placement:
+    nodes: tuple[NodeSlots, ...]
+    waiting: tuple[SessionActorInfo, ...]
+
+    @property
+    def slots_total(self) -> float:
+        return sum(n.slots_total for n in self.nodes)
+
+    @property
+    def slots_used(self) -> float:
+        return sum(n.slots_used for n in self.nodes)
+
+    def node_of(self, session_id: str) -> str | None:
+        """The node hosting ``session_id`` now, or None (passive, or waiting for a slot)."""
+        for node in self.nodes:
+            if session_id in node.sessions:
+                return node.node_id
+        return None
+
+    def session_nodes(self) -> dict[str, str]:
+        return {sid: node.node_id for node in self.nodes for sid in node.sessions}
+
+
+def session_actors(namespace: str) -> list[SessionActorInfo]:
+    """Every non-dead session actor of ``namespace``, read from the GCS actor table."""
+    from ray._private.state import state  # the GCS tables; ray.util.state needs the dashboard
+    from ray.core.generated import gcs_pb2
+
+    accessor = state._connect_and_get_accessor()
+    found = []
+    for raw in accessor.get_actor_table(None, None):
+        entry = gcs_pb2.ActorTableData.FromString(raw)
+        if entry.ray_namespace != namespace or not entry.name.startswith(SESSION_PREFIX):
+            continue
+        status = gcs_pb2.ActorTableData.ActorState.Name(entry.state)
+        if status == "DEAD":
+            continue
+        node = entry.address.node_id.hex() if entry.address.node_id and status == "ALIVE" else None
+        found.append(
+            SessionActorInfo(entry.name[len(SESSION_PREFIX):], status, node, entry.pid, entry.num_restarts)
+        )
+    return found
+
+
+def read_placement(namespace: str) -> Placement:
+    """Alive nodes with their session slots and sessions; sessions waiting for a slot."""
+    from ray._private.state import state
+
+    actors = session_actors(namespace)
+    by_node: dict[str, list[str]] = {}
+    for actor in actors:
+        if actor.node_id is not None:
+            by_node.setdefault(actor.node_id, []).append(actor.session_id)
+    available = state.available_resources_per_node()
+    nodes = []
+    for info in ray.nodes():
+        if not info.get("Alive"):
+            continue
+        node_id = info["NodeID"]
+        total = {k: float(v) for k, v in info.get("Resources", {}).items() if not k.startswith("node:")}
+        nodes.append(
+            NodeSlots(
+                node_id=node_id,
+                address=str(info.get("NodeManagerAddress", "")),
+                slots_total=total.get(SLOT, 0.0),
+                slots_free=float(available.get(node_id, {}).get(SLOT, 0.0)),
+                sessions=tuple(sorted(by_node.get(node_id, []))),
+                resources=total,
+            )
+        )
+    waiting = tuple(a for a in actors if a.state in WAITING_STATES)
+    return Placement(tuple(sorted(nodes, key=lambda n: n.node_id)), waiting)
+
+
+def is_active(session_id: str, namespace: str) -> bool:
+    """True if the session's actor exists now (alive, starting or restarting)."""
+    try:
+        ray.get_actor(actor_name(session_id), namespace=namespace)
+    except ValueError:
+        return False
+    return True
+
+
+async def passivate(directory: SessionDirectory, session_id: str, *, flush_timeout_s: float = 5.0) -> bool:
+    """Checkpoint the session, then end its actor for good; False if it was not active.
+
+    Safe to call from any edge, any number of times. Samples that arrive afterwards
+    recreate the actor from its checkpoint (on whichever node has a free slot); devices
+    then get a fresh ``welcome`` because the epoch changed.
+    """
+    if not await asyncio.to_thread(is_active, session_id, directory.namespace):
+        directory.forget(session_id)
+        return False
+    try:
+        handle = await directory.handle(session_id)
+        await asyncio.wait_for(handle.flush.remote(), flush_timeout_s)
+    except Exception:  # noqa: BLE001 - the last checkpoint is still there; nothing acked is lost
+        log.warning("session %s: flush before passivation failed; passivating anyway", session_id, exc_info=True)
+    await asyncio.to_thread(directory.kill, session_id)
+    log.info("session %s passivated", session_id)
+    return True
+
+
+class Passivator:
+    """Passivates sessions that ended and sit idle on this edge; a loop that never dies.
+
+    ``candidates()`` yields ``(session_id, phase, idle)`` for the sessions this edge
+    serves (the edge's pumps). A session is passivated once it has been ``ended`` and idle
+    for ``idle_s``; it is not passivated again until it has been active in between.
+    """
+
+    def __init__(
+        self,
+        directory: SessionDirectory,
+        candidates: Callable[[], Iterable[tuple[str, str | None, bool]]],
+        *,
+        idle_s: float = 60.0,
+        interval_s: float = 5.0,
+    ) -> None:
+        self.directory = directory
+        self.candidates = candidates
+        self.idle_s = idle_s
+        self.interval_s = interval_s
+        self.passivated: set[str] = set()
+        self._idle_since: dict[str, float] = {}
+
+    def due(self, now: float) -> list[str]:
+        """Sessions to passivate now (updates the idle clocks)."""
+        seen, due = set(), []
+        for sid, phase, idle in self.candidates():
+            seen.add(sid)
+            if phase != "ended" or not idle:
+                self._idle_since.pop(sid, None)
+                self.passivated.discard(sid)
+                continue
+            since = self._idle_since.setdefault(sid, now)
+            if sid not in self.passivated and now - since >= self.idle_s:
+                due.append(sid)
+        for sid in set(self._idle_since) - seen:
+            del self._idle_since[sid]
+        return due
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            try:
+                for sid in self.due(time.monotonic()):
+                    await passivate(self.directory, sid)
+                    self.passivated.add(sid)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a control loop never dies
+                log.exception("passivation round failed")

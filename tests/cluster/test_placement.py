@@ -1,0 +1,190 @@
+"""Placement, passivation, the status endpoint and pre-scaling on the shared one-node stack."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import ray
+import redis.asyncio as aioredis
+
+from actors.session_actor import actor_name
+from cluster.placement import Passivator, is_active, read_placement
+from cluster.prescale import (
+    PrescaleBook,
+    PrescalePolicy,
+    Prescaler,
+    ScheduledClass,
+    bundles,
+    requested_slots,
+    slots_for,
+)
+
+from tests.cluster.helpers import operator_headers
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def ops(edge: Any) -> Iterator[httpx.Client]:
+    """An HTTP client to the shared edge with an operator token."""
+    with httpx.Client(base_url=edge.url, headers=operator_headers(edge.url), timeout=60) as client:
+        yield client
+
+
+def _create(ops: httpx.Client, sid: str) -> None:
+    """Create the session and wait until its actor serves (creation is asynchronous)."""
+    ops.post("/v1/sessions", json={"id": sid}).raise_for_status()
+    ops.get(f"/v1/sessions/{sid}").raise_for_status()
+
+
+def test_status_lists_the_node_its_slots_and_sessions(ops: httpx.Client, edge: Any, unique_id: str) -> None:
+    sid = f"st-{unique_id}"
+    _create(ops, sid)
+    status = ops.get("/v1/cluster/status").json()
+    [node] = status["nodes"]
+    assert sid in node["sessions"]
+    assert node["slots_total"] == 1000
+    assert node["slots_used"] >= 1 and node["slots_used"] + node["slots_free"] == 1000
+    assert status["totals"]["sessions"] == len(node["sessions"])
+    auto = status["autoscaler"]  # a local Ray runs a read-only monitor: it reports, never launches
+    assert auto is None or (auto["pending_launches"] == {} and isinstance(auto["resource_demand"], list))
+    assert status["prescale"]["policy"]["lead_time_s"] > 0
+    assert read_placement(edge.settings.namespace).node_of(sid) == node["node_id"]
+
+
+def test_passivate_keeps_state_and_the_next_call_recreates(ops: httpx.Client, edge: Any, unique_id: str) -> None:
+    sid = f"pv-{unique_id}"
+    _create(ops, sid)
+    ops.post(f"/v1/sessions/{sid}/participants", json={"participant": "ann"}).raise_for_status()
+    before = ray.get(ray.get_actor(actor_name(sid), namespace=edge.settings.namespace).info.remote())
+
+    reply = ops.post(f"/v1/sessions/{sid}/passivate").json()
+    assert reply == {"session": sid, "passivated": True}
+    assert not is_active(sid, edge.settings.namespace)
+    assert sid not in read_placement(edge.settings.namespace).session_nodes()
+    again = ops.post(f"/v1/sessions/{sid}/passivate").json()
+    assert again["passivated"] is False
+
+    snap = ops.get(f"/v1/sessions/{sid}").json()  # the edge's cached handle is dead
+    assert [p["participant"] for p in snap["participants"]] == ["ann"]
+    assert snap["epoch"] > before["epoch"]
+    assert is_active(sid, edge.settings.namespace)
+
+
+def test_passivate_unknown_session_is_404(ops: httpx.Client, edge: Any, unique_id: str) -> None:
+    assert ops.post(f"/v1/sessions/nope-{unique_id}/passivate").status_code == 404
+
+
+def test_schedule_records_the_class_without_starting_it(ops: httpx.Client, edge: Any, unique_id: str) -> None:
+    sid = f"sch-{unique_id}"
+    start_at = time.time() + 3600
+    reply = ops.post(
+        f"/v1/sessions/{sid}/schedule", json={"start_at": start_at, "expected_participants": 2500}
+    )
+    assert reply.status_code == 202, reply.text
+    body = reply.json()
+    assert body["slots"] == 3 and body["start_at"] == start_at
+    assert body["requested_from"] < start_at < body["released_at"]
+    assert not is_active(sid, edge.settings.namespace)
+    classes = ops.get("/v1/cluster/status").json()["prescale"]["classes"]
+    mine = [c for c in classes if c["session_id"] == sid]
+    assert mine and mine[0]["in_window"] is False
+    assert ops.get(f"/v1/sessions/{sid}").status_code == 200  # the session exists
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{"start_at": 1.0, "expected_participants": 5}, {"start_at": "soon", "expected_participants": 5},
+     {"start_at": 2e9, "expected_participants": -1}],
+)
+def test_schedule_refuses_bad_requests(ops: httpx.Client, edge: Any, unique_id: str, body: dict[str, Any]) -> None:
+    reply = ops.post(f"/v1/sessions/bad-{unique_id}/schedule", json=body)
+    assert reply.status_code in (400, 422), reply.text
+
+
+def test_slots_and_bundles() -> None:
+    assert slots_for(0, 1000) == 1 and slots_for(1000, 1000) == 1 and slots_for(1001, 1000) == 2
+    assert bundles(3, 0) == []
+    assert bundles(2.5, 2) == [{"session_slot": 1.0}] * 5
+    policy = PrescalePolicy(lead_time_s=60, release_after_s=30)
+    classes = [ScheduledClass("a", 1000.0, 10, 1), ScheduledClass("b", 1080.0, 3000, 3)]
+    inactive = lambda _sid: False  # noqa: E731
+    assert requested_slots(classes, now=900.0, policy=policy, active=inactive) == 0
+    assert requested_slots(classes, now=950.0, policy=policy, active=inactive) == 1
+    assert requested_slots(classes, now=1025.0, policy=policy, active=inactive) == 4
+    assert requested_slots(classes, now=1025.0, policy=policy, active=lambda sid: sid == "a") == 3
+    assert requested_slots(classes, now=1031.0, policy=policy, active=inactive) == 3  # "a" released
+
+
+def test_prescaler_requests_ahead_and_releases_after_start(redis_server: Any, run: Any, unique_id: str) -> None:
+    now = [1000.0]
+    sent: list[int] = []
+
+    async def scenario() -> list[int]:
+        client = aioredis.Redis.from_url(redis_server.url)
+        book = PrescaleBook(client, prefix=f"ps-{unique_id}")
+        prescaler = Prescaler(
+            book, PrescalePolicy(lead_time_s=60, release_after_s=10),
+            used_slots=lambda: 2.0, active=lambda _sid: False,
+            request=lambda b: sent.append(len(b)), clock=lambda: now[0],
+        )
+        await book.put(ScheduledClass("c1", 1100.0, 1500, 2))
+        steps = []
+        for t in (1000.0, 1040.0, 1041.0, 1105.0, 1110.0):
+            now[0] = t
+            steps.append(await prescaler.step())
+        remaining = await book.all()
+        await client.aclose()
+        assert remaining == []  # released entries are deleted
+        return steps
+
+    assert run(scenario()) == [0, 4, 4, 4, 0]
+    assert sent == [0, 4, 0]  # only changes are sent
+
+
+def test_passivator_waits_for_ended_and_idle() -> None:
+    state = {"s1": ("ended", True), "s2": ("live", True), "s3": ("ended", False)}
+    passivator = Passivator(None, lambda: ((k, p, i) for k, (p, i) in state.items()), idle_s=10)  # type: ignore[arg-type]
+    assert passivator.due(0.0) == []
+    assert passivator.due(10.0) == ["s1"]
+    passivator.passivated.add("s1")
+    assert passivator.due(20.0) == []  # not again until it was active in between
+    state["s1"] = ("ended", False)
+    assert passivator.due(21.0) == []
+    state["s1"] = ("ended", True)
+    assert passivator.due(25.0) == [] and passivator.due(35.0) == ["s1"]
+
+
+def test_handle_refreshes_after_the_actor_died_for_good(ops: httpx.Client, edge: Any, run: Any, unique_id: str) -> None:
+    from cluster.directory import SessionDirectory
+
+    sid = f"rf-{unique_id}"
+    _create(ops, sid)
+
+    async def scenario() -> tuple[int, int]:
+        client = aioredis.Redis.from_url(edge.settings.redis_url)
+        directory = SessionDirectory(
+            client, prefix=edge.settings.prefix, namespace=edge.settings.namespace,
+            actor_settings=edge.settings.actor_settings(),
+        )
+        handle = await directory.handle(sid)
+        first = await handle.info.remote()
+        await asyncio.to_thread(ray.kill, handle.actor, no_restart=True)
+        second = await handle.info.remote()
+        await client.aclose()
+        return first["epoch"], second["epoch"]
+
+    first, second = run(scenario())
+    assert second > first
+
+
+def test_cluster_routes_need_an_operator(edge: Any) -> None:
+    headers = operator_headers(edge.url)
+    if not headers:
+        pytest.skip("this edge runs without authentication")
+    assert httpx.get(f"{edge.url}/v1/cluster/status").status_code == 401
