@@ -2,6 +2,10 @@
 
 * ``pulseline up`` — local Ray + embedded Redis + the edge on 127.0.0.1:8000 (or attach
   to ``REDIS_URL`` / ``RAY_ADDRESS``); Ctrl-C or SIGTERM shuts down what it started.
+* ``pulseline edge`` — an edge only, attached to ``RAY_ADDRESS`` and ``REDIS_URL`` (both
+  required; run as many as you like, on any node, on different ports).
+* ``pulseline status`` — the cluster's nodes, session slots used/free, the sessions on each
+  node and pending autoscaler demand (attaches to ``RAY_ADDRESS``; ``--json`` for JSON).
 * ``pulseline swarm --sessions S --devices N --seconds T`` — a simulated class against a
   running edge; prints the JSON accounting.
 * ``pulseline demo`` — ``up`` plus a small swarm, prints the accounting and where to look.
@@ -45,6 +49,10 @@ def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="pulseline", description=__doc__.splitlines()[0])
     sub = root.add_subparsers(dest="command", required=True)
     _serve_args(sub.add_parser("up", help="start Ray + Redis + the edge"))
+    _serve_args(sub.add_parser("edge", help="an edge only, attached to RAY_ADDRESS and REDIS_URL"))
+    status = sub.add_parser("status", help="nodes, session slots, sessions per node, autoscaler demand")
+    status.add_argument("--json", action="store_true", help="print the full status as JSON")
+    status.add_argument("--namespace", default=None)
     swarm = sub.add_parser("swarm", help="run a simulated class against an edge")
     swarm.add_argument("--url", default="http://127.0.0.1:8000")
     swarm.add_argument("scenario", nargs="?", default=None, help="a scenario file (sims/scenarios/*.toml)")
@@ -65,7 +73,10 @@ def parser() -> argparse.ArgumentParser:
 def _settings(args: argparse.Namespace) -> Any:
     from cluster.settings import from_environment
 
-    return from_environment(host=args.host, port=args.port, data_dir=Path(args.data_dir) if args.data_dir else None)
+    data_dir = getattr(args, "data_dir", None)
+    return from_environment(
+        host=getattr(args, "host", None), port=getattr(args, "port", None), data_dir=Path(data_dir) if data_dir else None
+    )
 
 
 def _swarm_config(args: argparse.Namespace, url: str) -> Any:
@@ -174,11 +185,42 @@ def _bench(args: argparse.Namespace) -> int:
     return _run_stack(args, bench_after_start(args, _swarm_config, _emit))
 
 
+def _edge(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    if not settings.ray_address or not settings.redis_url:
+        print("pulseline edge: set RAY_ADDRESS and REDIS_URL (an edge starts neither)", file=sys.stderr)
+        return 2
+    return _run_stack(args)
+
+
+def _status(args: argparse.Namespace) -> int:
+    import os
+
+    import ray
+
+    from cluster.status import cluster_status, format_status
+
+    settings = _settings(args)
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray.init(address=settings.ray_address or "auto", namespace=settings.namespace, log_to_driver=False,
+             logging_level=logging.WARNING)
+    try:
+        status = cluster_status(args.namespace or settings.namespace)
+    finally:
+        ray.shutdown()
+    print(json.dumps(status, indent=2) if args.json else format_status(status), flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parser().parse_args(argv)
     if args.command == "up":
         return _run_stack(args)
+    if args.command == "edge":
+        return _edge(args)
+    if args.command == "status":
+        return _status(args)
     if args.command == "swarm":
         from sims.command import swarm_command
 
