@@ -1,7 +1,13 @@
 """The FastAPI edge: HTTP for sessions and participants, WebSockets for devices and boards.
 
 ``create_app(settings)`` builds the app; Ray must already be initialised in this process
-and ``settings.redis_url`` resolved (``cluster.runtime`` does both).
+and ``settings.redis_url`` resolved (``cluster.runtime`` does both). It raises
+``api.auth.InsecureSettings`` (and so refuses to start) when production settings lack an
+issuer or carry a shared secret.
+
+Every route but ``/healthz``, the API docs and the static board page needs a token
+(``api.scopes`` says which kind may do what); refusals are 401 / 403 over HTTP and close
+codes 4401 / 4403 on WebSockets.
 """
 
 from __future__ import annotations
@@ -9,25 +15,40 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 import uuid
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator
 
 import redis.asyncio as aioredis
-from fastapi import FastAPI, Query, WebSocket
+from fastapi import Depends, FastAPI, Query, Request, WebSocket
 from fastapi.responses import HTMLResponse, PlainTextResponse
+from starlette.websockets import WebSocketDisconnect
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
 from actors.errors import PhaseError
-from api.errors import BadRequest, UnknownSession, install_handlers
+from api.auth import Principal, TokenKind, build_verifier, dev_secret, mint_token
+from api.errors import AuthError, BadRequest, Forbidden, Unauthorised, Unavailable, UnknownSession, install_handlers
 from api.ingest import DeviceConnection
-from api.outbox import Outbox
+from api.limits import ConnectionLimits, FrameRate, Verdict
+from api.outbox import Outbox, close_reason
 from api.pump import SessionPump
+from api.scopes import (
+    Caller,
+    Gate,
+    Operator,
+    ScopeReason,
+    authorise_membership,
+    authorise_read,
+    bearer_token,
+    operator,
+    roster_of,
+)
 from api.viewer import VIEW_PAGE, board_encoder
 from cluster.directory import SessionDirectory
 from cluster.settings import Settings
-from devices.protocol import CloseCode
+from devices.protocol import Auth, CloseCode, ProtocolError, decode_device_frame
 
 log = logging.getLogger(__name__)
 _ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
@@ -47,12 +68,25 @@ class PhaseRequest(BaseModel):
     phase: str = Field(pattern=r"^(scheduled|lobby|live|cooldown|ended)$")
 
 
-class Edge:
-    """What the routes share: the directory and one pump per active session."""
+class DevTokenRequest(BaseModel):
+    kind: TokenKind
+    sessions: list[str] | None = Field(default=None, max_length=1024)
+    participant: str | None = Field(default=None, max_length=128)
+    device: str | None = Field(default=None, max_length=128)
+    hub: str | None = Field(default=None, max_length=128)
+    devices: list[str] | None = Field(default=None, max_length=1024)
+    ttl_s: float | None = Field(default=None, gt=0, le=7 * 24 * 3600)
 
-    def __init__(self, settings: Settings, directory: SessionDirectory) -> None:
+
+class Edge:
+    """What the routes share: the directory, one pump per active session, the auth gate and
+    the connection counters."""
+
+    def __init__(self, settings: Settings, directory: SessionDirectory, gate: Gate) -> None:
         self.settings = settings
         self.directory = directory
+        self.gate = gate
+        self.connections = ConnectionLimits(settings)
         self.pumps: dict[str, SessionPump] = {}
 
     def pump(self, session_id: str) -> SessionPump:
@@ -77,6 +111,15 @@ class Edge:
         handle = await self.directory.handle(session_id)
         return await getattr(handle, method).remote(**kwargs)
 
+    async def authorise_read(self, who: Principal, session_id: str, *, where: str, peer: str) -> dict[str, Any] | None:
+        """Check ``who`` may read ``session_id``; returns the snapshot when one was needed."""
+        if who.kind is TokenKind.OPERATOR:
+            await self.require(session_id)
+            return None
+        snapshot: dict[str, Any] = await self.call(session_id, "snapshot")
+        self.gate.check(who, authorise_read, session_id, roster_of(snapshot), where=where, peer=peer)
+        return snapshot
+
     async def close(self) -> None:
         await asyncio.gather(*(p.stop() for p in self.pumps.values()))
 
@@ -94,19 +137,31 @@ def settings_extensions() -> list[Any]:
     return installers
 
 
+def _peer(conn: Request | WebSocket) -> str:
+    return conn.client.host if conn.client is not None else "?"
+
+
+def _where(request: Request) -> str:
+    return f"{request.method} {request.url.path}"
+
+
 def create_app(settings: Settings) -> FastAPI:
+    gate = Gate(build_verifier(settings))  # refuses insecure production settings right here
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         client = aioredis.Redis.from_url(settings.redis_url or "")
         directory = SessionDirectory(
             client, prefix=settings.prefix, namespace=settings.namespace, actor_settings=settings.actor_settings()
         )
-        app.state.edge = Edge(settings, directory)
+        app.state.edge = Edge(settings, directory, gate)
         yield
         await app.state.edge.close()
         await client.aclose()
+        await gate.aclose()
 
     app = FastAPI(title="pulseline edge", version="1", lifespan=lifespan)
+    app.state.gate = gate
     install_handlers(app)
     for extension in settings_extensions():
         extension(app)
@@ -118,12 +173,16 @@ def create_app(settings: Settings) -> FastAPI:
     async def healthz() -> dict[str, Any]:
         return {"ok": True, "sessions": len(edge().pumps)}
 
-    @app.get("/metrics", response_class=PlainTextResponse)
+    @app.get("/metrics", response_class=PlainTextResponse,
+             dependencies=[] if settings.public_metrics else [Depends(operator)])
     async def metrics() -> PlainTextResponse:
         return PlainTextResponse(generate_latest().decode(), media_type=CONTENT_TYPE_LATEST)
 
+    if settings.auth_mode == "development":
+        _install_dev_tokens(app, settings)
+
     @app.post("/v1/sessions", status_code=201)
-    async def create_session(body: CreateSession) -> dict[str, Any]:
+    async def create_session(body: CreateSession, who: Operator) -> dict[str, Any]:
         session_id = body.id or uuid.uuid4().hex[:12]
         created = await edge().directory.create(session_id, title=body.title, board_size=body.board_size)
         if body.board_size is not None:
@@ -132,22 +191,26 @@ def create_app(settings: Settings) -> FastAPI:
         return {"id": session_id, "created": created}
 
     @app.get("/v1/sessions/{session_id}")
-    async def get_session(session_id: str) -> dict[str, Any]:
-        snap: dict[str, Any] = await edge().call(session_id, "snapshot")
+    async def get_session(session_id: str, who: Caller, request: Request) -> dict[str, Any]:
+        snap = await edge().authorise_read(who, session_id, where=_where(request), peer=_peer(request))
+        if snap is None:
+            snap = await edge().call(session_id, "snapshot")
         snap["meta"] = await edge().directory.meta(session_id)
         return snap
 
     @app.post("/v1/sessions/{session_id}/participants", status_code=201)
-    async def join(session_id: str, body: JoinRequest) -> dict[str, Any]:
+    async def join(session_id: str, body: JoinRequest, who: Caller, request: Request) -> dict[str, Any]:
+        edge().gate.check(who, authorise_membership, session_id, body.participant, where=_where(request), peer=_peer(request))
         slot = await edge().call(session_id, "join", participant=body.participant)
         return {"participant": body.participant, "slot": slot}
 
     @app.delete("/v1/sessions/{session_id}/participants/{participant}")
-    async def leave(session_id: str, participant: str) -> dict[str, Any]:
+    async def leave(session_id: str, participant: str, who: Caller, request: Request) -> dict[str, Any]:
+        edge().gate.check(who, authorise_membership, session_id, participant, where=_where(request), peer=_peer(request))
         left = await edge().call(session_id, "leave", participant=participant)
         return {"participant": participant, "left": left}
 
-    @app.post("/v1/sessions/{session_id}/phase")
+    @app.post("/v1/sessions/{session_id}/phase", dependencies=[Depends(operator)])
     async def set_phase(session_id: str, body: PhaseRequest) -> dict[str, Any]:
         try:
             phase = await edge().call(session_id, "set_phase", phase=body.phase)
@@ -160,7 +223,7 @@ def create_app(settings: Settings) -> FastAPI:
             raise
         return {"phase": phase}
 
-    @app.post("/v1/sessions/{session_id}/flush")
+    @app.post("/v1/sessions/{session_id}/flush", dependencies=[Depends(operator)])
     async def flush(session_id: str) -> dict[str, Any]:
         return {"durable": await edge().call(session_id, "flush")}
 
@@ -183,32 +246,114 @@ def create_app(settings: Settings) -> FastAPI:
         format: str = Query(default="msgpack"),
     ) -> None:
         await ws.accept()
-        if not 1.0 <= rate <= settings.max_board_rate_hz or view not in ("top", "all") or format not in ("msgpack", "json"):
-            await ws.close(CloseCode.PROTOCOL, f"rate must be 1-{settings.max_board_rate_hz:g} Hz, view top|all, format msgpack|json")
+        peer = _peer(ws)
+        if not edge().connections.by_address.acquire(peer):
+            await ws.close(CloseCode.THROTTLED, "too many open connections from this address")
             return
         try:
-            await edge().require(session_id)
-        except (UnknownSession, BadRequest) as exc:
-            await ws.close(CloseCode.UNKNOWN_SESSION, exc.message)
-            return
-        outbox = Outbox(
-            ws,
-            max_frames=settings.send_queue_frames,
-            board_interval_s=1.0 / rate,
-            encode_board=board_encoder(participant, everyone=view == "all", as_json=format == "json"),
-        )
-        pump = edge().pump(session_id)
-        pump.add_viewer(outbox)
-        writer = asyncio.create_task(outbox.run())
-        try:
-            while True:
-                message = await ws.receive()
-                if message["type"] == "websocket.disconnect":
-                    break
+            who = await _board_principal(ws, edge(), session_id, peer)
+            if who is None:
+                return
+            if not 1.0 <= rate <= settings.max_board_rate_hz or view not in ("top", "all") or format not in ("msgpack", "json"):
+                await ws.close(CloseCode.PROTOCOL, f"rate must be 1-{settings.max_board_rate_hz:g} Hz, view top|all, format msgpack|json")
+                return
+            if not edge().connections.acquire_token(who):
+                await ws.close(CloseCode.THROTTLED, "too many open connections with this token")
+                return
+            try:
+                outbox = Outbox(
+                    ws,
+                    max_frames=settings.send_queue_frames,
+                    board_interval_s=1.0 / rate,
+                    encode_board=board_encoder(participant, everyone=view == "all", as_json=format == "json"),
+                )
+                await _serve_board(ws, edge(), session_id, outbox, who)
+            finally:
+                edge().connections.release_token(who)
         finally:
-            pump.remove_viewer(outbox)
-            outbox.closed = True
-            writer.cancel()
-            await asyncio.gather(writer, return_exceptions=True)
+            edge().connections.by_address.release(peer)
 
     return app
+
+
+async def _board_principal(ws: WebSocket, edge: Edge, session_id: str, peer: str) -> Principal | None:
+    """Authenticate and authorise a board viewer, or close the socket and return None."""
+    try:
+        who = await edge.gate.authenticate(bearer_token(ws), where="ws board", peer=peer)
+        await edge.authorise_read(who, session_id, where="ws board", peer=peer)
+        return who
+    except AuthError as exc:
+        code = CloseCode.UNAUTHORISED if isinstance(exc, Unauthorised) else CloseCode.FORBIDDEN
+        await ws.close(code, close_reason(f"{exc.reason.value}: {exc.message}"))
+    except (UnknownSession, BadRequest) as exc:
+        await ws.close(CloseCode.UNKNOWN_SESSION, close_reason(exc.message))
+    except Unavailable as exc:
+        await ws.close(CloseCode.TRY_AGAIN, close_reason(exc.message))
+    return None
+
+
+async def _serve_board(ws: WebSocket, edge: Edge, session_id: str, outbox: Outbox, who: Principal) -> None:
+    """Push boards until the viewer leaves; the viewer may only send ``auth`` frames (renewal),
+    at a bounded rate, and is closed with 4401 when its token expires unrenewed."""
+    pump = edge.pump(session_id)
+    pump.add_viewer(outbox)
+    writer = asyncio.create_task(outbox.run())
+    rate = FrameRate.from_settings(edge.settings)
+    try:
+        while not outbox.closed:
+            expires_in = who.expires_at + edge.settings.auth_leeway_s - time.time()
+            try:
+                message = await asyncio.wait_for(ws.receive(), max(0.0, expires_in))
+            except TimeoutError:
+                outbox.close(CloseCode.UNAUTHORISED, "token expired: reconnect with a fresh token")
+                break
+            if message["type"] == "websocket.disconnect":
+                break
+            verdict = rate.admit(None, time.monotonic()).verdict
+            if verdict is Verdict.DISCONNECT:
+                outbox.close(CloseCode.THROTTLED, "too many frames from a viewer")
+            elif verdict is Verdict.ACCEPT:
+                who = await _renew_viewer(ws, edge, message, who)
+    except WebSocketDisconnect:
+        pass
+    finally:
+        pump.remove_viewer(outbox)
+        if not outbox.closed:
+            outbox.closed = True
+            writer.cancel()
+        await asyncio.gather(writer, return_exceptions=True)
+
+
+async def _renew_viewer(ws: WebSocket, edge: Edge, message: dict[str, Any], who: Principal) -> Principal:
+    """A viewer's ``auth`` frame: a fresh token for the same subject extends the connection."""
+    data = message.get("bytes") or message.get("text") or b""
+    try:
+        frame = decode_device_frame(data)
+        if not isinstance(frame, Auth):
+            return who
+        fresh = await edge.gate.authenticate(frame.token, where="ws board auth", peer=_peer(ws))
+    except (ProtocolError, AuthError, Unavailable):
+        return who  # a viewer's bad frame changes nothing; the old token still expires
+    if (fresh.kind, fresh.subject) != (who.kind, who.subject):
+        edge.gate.refused(Forbidden(ScopeReason.NOT_SAME_PRINCIPAL, "a renewed token must be for the same subject"),
+                          where="ws board auth", who=who.describe(), peer=_peer(ws))
+        return who
+    return fresh
+
+
+def _install_dev_tokens(app: FastAPI, settings: Settings) -> None:
+    """``POST /v1/dev/tokens``: development mode only, and only for loopback clients —
+    how swarms, demos and tests obtain tokens without sharing the secret file."""
+
+    secret = dev_secret(settings)
+
+    @app.post("/v1/dev/tokens", include_in_schema=False)
+    async def mint(body: DevTokenRequest, request: Request) -> dict[str, Any]:
+        if _peer(request) not in ("127.0.0.1", "::1"):
+            raise Forbidden("loopback_only", "development tokens are minted for loopback clients only")
+        ttl_s = settings.dev_token_ttl_s if body.ttl_s is None else body.ttl_s
+        try:
+            token = mint_token(secret, audience=settings.auth_audience, ttl_s=ttl_s, **body.model_dump(exclude={"ttl_s"}))
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+        return {"token": token}

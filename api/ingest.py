@@ -1,10 +1,21 @@
 """``DeviceConnection``: one device (phone) or hub WebSocket on ``/v1/devices``.
 
-Lifecycle: ACCEPTED -> (hello within ``handshake_timeout_s``) -> STREAMING -> CLOSED.
-Every frame is decoded and validated here; a bad frame gets an error frame (or, when
-fatal, a close with a reason) and never disturbs other connections or other devices of
-the same hub. Valid samples go to the session's pump; rejected ones are told to the
-device (``error`` with ``seqs``) and passed on as consumed seqs so accounting is exact.
+Lifecycle: ACCEPTED -> (authenticated ``hello`` within ``handshake_timeout_s``) ->
+STREAMING -> CLOSED. Every frame is decoded and validated here; a bad frame gets an error
+frame (or, when fatal, a close with a reason) and never disturbs other connections or
+other devices of the same hub. Valid samples go to the session's pump; rejected ones are
+told to the device (``error`` with ``seqs``) and passed on as consumed seqs so accounting
+is exact.
+
+Security (``docs/security.md``): the first ``hello`` carries a token (or the upgrade
+request an ``Authorization: Bearer`` header); without a valid one the connection closes
+with 4401. Each device of a hello must be allowed by the token (``api.scopes``), else it
+gets a ``forbidden`` error (and, with no device left, the close 4403). An ``auth`` frame
+renews the token in-band; a token that expires without renewal closes the connection
+with 4401 and a reason that says to reconnect with a fresh token. Frame rates, devices
+per hub, connections per address and per token, and idle time are limited
+(``api.limits``): over a rate the client gets ``throttle`` first, and is closed with 4429
+only if it keeps sending through the pause.
 """
 
 from __future__ import annotations
@@ -17,12 +28,18 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from api.auth import Principal
+from api.errors import AuthError, Forbidden, Unauthorised, Unavailable
+from api.limits import FrameRate, Verdict, frame_limits
 from api.metrics import CONNECTIONS, FRAMES_IN, SAMPLES_IN
 from api.outbox import Outbox
 from api.pump import DeviceLink, SessionPump
+from api.scopes import authorise_renewal, authorise_write, bearer_token
 from devices.protocol import (
+    Auth,
     Bye,
     CloseCode,
+    DeviceBinding,
     ErrorCode,
     Hello,
     ProtocolError,
@@ -53,10 +70,23 @@ class DeviceConnection:
         self.settings = edge.settings
         self.outbox = Outbox(ws, max_frames=self.settings.send_queue_frames)
         self.links: dict[str, tuple[DeviceLink, SessionPump]] = {}
+        self.bindings: dict[str, DeviceBinding] = {}
         self.state = LinkState.ACCEPTED
+        self.principal: Principal | None = None
+        self.hub: str | None = None
+        self.peer = ws.client.host if ws.client is not None else "?"
+        self.rate = FrameRate.from_settings(self.settings)
+        self.limits = frame_limits(self.settings)
+        self.opened = time.monotonic()
+        self.last_frame = self.opened
+        self.expiry_noticed = False
 
+    # -- lifecycle --------------------------------------------------------------------------
     async def serve(self) -> None:
         await self.ws.accept()
+        if not self.edge.connections.by_address.acquire(self.peer):
+            await self.ws.close(CloseCode.THROTTLED, "too many open connections from this address")
+            return
         writer = asyncio.create_task(self.outbox.run())
         CONNECTIONS.labels("device").inc()
         try:
@@ -65,6 +95,9 @@ class DeviceConnection:
             pass
         finally:
             CONNECTIONS.labels("device").dec()
+            self.edge.connections.by_address.release(self.peer)
+            if self.principal is not None:
+                self.edge.connections.release_token(self.principal)
             self.state = LinkState.CLOSED
             for link, pump in self.links.values():
                 pump.detach(link)
@@ -75,43 +108,180 @@ class DeviceConnection:
 
     async def _receive_loop(self) -> None:
         while not self.outbox.closed:
-            timeout = self.settings.handshake_timeout_s if self.state is LinkState.ACCEPTED else None
             try:
-                message = await asyncio.wait_for(self.ws.receive(), timeout)
+                message = await asyncio.wait_for(self.ws.receive(), self._next_timer_s())
             except TimeoutError:
-                self.outbox.close(CloseCode.TIMEOUT, "no hello within the handshake timeout")
-                return
+                self._on_timer()
+                continue
             if message["type"] == "websocket.disconnect":
                 return
+            self.last_frame = time.monotonic()
             data = message.get("bytes")
             if data is None:
                 data = message.get("text") or ""
             await self._handle(data)
 
+    # -- timers: handshake, idle, token expiry ---------------------------------------------------
+    def _deadlines(self) -> tuple[float, float | None, float | None]:
+        """(monotonic deadline for silence, wall-clock expiry notice, wall-clock expiry)."""
+        if self.state is LinkState.ACCEPTED:
+            return self.opened + self.settings.handshake_timeout_s, None, None
+        silence = self.last_frame + self.settings.idle_timeout_s
+        if self.principal is None:
+            return silence, None, None
+        expires = self.principal.expires_at + self.settings.auth_leeway_s
+        notice = None if self.expiry_noticed else self.principal.expires_at - self.settings.auth_expiry_notice_s
+        return silence, notice, expires
+
+    def _next_timer_s(self) -> float:
+        silence, notice, expires = self._deadlines()
+        wall = time.time()
+        waits = [silence - time.monotonic()] + [t - wall for t in (notice, expires) if t is not None]
+        return max(0.0, min(waits))
+
+    def _on_timer(self) -> None:
+        silence, notice, expires = self._deadlines()
+        if expires is not None and time.time() >= expires:
+            self.outbox.send(encode(error_frame(ErrorCode.UNAUTHORISED, "token expired", fatal=True, reason="expired")))
+            self.outbox.close(CloseCode.UNAUTHORISED, "token expired: reconnect with a fresh token")
+        elif time.monotonic() >= silence:
+            if self.state is LinkState.ACCEPTED:
+                self.outbox.close(CloseCode.TIMEOUT, "no hello within the handshake timeout")
+            else:
+                self.outbox.close(CloseCode.TIMEOUT, f"idle: no frame for {self.settings.idle_timeout_s:g}s")
+        elif notice is not None and time.time() >= notice and self.principal is not None:
+            self.expiry_noticed = True
+            self.outbox.send(encode(error_frame(
+                ErrorCode.TOKEN_EXPIRING, "token expires soon: send an auth frame with a fresh token",
+                expires_at=self.principal.expires_at,
+            )))
+
+    # -- frames ---------------------------------------------------------------------------------
     async def _handle(self, data: bytes | str) -> None:
         try:
-            frame = decode_device_frame(data)
-            FRAMES_IN.labels(type(frame).__name__.lower()).inc()
+            frame = decode_device_frame(data, self.limits)
+        except ProtocolError as exc:
+            if self._admit(None):
+                self._protocol_error(exc)
+            return
+        if not self._admit(frame.device if isinstance(frame, Samples) else None):
+            return
+        FRAMES_IN.labels(type(frame).__name__.lower()).inc()
+        try:
             if isinstance(frame, Samples):
                 self._samples(frame)
             elif isinstance(frame, Hello):
                 await self._hello(frame)
+            elif isinstance(frame, Auth):
+                await self._auth(frame)
             elif isinstance(frame, Bye):
                 self._bye(frame)
         except ProtocolError as exc:
             self._protocol_error(exc)
 
+    def _admit(self, device: str | None) -> bool:
+        admission = self.rate.admit(device, time.monotonic())
+        if admission.verdict is Verdict.ACCEPT:
+            return True
+        if admission.verdict is Verdict.THROTTLE:
+            self._throttle(device, admission.retry_after_s, "over the frame rate limit")
+        elif admission.verdict is Verdict.DISCONNECT:
+            log.warning("closing a connection from %s that kept sending while throttled", self.peer)
+            self.outbox.close(CloseCode.THROTTLED, "kept sending while throttled: back off, then reconnect")
+        return False
+
+    def _throttle(self, device: str | None, retry_after_s: float, reason: str) -> None:
+        frame: dict[str, Any] = {
+            "t": "throttle", "retry_after_ms": int(retry_after_s * 1000),
+            "reason": f"{reason}; pause, then resend unacknowledged samples",
+        }
+        if device is not None:
+            frame["device"] = device
+        self.outbox.send(encode(frame))
+
     def _protocol_error(self, exc: ProtocolError) -> None:
         self.outbox.send(encode(exc.frame()))
         if exc.fatal:
-            self.outbox.close(CloseCode.PROTOCOL, exc.message[:120])
+            self.outbox.close(CloseCode.PROTOCOL, exc.message)
+
+    def _refuse(self, exc: AuthError, *, fatal: bool, device: str | None = None) -> None:
+        code = ErrorCode.UNAUTHORISED if isinstance(exc, Unauthorised) else ErrorCode.FORBIDDEN
+        extra = {"device": device} if device is not None else {}
+        self.outbox.send(encode(error_frame(code, exc.message, fatal=fatal, reason=exc.reason.value, **extra)))
+
+    def _close_refused(self, exc: AuthError) -> None:
+        close = CloseCode.UNAUTHORISED if isinstance(exc, Unauthorised) else CloseCode.FORBIDDEN
+        self.outbox.close(close, f"{exc.reason.value}: {exc.message}")
+
+    # -- hello and auth ---------------------------------------------------------------------
+    async def _authenticate(self, token: str | None) -> Principal | None:
+        try:
+            return await self.edge.gate.authenticate(token, where="ws /v1/devices", peer=self.peer)
+        except Unauthorised as exc:
+            self._refuse(exc, fatal=self.principal is None)
+            if self.principal is None:
+                self._close_refused(exc)
+        except Unavailable as exc:
+            self.outbox.send(encode(error_frame(ErrorCode.UNAVAILABLE, exc.message, fatal=self.principal is None)))
+            if self.principal is None:
+                self.outbox.close(CloseCode.TRY_AGAIN, "token issuer unavailable: retry later")
+        return None
 
     async def _hello(self, hello: Hello) -> None:
-        known = {s: await self.edge.directory.exists(s) for s in {b.session for b in hello.devices}}
+        if self.principal is None:
+            principal = await self._authenticate(hello.token or bearer_token(self.ws))
+            if principal is None:
+                return
+            if not self.edge.connections.acquire_token(principal):
+                log.warning("too many connections for token of %s from %s", principal.describe(), self.peer)
+                self.outbox.close(CloseCode.THROTTLED, "too many open connections with this token")
+                return
+            self.principal = principal
+            self.hub = hello.hub
+        elif hello.token is not None:
+            await self._auth(Auth(hello.token))
+        allowed, forbidden = self._authorised(hello)
+        unknown = await self._bind(allowed, single=len(hello.devices) == 1)
+        if not self.links:
+            if forbidden is not None and not unknown:
+                self._close_refused(forbidden)
+            else:
+                self.outbox.close(CloseCode.UNKNOWN_SESSION, "no known session in hello")
+            return
+        self.state = LinkState.STREAMING
+
+    def _authorised(self, hello: Hello) -> tuple[list[DeviceBinding], Forbidden | None]:
+        assert self.principal is not None
+        allowed: list[DeviceBinding] = []
+        refused: Forbidden | None = None
+        devices = set(self.links)
         for binding in hello.devices:
-            if not known[binding.session]:
+            try:
+                self.edge.gate.check(self.principal, authorise_write, binding, hub=hello.hub,
+                                     where="ws /v1/devices hello", peer=self.peer)
+            except Forbidden as exc:
+                refused = exc
+                self._refuse(exc, fatal=len(hello.devices) == 1 and not self.links, device=binding.device)
+                continue
+            if binding.device not in devices and len(devices) >= self.settings.max_devices_per_hub:
                 self.outbox.send(encode(error_frame(
-                    ErrorCode.UNKNOWN_SESSION, f"no session {binding.session!r}", fatal=len(hello.devices) == 1,
+                    ErrorCode.TOO_MANY_DEVICES, f"at most {self.settings.max_devices_per_hub} devices per connection",
+                    device=binding.device,
+                )))
+                continue
+            devices.add(binding.device)
+            allowed.append(binding)
+        return allowed, refused
+
+    async def _bind(self, bindings: list[DeviceBinding], *, single: bool) -> int:
+        """Attach each binding whose session exists; returns how many named unknown sessions."""
+        known = {s: await self.edge.directory.exists(s) for s in {b.session for b in bindings}}
+        unknown = 0
+        for binding in bindings:
+            if not known[binding.session]:
+                unknown += 1
+                self.outbox.send(encode(error_frame(
+                    ErrorCode.UNKNOWN_SESSION, f"no session {binding.session!r}", fatal=single,
                     device=binding.device,
                 )))
                 continue
@@ -121,12 +291,35 @@ class DeviceConnection:
             pump = self.edge.pump(binding.session)
             link = DeviceLink(binding.device, binding.participant, self.outbox)
             self.links[binding.device] = (link, pump)
+            self.bindings[binding.device] = binding
             pump.attach(link)
-        if not self.links:
-            self.outbox.close(CloseCode.UNKNOWN_SESSION, "no known session in hello")
-            return
-        self.state = LinkState.STREAMING
+        return unknown
 
+    async def _auth(self, frame: Auth) -> None:
+        """Renew the token in-band: same subject, covering every device already bound."""
+        old = self.principal
+        if old is None:
+            raise ProtocolError(ErrorCode.NOT_HELLO, "send hello before auth", fatal=True)
+        new = await self._authenticate(frame.token)
+        if new is None:
+            return
+        try:
+            self.edge.gate.check(old, authorise_renewal, new, list(self.bindings.values()), self.hub,
+                                 where="ws /v1/devices auth", peer=self.peer)
+        except Forbidden as exc:
+            self._refuse(exc, fatal=False)
+            return
+        if new.token_id != old.token_id:
+            self.edge.connections.release_token(old)
+            if not self.edge.connections.acquire_token(new):
+                self.principal = None
+                self.outbox.close(CloseCode.THROTTLED, "too many open connections with this token")
+                return
+        self.principal = new
+        self.expiry_noticed = False
+        self.outbox.send(encode({"t": "auth_ok", "expires_at": new.expires_at}))
+
+    # -- samples ------------------------------------------------------------------------------
     def _samples(self, frame: Samples) -> None:
         if self.state is not LinkState.STREAMING:
             raise ProtocolError(ErrorCode.NOT_HELLO, "send hello before samples", fatal=True)
@@ -138,10 +331,7 @@ class DeviceConnection:
         if len(valid) + link.sent - link.acked > self.settings.max_unacked_per_device or not pump.add(
             link, valid, [seq for seq, _ in rejected]
         ):
-            self.outbox.send(encode({
-                "t": "throttle", "device": frame.device, "retry_after_ms": 1000,
-                "reason": "too many unacknowledged samples; resend after the pause",
-            }))
+            self._throttle(frame.device, 1.0, "too many unacknowledged samples")
             SAMPLES_IN.labels("throttled").inc(len(frame.rows))
             return
         SAMPLES_IN.labels("accepted").inc(len(valid))
@@ -183,6 +373,8 @@ class DeviceConnection:
         devices = [bye.device] if bye.device else list(self.links)
         for device in devices:
             entry = self.links.pop(device, None)
+            self.bindings.pop(device, None)
+            self.rate.forget(device)
             if entry is not None:
                 entry[1].detach(entry[0])
         if not self.links:

@@ -30,7 +30,9 @@ import enum
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from devices.protocol import FrameLimits
+from devices.protocol import MAX_DEVICES_PER_HELLO, FrameLimits
+
+from api.auth import Principal, TokenKind
 
 if TYPE_CHECKING:
     from cluster.settings import Settings
@@ -42,7 +44,7 @@ def frame_limits(settings: Settings) -> FrameLimits:
     return FrameLimits(
         max_frame_bytes=settings.max_frame_bytes,
         max_samples_per_frame=settings.max_samples_per_frame,
-        max_devices_per_hello=settings.max_devices_per_hub,
+        max_devices_per_hello=min(MAX_DEVICES_PER_HELLO, settings.max_devices_per_hub),
     )
 
 
@@ -177,8 +179,18 @@ class ConnectionCounter:
 
 
 class ConnectionLimits:
-    """The edge-wide connection counters (one event loop: no locking needed)."""
+    """The edge-wide connection counters (one event loop: no locking needed).
+
+    Operator tokens are not capped per token: a studio runs many board screens with one.
+    """
 
     def __init__(self, settings: Settings) -> None:
         self.by_address = ConnectionCounter(settings.max_connections_per_address)
         self.by_token = ConnectionCounter(settings.max_connections_per_token)
+
+    def acquire_token(self, principal: Principal) -> bool:
+        return principal.kind is TokenKind.OPERATOR or self.by_token.acquire(principal.token_id)
+
+    def release_token(self, principal: Principal) -> None:
+        if principal.kind is not TokenKind.OPERATOR:
+            self.by_token.release(principal.token_id)

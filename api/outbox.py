@@ -23,6 +23,12 @@ from devices.protocol import CloseCode
 log = logging.getLogger(__name__)
 
 BoardEncoder = Callable[[dict[str, Any]], bytes | str]
+MAX_REASON_BYTES = 120  # a close reason may carry at most 123 bytes of UTF-8
+
+
+def close_reason(text: str) -> str:
+    """``text`` cut to fit a WebSocket close frame (never mid-character)."""
+    return text.encode("utf-8", "replace")[:MAX_REASON_BYTES].decode("utf-8", "ignore")
 
 
 class Outbox:
@@ -65,7 +71,7 @@ class Outbox:
     def close(self, code: int, reason: str) -> None:
         if not self.closed:
             self.closed = True
-            self.close_reason = (code, reason)
+            self.close_reason = (code, close_reason(reason))
             self._wake.set()
 
     async def run(self) -> None:

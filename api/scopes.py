@@ -163,6 +163,16 @@ class Gate:
 _bearer = HTTPBearer(auto_error=False, description="A JWT (see docs/security.md)")
 
 
+def bearer_token(conn: Any) -> str | None:
+    """A WebSocket's token: ``Authorization: Bearer`` on the upgrade, or ``?token=`` (browsers
+    cannot set headers on a WebSocket). HTTP routes take the header only."""
+    header = conn.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()  # type: ignore[no-any-return]
+    return conn.query_params.get("token") or None  # type: ignore[no-any-return]
+
+
 def peer_of(request: Any) -> str:
     client = getattr(request, "client", None)
     return client.host if client is not None else "?"

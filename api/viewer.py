@@ -47,7 +47,9 @@ td,th{padding:4px 10px;border-bottom:1px solid #ddd;text-align:right}td:first-ch
 const sid = location.pathname.split("/")[3];
 document.getElementById("sid").textContent = sid;
 const proto = location.protocol === "https:" ? "wss" : "ws";
-const ws = new WebSocket(`${proto}://${location.host}/v1/sessions/${sid}/board?rate=2&view=all&format=json`);
+const token = new URLSearchParams(location.search).get("token");  // a participant or operator token
+const auth = token ? `&token=${encodeURIComponent(token)}` : "";
+const ws = new WebSocket(`${proto}://${location.host}/v1/sessions/${sid}/board?rate=2&view=all&format=json${auth}`);
 ws.onmessage = (ev) => {
   const b = JSON.parse(ev.data);
   document.getElementById("meta").textContent = `${b.phase} · ${b.n} riders · v${b.version}`;

@@ -57,7 +57,7 @@ class Settings(BaseSettings):
     max_frame_bytes: int = 64 * 1024
     max_ws_message_bytes: int = 1 << 20  # transport limit: larger messages close with 1009
     max_samples_per_frame: int = 1000
-    max_devices_per_hub: int = 256
+    max_devices_per_hub: int = 1024  # devices bound on one connection (hellos carry <= 256 each)
     max_frames_per_s_per_connection: float = 200.0
     max_frames_per_s_per_device: float = 20.0
     rate_burst_s: float = 2.0  # a bucket holds this many seconds of its rate

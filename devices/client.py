@@ -6,7 +6,11 @@
 
 ``HubClient`` carries one or more streams over one WebSocket to ``/v1/devices``, and
 reconnects with exponential backoff: on every connect it says ``hello`` for all its
-devices, and resends from where each ``welcome`` says the server is. ``on_frame`` lets a
+devices, and resends from where each ``welcome`` says the server is. It authenticates with
+``token`` or, better, a ``token_provider`` (an async callable returning a fresh token):
+asked on every connect, and again when the server warns ``token_expiring`` (the fresh token
+goes in an in-band ``auth`` frame, so a long class never drops). ``DevTokens`` obtains
+development tokens from a dev-mode edge (see ``docs/security.md``). ``on_frame`` lets a
 caller observe server frames (the swarm counts them).
 """
 
@@ -16,7 +20,7 @@ import asyncio
 import logging
 import random
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import msgpack
@@ -73,6 +77,45 @@ class DeviceStream:
 
 
 FrameObserver = Callable[[dict[str, Any]], None]
+TokenSource = Callable[[], Awaitable[str]]
+
+
+class DevTokens:
+    """Development tokens from a dev-mode edge's ``POST /v1/dev/tokens`` (loopback only).
+
+    ``await tokens(kind="device", sessions=[s], participant=p, device=d)``; production
+    clients get their tokens from the identity provider instead.
+    """
+
+    def __init__(self, base_url: str, *, ttl_s: float | None = None) -> None:
+        self.base_url = base_url.rstrip("/").replace("ws://", "http://").replace("wss://", "https://")
+        self.ttl_s = ttl_s
+
+    async def __call__(self, **claims: Any) -> str:
+        import httpx
+
+        body = {k: v for k, v in claims.items() if v is not None}
+        if self.ttl_s is not None:
+            body.setdefault("ttl_s", self.ttl_s)
+        async with httpx.AsyncClient(base_url=self.base_url, timeout=30) as http:
+            response = await http.post("/v1/dev/tokens", json=body)
+            response.raise_for_status()
+            return str(response.json()["token"])
+
+
+def stream_token_source(tokens: Callable[..., Awaitable[str]], streams: list[DeviceStream], hub: str | None = None) -> TokenSource:
+    """Fresh tokens for a connection: a device token for one stream, a hub token (its devices
+    registered in the token) for several. ``tokens(**claims)`` mints or fetches one."""
+    if len(streams) == 1 and hub is None:
+        s = streams[0]
+        return lambda: tokens(kind="device", device=s.device, participant=s.participant, sessions=[s.session])
+    devices = sorted(s.device for s in streams)
+    sessions = sorted({s.session for s in streams})
+    return lambda: tokens(kind="hub", hub=hub or f"hub-{devices[0]}", devices=devices, sessions=sessions)
+
+
+class TokenUnavailable(Exception):
+    """The token provider failed; the client backs off and asks again."""
 
 
 class HubClient:
@@ -85,6 +128,7 @@ class HubClient:
         *,
         on_frame: FrameObserver | None = None,
         token: str | None = None,
+        token_provider: TokenSource | None = None,
         max_backoff_s: float = 5.0,
         chunk: int = 500,
         hub: str | None = None,
@@ -93,6 +137,7 @@ class HubClient:
         self.streams = {s.device: s for s in streams}
         self.on_frame = on_frame
         self.token = token
+        self.token_provider = token_provider
         self.max_backoff_s = max_backoff_s
         self.chunk = chunk
         self.hub = hub
@@ -152,6 +197,8 @@ class HubClient:
         backoff = 0.1
         while not self._closing:
             try:
+                if self.token_provider is not None:
+                    self.token = await self._fresh_token()
                 async with connect(self.url, max_size=2**22, open_timeout=10) as ws:
                     self.ws = ws
                     self.connects += 1
@@ -161,7 +208,7 @@ class HubClient:
                         await ws.send(encode(self._hello(streams[i : i + MAX_DEVICES_PER_HELLO])))
                     async for message in ws:
                         await self._handle(msgpack.unpackb(message, raw=False) if isinstance(message, bytes) else {})
-            except (OSError, ConnectionClosed, TimeoutError) as exc:
+            except (OSError, ConnectionClosed, TimeoutError, TokenUnavailable) as exc:
                 self.errors[type(exc).__name__] += 1
             finally:
                 self.ws = None
@@ -190,6 +237,8 @@ class HubClient:
                     await self.send_rows(stream, stream.on_welcome(seq))
             if len(self._welcomed) == len(self.streams):
                 self.ready.set()
+        elif kind == "error" and frame.get("code") == "token_expiring":
+            await self._renew()
         elif kind == "error":
             stream = self.streams.get(frame.get("device", ""))
             if stream is not None and frame.get("seqs"):
@@ -201,3 +250,22 @@ class HubClient:
             stream = self.streams.get(frame.get("device", ""))
             if stream is not None:
                 await self.send_rows(stream, stream.pending_rows())
+
+    async def _fresh_token(self) -> str:
+        assert self.token_provider is not None
+        try:
+            return await self.token_provider()
+        except Exception as exc:  # any provider (HTTP, file, IdP): back off and retry
+            raise TokenUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
+    async def _renew(self) -> None:
+        """Send a fresh token in-band; without a provider the server closes (4401) at expiry
+        and the reconnect says hello again."""
+        ws = self.ws
+        if self.token_provider is None or ws is None:
+            return
+        try:
+            self.token = await self._fresh_token()
+            await ws.send(encode({"t": "auth", "token": self.token}))
+        except (ConnectionClosed, TokenUnavailable) as exc:  # the reconnect after expiry retries
+            self.errors[type(exc).__name__] += 1

@@ -80,6 +80,7 @@ class CloseCode(enum.IntEnum):
     TIMEOUT = 4408
     THROTTLED = 4429
     INTERNAL = 1011
+    TRY_AGAIN = 1013
 
 
 class ProtocolError(ValueError):

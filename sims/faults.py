@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from devices.client import HubClient
+from devices.client import HubClient, TokenUnavailable
 from devices.protocol import encode
 
 __all__ = [
@@ -187,6 +187,8 @@ class FlakyHubClient(HubClient):
                 await asyncio.sleep(wait)
                 continue
             try:
+                if self.token_provider is not None:
+                    self.token = await self._fresh_token()  # a fresh token on every connect
                 async with connect(self.url, max_size=2**22, open_timeout=10) as ws:
                     self.ws = ws
                     self.connects += 1
@@ -197,7 +199,7 @@ class FlakyHubClient(HubClient):
                             await self._handle(_unpack(message))
                             if self.welcomed_at is None and self.ready.is_set():
                                 self.welcomed_at = time.monotonic()
-            except (OSError, ConnectionClosed, TimeoutError) as exc:
+            except (OSError, ConnectionClosed, TimeoutError, TokenUnavailable) as exc:
                 self.errors[type(exc).__name__] += 1
             finally:
                 self.ws = None

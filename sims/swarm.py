@@ -30,12 +30,13 @@ import math
 import random
 import time
 from collections import Counter, defaultdict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
-from devices.client import DeviceStream
+from devices.client import DevTokens, DeviceStream, stream_token_source
 from sims.accounting import ParticipantTruth, account, server_rows
 from sims.faults import BAD_TS_AGE_S, DeviceClock, DeviceFaults, FaultConfig, FlakyHubClient
 from sims.histogram import LatencyHistogram
@@ -83,6 +84,8 @@ class SwarmConfig:
     phases: bool = True  # drive lobby -> live -> cooldown -> ended
     progress: bool = False
     ready_timeout_s: float = 60.0
+    # async (**claims) -> JWT; default: development tokens from the edge (DevTokens)
+    token_provider: Callable[..., Awaitable[str]] | None = None
 
     @property
     def ws_url(self) -> str:
@@ -234,7 +237,8 @@ class Swarm:
             for kind in kit:
                 device = f"{p.session}-dev{index}" if len(kit) == 1 else f"{p.session}-dev{index}-{kind}"
                 streams.append((p, kind, DeviceStream(device, p.id, p.session)))
-        client = FlakyHubClient(f"{cfg.ws_url}/v1/devices", [s for _, _, s in streams], on_frame=self._count)
+        client = FlakyHubClient(f"{cfg.ws_url}/v1/devices", [s for _, _, s in streams], on_frame=self._count,
+                                token_provider=stream_token_source(self.tokens, [s for _, _, s in streams]))
         clock = DeviceClock.random(self.fault_config, rng)
         for p, kind, stream in streams:
             faults = DeviceFaults(self.fault_config, random.Random(rng.random()))
@@ -270,7 +274,10 @@ class Swarm:
     # -- running ------------------------------------------------------------------------
     async def run(self) -> dict[str, Any]:
         cfg = self.config
-        async with httpx.AsyncClient(base_url=cfg.base_url, timeout=60) as http:
+        self.tokens = cfg.token_provider or DevTokens(cfg.base_url)
+        self.operator_token = await self.tokens(kind="operator")
+        auth = {"Authorization": f"Bearer {self.operator_token}"}
+        async with httpx.AsyncClient(base_url=cfg.base_url, timeout=60, headers=auth) as http:
             await self._create_sessions(http)
             self._build()
             self._record_late_rides()
@@ -326,7 +333,7 @@ class Swarm:
         cfg = self.config
         for sid in self.sessions:
             viewer = self.viewers[sid] = Viewer(sid, origin=self.started)
-            url = f"{cfg.ws_url}/v1/sessions/{sid}/board?rate={cfg.board_hz:g}&view=all"
+            url = f"{cfg.ws_url}/v1/sessions/{sid}/board?rate={cfg.board_hz:g}&view=all&token={self.operator_token}"
             self._tasks.append(asyncio.create_task(watch(url, viewer.on_board, self._stop, lambda v=viewer: self._connected(v))))
         if cfg.participant_boards:
             for p in self.participants:
@@ -343,7 +350,8 @@ class Swarm:
         cfg = self.config
         pv = ParticipantViewer(p.session, p.id)
         self.participant_viewers.append(pv)
-        url = f"{cfg.ws_url}/v1/sessions/{p.session}/board?rate={cfg.participant_board_hz:g}&participant={p.id}"
+        url = (f"{cfg.ws_url}/v1/sessions/{p.session}/board?rate={cfg.participant_board_hz:g}&participant={p.id}"
+               f"&token={self.operator_token}")
         self._tasks.append(asyncio.create_task(watch(url, pv.on_board, self._stop, lambda: self._connected(pv))))
 
     async def _joiner(self) -> None:

@@ -124,3 +124,24 @@ def run() -> Any:
         return asyncio.run(asyncio.wait_for(coro, timeout))
 
     return runner
+
+
+class DevTokenFactory:
+    """Development tokens the test edge accepts: ``tokens("device", device=..., participant=...,
+    sessions=[...])``, ``tokens.headers("operator")`` for httpx (see docs/security.md)."""
+
+    def __init__(self, settings: Any) -> None:
+        self.settings = settings
+
+    def __call__(self, kind: str, **claims: Any) -> str:
+        from api.auth import dev_token
+
+        return dev_token(self.settings, kind=kind, **claims)
+
+    def headers(self, kind: str = "operator", **claims: Any) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self(kind, **claims)}"}
+
+
+@pytest.fixture
+def tokens(edge_settings: Any) -> DevTokenFactory:
+    return DevTokenFactory(edge_settings)

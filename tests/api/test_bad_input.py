@@ -1,4 +1,8 @@
-"""Every kind of malformed input gets a clear error and disturbs nothing else."""
+"""Every kind of malformed input gets a clear error and disturbs nothing else.
+
+Every request carries a valid development token (the edge authenticates everything, see
+docs/security.md), so what is tested here is the input, not the credentials.
+"""
 
 from __future__ import annotations
 
@@ -32,14 +36,25 @@ async def expect_close(ws: ClientConnection, code: int, timeout: float = 5.0) ->
 
 
 @pytest.fixture
-def session(edge: Any, unique_id: str) -> str:
+def session(edge: Any, unique_id: str, tokens: Any) -> str:
     sid = f"bad-{unique_id}"
-    httpx.post(f"{edge.url}/v1/sessions", json={"id": sid}).raise_for_status()
+    httpx.post(f"{edge.url}/v1/sessions", json={"id": sid}, headers=tokens.headers()).raise_for_status()
     return sid
 
 
+@pytest.fixture(autouse=True)
+def _tokens(tokens: Any) -> None:
+    global TOKENS
+    TOKENS = tokens
+
+
+TOKENS: Any = None
+
+
 def hello(sid: str, device: str = "dev", participant: str = "p") -> bytes:
-    return pack({"t": "hello", "v": 1, "devices": [{"device": device, "participant": participant, "session": sid}]})
+    token = TOKENS("device", device=device, participant=participant, sessions=[sid])
+    return pack({"t": "hello", "v": 1, "token": token,
+                 "devices": [{"device": device, "participant": participant, "session": sid}]})
 
 
 def sample(seq: int, **over: Any) -> list[Any]:
@@ -92,24 +107,24 @@ def test_non_fatal_garbage_gets_error_frames_and_the_stream_goes_on(edge: Any, s
         await ws.close()
 
     run(scenario())
-    snap = httpx.get(f"{edge.url}/v1/sessions/{session}").json()
+    snap = httpx.get(f"{edge.url}/v1/sessions/{session}", headers=TOKENS.headers()).json()
     assert snap["participants"][0]["samples"] == 2 and snap["participants"][0]["rejected"] == 3
 
 
 @pytest.mark.parametrize(
-    ("first", "code"),
+    ("first", "code"),  # None: built at run time (it needs a token)
     [
         (pack({"t": "samples", "device": "dev", "samples": [[1, 1.0]]}), 4400),
         (pack({"t": "hello", "v": 9, "devices": [{"device": "d", "participant": "p", "session": "x"}]}), 4400),
         (pack({"t": "hello", "v": 1, "devices": []}), 4400),
-        (pack({"t": "hello", "v": 1, "devices": [{"device": "d", "participant": "p", "session": "no-such"}]}), 4404),
+        (None, 4404),  # a valid hello for a session that was never created
     ],
     ids=["samples-before-hello", "bad-version", "no-devices", "unknown-session"],
 )
 def test_fatal_frames_close_with_a_reason(edge: Any, first: bytes, code: int, run: Any) -> None:
     async def scenario() -> None:
         async with connect(f"{edge.ws_url}/v1/devices") as ws:
-            await ws.send(first)
+            await ws.send(first if first is not None else hello("no-such", "d"))
             assert await expect_close(ws, code)
 
     run(scenario())
@@ -132,23 +147,26 @@ def test_frames_over_the_transport_limit_close_with_1009(edge: Any, session: str
     run(scenario())
 
 
-def test_board_viewers_get_close_codes_for_bad_requests(edge: Any, session: str, run: Any) -> None:
+def test_board_viewers_get_close_codes_for_bad_requests(edge: Any, session: str, run: Any, tokens: Any) -> None:
+    token = tokens("operator")
+
     async def scenario() -> None:
         for query, sid, code in (("rate=50", session, 4400), ("rate=0.2", session, 4400), ("view=x", session, 4400), ("rate=5", "nope", 4404)):
-            async with connect(f"{edge.ws_url}/v1/sessions/{sid}/board?{query}") as ws:
+            async with connect(f"{edge.ws_url}/v1/sessions/{sid}/board?{query}&token={token}") as ws:
                 await expect_close(ws, code)
 
     run(scenario())
 
 
-def test_http_errors_are_clear(edge: Any, session: str) -> None:
-    assert httpx.get(f"{edge.url}/v1/sessions/nope").status_code == 404
-    assert httpx.get(f"{edge.url}/v1/sessions/nope").json()["error"] == "unknown_session"
-    assert httpx.post(f"{edge.url}/v1/sessions", json={"id": "has space"}).status_code == 422
-    assert httpx.post(f"{edge.url}/v1/sessions", content=b"{not json").status_code == 422
-    assert httpx.post(f"{edge.url}/v1/sessions/{session}/participants", json={}).status_code == 422
-    assert httpx.post(f"{edge.url}/v1/sessions/{session}/phase", json={"phase": "ended"}).status_code == 200
-    bad = httpx.post(f"{edge.url}/v1/sessions/{session}/phase", json={"phase": "live"})
+def test_http_errors_are_clear(edge: Any, session: str, tokens: Any) -> None:
+    http = httpx.Client(base_url=edge.url, headers=tokens.headers())
+    assert http.get("/v1/sessions/nope").status_code == 404
+    assert http.get("/v1/sessions/nope").json()["error"] == "unknown_session"
+    assert http.post("/v1/sessions", json={"id": "has space"}).status_code == 422
+    assert http.post("/v1/sessions", content=b"{not json").status_code == 422
+    assert http.post(f"/v1/sessions/{session}/participants", json={}).status_code == 422
+    assert http.post(f"/v1/sessions/{session}/phase", json={"phase": "ended"}).status_code == 200
+    bad = http.post(f"/v1/sessions/{session}/phase", json={"phase": "live"})
     assert bad.status_code == 409 and bad.json()["error"] == "bad_phase"
 
 

@@ -24,7 +24,7 @@ def _assert_exact(result: dict[str, Any]) -> None:
     assert result["energy_max_abs_error_kj"] < 1e-6, result
 
 
-def test_swarm_end_to_end_is_exact(edge: Any, run: Any, unique_id: str) -> None:
+def test_swarm_end_to_end_is_exact(edge: Any, run: Any, unique_id: str, tokens: Any) -> None:
     config = SwarmConfig(
         base_url=edge.url, sessions=3, devices=15, seconds=6, board_hz=10,
         session_prefix=f"e2e-{unique_id}", dup_rate=0.2, bad_rate=0.05,
@@ -38,7 +38,7 @@ def test_swarm_end_to_end_is_exact(edge: Any, run: Any, unique_id: str) -> None:
     assert result["latency_ms"]["samples"] > 0 and result["boards_received"] > 0
     # the server's per-participant totals equal what each simulated rider sent
     for sid in swarm.sessions:
-        snap = httpx.get(f"{edge.url}/v1/sessions/{sid}").json()
+        snap = httpx.get(f"{edge.url}/v1/sessions/{sid}", headers=tokens.headers()).json()
         by_participant = {p["participant"]: p for p in snap["participants"]}
         for rider in (r for r in swarm.riders if r.stream.session == sid):
             server = by_participant[rider.stream.participant]
