@@ -105,7 +105,7 @@ async def _serve(settings: Any, after_start: Any = None) -> None:
 
     config = uvicorn.Config(
         create_app(settings), host=settings.host, port=settings.port, log_level="warning",
-        ws_max_size=1 << 20, loop=settings.event_loop, lifespan="on",
+        ws_max_size=1 << 20, loop="asyncio", lifespan="on",
     )
     server = uvicorn.Server(config)
     serving = asyncio.create_task(server.serve())
@@ -124,19 +124,6 @@ async def _serve(settings: Any, after_start: Any = None) -> None:
     await serving
 
 
-def _event_loop_runner(choice: str) -> Any:
-    """``asyncio.run``, or ``uvloop.run`` when asked for ("uvloop") or available ("auto")."""
-    if choice in ("auto", "uvloop"):
-        try:
-            import uvloop
-        except ImportError:
-            if choice == "uvloop":
-                raise
-        else:
-            return uvloop.run
-    return asyncio.run
-
-
 def _run_stack(args: argparse.Namespace, after_start: Any = None) -> int:
     from cluster.runtime import Stack
 
@@ -147,7 +134,7 @@ def _run_stack(args: argparse.Namespace, after_start: Any = None) -> int:
         for note in stack.notes:
             print(f"pulseline: {note}", file=sys.stderr, flush=True)
         print(f"pulseline: edge on http://{settings.host}:{settings.port}", file=sys.stderr, flush=True)
-        _event_loop_runner(settings.event_loop)(_serve(settings, after_start))
+        asyncio.run(_serve(settings, after_start))
     except KeyboardInterrupt:
         pass
     finally:

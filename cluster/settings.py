@@ -19,7 +19,6 @@ class Settings(BaseSettings):
     ray_address: str | None = None  # RAY_ADDRESS: attach instead of starting local Ray
     data_dir: Path = Path(".pulseline")
     host: str = "127.0.0.1"
-    event_loop: str = "auto"  # uvicorn loop: "auto" picks uvloop when installed; "asyncio" forces the stdlib
     port: int = 8000
     prefix: str = "pl"
     namespace: str = "pulseline"
