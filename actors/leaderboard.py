@@ -39,6 +39,7 @@ import math
 import re
 import sys
 import time
+from array import array
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timedelta
@@ -416,14 +417,113 @@ def _aggregate(spec: LeaderboardSpec, records: Mapping[str, _Rec]) -> _Rec:
     return _Rec(best[1].score, best[1].achieved_at, latest.tags)
 
 
+class _Records:
+    """A board's raw records as columns: one row per ``(user, source)``, chained per user.
+
+    ``first[uid]`` is the user's newest row (-1: none) and ``nxt[row]`` the user's next row;
+    ``owner[row]`` is -1 once the row was forgotten. Sources and tag sets are ids into tables
+    the shard shares across its boards. About 32 bytes per record and 4 per user (``array``
+    columns), where dicts of ``_Rec`` tuples cost about 490. Reads behave like the former
+    ``dict[uid, dict[source, _Rec]]``: ``records[uid]`` builds that small dict on demand.
+    """
+
+    def __init__(self, sources: list[str], tags: list[Tags]) -> None:
+        self._sources, self._tags = sources, tags
+        self.first = array("i")
+        self.owner, self.nxt, self.src, self.tag = array("i"), array("i"), array("i"), array("i")
+        self.score, self.at = array("d"), array("d")
+        self.users = 0
+
+    def __len__(self) -> int:
+        return self.users
+
+    def __contains__(self, uid: int) -> bool:
+        return 0 <= uid < len(self.first) and self.first[uid] >= 0
+
+    def find(self, uid: int, sid: int) -> int:
+        row = self.first[uid] if uid < len(self.first) else -1
+        while row >= 0 and self.src[row] != sid:
+            row = self.nxt[row]
+        return row
+
+    def add(self, uid: int, sid: int, score: float, at: float, tid: int) -> None:
+        if uid >= len(self.first):
+            self.first.extend(array("i", [-1]) * (max(uid + 1, 2 * len(self.first)) - len(self.first)))
+        head = self.first[uid]
+        self.users += head < 0
+        self.first[uid] = len(self.src)
+        self.owner.append(uid)
+        self.nxt.append(head)
+        self.src.append(sid)
+        self.tag.append(tid)
+        self.score.append(score)
+        self.at.append(at)
+
+    def rows_of(self, uid: int) -> list[int]:
+        rows, row = [], self.first[uid]
+        while row >= 0:
+            rows.append(row)
+            row = self.nxt[row]
+        return rows
+
+    def __getitem__(self, uid: int) -> dict[str, _Rec]:
+        if uid not in self:
+            raise KeyError(uid)
+        return {
+            self._sources[self.src[r]]: _Rec(self.score[r], self.at[r], self._tags[self.tag[r]])
+            for r in self.rows_of(uid)
+        }
+
+    def user_ids(self) -> Iterator[int]:
+        return (uid for uid, row in enumerate(self.first) if row >= 0)
+
+    def items(self) -> Iterator[tuple[int, dict[str, _Rec]]]:
+        return ((uid, self[uid]) for uid in self.user_ids())
+
+    def pop(self, uid: int) -> int:
+        """Forget a user's records; return how many there were."""
+        if uid not in self:
+            return 0
+        rows = self.rows_of(uid)
+        for row in rows:
+            self.owner[row] = -1
+        self.first[uid] = -1
+        self.users -= 1
+        return len(rows)
+
+    def live_rows(self) -> npt.NDArray[np.bool_]:
+        return np.frombuffer(self.owner, np.int32) >= 0 if len(self.owner) else np.zeros(0, bool)
+
+    def nbytes(self) -> int:
+        columns = (self.first, self.owner, self.nxt, self.src, self.tag, self.score, self.at)
+        return sum(c.buffer_info()[1] * c.itemsize for c in columns)
+
+
+class _CohortOf:
+    """Per user, the id of their indexed cohort values (a shard-wide table); -1 is none."""
+
+    def __init__(self, table: list[Tags]) -> None:
+        self._table = table
+        self.ids = array("i")
+
+    def get(self, uid: int) -> Tags:
+        cid = self.ids[uid] if uid < len(self.ids) else -1
+        return () if cid < 0 else self._table[cid]
+
+    def set(self, uid: int, cid: int) -> None:
+        if uid >= len(self.ids):
+            self.ids.extend(array("i", [-1]) * (max(uid + 1, 2 * len(self.ids)) - len(self.ids)))
+        self.ids[uid] = cid
+
+
 @dataclass
 class _Board:
     """Records and indexes of one period of one shard."""
 
     main: RankIndex
-    records: dict[int, dict[str, _Rec]] = field(default_factory=dict)
+    records: _Records
+    cohort_of: _CohortOf
     cohorts: dict[tuple[str, str], RankIndex] = field(default_factory=dict)
-    cohort_of: dict[int, Tags] = field(default_factory=dict)
     version: int = 0
     user_version: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
 
@@ -538,8 +638,13 @@ class LeaderboardShard:
         self._user_ids: dict[str, int] = {}
         self._names: list[str] = []
         self._boards: dict[str, _Board] = {}
-        self._interned: dict[Tags, Tags] = {}
-        self._cohorts_of_tags: dict[Tags, Tags] = {}
+        self._sources: list[str] = []
+        self._source_ids: dict[str, int] = {}
+        self._tag_table: list[Tags] = []
+        self._tag_ids: dict[Tags, int] = {}
+        self._cohort_table: list[Tags] = []
+        self._cohort_ids: dict[Tags, int] = {}
+        self._cohorts_of_tags: dict[Tags, tuple[Tags, int]] = {}
         self._tie_width = _MIN_TIE_WIDTH
 
     @property
@@ -583,8 +688,7 @@ class LeaderboardShard:
         period, rec = _checked(self._spec, write)
         if shard_of(write.user, self._spec.shard_count) != self._shard_index:
             raise WriteError(Problem.WRONG_SHARD, f"user {write.user!r} belongs to another shard")
-        tags = self._interned.setdefault(rec.tags, rec.tags)
-        return period, write.user, write.source, _Rec(rec.score, rec.achieved_at, tags)
+        return period, write.user, write.source, rec
 
     def _apply(self, prepared: Iterable[_Prepared]) -> int:
         touched: dict[str, set[int]] = {}
@@ -602,15 +706,36 @@ class LeaderboardShard:
         return uid
 
     def _put(self, period: str, uid: int, source: str, rec: _Rec) -> bool:
-        board = self._boards.get(period)
-        if board is None:
-            board = self._boards[period] = _Board(self._new_index())
-        records = board.records.setdefault(uid, {})
-        old = records.get(source)
-        if old is not None and (rec.achieved_at < old.achieved_at or rec == old):
+        board = self._boards.get(period) or self._new_board(period)
+        records = board.records
+        sid = self._source_ids.get(source)
+        if sid is None:
+            sid = self._source_ids[source] = len(self._sources)
+            self._sources.append(source)
+        tid = self._tag_id(rec.tags)
+        row = records.find(uid, sid)
+        if row < 0:
+            records.add(uid, sid, rec.score, rec.achieved_at, tid)
+            return True
+        old_at = records.at[row]
+        if rec.achieved_at < old_at or (
+            rec.achieved_at == old_at and records.score[row] == rec.score and records.tag[row] == tid
+        ):
             return False
-        records[source] = rec
+        records.score[row], records.at[row], records.tag[row] = rec.score, rec.achieved_at, tid
         return True
+
+    def _tag_id(self, tags: Tags) -> int:
+        tid = self._tag_ids.get(tags)
+        if tid is None:
+            tid = self._tag_ids[tags] = len(self._tag_table)
+            self._tag_table.append(tags)
+        return tid
+
+    def _new_board(self, period: str) -> _Board:
+        records = _Records(self._sources, self._tag_table)
+        board = self._boards[period] = _Board(self._new_index(), records, _CohortOf(self._cohort_table))
+        return board
 
     def _new_index(self) -> RankIndex:
         return RankIndex(descending=self._spec.descending, tie_width=self._tie_width)
@@ -628,7 +753,7 @@ class LeaderboardShard:
         """Re-derive the entries of ``uids`` from their records and re-index them."""
         board = self._boards[period]
         users = np.array(sorted(uids), dtype=np.int64)
-        entries = [_aggregate(self._spec, board.records[u]) for u in users.tolist()]
+        entries = [self._entry_of(board.records, u) for u in users.tolist()]
         ties = [self._names[u].encode("utf-8") for u in users.tolist()]
         self._fit_ties(ties)
         scores = np.array([e.score for e in entries], dtype=np.float64)
@@ -638,6 +763,12 @@ class LeaderboardShard:
             changed |= self._refresh_cohorts(board, users, entries, (scores, times, ties))
         board.bump(changed)
         return len(changed)
+
+    def _entry_of(self, records: _Records, uid: int) -> _Rec:
+        row = records.first[uid]
+        if records.nxt[row] < 0:  # one record: the common case, no dict built
+            return _Rec(records.score[row], records.at[row], self._tag_table[records.tag[row]])
+        return _aggregate(self._spec, records[uid])
 
     def _refresh_cohorts(
         self,
@@ -650,13 +781,13 @@ class LeaderboardShard:
         members: dict[tuple[str, str], list[int]] = {}
         leaving: dict[tuple[str, str], list[int]] = {}
         for pos, (uid, entry) in enumerate(zip(users.tolist(), entries, strict=True)):
-            new = self._cohort_values(entry.tags)
-            old = board.cohort_of.get(uid, ())
+            new, cid = self._cohort_values(entry.tags)
+            old = board.cohort_of.get(uid)
             if new != old:
                 moved.add(uid)
                 for kv in set(old) - set(new):
                     leaving.setdefault(kv, []).append(uid)
-                board.cohort_of[uid] = new
+                board.cohort_of.set(uid, cid)
             for kv in new:
                 members.setdefault(kv, []).append(pos)
         for kv, uids in leaving.items():
@@ -671,13 +802,18 @@ class LeaderboardShard:
             moved.update(changed.tolist())
         return moved
 
-    def _cohort_values(self, tags: Tags) -> Tags:
-        """The ``(key, value)`` pairs of ``tags`` that the spec indexes (memoised per tag set)."""
+    def _cohort_values(self, tags: Tags) -> tuple[Tags, int]:
+        """The ``(key, value)`` pairs of ``tags`` that the spec indexes, and their id
+        (memoised per tag set)."""
         found = self._cohorts_of_tags.get(tags)
         if found is None:
             values = dict(tags)
-            found = tuple((k, values[k]) for k in self._spec.cohort_keys if k in values)
-            self._cohorts_of_tags[tags] = found
+            pairs = tuple((k, values[k]) for k in self._spec.cohort_keys if k in values)
+            cid = self._cohort_ids.get(pairs)
+            if cid is None:
+                cid = self._cohort_ids[pairs] = len(self._cohort_table)
+                self._cohort_table.append(pairs)
+            found = self._cohorts_of_tags[tags] = (pairs, cid)
         return found
 
     def forget_user(self, user: str) -> int:
@@ -685,12 +821,12 @@ class LeaderboardShard:
         uid = self._user_ids.get(user)
         affected = 0
         for board in self._boards.values() if uid is not None else ():
-            if board.records.pop(uid, None) is None:
+            if not board.records.pop(uid):
                 continue
             for index in board.indexes():
                 index.remove(uid)
             board.cohorts = {kv: i for kv, i in board.cohorts.items() if len(i)}
-            board.cohort_of.pop(uid, None)
+            board.cohort_of.set(uid, -1)
             board.bump([uid])
             affected += 1
         return affected
@@ -698,7 +834,7 @@ class LeaderboardShard:
     def drop_period(self, period: str) -> int:
         """Forget a whole period (retention); return how many records were dropped."""
         board = self._boards.pop(period, None)
-        return 0 if board is None else sum(len(r) for r in board.records.values())
+        return 0 if board is None else int(board.records.live_rows().sum())
 
     # -- reads -------------------------------------------------------------------------
 
@@ -894,36 +1030,31 @@ class LeaderboardShard:
 
     def to_checkpoint(self) -> bytes:
         """Everything that survives a restart, as compact msgpack (numpy columns as bytes)."""
-        sources: dict[str, int] = {}
-        tags: dict[Tags, int] = {}
-        boards = {p: self._board_columns(b, sources, tags) for p, b in self._boards.items()}
         state = {
             "v": _CHECKPOINT_VERSION,
             "spec": self._spec.to_dict(),
             "shard": self._shard_index,
             "users": self._names,
-            "sources": list(sources),
-            "tags": [[x for kv in t for x in kv] for t in tags],
-            "boards": boards,
+            "sources": self._sources,
+            "tags": [[x for kv in t for x in kv] for t in self._tag_table],
+            "boards": {p: self._board_columns(b) for p, b in self._boards.items()},
         }
         return msgpack.packb(state, use_bin_type=True)
 
-    def _board_columns(
-        self, board: _Board, sources: dict[str, int], tags: dict[Tags, int]
-    ) -> dict[str, Any]:
-        rows = [
-            (uid, sources.setdefault(s, len(sources)), r.score, r.achieved_at,
-             tags.setdefault(r.tags, len(tags)))
-            for uid, records in board.records.items()
-            for s, r in records.items()
-        ]
-        uid, src, score, at, tag = (list(c) for c in zip(*rows, strict=True)) if rows else ([],) * 5
+    @staticmethod
+    def _board_columns(board: _Board) -> dict[str, Any]:
+        r = board.records
+        live = r.live_rows()
+
+        def column(values: array[Any], dtype: type) -> bytes:
+            return np.frombuffer(values, dtype)[live].tobytes() if len(values) else b""
+
         return {
-            "user": np.array(uid, np.int32).tobytes(),
-            "source": np.array(src, np.int32).tobytes(),
-            "score": np.array(score, np.float64).tobytes(),
-            "at": np.array(at, np.float64).tobytes(),
-            "tags": np.array(tag, np.int32).tobytes(),
+            "user": column(r.owner, np.int32),
+            "source": column(r.src, np.int32),
+            "score": column(r.score, np.float64),
+            "at": column(r.at, np.float64),
+            "tags": column(r.tag, np.int32),
             "version": board.version,
             "user_version": board.user_version.tobytes(),
         }
@@ -951,26 +1082,43 @@ class LeaderboardShard:
     def _restore(self, state: Mapping[str, Any]) -> None:
         self._names = list(state["users"])
         self._user_ids = {u: i for i, u in enumerate(self._names)}
-        sources: list[str] = state["sources"]
-        tag_table = [self._intern_flat(flat) for flat in state["tags"]]
+        self._sources.extend(state["sources"])
+        self._source_ids.update((s, i) for i, s in enumerate(self._sources))
+        for flat in state["tags"]:
+            self._tag_id(tuple(zip(flat[::2], flat[1::2], strict=True)))
         for period, columns in state["boards"].items():
-            board = self._boards[period] = _Board(self._new_index())
-            uid = np.frombuffer(columns["user"], np.int32).tolist()
-            src = np.frombuffer(columns["source"], np.int32).tolist()
-            score = np.frombuffer(columns["score"], np.float64).tolist()
-            at = np.frombuffer(columns["at"], np.float64).tolist()
-            tag = np.frombuffer(columns["tags"], np.int32).tolist()
-            for row in zip(uid, src, score, at, tag, strict=True):
-                rec = _Rec(row[2], row[3], tag_table[row[4]])
-                board.records.setdefault(row[0], {})[sources[row[1]]] = rec
-            if board.records:
-                self._refresh(period, board.records)
+            board = self._new_board(period)
+            users = self._load_columns(board.records, columns)
+            if users.size:
+                self._refresh(period, users.tolist())
             board.version = int(columns["version"])
             board.user_version = np.frombuffer(columns["user_version"], np.int64).copy()
 
-    def _intern_flat(self, flat: Sequence[str]) -> Tags:
-        tags = tuple(zip(flat[::2], flat[1::2], strict=True))
-        return self._interned.setdefault(tags, tags)
+    def _load_columns(self, records: _Records, columns: Mapping[str, Any]) -> npt.NDArray[np.int32]:
+        """Fill ``records`` from checkpoint columns (chains built with numpy); return users."""
+        uid = np.frombuffer(columns["user"], np.int32)
+        n = uid.shape[0]
+        for name, key, dtype in (("src", "source", np.int32), ("tag", "tags", np.int32),
+                                 ("score", "score", np.float64), ("at", "at", np.float64)):
+            values = np.frombuffer(columns[key], dtype)
+            if values.shape[0] != n:
+                raise ValueError(f"column {key!r} has {values.shape[0]} rows, expected {n}")
+            getattr(records, name).frombytes(values.tobytes())
+        if n and (uid.min() < 0 or uid.max() >= len(self._names)):
+            raise ValueError("record of an unknown user")
+        order = np.argsort(uid, kind="stable")
+        grouped = uid[order]
+        same = grouped[1:] == grouped[:-1]
+        nxt = np.full(n, -1, np.int32)
+        nxt[order[1:][same]] = order[:-1][same]
+        ends = np.flatnonzero(np.append(~same, True)) if n else np.zeros(0, np.int64)
+        first = np.full(len(self._names), -1, np.int32)
+        first[grouped[ends]] = order[ends]
+        records.owner.frombytes(uid.tobytes())
+        records.nxt.frombytes(nxt.tobytes())
+        records.first.frombytes(first.tobytes())
+        records.users = int(ends.shape[0])
+        return grouped[ends]
 
 
 @contextlib.contextmanager
@@ -1003,16 +1151,12 @@ def memory_per_entry(shard: LeaderboardShard) -> MemoryReport:
         return sys.getsizeof(obj)
 
     python = size(shard._user_ids) + size(shard._names) + sum(size(n) for n in shard._names)
+    python += size(shard._sources) + size(shard._source_ids) + sum(size(x) for x in shard._sources)
+    python += size(shard._tag_table) + size(shard._tag_ids) + sum(size(t) for t in shard._tag_table)
     arrays = entries = records = 0
     for board in shard._boards.values():
         arrays += sum(i.nbytes for i in board.indexes()) + board.user_version.nbytes
+        arrays += board.records.nbytes() + board.cohort_of.ids.buffer_info()[1] * 4
         entries += len(board.main)
-        python += size(board.records) + size(board.cohort_of)
-        python += sum(size(v) for v in board.cohort_of.values())
-        for user_records in board.records.values():
-            python += size(user_records)
-            for source, rec in user_records.items():
-                python += size(source) + size(rec) + size(rec.score) + size(rec.achieved_at)
-                python += size(rec.tags)
-                records += 1
+        records += int(board.records.live_rows().sum())
     return MemoryReport(entries, records, arrays, python)
