@@ -9,6 +9,8 @@
 * ``pulseline swarm --sessions S --devices N --seconds T`` — a simulated class against a
   running edge; prints the JSON accounting.
 * ``pulseline demo`` — ``up`` plus a small swarm, prints the accounting and where to look.
+* ``pulseline token --kind device --session S --participant P --device D`` — mint a
+  development token (signed with the data dir's dev secret; see docs/security.md).
 * ``pulseline bench`` — ``up`` plus a big swarm, with per-process CPU and memory.
 """
 
@@ -64,6 +66,14 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--once", action="store_true", help="stop after the swarm")
     bridge = sub.add_parser("bridge", help="BLE bridge: scan, connect sensors, forward to an edge", add_help=False)
     bridge.add_argument("bridge_args", nargs=argparse.REMAINDER)
+    token = sub.add_parser("token", help="mint a development token (docs/security.md)")
+    token.add_argument("--kind", required=True, choices=["device", "hub", "participant", "operator"])
+    token.add_argument("--session", action="append", default=None, help="a session the token is for (repeatable)")
+    token.add_argument("--participant", default=None)
+    token.add_argument("--device", action="append", default=None, help="device (device token) or registered device (hub; repeatable)")
+    token.add_argument("--hub", default=None)
+    token.add_argument("--ttl-s", type=float, default=None, help="lifetime (default PULSELINE_DEV_TOKEN_TTL_S)")
+    token.add_argument("--data-dir", default=None)
     bench = sub.add_parser("bench", help="up + a large swarm with process stats")
     _serve_args(bench)
     _swarm_args(bench, 10, 1000, 60.0, 10.0)
@@ -102,10 +112,11 @@ async def _serve(settings: Any, after_start: Any = None) -> None:
     import uvicorn
 
     from api.app import create_app
+    from api.limits import uvicorn_options
 
     config = uvicorn.Config(
         create_app(settings), host=settings.host, port=settings.port, log_level="warning",
-        ws_max_size=1 << 20, loop="asyncio", lifespan="on",
+        loop="asyncio", lifespan="on", **uvicorn_options(settings),
     )
     server = uvicorn.Server(config)
     serving = asyncio.create_task(server.serve())
@@ -127,7 +138,14 @@ async def _serve(settings: Any, after_start: Any = None) -> None:
 def _run_stack(args: argparse.Namespace, after_start: Any = None) -> int:
     from cluster.runtime import Stack
 
+    from api.auth import InsecureSettings, check_settings
+
     settings = _settings(args)
+    try:
+        check_settings(settings)
+    except InsecureSettings as exc:
+        print(f"pulseline: refusing to start: {exc}", file=sys.stderr, flush=True)
+        return 2
     stack = Stack(settings).start()
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
@@ -152,8 +170,9 @@ def _demo(args: argparse.Namespace) -> int:
         result = await run_swarm(_swarm_config(args, url))
         _emit(result, args.report)
         sid = result["session_ids"][0]
+        token = _mint(args, kind="operator")
         print(
-            f"\nwhere to look:\n  board (live, browser): {url}/v1/sessions/{sid}/view\n"
+            f"\nwhere to look:\n  board (live, browser): {url}/v1/sessions/{sid}/view?token={token}\n"
             f"  session state (JSON): {url}/v1/sessions/{sid}\n  metrics: {url}/metrics\n"
             f"  API docs: {url}/docs",
             file=sys.stderr, flush=True,
@@ -199,6 +218,31 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _mint(args: argparse.Namespace, **claims: Any) -> str:
+    from api.auth import dev_token
+
+    return dev_token(_settings(args), **claims)
+
+
+def _token(args: argparse.Namespace) -> int:
+    """Print a development token for the edge that uses the same data dir (or secret)."""
+    from api.auth import InsecureSettings
+
+    devices = args.device or []
+    claims: dict[str, Any] = {"kind": args.kind, "sessions": args.session, "participant": args.participant,
+                              "hub": args.hub, "ttl_s": args.ttl_s}
+    if args.kind == "hub":
+        claims["devices"] = devices
+    elif devices:
+        claims["device"] = devices[0]
+    try:
+        print(_mint(args, **claims), flush=True)
+    except (InsecureSettings, ValueError) as exc:
+        print(f"pulseline token: {exc}", file=sys.stderr, flush=True)
+        return 2
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parser().parse_args(argv)
@@ -214,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
         return swarm_command(args, _swarm_config, _emit)
     if args.command == "demo":
         return _demo(args)
+    if args.command == "token":
+        return _token(args)
     if args.command == "bench":
         return _bench(args)
     if args.command == "bridge":
