@@ -79,12 +79,16 @@ class SessionDirectory:
         namespace: str,
         actor_settings: dict[str, Any],
         resources: dict[str, float] | None = None,
+        scheduling_strategy: str = "SPREAD",
     ) -> None:
         self.redis = redis_client
         self.prefix = prefix
         self.namespace = namespace
         self.actor_settings = actor_settings
         self.resources = resources if resources is not None else {"session_slot": 1}
+        # SPREAD: sessions go to the least-loaded node that has a free slot, so losing a
+        # node loses as few sessions as possible (Ray's default packs nodes up to 50% first).
+        self.scheduling_strategy = scheduling_strategy
         self._handles: dict[str, SessionHandle] = {}
         self._known: set[str] = set()
 
@@ -126,6 +130,7 @@ class SessionDirectory:
             get_if_exists=True,
             lifetime="detached",
             resources=self.resources,
+            scheduling_strategy=self.scheduling_strategy,
         ).remote(session_id, self.actor_settings)
 
     def forget(self, session_id: str) -> None:
