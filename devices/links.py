@@ -350,6 +350,9 @@ class BleakLink:
             await asyncio.wait_for(client.connect(), self.connect_timeout_s)
             conn.subscribed = await self._subscribe(client, advert, sink)
             conn.battery_pct = await _read_battery(client)
+        except asyncio.CancelledError:
+            await conn.close()
+            raise
         except Exception as exc:  # BleakError, TimeoutError, OSError... all mean "not now"
             await conn.close()
             raise ConnectFailed(f"{address}: {type(exc).__name__}: {exc}", address=address) from exc

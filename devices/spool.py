@@ -111,6 +111,12 @@ class Spool:
         with self._lock:
             self._db.close()
 
+    def __enter__(self) -> Spool:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
     @property
     def rows(self) -> int:
         """How many samples are spooled (all streams)."""

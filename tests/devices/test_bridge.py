@@ -1,0 +1,257 @@
+"""The BLE bridge end to end: fake sensors at the bleak boundary, the REAL edge, a spool file.
+
+Nothing of the server side is faked: uvicorn + Ray + Redis from tests/conftest.py. The
+radio is ``tests/devices/fakeble.py``: bleak's scanner/client methods over simulated
+sensors that notify real GATT payloads at their real rates, ten times faster than life.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from devices.bridge import Assignment, Bridge, BridgeConfig, device_id
+from devices.client import DevTokens
+from devices.links import BleakLink, ScaledClock, SensorKind
+from devices.spool import Spool
+from sims.ble import HeartRateStrap, IndoorBike, PowerMeter, SpeedCadenceSensor, Wave
+from tests.devices.fakeble import FakeAir
+
+SPEED = 10.0
+MAX_GAP_S = 5.0  # the edge's default; the server integrates energy over gaps up to it
+
+ALICE_HR, ALICE_PM = "AA:00:00:00:00:01", "AA:00:00:00:00:02"
+BOB_HR, BOB_CSC = "BB:00:00:00:00:01", "BB:00:00:00:00:02"
+CAROL_BIKE = "CC:00:00:00:00:01"
+
+
+def _sensors() -> list[Any]:
+    return [
+        HeartRateStrap(ALICE_HR, "HRM alice", hr_bpm=Wave(140, 15, 40)),
+        PowerMeter(ALICE_PM, "PM alice", power_w=Wave(230, 50, 30)),
+        HeartRateStrap(BOB_HR, "HRM bob", hr_bpm=Wave(125, 10, 50)),
+        SpeedCadenceSensor(BOB_CSC, "CSC bob"),
+        IndoorBike(CAROL_BIKE, "KICKR carol"),
+    ]
+
+
+def _assignments() -> tuple[Assignment, ...]:
+    return (
+        Assignment("alice", address=ALICE_HR),
+        Assignment("alice", address=ALICE_PM.lower()),  # addresses match in any case
+        Assignment("bob", name="HRM bob"),
+        Assignment("bob", address=BOB_CSC),
+        Assignment("carol", address=CAROL_BIKE),
+    )
+
+
+def _dead_url() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}"  # nothing listens: the bridge is offline
+
+
+def _operator(edge: Any) -> dict[str, str]:
+    token = asyncio.run(DevTokens(edge.url)(kind="operator"))
+    return {"Authorization": f"Bearer {token}"}
+
+
+def _create(edge: Any, session: str) -> dict[str, str]:
+    auth = _operator(edge)
+    httpx.post(f"{edge.url}/v1/sessions", json={"id": session}, headers=auth).raise_for_status()
+    return auth
+
+
+def _config(url: str, session: str, spool: Path, assignments: tuple[Assignment, ...]) -> BridgeConfig:
+    return BridgeConfig(
+        url=url, session=session, assignments=assignments, spool_path=spool, name="studio",
+        backoff_min_s=1.0, backoff_max_s=4.0, scan_timeout_s=1.0, rescan_interval_s=3.0,
+    )
+
+
+def _server_energy_kj(rows: list[list[Any]]) -> float:
+    """What the session integrates: power × device-time gap (capped), in seq order."""
+    energy, prev = 0.0, None
+    for row in sorted(rows, key=lambda r: r[0]):
+        ts, power = row[1], row[3]
+        if prev is not None and power:
+            energy += power * min(max(ts - prev, 0.0), MAX_GAP_S) / 1000.0
+        prev = ts if prev is None else max(prev, ts)
+    return energy
+
+
+async def _until(clock: ScaledClock, air: FakeAir, at_s: float) -> None:
+    await clock.sleep_until(air.origin + at_s)
+
+
+async def _close_right_after_an_emit(bridge: Bridge, emitted: list[int]) -> dict[str, Any]:
+    """Tear the bridge down just after a tick stored samples: they cannot be acked yet."""
+    seen = len(emitted)
+    while len(emitted) == seen:
+        await asyncio.sleep(0.005)
+    summary = bridge.summary()
+    await bridge.close()
+    return summary
+
+
+def test_bridge_offline_then_restart_loses_nothing(edge: Any, run: Any, unique_id: str, tmp_path: Path) -> None:
+    session = f"bridge-{unique_id}"
+    auth = _create(edge, session)
+    clock = ScaledClock(SPEED, span_s=80.0)
+    air = FakeAir(_sensors(), clock)
+    air.refuse(CAROL_BIKE, until_s=12.0)  # the trainer is not reachable at first
+    air.drop(ALICE_PM, at_s=27.0, refuse_for_s=6.0)  # the power meter falls off mid-class
+    spool_path = tmp_path / "bridge.sqlite"
+    rows: dict[str, list[list[Any]]] = {}
+    emitted: list[int] = []
+
+    def on_emit(participant: str, row: list[Any]) -> None:
+        rows.setdefault(participant, []).append(row)
+        emitted.append(row[0])
+
+    def make(url: str) -> Bridge:
+        link = BleakLink(scanner_cls=air.scanner_cls, client_cls=air.client_cls, clock=clock)
+        config = _config(url, session, spool_path, _assignments())
+        return Bridge(config, link, on_emit=on_emit, tokens=DevTokens(edge.url))
+
+    async def scenario() -> tuple[dict[str, Any], ...]:
+        offline = make(_dead_url())  # 1. the edge is unreachable: everything is spooled
+        await offline.start()
+        await _until(clock, air, 15.0)
+        first = offline.summary()
+        await offline.close()
+
+        online = make(edge.url)  # 2. restart on the same spool, online, a sensor drops
+        await online.start()
+        await _until(clock, air, 45.0)
+        second = await _close_right_after_an_emit(online, emitted)
+
+        last = make(edge.url)  # 3. restart again with samples still unacked; finish; drain
+        await last.start()
+        await _until(clock, air, 60.0)
+        await last.finish()
+        drained = await last.drain(30.0)
+        third = last.summary()
+        await last.close()
+        return first, second, third, {"drained": drained}
+
+    first, second, third, flags = run(scenario(), timeout=90)
+
+    assert first["acked"] == 0 and first["spooled"] == first["emitted"] > 0, first
+    assert second["spooled"] > 0, second  # torn down with samples not yet acknowledged
+    assert flags["drained"], third
+    assert third["spooled"] == 0 and third["rejected"] == 0, third
+    assert third["emitted_total"] == third["acked"] == sum(len(r) for r in rows.values()), third
+    sensors = {s["address"]: s for s in second["sensors"]}
+    assert sensors[ALICE_PM]["drops"] == 1 and sensors[ALICE_PM]["connects"] == 2, sensors[ALICE_PM]
+    assert {s["address"]: s for s in first["sensors"]}[CAROL_BIKE]["refused"] >= 1, first["sensors"]
+    assert air.max_in_flight == 1  # one scan-and-connect at a time
+    assert all(len(uuids) == len(SensorKind) for uuids in air.scans)  # filtered by every service
+
+    snap = httpx.get(f"{edge.url}/v1/sessions/{session}", headers=auth).json()
+    server = {p["participant"]: p for p in snap["participants"]}
+    assert set(server) == {"alice", "bob", "carol"}
+    for participant, sent in rows.items():
+        seqs = [r[0] for r in sent]
+        assert seqs == list(range(1, len(sent) + 1)), participant  # seq survived both restarts
+        assert server[participant]["samples"] == len(sent), participant
+        assert server[participant]["rejected"] == 0
+        assert server[participant]["energy_kj"] == pytest.approx(_server_energy_kj(sent), abs=1e-6)
+    # the merge: alice's strap + power meter in one stream, carol's trainer gives all five
+    assert server["alice"]["hr_avg"] == pytest.approx(140, abs=4)
+    assert server["alice"]["power_avg"] == pytest.approx(230, abs=15)
+    assert server["bob"]["distance_m"] > 0 and server["bob"]["cadence_avg"] == pytest.approx(85, abs=3)
+    assert server["carol"]["cadence_avg"] == pytest.approx(88, abs=3)
+    with Spool(spool_path) as spool:
+        assert spool.rows == 0
+        records = {r.device: r for r in spool.streams(session)}
+    assert records[device_id("studio", "alice")].next_seq == len(rows["alice"]) + 1
+
+
+def test_all_of_a_kind_makes_each_sensor_a_participant(
+    edge: Any, run: Any, unique_id: str, tmp_path: Path
+) -> None:
+    session = f"allof-{unique_id}"
+    auth = _create(edge, session)
+    clock = ScaledClock(SPEED, span_s=30.0)
+    air = FakeAir(
+        [HeartRateStrap("DD:01", "Strap One"), HeartRateStrap("DD:02", "Strap Two"), PowerMeter("DD:03", "PM")],
+        clock,
+    )
+    link = BleakLink(scanner_cls=air.scanner_cls, client_cls=air.client_cls, clock=clock)
+    config = _config(edge.url, session, tmp_path / "s.sqlite", (Assignment(None, kind=SensorKind.HEART_RATE),))
+
+    async def scenario() -> dict[str, Any]:
+        bridge = Bridge(config, link, tokens=DevTokens(edge.url))
+        await bridge.start()
+        await clock.sleep_until(air.origin + 12.0)
+        await bridge.finish()
+        assert await bridge.drain(30.0)
+        summary = bridge.summary()
+        await bridge.close()
+        return summary
+
+    summary = run(scenario(), timeout=60)
+    assert set(summary["participants"]) == {"strap-one", "strap-two"}
+    assert {s["address"] for s in summary["sensors"]} == {"DD:01", "DD:02"}  # the power meter is not a strap
+    assert all(s["battery_pct"] == 87 for s in summary["sensors"])
+    snap = httpx.get(f"{edge.url}/v1/sessions/{session}", headers=auth).json()
+    samples = {p["participant"]: p["samples"] for p in snap["participants"]}
+    assert samples == {p: d["emitted"] for p, d in summary["participants"].items()}
+    assert all(n >= 3 for n in samples.values()), samples
+
+
+def test_scan_lists_type_name_rssi_and_battery(run: Any) -> None:
+    clock = ScaledClock(SPEED)
+    air = FakeAir([HeartRateStrap("EE:01", "Strap"), IndoorBike("EE:02", "Bike", battery_pct=55)], clock)
+    link = BleakLink(scanner_cls=air.scanner_cls, client_cls=air.client_cls, clock=clock, read_battery_on_scan=True)
+
+    adverts = run(link.scan([SensorKind.FITNESS_MACHINE], 1.0))
+    assert [a.describe() for a in adverts] == [
+        {"address": "EE:02", "name": "Bike", "kinds": ["fitness_machine"], "rssi": -62, "battery_pct": 55}
+    ]
+    assert air.scans == [[SensorKind.FITNESS_MACHINE.service]]
+    assert SensorKind.FITNESS_MACHINE.service == "00001826-0000-1000-8000-00805f9b34fb"
+    everything = run(link.scan([], 1.0))
+    assert {(a.address, a.kinds[0].value, a.battery_pct) for a in everything} == {
+        ("EE:01", "heart_rate", 87), ("EE:02", "fitness_machine", 55),
+    }
+
+
+def test_callbacks_from_another_thread_only_enqueue(run: Any, tmp_path: Path) -> None:
+    """bleak may call back from its own thread: the sink hops onto the loop, in order."""
+    clock = ScaledClock(1.0)
+    air = FakeAir([HeartRateStrap("FF:01", "Strap")], clock)
+    link = BleakLink(scanner_cls=air.scanner_cls, client_cls=air.client_cls, clock=clock)
+    config = _config(_dead_url(), "s", tmp_path / "t.sqlite", (Assignment("p", address="FF:01"),))
+
+    async def scenario() -> Bridge:
+        bridge = Bridge(config, link)
+        await bridge.start()
+        while bridge.sensors.get("FF:01") is None or bridge.sensors["FF:01"].state.value != "connected":
+            await asyncio.sleep(0.01)
+        sensor = bridge.sensors["FF:01"]
+        sink: Callable[[Any], None] = bridge._sink_for(sensor)
+        from devices.links import Notification
+
+        def from_thread() -> None:
+            for bpm in range(100, 110):
+                sink(Notification("FF:01", "00002a37-0000-1000-8000-00805f9b34fb", bytes([0, bpm]), clock.now()))
+
+        before = sensor.notifications
+        await asyncio.to_thread(from_thread)
+        await asyncio.sleep(0.05)
+        assert sensor.notifications - before >= 10
+        await bridge.emit_now(clock.now())
+        await bridge.close()
+        return bridge
+
+    bridge = run(scenario(), timeout=30)
+    assert bridge.riders["p"].stream.unacked  # offline: kept for the next start
