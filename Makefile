@@ -23,5 +23,8 @@ test: $(STAMP)
 bench-slice: $(STAMP)
 	$(BIN)/pulseline bench --devices 1000 --sessions 10 --seconds 60 --board-hz 10 --report bench-slice.json
 
+bench: $(STAMP)
+	$(BIN)/python -m sims.capacity --shapes phones,hubs --out bench-capacity.json
+
 clean:
 	rm -rf $(VENV) .pulseline

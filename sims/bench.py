@@ -20,12 +20,13 @@ import httpx
 import psutil
 
 
-def _classify(proc: psutil.Process, edge_pid: int, swarm_pid: int) -> str | None:
+def _classify(proc: psutil.Process, edge_pid: int, swarm_pid: int | set[int]) -> str | None:
+    swarm_pids = swarm_pid if isinstance(swarm_pid, set) else {swarm_pid}
     try:
         if proc.pid == edge_pid:
             return "edge"
-        if proc.pid == swarm_pid:
-            return "swarm"
+        if proc.pid in swarm_pids:
+            return "swarm" if len(swarm_pids) == 1 else f"swarm:{proc.pid}"
         name = " ".join(proc.cmdline())[:200]
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return None
@@ -42,26 +43,44 @@ def _classify(proc: psutil.Process, edge_pid: int, swarm_pid: int) -> str | None
 
 
 class ProcessSampler:
-    def __init__(self, edge_pid: int, swarm_pid: int) -> None:
+    """CPU seconds and peak RSS per process, by role. With ``only_descendants`` only the
+    edge's own process tree (its Ray, its Redis) and the swarm pids are looked at — on a
+    shared machine, other people's Ray workers and Redis servers are not ours."""
+
+    def __init__(self, edge_pid: int, swarm_pid: int | set[int], *, only_descendants: bool = False) -> None:
         self.edge_pid = edge_pid
         self.swarm_pid = swarm_pid
+        self.only_descendants = only_descendants
         self.start_cpu: dict[int, float] = {}
         self.last_cpu: dict[int, float] = {}
         self.peak_rss: dict[int, int] = {}
         self.labels: dict[int, str] = {}
+        self.series: list[tuple[float, dict[int, float]]] = []  # (wall time, pid -> cpu seconds)
 
     def _procs(self) -> list[psutil.Process]:
         me = psutil.Process(self.edge_pid)
         procs = [me, *me.children(recursive=True)]
         seen = {p.pid for p in procs}
+        if self.only_descendants:
+            swarm = self.swarm_pid if isinstance(self.swarm_pid, set) else {self.swarm_pid}
+            for pid in swarm - seen:
+                try:
+                    procs.append(psutil.Process(pid))
+                except psutil.NoSuchProcess:
+                    pass
+            return procs
         for p in psutil.process_iter():
             if p.pid not in seen:
                 procs.append(p)
         return procs
 
     def sample(self) -> None:
+        point: dict[int, float] = {}
+        self.series.append((time.time(), point))
         for proc in self._procs():
-            label = self.labels.get(proc.pid) or _classify(proc, self.edge_pid, self.swarm_pid)
+            label = self.labels.get(proc.pid)
+            if label is None or (label.startswith("ray-worker:") and "SessionActor" not in label):
+                label = _classify(proc, self.edge_pid, self.swarm_pid) or label  # idle workers become actors
             if label is None:
                 continue
             try:
@@ -73,7 +92,26 @@ class ProcessSampler:
             cpu = times.user + times.system
             self.start_cpu.setdefault(proc.pid, cpu)
             self.last_cpu[proc.pid] = cpu
+            point[proc.pid] = cpu
             self.peak_rss[proc.pid] = max(self.peak_rss.get(proc.pid, 0), rss)
+
+    def report_window(self, t0: float, t1: float) -> dict[str, Any]:
+        """Like ``report`` but for CPU used between wall times ``t0`` and ``t1`` (the
+        nearest samples inside the window)."""
+        inside = [(t, point) for t, point in self.series if t0 <= t <= t1]
+        if len(inside) < 2:
+            return {}
+        (ta, first), (tb, last) = inside[0], inside[-1]
+        wall = tb - ta
+        out: dict[str, Any] = {}
+        for pid, cpu in last.items():
+            if pid in first and pid in self.labels:
+                used = cpu - first[pid]
+                out[self.labels[pid]] = {
+                    "pid": pid, "cpu_s": round(used, 2), "cpu_pct_of_one_core": round(100 * used / wall, 1),
+                    "peak_rss_mib": round(self.peak_rss[pid] / 2**20, 1),
+                }
+        return dict(sorted(out.items()))
 
     def report(self, wall_s: float) -> dict[str, Any]:
         out: dict[str, Any] = {}
