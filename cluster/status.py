@@ -91,7 +91,7 @@ def format_status(status: dict[str, Any]) -> str:
     for n in status["nodes"]:
         sessions = ", ".join(n["sessions"]) or "-"
         lines.append(
-            f"  {n['node_id'][:12]} {n['address']:<15} slots {n['slots_used']:g}/{n['slots_total']:g}  {sessions}"
+            f"  …{n['node_id'][-10:]} {n['address']:<15} slots {n['slots_used']:g}/{n['slots_total']:g}  {sessions}"
         )
     if status["waiting_sessions"]:
         lines.append("waiting for a slot: " + ", ".join(w["session"] for w in status["waiting_sessions"]))
