@@ -3,7 +3,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench-slice bench venv clean
+.PHONY: demo test bench-slice bench bench-leaderboard venv clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -25,6 +25,9 @@ bench-slice: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m sims.capacity --shapes phones,hubs --out bench-capacity.json
+
+bench-leaderboard: $(STAMP)
+	$(BIN)/python scripts/bench_leaderboard.py --sizes 1000000,10000000 $(BENCH_ARGS) --report bench-leaderboard.json
 
 clean:
 	rm -rf $(VENV) .pulseline

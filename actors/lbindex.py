@@ -365,6 +365,12 @@ class RankIndex:
             ranks[known] = self._count_below(self._key_of[u[known]])
         return ranks
 
+    def entries_of(self, users: npt.ArrayLike) -> IndexEntries:
+        """The keys of users that are present (vectorised ``get``), in the order given."""
+        u = np.atleast_1d(np.asarray(users, dtype=np.int64))
+        u = u[(u >= 0) & (u < self._present.shape[0])]
+        return self._decode(self._key_of[u[self._present[u]]])
+
     def get(self, user: int) -> tuple[float, float] | None:
         """``(score, achieved_at)`` of a user, or None."""
         if user not in self:

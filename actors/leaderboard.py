@@ -905,6 +905,33 @@ class LeaderboardShard:
         agg = _aggregate(self._spec, board.records[uid])
         return Entry(user, agg.score, agg.achieved_at, dict(agg.tags))
 
+    def locate_many(
+        self,
+        users: Sequence[str],
+        *,
+        period: str | None = None,
+        cohort: Mapping[str, str] | None = None,
+    ) -> list[tuple[Entry, int] | None]:
+        """For each user: their entry and its 0-based position in this shard, or None.
+
+        Vectorised: one ``rank_of`` and one key decode for the whole batch.
+        """
+        index, board = self._index(period, cohort), self._board(period)
+        if index is None or board is None:
+            return [None] * len(users)
+        uids = np.array([self._user_ids.get(u, -1) if isinstance(u, str) else -1 for u in users], np.int64)
+        positions = index.rank_of(uids)
+        present = positions >= 0
+        keys = index.entries_of(uids[present])
+        out: list[tuple[Entry, int] | None] = [None] * len(users)
+        hits = np.flatnonzero(present).tolist()
+        for j, i in enumerate(hits):
+            uid = int(uids[i])
+            tags = dict(self._entry_of(board.records, uid).tags)
+            entry = Entry(users[i], float(keys.scores[j]), float(keys.achieved_at[j]), tags)
+            out[i] = (entry, int(positions[i]))
+        return out
+
     def rank_in_shard(
         self, user: str, *, period: str | None = None, cohort: Mapping[str, str] | None = None
     ) -> int | None:

@@ -272,12 +272,7 @@ class LeaderboardShardActor:
         self, *, users: list[str], period: str | None = None, cohort: Mapping[str, str] | None = None
     ) -> list[tuple[Entry, int] | None]:
         """For each user: (their entry, how many entries of this shard beat it) or None."""
-        out: list[tuple[Entry, int] | None] = []
-        for user in users:
-            position = self.shard.rank_in_shard(user, period=period, cohort=cohort)
-            entry = self.shard.entry(user, period=period) if position is not None else None
-            out.append(None if entry is None or position is None else (entry, position))
-        return out
+        return self.shard.locate_many(users, period=period, cohort=cohort)
 
     async def count_better(
         self,
