@@ -85,7 +85,7 @@ class FakeCluster:
             f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}",
         ]
         log = open(Path(self.temp_dir) / "head.log", "wb")
-        self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
         self._wait_for_gcs(timeout_s)
         return self
 
