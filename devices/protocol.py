@@ -217,7 +217,7 @@ def _check_token(value: Any, *, fatal: bool) -> str:
 
 def _hello(raw: dict[str, Any], max_devices: int) -> Hello:
     if raw.get("v", VERSION) != VERSION:
-        raise ProtocolError(ErrorCode.BAD_VERSION, f"protocol version {raw.get('v')!r} unsupported; use {VERSION}", fatal=True)
+        raise ProtocolError(ErrorCode.BAD_VERSION, f"protocol version {_short.repr(raw.get('v'))} unsupported; use {VERSION}", fatal=True)
     devices = raw.get("devices")
     if not isinstance(devices, list) or not 0 < len(devices) <= max_devices:
         raise ProtocolError(ErrorCode.BAD_FIELD, f"hello needs 1-{max_devices} devices", fatal=True)
