@@ -67,6 +67,8 @@ T = TypeVar("T")
 EmitObserver = Callable[[str, list[Any]], None]
 TokenMinter = Callable[..., Awaitable[str]]  # (**claims) -> JWT, e.g. devices.client.DevTokens
 MAX_ID: Final = 128
+SKIP_AFTER_S: Final = 5.0  # real seconds behind before the ticker skips instead of catching up
+SEND_GAP_S: Final = 0.1  # at most one samples frame per device per this many real seconds
 _DATA_TASKS: Final = {"bridge-_connector", "bridge-_ticker", "bridge-_consume"}
 
 
@@ -214,6 +216,7 @@ class Rider:
     normaliser: Normaliser
     rejected_before: int = 0  # rejections recorded by earlier runs on this spool
     emitted: int = 0  # this run
+    send_after: float = 0.0  # loop time before which nothing is sent (rate, throttle)
     flags: Counter[str] = field(default_factory=Counter)
 
     def describe(self) -> dict[str, Any]:
@@ -252,6 +255,7 @@ class Bridge:
         self.spool: Spool | None = None
         self.counters: Counter[str] = Counter()
         self._radio = asyncio.Lock()  # one scan-and-connect at a time
+        self._emit_lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._events: asyncio.Queue[tuple[int, LinkEvent]] = asyncio.Queue(config.event_queue_size)
         self._io = ThreadPoolExecutor(1, thread_name_prefix="bridge-spool")
@@ -378,7 +382,8 @@ class Bridge:
         streams = [r.stream for r in self.riders.values()]
         extra: dict[str, Any] = {} if self.tokens is None else {"token_provider": self._hub_token}
         self.hub = HubClient(
-            self.config.ws_url, streams, token=self.config.token, hub=self.config.name[:MAX_ID], **extra
+            self.config.ws_url, streams, token=self.config.token, hub=self.config.name[:MAX_ID],
+            on_frame=self._on_frame, **extra,
         )
         self.hub.start()
 
@@ -594,11 +599,15 @@ class Bridge:
             except Exception:  # the loop never dies; the next tick tries again
                 log.exception("bridge: tick at %.3f failed", t)
             t += interval
-            if clock.now() - t > 5 * interval:  # the machine slept: skip, don't burst
+            if clock.now() - t > max(5 * interval, SKIP_AFTER_S * clock.speed):  # the machine slept
                 self.counters["ticks_skipped"] += 1
                 t = math.floor(clock.now() / interval) * interval + interval
 
     async def _emit(self, ts: float) -> int:
+        async with self._emit_lock:  # seqs are taken in order, one tick at a time
+            return await self._emit_locked(ts)
+
+    async def _emit_locked(self, ts: float) -> int:
         self._drain_events()
         batch: list[tuple[Rider, list[Any]]] = []
         for rider in self.riders.values():
@@ -633,12 +642,32 @@ class Bridge:
         return True
 
     async def _send(self, riders: list[Rider]) -> None:
+        """Send what each stream may send now; the rest goes with the next flush.
+
+        At most one frame per device per ``SEND_GAP_S`` (an accelerated replay stays
+        under the edge's per-device frame rate), none during a throttle pause.
+        """
         if self.hub is None:
             return
+        now = asyncio.get_running_loop().time()
         for rider in riders:
+            if now < rider.send_after:
+                continue
             rows = rider.stream.take_sendable()
             if rows:
+                rider.send_after = now + SEND_GAP_S
                 await self.hub.send_rows(rider.stream, rows)
+
+    def _on_frame(self, frame: dict[str, Any]) -> None:
+        if frame.get("t") == "throttle":
+            rider = self._rider_of_device(frame.get("device"))
+            if rider is not None:  # the hub resends after the pause; we wait for it too
+                pause_s = float(frame.get("retry_after_ms", 1000)) / 1000
+                rider.send_after = asyncio.get_running_loop().time() + pause_s
+                self.counters["throttled"] += 1
+
+    def _rider_of_device(self, device: Any) -> Rider | None:
+        return next((r for r in self.riders.values() if r.stream.device == device), None)
 
     # -- flusher: acks and rejections into the spool, more of a backlog out -----------
     async def _flusher(self) -> None:

@@ -238,10 +238,11 @@ class ReplayLink:
 
     async def _play(self, address: str, notes: list[RecordedNotification], sink: EventSink) -> None:
         assert self.origin is not None
+        connected_at = self.clock.now() - self.origin  # what came before was missed; late is not
         skipped = 0
         for note in notes:
             at = self.origin + note.ts
-            if at < self.clock.now() - 0.5:
+            if note.ts < connected_at - 0.5:
                 skipped += 1
                 continue
             await self.clock.sleep_until(at)
