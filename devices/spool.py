@@ -262,7 +262,8 @@ class SpooledStream(DeviceStream):
     def add_row(self, row: list[Any]) -> None:
         """A row the spool has stored (its seq is ``next_seq``)."""
         seq = int(row[0])
-        assert seq == self.next_seq, (seq, self.next_seq)
+        if seq != self.next_seq:
+            raise SpoolError(f"{self.device}: row seq {seq} added, {self.next_seq} expected")
         self.unacked[seq] = row
         self.next_seq = seq + 1
         self.sent += 1
