@@ -255,3 +255,38 @@ def test_callbacks_from_another_thread_only_enqueue(run: Any, tmp_path: Path) ->
 
     bridge = run(scenario(), timeout=30)
     assert bridge.riders["p"].stream.unacked  # offline: kept for the next start
+
+
+def test_config_file_and_flags_make_one_config(tmp_path: Path) -> None:
+    from devices.bridge_cli import build_config, parser
+
+    path = tmp_path / "studio.toml"
+    path.write_text(
+        'url = "http://127.0.0.1:8000"\nsession = "spin-0700"\nname = "studio-3"\nstale_after_s = 4.0\n'
+        '[[sensors]]\naddress = "C4:7C:8D:6A:3B:21"\nparticipant = "alice"\n'
+        '[[sensors]]\nname = "KICKR 1234"\nparticipant = "alice"\n'
+        '[[sensors]]\nkind = "heart_rate"\n'
+    )
+    args = parser().parse_args([
+        "run", "--config", str(path), "--session", "spin-0800", "--device", "AA:BB=bob", "--all-of", "csc",
+        "--wheel-circumference-m", "2.096",
+    ])
+    config = build_config(args)
+    assert (config.url, config.session, config.name) == ("http://127.0.0.1:8000", "spin-0800", "studio-3")
+    assert config.ws_url == "ws://127.0.0.1:8000/v1/devices"
+    assert config.spool_path == Path(".pulseline/bridge-studio-3.sqlite")
+    assert (config.stale_after_s, config.wheel_circumference_m) == (4.0, 2.096)
+    assert config.assignments == (
+        Assignment("alice", address="C4:7C:8D:6A:3B:21"),
+        Assignment("alice", name="KICKR 1234"),
+        Assignment(None, kind=SensorKind.HEART_RATE),
+        Assignment("bob", address="AA:BB"),
+        Assignment(None, kind=SensorKind.CSC),
+    )
+    path.write_text('url = "x"\nsession = "y"\nbogus = 1\n')
+    from devices.bridge import BridgeError
+
+    with pytest.raises(BridgeError, match="unknown config keys: bogus"):
+        build_config(parser().parse_args(["run", "--config", str(path)]))
+    with pytest.raises(BridgeError, match="KEY=PARTICIPANT"):
+        build_config(parser().parse_args(["run", "--url", "u", "--session", "s", "--device", "AA:BB"]))
