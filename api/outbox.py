@@ -23,6 +23,7 @@ from devices.protocol import CloseCode
 log = logging.getLogger(__name__)
 
 BoardEncoder = Callable[[dict[str, Any]], bytes | str]
+FLUSH_TIMEOUT_S = 2.0  # what a closing connection may spend sending its last frames
 MAX_REASON_BYTES = 120  # a close reason may carry at most 123 bytes of UTF-8
 
 
@@ -57,7 +58,7 @@ class Outbox:
         if self.closed:
             return
         if len(self.frames) >= self.max_frames:
-            self.close(CloseCode.THROTTLED, "client too slow: send queue full")
+            self.close(CloseCode.THROTTLED, "client too slow: send queue full", flush=False)
             return
         self.frames.append(frame)
         self._wake.set()
@@ -68,10 +69,14 @@ class Outbox:
         self.board = board
         self._wake.set()
 
-    def close(self, code: int, reason: str) -> None:
+    def close(self, code: int, reason: str, *, flush: bool = True) -> None:
+        """Close after sending what is queued (the error frame that explains the close),
+        unless ``flush`` is False (a client that does not read gets nothing more)."""
         if not self.closed:
             self.closed = True
             self.close_reason = (code, close_reason(reason))
+            if not flush:
+                self.frames.clear()
             self._wake.set()
 
     async def run(self) -> None:
@@ -85,7 +90,15 @@ class Outbox:
                 await self._send_board()
         if self.close_reason:
             code, reason = self.close_reason
+            try:
+                await asyncio.wait_for(self._flush(), FLUSH_TIMEOUT_S)
+            except TimeoutError:
+                pass
             await self.ws.close(code, reason)
+
+    async def _flush(self) -> None:
+        while self.frames:
+            await self.ws.send_bytes(self.frames.popleft())
 
     async def _send_board(self) -> None:
         # 10% slack: boards produced at exactly the viewer's rate must not slip a whole tick
