@@ -36,6 +36,19 @@ async def _wait_serving(http: Any, sid: str, old_epoch: int, began: float) -> fl
         await asyncio.sleep(0.1)
 
 
+async def _probe(http: Any, sessions: list[str], seconds: float) -> float:
+    """The slowest answer of the other sessions while the affected ones recover."""
+    slowest = 0.0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for sid in sessions:
+            began = time.monotonic()
+            (await http.get(f"/v1/sessions/{sid}")).raise_for_status()
+            slowest = max(slowest, time.monotonic() - began)
+        await asyncio.sleep(0.2)
+    return round(slowest, 3)
+
+
 async def scenario(cluster: Any, workers: list[Any], edge: EdgeThread, args: argparse.Namespace) -> dict[str, Any]:
     import httpx
 
@@ -56,13 +69,18 @@ async def scenario(cluster: Any, workers: list[Any], edge: EdgeThread, args: arg
         victim = next(w for w in workers if w.node_id == victim_id)
         affected = sorted(s for s, n in by_node.items() if n == victim_id)
         recovery: dict[str, float] = {}
+        others: dict[str, float] = {}
 
         async def kill_later() -> None:
             await asyncio.sleep(args.kill_at)
             began = time.monotonic()
             await asyncio.to_thread(cluster.remove_node, victim, False)  # not graceful: a crash
-            times = await asyncio.gather(*(_wait_serving(http, s, epochs[s], began) for s in affected))
+            unaffected = [s for s in sessions if s not in affected]
+            *times, slowest = await asyncio.gather(
+                *(_wait_serving(http, s, epochs[s], began) for s in affected), _probe(http, unaffected, 6.0)
+            )
             recovery.update(zip(affected, times, strict=True))
+            others["slowest_call_s"] = slowest
 
         await asyncio.gather(riders.drive(args.seconds), kill_later())
         drained = await riders.drain()
@@ -76,6 +94,7 @@ async def scenario(cluster: Any, workers: list[Any], edge: EdgeThread, args: arg
         "affected": affected,
         "recovery_s": recovery,
         "recovery_max_s": max(recovery.values(), default=None),
+        "unaffected_slowest_call_s": others.get("slowest_call_s"),
         "unaffected_still_on_their_nodes": all(
             after.node_of(s) == by_node.get(s) for s in sessions if s not in affected
         ),
@@ -100,7 +119,7 @@ def main() -> None:
     work = scratch_dir("nodeloss")
     started = time.monotonic()
     cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 1, "resources": {"session_slot": 0}, "_system_config": SYSTEM_CONFIG,
+        "num_cpus": 1, "resources": {"session_slot": 0}, "_system_config": SYSTEM_CONFIG, "include_dashboard": False,
     })
     redis = edge = None
     try:

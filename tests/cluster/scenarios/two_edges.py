@@ -120,7 +120,9 @@ def main() -> None:
     from cluster.redis_server import EmbeddedRedis
 
     work = scratch_dir("twoedges")
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "resources": {"session_slot": 4}})
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 1, "resources": {"session_slot": 4}, "include_dashboard": False,
+    })
     redis = None
     procs: list[subprocess.Popen[bytes]] = []
     try:
