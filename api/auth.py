@@ -52,6 +52,7 @@ DEV_ISSUER = "pulseline-dev"
 DEV_SECRET_FILE = "dev-secret"
 ISSUER_ALGORITHMS = ("RS256", "ES256")
 MAX_LIST_CLAIM = 1024
+MIN_SECRET_BYTES = 32
 
 
 
@@ -387,6 +388,8 @@ def _require_secure_url(url: str, name: str) -> None:
 
 def check_settings(settings: Settings) -> None:
     """Refuse to run production with a missing issuer, a shared secret or insecure URLs."""
+    if settings.auth_secret is not None and len(settings.auth_secret.get_secret_value().encode()) < MIN_SECRET_BYTES:
+        raise InsecureSettings(f"PULSELINE_AUTH_SECRET must be at least {MIN_SECRET_BYTES} bytes (or unset: one is generated)")
     if settings.auth_mode != "production":
         if not _is_loopback(settings.host):
             log.warning("development auth (a shared HS256 secret) on %s: never do this on the internet", settings.host)
