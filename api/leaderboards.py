@@ -37,6 +37,7 @@ from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
+from api.scopes import operator, principal  # writes: operator tokens; reads: any token
 from actors.leaderboard import (
     LeaderboardError,
     LeaderboardSpec,
@@ -152,7 +153,7 @@ def _known(name: str) -> str:
     return name
 
 
-@router.post("", status_code=201, dependencies=[Depends(require_key)])
+@router.post("", status_code=201, dependencies=[Depends(operator)])
 async def create_board(body: CreateBoard, lb: Lb) -> Any:
     spec = LeaderboardSpec(**{**body.model_dump(), "cohort_keys": tuple(body.cohort_keys)})
     created = await lb.create(spec)
@@ -160,13 +161,13 @@ async def create_board(body: CreateBoard, lb: Lb) -> Any:
     return payload if created else JSONResponse(payload, status_code=200)
 
 
-@router.get("/{name}")
+@router.get("/{name}", dependencies=[Depends(principal)])
 async def get_board(name: str, lb: Lb) -> dict[str, Any]:
     board = await lb.board(_known(name))
     return {"name": name, "spec": board.spec.to_dict(), "generation": board.generation}
 
 
-@router.post("/{name}/scores", dependencies=[Depends(require_key)])
+@router.post("/{name}/scores", dependencies=[Depends(operator)])
 async def write_scores(name: str, body: ScoresIn, lb: Lb) -> dict[str, Any]:
     now = time.time()
     writes = [
@@ -177,7 +178,7 @@ async def write_scores(name: str, body: ScoresIn, lb: Lb) -> dict[str, Any]:
     return {"accepted": result.accepted, "changed": result.changed}
 
 
-@router.get("/{name}/top")
+@router.get("/{name}/top", dependencies=[Depends(principal)])
 async def top(
     name: str,
     lb: Lb,
@@ -194,7 +195,7 @@ async def top(
     return page.to_dict()
 
 
-@router.get("/{name}/users/{user}/rank")
+@router.get("/{name}/users/{user}/rank", dependencies=[Depends(principal)])
 async def rank(name: str, user: str, lb: Lb, period: PeriodQ = None, cohort: CohortQ = None) -> dict[str, Any]:
     found = await lb.rank(_known(name), _user(user), period=period, cohort=parse_cohort(cohort))
     if found is None:
@@ -202,7 +203,7 @@ async def rank(name: str, user: str, lb: Lb, period: PeriodQ = None, cohort: Coh
     return found.to_dict()
 
 
-@router.get("/{name}/users/{user}/around")
+@router.get("/{name}/users/{user}/around", dependencies=[Depends(principal)])
 async def around(
     name: str,
     user: str,
@@ -217,7 +218,7 @@ async def around(
     return found.to_dict()
 
 
-@router.post("/{name}/reshard", dependencies=[Depends(require_key)])
+@router.post("/{name}/reshard", dependencies=[Depends(operator)])
 async def reshard(name: str, body: ReshardIn, lb: Lb) -> dict[str, Any]:
     moved = await lb.reshard(_known(name), body.shard_count)
     return {"name": name, "shard_count": body.shard_count, "moved": moved}

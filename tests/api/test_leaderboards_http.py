@@ -19,9 +19,10 @@ T0 = 1_795_000_000.0
 
 
 @pytest.fixture
-def http(edge: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[httpx.Client]:
+def http(edge: Any, monkeypatch: pytest.MonkeyPatch, tokens: Any) -> Iterator[httpx.Client]:
     monkeypatch.setenv(API_KEY_ENV, KEY)
-    with httpx.Client(base_url=edge.url, timeout=30, headers={"Authorization": f"Bearer {KEY}"}) as c:
+    # leaderboard writes need an operator token (docs/security.md)
+    with httpx.Client(base_url=edge.url, timeout=30, headers=tokens.headers("operator")) as c:
         yield c
 
 
