@@ -32,7 +32,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from api.errors import BadRequest
 from api.scopes import operator
-from cluster.placement import Passivator, is_active, passivate, read_placement
+from cluster.placement import Passivator, is_active, passivate
 from cluster.prescale import PrescaleBook, PrescalePolicy, Prescaler, ScheduledClass, slots_for
 from cluster.status import cluster_status
 
@@ -75,7 +75,7 @@ class ClusterLoops:
         self.prescaler = Prescaler(
             self.book,
             settings.policy(),
-            used_slots=lambda: read_placement(namespace).slots_used,
+            used_slots=_used_slots,
             active=lambda sid: is_active(sid, namespace),
         )
         self.passivator = Passivator(
@@ -99,6 +99,14 @@ class ClusterLoops:
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+def _used_slots() -> float:
+    """Session slots in use over the whole cluster (cheap: two GCS resource reads)."""
+    import ray
+
+    total = ray.cluster_resources().get("session_slot", 0.0)
+    return float(total - ray.available_resources().get("session_slot", 0.0))
 
 
 def _loops(request: Request) -> ClusterLoops:

@@ -22,7 +22,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from tests.cluster.scenarios.harness import (
-    BoardLog, Riders, edge_settings, emit, free_port, new_ids, operator_headers, record_boards, scratch_dir,
+    BoardLog, Riders, edge_settings, emit, new_ids, operator_headers, record_boards, scratch_dir,
     setup_process,
 )
 
