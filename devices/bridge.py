@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import heapq
 import logging
 import math
 import random
@@ -43,7 +44,7 @@ from pathlib import Path
 from typing import Any, Final, ParamSpec, TypeVar
 
 from devices.client import HubClient
-from devices.gatt import BatteryLevel, DecodeError, decode, parse_characteristic
+from devices.gatt import BatteryLevel, DecodeError, Measurement, decode, parse_characteristic
 from devices.links import (
     SOURCE_OF_CHARACTERISTIC,
     Advert,
@@ -218,6 +219,27 @@ class Rider:
     emitted: int = 0  # this run
     send_after: float = 0.0  # loop time before which nothing is sent (rate, throttle)
     flags: Counter[str] = field(default_factory=Counter)
+    _held: list[tuple[float, int, str, Measurement]] = field(default_factory=list)
+    _order: int = 0
+
+    def hold(self, ts: float, address: str, measurement: Measurement) -> None:
+        """Keep a decoded measurement until the tick at or after ``ts``."""
+        self._order += 1
+        heapq.heappush(self._held, (ts, self._order, address, measurement))
+
+    def release(self, ts: float) -> None:
+        """Feed the normaliser, in time order, every measurement taken up to ``ts``.
+
+        A tick that runs late (a loaded machine) thus never sees a later measurement.
+        """
+        while self._held and self._held[0][0] <= ts:
+            taken, _, _, measurement = heapq.heappop(self._held)
+            self.normaliser.add(measurement, taken)
+
+    def forget(self, address: str) -> None:
+        """Drop a dropped sensor's measurements not yet fed (its baseline starts over)."""
+        self._held = [item for item in self._held if item[2] != address]
+        heapq.heapify(self._held)
 
     def describe(self) -> dict[str, Any]:
         s = self.stream
@@ -262,6 +284,7 @@ class Bridge:
         self._tasks: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._last_scan: float | None = None
+        self.last_tick = -math.inf  # link time of the ticker's last tick
         self._closing = False
         self._closed = False
         self._spool_full = False
@@ -332,6 +355,11 @@ class Bridge:
     async def emit_now(self, ts: float) -> int:
         """Emit one tick at link time ``ts`` now (the ticker does this every interval)."""
         return await self._emit(ts)
+
+    async def wait_tick(self, ts: float) -> None:
+        """Wait until the ticker has emitted its tick at or after link time ``ts``."""
+        while self.last_tick < ts and not self._closing:
+            await asyncio.sleep(0.01)
 
     # -- state ----------------------------------------------------------------------
     def totals(self) -> dict[str, int]:
@@ -457,10 +485,10 @@ class Bridge:
         if isinstance(measurement, BatteryLevel):
             sensor.battery_pct = measurement.battery_pct
             return
-        self.riders[sensor.participant].normaliser.add(measurement, event.ts)
         source = SOURCE_OF_CHARACTERISTIC.get(parse_characteristic(event.characteristic))
         if source is not None:
             sensor.sources.add(source)
+        self.riders[sensor.participant].hold(event.ts, sensor.address, measurement)
 
     def _dropped(self, sensor: Sensor, ts: float) -> None:
         if sensor.state is SensorState.CONNECTING:
@@ -475,9 +503,10 @@ class Bridge:
 
     def _back_off(self, sensor: Sensor, now: float) -> None:
         """Fresh baseline for the sensor's sources, then wait before the next attempt."""
-        normaliser = self.riders[sensor.participant].normaliser
+        rider = self.riders[sensor.participant]
+        rider.forget(sensor.address)
         for source in sensor.sources:
-            normaliser.reset_source(source)
+            rider.normaliser.reset_source(source)
         cfg = self.config
         sensor.backoff_s = min(max(sensor.backoff_s * 2, cfg.backoff_min_s), cfg.backoff_max_s)
         sensor.retry_at = now + sensor.backoff_s * random.uniform(0.8, 1.2)
@@ -598,6 +627,7 @@ class Bridge:
                 await self._emit(t)
             except Exception:  # the loop never dies; the next tick tries again
                 log.exception("bridge: tick at %.3f failed", t)
+            self.last_tick = t
             t += interval
             if clock.now() - t > max(5 * interval, SKIP_AFTER_S * clock.speed):  # the machine slept
                 self.counters["ticks_skipped"] += 1
@@ -611,6 +641,7 @@ class Bridge:
         self._drain_events()
         batch: list[tuple[Rider, list[Any]]] = []
         for rider in self.riders.values():
+            rider.release(ts)
             reading = rider.normaliser.emit(ts)
             rider.flags.update(f.reason.value for f in reading.flags)
             if reading.sources:

@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import json
 import logging
+import math
 import signal
 import sys
 import tomllib
@@ -223,16 +224,16 @@ async def _replay(args: argparse.Namespace, config: BridgeConfig, recording: Rec
     await bridge.start()
     ended = asyncio.ensure_future(link.wait_end())
     await asyncio.wait([ended, asyncio.ensure_future(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
-    final_ts = ended.result() if ended.done() else None  # the last tick lands on the end
+    if ended.done():  # let the ticker emit its last tick before the end
+        interval = config.emit_interval_s
+        await bridge.wait_tick(math.floor(ended.result() / interval) * interval)
     ended.cancel()
     extra = {"recording": {"files": [str(f) for f in args.files], "duration_s": recording.duration_s,
                            "speed": args.speed, "notifications": len(recording.notifications)}}
-    return await _finish(bridge, args.drain_timeout_s, extra, final_ts)
+    return await _finish(bridge, args.drain_timeout_s, extra)
 
 
-async def _finish(bridge: Bridge, drain_timeout_s: float, extra: dict[str, Any], final_ts: float | None = None) -> int:
-    if final_ts is not None:
-        await bridge.emit_now(final_ts)
+async def _finish(bridge: Bridge, drain_timeout_s: float, extra: dict[str, Any]) -> int:
     await bridge.finish()
     drained = await bridge.drain(drain_timeout_s)
     summary = {**bridge.summary(), "drained": drained, **extra}

@@ -208,6 +208,7 @@ class ReplayLink:
         for note in recording.notifications:
             self._notes.setdefault(note.address, []).append(note)
         self._started = asyncio.Event()
+        self._plays: set[asyncio.Task[None]] = set()
 
     @property
     def end(self) -> float | None:
@@ -234,6 +235,8 @@ class ReplayLink:
         subscribed = tuple(sorted({n.characteristic for n in notes if n.characteristic != Characteristic.BATTERY_LEVEL.uuid}))
         conn = _ReplayConnection(advert.address, device.battery_pct, subscribed)
         conn.task = asyncio.get_running_loop().create_task(self._play(advert.address, notes, sink))
+        self._plays.add(conn.task)
+        conn.task.add_done_callback(self._plays.discard)
         return conn
 
     async def _play(self, address: str, notes: list[RecordedNotification], sink: EventSink) -> None:
@@ -256,4 +259,5 @@ class ReplayLink:
         assert self.origin is not None
         end = self.origin + self.recording.duration_s
         await self.clock.sleep_until(end)
+        await asyncio.gather(*self._plays, return_exceptions=True)  # the last notes are out
         return end

@@ -13,7 +13,7 @@ like real ones:
 * ``drop(address, at_s, refuse_for_s)`` makes a sensor fall off mid-stream (the client's
   ``disconnected_callback`` fires) and refuse connections for a while (it still
   advertises; ``connect`` raises bleak's not-found error); ``refuse(address, until_s)``
-  makes it refuse from the start;
+  makes it refuse from the start, ``refuse_first(address, n)`` its first n attempts;
 * the battery is readable (0x2A19).
 
 The air also records how the bridge used the radio: scans, connection attempts and the
@@ -48,6 +48,7 @@ class FakeCharacteristic:
 class _Peripheral:
     sim: SimSensor
     refuse_until_s: float = -1.0
+    refuse_attempts: int = 0
     drops: list[tuple[float, float]] = field(default_factory=list)  # (at_s, refuse_for_s)
     client: FakeBleakClient | None = None
 
@@ -80,8 +81,15 @@ class FakeAir:
     def refuse(self, address: str, until_s: float) -> None:
         self.peripherals[address].refuse_until_s = until_s
 
+    def refuse_first(self, address: str, attempts: int) -> None:
+        self.peripherals[address].refuse_attempts = attempts
+
     def reachable(self, address: str) -> bool:
-        return self.elapsed() >= self.peripherals[address].refuse_until_s
+        p = self.peripherals[address]
+        if p.refuse_attempts > 0:
+            p.refuse_attempts -= 1
+            return False
+        return self.elapsed() >= p.refuse_until_s
 
 
 class FakeBleakScanner:
