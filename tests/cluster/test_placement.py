@@ -188,3 +188,66 @@ def test_cluster_routes_need_an_operator(edge: Any) -> None:
     if not headers:
         pytest.skip("this edge runs without authentication")
     assert httpx.get(f"{edge.url}/v1/cluster/status").status_code == 401
+
+
+def test_edge_passivates_an_ended_idle_session_and_late_data_recreates_it(
+    edge_settings: Any, run: Any, unique_id: str
+) -> None:
+    from api.cluster_routes import ClusterPolicySettings
+    from devices.client import DeviceStream, HubClient
+    from tests.conftest import EdgeServer, _free_port
+
+    settings = edge_settings.model_copy(update={"port": _free_port()})
+    server = EdgeServer(settings)
+    server.config.app.state.cluster_settings = ClusterPolicySettings(passivate_idle_s=0.5, passivate_interval_s=0.25)
+    server.start()
+    sid = f"auto-{unique_id}"
+    ns = settings.namespace
+
+    async def ride(stream: DeviceStream, seqs: range) -> None:
+        client = HubClient(f"{server.ws_url}/v1/devices", [stream], token_provider=_token(settings, stream))
+        client.start()
+        await asyncio.wait_for(client.ready.wait(), 30)
+        for k in seqs:
+            await client.send_rows(stream, [stream.new_sample(time.time(), 120.0, 200.0, 85.0, 8.0, 10.0 * k)])
+        while stream.unacked:
+            await asyncio.sleep(0.05)
+        await client.close()
+
+    async def wait_passive() -> bool:
+        for _ in range(200):  # bounded: 20 s
+            if not await asyncio.to_thread(is_active, sid, ns):
+                return True
+            await asyncio.sleep(0.1)
+        return False
+
+    async def scenario() -> tuple[bool, bool, int]:
+        headers = operator_headers(server.url)
+        async with httpx.AsyncClient(base_url=server.url, headers=headers, timeout=60) as http:
+            (await http.post("/v1/sessions", json={"id": sid})).raise_for_status()
+            stream = DeviceStream(f"{sid}-d", f"{sid}-p", sid)
+            await ride(stream, range(1, 4))
+            (await http.post(f"/v1/sessions/{sid}/phase", json={"phase": "ended"})).raise_for_status()
+            stream_late = DeviceStream(f"{sid}-d", f"{sid}-p", sid)
+            stream_late.next_seq = 4
+            await ride(stream_late, range(0, 0))  # reconnect once so the pump sees "ended", then idle
+            passive = await wait_passive()
+            await ride(stream_late, range(4, 6))  # late data: the actor comes back from Redis
+            snap = (await http.get(f"/v1/sessions/{sid}")).json()
+        return passive, await asyncio.to_thread(is_active, sid, ns), snap["participants"][0]["samples"]
+
+    try:
+        passive, active_again, samples = run(scenario())
+    finally:
+        server.stop()
+    assert passive and active_again
+    assert samples == 5
+
+
+def _token(settings: Any, stream: Any) -> Any:
+    from tests.cluster.scenarios.harness import device_token
+
+    async def provide() -> str:
+        return device_token(settings, stream)
+
+    return provide
