@@ -44,7 +44,7 @@ def frame_limits(settings: Settings) -> FrameLimits:
     return FrameLimits(
         max_frame_bytes=settings.max_frame_bytes,
         max_samples_per_frame=settings.max_samples_per_frame,
-        max_devices_per_hello=min(MAX_DEVICES_PER_HELLO, settings.max_devices_per_hub),
+        max_devices_per_hello=MAX_DEVICES_PER_HELLO,  # the hub limit refuses extra devices one by one
     )
 
 
