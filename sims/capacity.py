@@ -278,7 +278,7 @@ def bench_main(args: argparse.Namespace) -> int:
     from cluster.runtime import Stack
     from cluster.settings import from_environment
 
-    settings = from_environment(port=args.port, data_dir=Path(args.data_dir))
+    settings = from_environment(port=args.port, data_dir=Path(args.data_dir).resolve())  # redis needs absolute
     if hasattr(settings, "max_connections_per_address"):
         # the whole swarm comes from 127.0.0.1: a per-address guard is not what we measure
         settings.max_connections_per_address = max(settings.max_connections_per_address, 100_000)
