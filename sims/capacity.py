@@ -125,7 +125,7 @@ class CapacityBench:
     def _config(self) -> dict[str, Any]:
         a = self.args
         return {"steps": a.steps, "step_seconds": a.step_seconds, "class_size": a.class_size, "p99_ms": a.p99_ms,
-                "loop": a.loop, "swarm_procs": a.swarm_procs, "rate_hz": 1, "participant_board_hz": 1,
+                "loop": a.loop, "swarm_procs": a.swarm_procs, "keep_going": a.keep_going, "rate_hz": 1, "participant_board_hz": 1,
                 "class_viewer_hz": 10}
 
     async def run_shape(self, shape: str) -> dict[str, Any]:
@@ -137,9 +137,10 @@ class CapacityBench:
             _progress(f"{shape} {devices}: {'PASS' if step['pass'] else 'FAIL'} ({step['reason']}); "
                       f"p99 {step['latency_ms'].get('p99')} ms, edge {step['cpu'].get('edge_pct')}%, "
                       f"swarm {step['cpu'].get('swarm_pct')}%")
-            if not step["pass"]:
+            if step["pass"] and (self.args.keep_going or all(s["pass"] for s in steps)):
+                best = devices
+            if not step["pass"] and not self.args.keep_going:
                 break
-            best = devices
         return {"largest_passing_devices": best, "steps": steps}
 
     def _procs(self, devices: int) -> int:
@@ -345,6 +346,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8765)
     p.add_argument("--data-dir", default=".pulseline/capacity")
     p.add_argument("--out", default="capacity.json")
+    p.add_argument("--keep-going", action="store_true",
+                   help="run every step even after one fails (the CPU/latency curve on a noisy machine); "
+                        "the largest passing load is then the largest step that passed")
     p.add_argument("--profile", default=None, help="cProfile the edge process into this text file")
     return p
 
