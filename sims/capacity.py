@@ -16,7 +16,8 @@ stepping of a shape stops at its first failing step. The result (stdout, and
 its latency, accounting and CPU figures (edge, swarm, session actors, Redis, Ray system),
 and the edge's CPU cost per device-second.
 
-``python -m sims.capacity worker SCENARIO.json URL OUT.json`` is the swarm process.
+``python -m sims.capacity worker SCENARIO.json URL OUT.json`` is the swarm process;
+``python -m sims.capacity table capacity.json`` prints a result as a Markdown table.
 """
 
 from __future__ import annotations
@@ -334,6 +335,24 @@ def worker_main(scenario_path: str, url: str, out: str) -> int:
     return 0
 
 
+def markdown_table(result: dict[str, Any]) -> str:
+    """The steps of a capacity result as a Markdown table (for docs/benchmarks.md)."""
+    head = ("| shape | devices | conns | p50 | p90 | p99 | p99.9 | max | lost | dup | edge % | swarm % "
+            "| actors % (n) | redis % | edge µs/device-s | swarm lag p99 | load 1m | pass |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for shape, data in result["shapes"].items():
+        for st in data["steps"]:
+            lat, cpu = st.get("latency_ms") or {}, st.get("cpu") or {}
+            load = st.get("loadavg_1m_before_after", ["?", "?"])
+            lines.append(
+                f"| {shape} | {st['devices']} | {st.get('connections')} | {lat.get('p50')} | {lat.get('p90')} "
+                f"| {lat.get('p99')} | {lat.get('p99_9')} | {lat.get('max')} | {st.get('lost')} | {st.get('duplicated')} "
+                f"| {cpu.get('edge_pct')} | {cpu.get('swarm_pct')} | {cpu.get('session_actors_pct')} "
+                f"({cpu.get('session_actors')}) | {cpu.get('redis_pct')} | {cpu.get('edge_us_per_device_second')} "
+                f"| {st.get('swarm_lag_p99_ms')} | {load[0]}→{load[1]} | {'yes' if st['pass'] else 'no: ' + st['reason']} |")
+    return "\n".join(lines)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m sims.capacity", description=__doc__.splitlines()[0])
     p.add_argument("--shapes", default="phones,hubs")
@@ -358,6 +377,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if argv[:1] == ["worker"]:
         return worker_main(*argv[1:4])
+    if argv[:1] == ["table"]:
+        print(markdown_table(json.loads(Path(argv[1]).read_text())))
+        return 0
     return bench_main(parser().parse_args(argv))
 
 
