@@ -53,12 +53,20 @@ class Up:
         return self.proc.wait(60)
 
 
+def ops(data_dir: Path) -> dict[str, str]:
+    """An operator token signed with the data dir's development secret (docs/security.md)."""
+    from api.auth import dev_token
+    from cluster.settings import Settings
+
+    return {"Authorization": f"Bearer {dev_token(Settings(data_dir=data_dir), kind='operator')}"}
+
+
 def test_up_persists_across_a_full_restart_and_stops_what_it_started(tmp_path: Path) -> None:
     data = tmp_path / "data"
     first = Up(data)
-    created = httpx.post(f"{first.url}/v1/sessions", json={"id": "persisted"}, timeout=30)
+    created = httpx.post(f"{first.url}/v1/sessions", json={"id": "persisted"}, timeout=30, headers=ops(data))
     assert created.status_code == 201
-    assert httpx.post(f"{first.url}/v1/sessions/persisted/participants", json={"participant": "ann"}, timeout=30).status_code == 201
+    assert httpx.post(f"{first.url}/v1/sessions/persisted/participants", json={"participant": "ann"}, timeout=30, headers=ops(data)).status_code == 201
     redis_pid = int(re.search(r"redis-server pid (\d+)", first.stderr()).group(1))  # type: ignore[union-attr]
     assert psutil.pid_exists(redis_pid)
     assert first.terminate() == 0
@@ -67,7 +75,7 @@ def test_up_persists_across_a_full_restart_and_stops_what_it_started(tmp_path: P
 
     second = Up(data)  # same data dir: Redis replays its AOF, the actor restores its checkpoint
     try:
-        snap = httpx.get(f"{second.url}/v1/sessions/persisted", timeout=30).json()
+        snap = httpx.get(f"{second.url}/v1/sessions/persisted", timeout=30, headers=ops(data)).json()
         assert [p["participant"] for p in snap["participants"]] == ["ann"]
     finally:
         assert second.terminate() == 0
@@ -75,10 +83,11 @@ def test_up_persists_across_a_full_restart_and_stops_what_it_started(tmp_path: P
 
 def test_up_attaches_to_an_existing_redis_and_leaves_it_running(tmp_path: Path, redis_server: Any) -> None:
     up = Up(tmp_path / "data", env={"REDIS_URL": redis_server.url})
+    auth = ops(tmp_path / "data")
     try:
         assert "attached to Redis" in up.stderr()
         assert "embedded redis-server" not in up.stderr()
-        assert httpx.post(f"{up.url}/v1/sessions", json={"id": f"att-{up.port}"}, timeout=30).status_code == 201
+        assert httpx.post(f"{up.url}/v1/sessions", json={"id": f"att-{up.port}"}, timeout=30, headers=auth).status_code == 201
     finally:
         assert up.terminate() == 0
     assert redis_server._ping()  # what it did not start, it did not stop
