@@ -148,7 +148,10 @@ def bench_after_start(args: Any, swarm_config: Callable[[Any, str], Any], emit: 
                 pass
         wall = time.monotonic() - started
         result = json.loads(open(report).read())
-        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+        from devices.client import DevTokens  # a development edge: an operator token from it
+
+        auth = {"Authorization": f"Bearer {await DevTokens(url)(kind='operator')}"}
+        async with httpx.AsyncClient(base_url=url, timeout=30, headers=auth) as http:
             actors = {}
             for sid in result["session_ids"]:
                 snap = (await http.get(f"/v1/sessions/{sid}")).json()
