@@ -69,6 +69,7 @@ EmitObserver = Callable[[str, list[Any]], None]
 TokenMinter = Callable[..., Awaitable[str]]  # (**claims) -> JWT, e.g. devices.client.DevTokens
 MAX_ID: Final = 128
 SKIP_AFTER_S: Final = 5.0  # real seconds behind before the ticker skips instead of catching up
+_REFUSED: Final = {"unauthorised", "forbidden"}  # error codes of a refused hello binding
 SEND_GAP_S: Final = 0.1  # at most one samples frame per device per this many real seconds
 _DATA_TASKS: Final = {"bridge-_connector", "bridge-_ticker", "bridge-_consume"}
 
@@ -288,6 +289,7 @@ class Bridge:
         self._closing = False
         self._closed = False
         self._spool_full = False
+        self._rehello: set[str] = set()
 
     # -- lifecycle ------------------------------------------------------------------
     async def start(self) -> None:
@@ -639,6 +641,7 @@ class Bridge:
 
     async def _emit_locked(self, ts: float) -> int:
         self._drain_events()
+        await self._skip_ahead()
         batch: list[tuple[Rider, list[Any]]] = []
         for rider in self.riders.values():
             rider.release(ts)
@@ -657,6 +660,21 @@ class Bridge:
                 self.on_emit(rider.participant, row)
         await self._send([rider for rider, _ in batch])
         return len(batch)
+
+    async def _skip_ahead(self) -> None:
+        """A server that holds seqs the spool never gave out (the spool was deleted or
+        replaced): continue after them, or the new samples would be taken as duplicates."""
+        assert self.spool is not None
+        for rider in self.riders.values():
+            stream = rider.stream
+            if stream.resume_from > stream.next_seq:
+                log.error(
+                    "bridge: the server holds %s up to seq %d but the spool was at %d; skipping ahead"
+                    " (was the spool deleted?)", stream.device, stream.resume_from - 1, stream.next_seq - 1,
+                )
+                await self._call(self.spool.skip_to, self.config.session, stream.device, stream.resume_from)
+                stream.next_seq = stream.resume_from
+                self.counters["seq_skips"] += 1
 
     async def _store(self, batch: list[tuple[Rider, list[Any]]]) -> bool:
         assert self.spool is not None
@@ -690,6 +708,10 @@ class Bridge:
                 await self.hub.send_rows(rider.stream, rows)
 
     def _on_frame(self, frame: dict[str, Any]) -> None:
+        if frame.get("t") == "error" and frame.get("code") in _REFUSED and frame.get("device"):
+            # a device the connection's token did not cover yet (added while connecting)
+            self._rehello.add(str(frame["device"]))
+            self.counters["hello_refused"] += 1
         if frame.get("t") == "throttle":
             rider = self._rider_of_device(frame.get("device"))
             if rider is not None:  # the hub resends after the pause; we wait for it too
@@ -706,9 +728,18 @@ class Bridge:
             await asyncio.sleep(self.config.flush_interval_s)
             try:
                 await self._flush()
+                await self._hello_again()
                 await self._send(list(self.riders.values()))
             except Exception:  # the loop never dies; trims are retried next time
                 log.exception("bridge: flush failed")
+
+    async def _hello_again(self) -> None:
+        """Say hello again, with a fresh token, for devices the edge refused."""
+        devices, self._rehello = self._rehello, set()
+        for device in devices:
+            rider = self._rider_of_device(device)
+            if rider is not None and self.hub is not None:
+                await self._carry(rider.stream)
 
     async def _flush(self) -> None:
         spool = self.spool

@@ -215,6 +215,14 @@ class Spool:
             self._rows -= deleted
         return deleted
 
+    def skip_to(self, session: str, device: str, next_seq: int) -> None:
+        """Never give out a seq below ``next_seq`` (the server holds more than this spool)."""
+        with self._lock, self._tx():
+            self._db.execute(
+                "UPDATE streams SET next_seq=MAX(next_seq, ?), acked=MAX(acked, ?) WHERE session=? AND device=?",
+                (next_seq, next_seq - 1, session, device),
+            )
+
     def pending(self, session: str, device: str, *, after: int = 0, limit: int | None = None) -> list[list[Any]]:
         """Spooled rows of one stream with seq > ``after``, oldest first."""
         with self._lock:
@@ -258,6 +266,7 @@ class SpooledStream(DeviceStream):
         self.sent_upto = record.acked
         self._ack_trim = 0
         self._rejected_trim: list[int] = []
+        self.resume_from = 0  # > next_seq: the bridge must skip ahead before the next sample
 
     def add_row(self, row: list[Any]) -> None:
         """A row the spool has stored (its seq is ``next_seq``)."""
@@ -278,6 +287,8 @@ class SpooledStream(DeviceStream):
         self._rejected_trim.extend(seqs)
 
     def on_welcome(self, seq: int) -> list[list[Any]]:
+        if seq >= self.next_seq:  # the server holds seqs this spool never gave out (lost spool)
+            self.resume_from = max(self.resume_from, seq + 1)
         self.on_ack(seq)
         self.sent_upto = self.acked
         return self.take_sendable()

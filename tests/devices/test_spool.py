@@ -129,3 +129,18 @@ def test_spooled_stream_restores_trims_and_sends_in_windows(tmp_path: Path) -> N
     assert stream.next_seq == 27 and 26 in stream.unacked
     with pytest.raises(SpoolError, match="seq 30 added, 27 expected"):
         stream.add_row(_row(30))
+
+
+def test_a_welcome_beyond_the_spool_makes_the_stream_skip_ahead(tmp_path: Path) -> None:
+    """A deleted spool must not make the bridge reuse seqs the server already holds."""
+    with Spool(tmp_path / "s.sqlite") as spool:
+        record = spool.open_stream("s1", "d", "p")
+        stream = SpooledStream(record, [])
+        assert stream.on_welcome(40) == []
+        assert stream.resume_from == 41
+        spool.skip_to("s1", "d", stream.resume_from)
+        spool.append([("s1", "d", _row(41))])
+        record = spool.stream("s1", "d")
+        assert record is not None and (record.next_seq, record.acked) == (42, 40)
+        spool.skip_to("s1", "d", 10)  # never backwards
+        assert spool.stream("s1", "d").next_seq == 42  # type: ignore[union-attr]
