@@ -340,7 +340,7 @@ class Bridge:
             await self.hub.close()
         if self.spool is not None:
             await self._call(self.spool.close)
-        self._io.shutdown(wait=True)
+        self._io.shutdown(wait=False)  # idle: every spool call above was awaited
         log.info("bridge %s closed: %s", self.config.name, self.totals())
 
     async def drain(self, timeout_s: float) -> bool:
