@@ -62,6 +62,7 @@ __all__ = [
     "LeaderboardError",
     "LeaderboardShard",
     "LeaderboardSpec",
+    "Located",
     "MemoryReport",
     "Operator",
     "Page",
@@ -343,6 +344,15 @@ class Page:
     as_of: int
 
 
+class Located(NamedTuple):
+    """Columnar answer of ``locate_many``: per user, position (-1 if absent) and entry key."""
+
+    positions: npt.NDArray[np.int64]
+    scores: npt.NDArray[np.float64]
+    achieved_at: npt.NDArray[np.float64]
+    tags: list[Tags]
+
+
 @dataclass(frozen=True)
 class Around:
     """Entries ranked just above and below a key, and the entry itself if it is in the shard."""
@@ -562,6 +572,15 @@ def _real(value: object, what: str, error: type[LeaderboardError]) -> float:
     if not math.isfinite(number):
         raise error(Problem.BAD_NUMBER, f"{what} must be finite")
     return number
+
+
+def _reals(values: Sequence[float] | npt.NDArray[np.float64], what: str) -> Any:
+    """Query numbers: float64 arrays are checked in one pass, anything else one by one."""
+    if isinstance(values, np.ndarray) and values.dtype == np.float64:
+        if not np.isfinite(values).all():
+            raise QueryError(Problem.BAD_NUMBER, f"{what} must be finite")
+        return values
+    return [_real(v, what, QueryError) for v in values]
 
 
 def _user_bytes(user: object, error: type[LeaderboardError]) -> bytes:
@@ -884,8 +903,8 @@ class LeaderboardShard:
         cohort: Mapping[str, str] | None = None,
     ) -> npt.NDArray[np.int64]:
         """Vectorised ``count_better`` for parallel sequences of keys."""
-        s = [_real(v, "score", QueryError) for v in scores]
-        t = [_real(v, "achieved_at", QueryError) for v in achieved_at]
+        s = _reals(scores, "score")
+        t = _reals(achieved_at, "achieved_at")
         ties = self._query_ties(users)
         index = self._index(period, cohort)
         if index is None or not len(index):
@@ -911,26 +930,27 @@ class LeaderboardShard:
         *,
         period: str | None = None,
         cohort: Mapping[str, str] | None = None,
-    ) -> list[tuple[Entry, int] | None]:
-        """For each user: their entry and its 0-based position in this shard, or None.
+    ) -> Located:
+        """Each user's entry key and 0-based position in this shard (-1: not there).
 
-        Vectorised: one ``rank_of`` and one key decode for the whole batch.
+        Vectorised (one ``rank_of`` and one key decode for the batch) and columnar, so that
+        batches cross process boundaries as a few arrays; tags are the shard's interned tuples.
         """
+        n = len(users)
+        located = Located(np.full(n, -1, np.int64), np.zeros(n), np.zeros(n), [()] * n)
         index, board = self._index(period, cohort), self._board(period)
         if index is None or board is None:
-            return [None] * len(users)
+            return located
         uids = np.array([self._user_ids.get(u, -1) if isinstance(u, str) else -1 for u in users], np.int64)
         positions = index.rank_of(uids)
         present = positions >= 0
         keys = index.entries_of(uids[present])
-        out: list[tuple[Entry, int] | None] = [None] * len(users)
-        hits = np.flatnonzero(present).tolist()
-        for j, i in enumerate(hits):
-            uid = int(uids[i])
-            tags = dict(self._entry_of(board.records, uid).tags)
-            entry = Entry(users[i], float(keys.scores[j]), float(keys.achieved_at[j]), tags)
-            out[i] = (entry, int(positions[i]))
-        return out
+        located.positions[:] = positions
+        located.scores[present] = keys.scores
+        located.achieved_at[present] = keys.achieved_at
+        for i, uid in zip(np.flatnonzero(present).tolist(), uids[present].tolist(), strict=True):
+            located.tags[i] = self._entry_of(board.records, uid).tags
+        return located
 
     def rank_in_shard(
         self, user: str, *, period: str | None = None, cohort: Mapping[str, str] | None = None

@@ -47,9 +47,9 @@ from actors.checkpoint import CheckpointStore
 from actors.errors import StaleInstance
 from actors.leaderboard import (
     Around,
-    Entry,
     LeaderboardShard,
     LeaderboardSpec,
+    Located,
     Page,
     Problem,
     Record,
@@ -270,8 +270,8 @@ class LeaderboardShardActor:
 
     async def locate(
         self, *, users: list[str], period: str | None = None, cohort: Mapping[str, str] | None = None
-    ) -> list[tuple[Entry, int] | None]:
-        """For each user: (their entry, how many entries of this shard beat it) or None."""
+    ) -> Located:
+        """Each user's entry key and how many entries of this shard beat it (-1: absent)."""
         return self.shard.locate_many(users, period=period, cohort=cohort)
 
     async def count_better(

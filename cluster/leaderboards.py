@@ -43,7 +43,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import msgpack
 import numpy as np
@@ -147,8 +147,9 @@ class Board:
         return cls(LeaderboardSpec.from_dict(data["spec"]), int(data["generation"]))
 
 
-@dataclass(frozen=True)
-class RankedEntry:
+class RankedEntry(NamedTuple):
+    """An entry with its exact global rank (1 = best)."""
+
     rank: int
     user: str
     score: float
@@ -157,7 +158,7 @@ class RankedEntry:
 
     @classmethod
     def of(cls, rank: int, entry: Entry) -> RankedEntry:
-        return cls(rank, entry.user, entry.score, entry.achieved_at, dict(entry.tags))
+        return cls(rank, entry.user, entry.score, entry.achieved_at, entry.tags)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -456,51 +457,39 @@ class Leaderboards:
         spec, count = board.spec, board.spec.shard_count
         p, c = self._period(spec, period), dict(cohort) if cohort else None
         _cohort_tuple(c)
-        owners = [shard_of(u, count) if isinstance(u, str) else 0 for u in users]
-        by_shard: dict[int, list[int]] = {}
-        for i, s in enumerate(owners):
-            by_shard.setdefault(s, []).append(i)
+        n = len(users)
+        owners = np.array([shard_of(u, count) if isinstance(u, str) else 0 for u in users], np.int64)
+        groups = {s: np.flatnonzero(owners == s) for s in range(count)}
+        groups = {s: idx for s, idx in groups.items() if idx.size}
         found = await self._fan(board, "locate", {
-            s: {"users": [users[i] for i in idx], "period": p, "cohort": c} for s, idx in by_shard.items()
+            s: {"users": [users[i] for i in idx.tolist()], "period": p, "cohort": c}
+            for s, idx in groups.items()
         })
-        located: dict[int, tuple[Entry, int]] = {}
-        for s, idx in by_shard.items():
-            located.update({i: hit for i, hit in zip(idx, found[s], strict=True) if hit is not None})
-        totals = {i: hit[1] for i, hit in located.items()}
-        await self._add_other_shards(board, located, owners, totals, p, c)
-        return [
-            RankedEntry.of(1 + totals[i], located[i][0]) if i in located else None
-            for i in range(len(users))
-        ]
-
-    async def _add_other_shards(
-        self,
-        board: Board,
-        located: Mapping[int, tuple[Entry, int]],
-        owners: Sequence[int],
-        totals: dict[int, int],
-        period: str,
-        cohort: Cohort,
-    ) -> None:
+        totals = np.full(n, -1, np.int64)
+        scores, times = np.zeros(n), np.zeros(n)
+        tags: list[Any] = [()] * n
+        for s, idx in groups.items():
+            got = found[s]
+            totals[idx], scores[idx], times[idx] = got.positions, got.scores, got.achieved_at
+            for i, t in zip(idx.tolist(), got.tags, strict=True):
+                tags[i] = t
+        present = totals >= 0
         asks: dict[int, dict[str, Any]] = {}
-        positions: dict[int, list[int]] = {}
-        for s in range(board.spec.shard_count):
-            idx = [i for i in located if owners[i] != s]
-            if not idx:
-                continue
-            keys = [located[i][0] for i in idx]
-            positions[s] = idx
-            asks[s] = {
-                "scores": np.array([e.score for e in keys], np.float64),
-                "achieved_at": np.array([e.achieved_at for e in keys], np.float64),
-                "users": [e.user for e in keys],
-                "period": period,
-                "cohort": cohort,
-            }
+        for s in range(count):
+            idx = np.flatnonzero(present & (owners != s))
+            if idx.size:
+                asks[s] = {
+                    "scores": scores[idx], "achieved_at": times[idx],
+                    "users": [users[i] for i in idx.tolist()], "period": p, "cohort": c,
+                }
         counts = await self._fan(board, "count_better", asks)
-        for s, idx in positions.items():
-            for i, n in zip(idx, counts[s].tolist(), strict=True):
-                totals[i] += n
+        for s in asks:
+            totals[np.flatnonzero(present & (owners != s))] += counts[s]
+        return [
+            RankedEntry(int(totals[i]) + 1, users[i], float(scores[i]), float(times[i]), dict(tags[i]))
+            if present[i] else None
+            for i in range(n)
+        ]
 
     # -- pages --------------------------------------------------------------------------
 
@@ -580,10 +569,11 @@ class Leaderboards:
         p, c = self._period(board.spec, period), dict(cohort) if cohort else None
         _cohort_tuple(c)
         owner = shard_of(user, board.spec.shard_count)
-        hit = (await self._call(board, owner, "locate", users=[user], period=p, cohort=c))[0]
-        if hit is None:
+        got = await self._call(board, owner, "locate", users=[user], period=p, cohort=c)
+        if got.positions[0] < 0:
             return None
-        key = hit[0].key
+        me = Entry(user, float(got.scores[0]), float(got.achieved_at[0]), dict(got.tags[0]))
+        key = me.key
         parts = await self._fan(board, "around_key", {
             s: {"key": key, "k": k, "period": p, "cohort": c} for s in range(board.spec.shard_count)
         })
@@ -591,7 +581,7 @@ class Leaderboards:
         rank = 1 + sum(better for _, better in parts.values())
         above = [RankedEntry.of(rank - len(merged.above) + i, e) for i, e in enumerate(merged.above)]
         below = [RankedEntry.of(rank + 1 + i, e) for i, e in enumerate(merged.below)]
-        return AroundAnswer(above, RankedEntry.of(rank, hit[0]), below, p)
+        return AroundAnswer(above, RankedEntry.of(rank, me), below, p)
 
     async def size(self, name: str, *, period: str | None = None, cohort: Cohort = None) -> int:
         board = await self.board(name)

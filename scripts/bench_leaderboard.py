@@ -120,7 +120,7 @@ async def bench_pulseline(lb: Leaderboards, n: int, args: argparse.Namespace, rn
 
 
 def bench_redis(client: redis.Redis, n: int, args: argparse.Namespace, rng: np.random.Generator) -> dict[str, Any]:
-    client.delete(ZKEY)
+    client.unlink(ZKEY)  # UNLINK: freeing 10M members must not block the server
     base_memory = int(client.info("memory")["used_memory"])
     scores = rng.integers(0, 1_000_000, n).astype(float)
     out: dict[str, Any] = {}
@@ -165,7 +165,7 @@ def bench_redis(client: redis.Redis, n: int, args: argparse.Namespace, rng: np.r
         return client.zrevrange(ZKEY, max(0, rank - 5), rank + 5, withscores=True)
 
     out["around5"] = timed_each_sync(args.queries // 2, around)
-    client.delete(ZKEY)
+    client.unlink(ZKEY)
     return out
 
 
@@ -190,7 +190,9 @@ async def run(args: argparse.Namespace, sizes: list[int], lb_redis: EmbeddedRedi
             rng = np.random.default_rng(n)
             started = time.perf_counter()
             p = await bench_pulseline(lb, n, args, rng)
+            print(json.dumps({"entries": n, "pulseline": p}), file=sys.stderr, flush=True)
             r = await asyncio.to_thread(bench_redis, zset, n, args, np.random.default_rng(n))
+            print(json.dumps({"entries": n, "redis_zset": r}), file=sys.stderr, flush=True)
             results.append({"entries": n, "pulseline": p, "redis_zset": r, "ratios": ratios(p, r),
                             "seconds": time.perf_counter() - started})
             print(json.dumps(results[-1]), file=sys.stderr, flush=True)
@@ -223,7 +225,7 @@ def main() -> None:
     ray.init(address="local", num_cpus=2, resources={"session_slot": 64}, namespace="bench",
              include_dashboard=False, log_to_driver=False)
     try:
-        zset = redis.Redis.from_url(zset_redis.url)
+        zset = redis.Redis.from_url(zset_redis.url, socket_timeout=600)
         results = asyncio.run(run(args, sizes, lb_redis, zset))
         report = {"machine": {"cpus": os.cpu_count()}, "args": vars(args), "results": results}
         Path(args.report).write_text(json.dumps(report, indent=2))

@@ -206,12 +206,12 @@ def test_stale_shard_instance_cannot_append_after_a_newer_one_started(
     old = LeaderboardShardActor.options(name=f"old-{unique_id}", num_cpus=0).remote("fenced", 0, 0, spec, settings_)
     ray.get(old.write.remote(writes=[("a", "s", 1.0, T0, None)]))
     new = LeaderboardShardActor.options(name=f"new-{unique_id}", num_cpus=0).remote("fenced", 0, 0, spec, settings_)
-    assert ray.get(new.locate.remote(users=["a"]))[0] is not None  # replayed from the log
+    assert ray.get(new.locate.remote(users=["a"])).positions[0] == 0  # replayed from the log
     with pytest.raises(ray.exceptions.RayTaskError) as refused:
         ray.get(old.write.remote(writes=[("zombie", "s", 9.0, T0, None)]))
     assert isinstance(refused.value.cause, StaleInstance)
     newer = LeaderboardShardActor.options(name=f"newer-{unique_id}", num_cpus=0).remote("fenced", 0, 0, spec, settings_)
-    assert ray.get(newer.locate.remote(users=["zombie"])) == [None]
+    assert ray.get(newer.locate.remote(users=["zombie"])).positions[0] == -1
     for handle in (old, new, newer):
         ray.kill(handle, no_restart=True)
 
