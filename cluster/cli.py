@@ -2,6 +2,7 @@
 
 * ``pulseline up`` — local Ray + embedded Redis + the edge on 127.0.0.1:8000 (or attach
   to ``REDIS_URL`` / ``RAY_ADDRESS``); Ctrl-C or SIGTERM shuts down what it started.
+* ``pulseline up --edges N`` — the same with N edge processes (ports PORT..PORT+N-1).
 * ``pulseline edge`` — an edge only, attached to ``RAY_ADDRESS`` and ``REDIS_URL`` (both
   required; run as many as you like, on any node, on different ports).
 * ``pulseline status`` — the cluster's nodes, session slots used/free, the sessions on each
@@ -50,7 +51,10 @@ def _swarm_args(p: argparse.ArgumentParser, sessions: int, devices: int, seconds
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="pulseline", description=__doc__.splitlines()[0])
     sub = root.add_subparsers(dest="command", required=True)
-    _serve_args(sub.add_parser("up", help="start Ray + Redis + the edge"))
+    up = sub.add_parser("up", help="start Ray + Redis + the edge")
+    _serve_args(up)
+    up.add_argument("--edges", type=int, default=1,
+                    help="edge processes in all: the extra ones serve on the next ports, on the same Ray + Redis")
     _serve_args(sub.add_parser("edge", help="an edge only, attached to RAY_ADDRESS and REDIS_URL"))
     status = sub.add_parser("status", help="nodes, session slots, sessions per node, autoscaler demand")
     status.add_argument("--json", action="store_true", help="print the full status as JSON")
@@ -136,7 +140,7 @@ async def _serve(settings: Any, after_start: Any = None) -> None:
 
 
 def _run_stack(args: argparse.Namespace, after_start: Any = None) -> int:
-    from cluster.runtime import Stack
+    from cluster.runtime import EdgeProcesses, Stack
 
     from api.auth import InsecureSettings, check_settings
 
@@ -147,15 +151,19 @@ def _run_stack(args: argparse.Namespace, after_start: Any = None) -> int:
         print(f"pulseline: refusing to start: {exc}", file=sys.stderr, flush=True)
         return 2
     stack = Stack(settings).start()
+    extra = EdgeProcesses(settings)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         for note in stack.notes:
             print(f"pulseline: {note}", file=sys.stderr, flush=True)
-        print(f"pulseline: edge on http://{settings.host}:{settings.port}", file=sys.stderr, flush=True)
+        extra.start(getattr(args, "edges", 1))
+        for url in [f"http://{settings.host}:{settings.port}", *extra.urls]:
+            print(f"pulseline: edge on {url}", file=sys.stderr, flush=True)
         asyncio.run(_serve(settings, after_start))
     except KeyboardInterrupt:
         pass
     finally:
+        extra.stop()
         stack.stop()
         print("pulseline: stopped", file=sys.stderr, flush=True)
     return 0

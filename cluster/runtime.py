@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,3 +64,46 @@ def init_ray(settings: Settings) -> None:
             include_dashboard=False,
             **kwargs,
         )
+
+
+@dataclass
+class EdgeProcesses:
+    """Extra ``pulseline edge`` processes next to this one (``pulseline up --edges N``).
+
+    Each attaches to this process's Ray (its GCS address) and Redis, serves on the next
+    port (``port + 1``, ``port + 2``, ...) and shares the data dir, so development tokens
+    minted by any edge are accepted by all. ``stop()`` terminates them by pid.
+    """
+
+    settings: Settings
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def start(self, count: int) -> EdgeProcesses:
+        s = self.settings
+        if s.auth_mode == "development":
+            from api.auth import dev_secret
+
+            dev_secret(s)  # create the shared secret once, before several edges race to
+        env = dict(os.environ, RAY_ADDRESS=ray.get_runtime_context().gcs_address, REDIS_URL=s.redis_url or "",
+                   PULSELINE_NAMESPACE=s.namespace, PULSELINE_PREFIX=s.prefix)
+        for i in range(1, count):
+            cmd = [sys.executable, "-m", "cluster.cli", "edge", "--host", s.host, "--port", str(s.port + i),
+                   "--data-dir", str(s.data_dir)]
+            self.procs.append(subprocess.Popen(cmd, env=env))
+        return self
+
+    @property
+    def urls(self) -> list[str]:
+        return [f"http://{self.settings.host}:{self.settings.port + i}" for i in range(1, len(self.procs) + 1)]
+
+    def stop(self, timeout_s: float = 20.0) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        self.procs.clear()
