@@ -1,0 +1,75 @@
+"""``pulseline up --edges 2``: two edge processes on one Ray + Redis, stopped together."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.cluster.helpers import operator_headers
+
+pytestmark = pytest.mark.integration
+
+
+def _two_free_ports() -> int:
+    """A port P with P + 1 free too."""
+    for _ in range(50):
+        with socket.socket() as a:
+            a.bind(("127.0.0.1", 0))
+            port = int(a.getsockname()[1])
+            with socket.socket() as b:
+                try:
+                    b.bind(("127.0.0.1", port + 1))
+                except OSError:
+                    continue
+                return port
+    raise RuntimeError("no two adjacent free ports")
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, log.read_text()
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise AssertionError(f"{url} did not serve: " + log.read_text())
+
+
+@pytest.mark.timeout(240)
+def test_up_with_two_edges_serves_one_session_from_both(tmp_path: Path) -> None:
+    port = _two_free_ports()
+    log = tmp_path / "up.log"
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "RAY_ADDRESS")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cluster.cli", "up", "--edges", "2", "--port", str(port), "--data-dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL, stderr=open(log, "w"), env=env,
+    )
+    first, second = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port + 1}"
+    try:
+        _wait_healthy(first, proc, log)
+        _wait_healthy(second, proc, log)
+        created = httpx.post(f"{first}/v1/sessions", json={"id": "both"}, headers=operator_headers(first), timeout=60)
+        assert created.status_code == 201, created.text
+        # a token minted by the second edge, a session created through the first
+        snap = httpx.get(f"{second}/v1/sessions/both", headers=operator_headers(second), timeout=60)
+        assert snap.status_code == 200 and snap.json()["session"] == "both"
+        status = httpx.get(f"{second}/v1/cluster/status", headers=operator_headers(second), timeout=60).json()
+        assert status["totals"]["sessions"] == 1 and status["nodes"][0]["sessions"] == ["both"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+    assert proc.returncode == 0, log.read_text()
+    assert log.read_text().count("pulseline: stopped") == 2  # the extra edge stopped too
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"{second}/healthz", timeout=1)
