@@ -169,11 +169,11 @@ class HubClient:
         if ws is None:
             return
         try:
-            await ws.send(encode(self._hello([stream])))
+            await ws.send(encode(self._hello_frame([stream])))
         except ConnectionClosed:
             pass  # the reconnect says hello for every stream
 
-    def _hello(self, streams: Iterable[DeviceStream]) -> dict[str, Any]:
+    def _hello_frame(self, streams: Iterable[DeviceStream]) -> dict[str, Any]:
         frame: dict[str, Any] = {"t": "hello", "v": 1, "devices": [s.binding() for s in streams]}
         if self.token:
             frame["token"] = self.token
@@ -205,7 +205,7 @@ class HubClient:
                     backoff = 0.1
                     streams = list(self.streams.values())
                     for i in range(0, len(streams), MAX_DEVICES_PER_HELLO):
-                        await ws.send(encode(self._hello(streams[i : i + MAX_DEVICES_PER_HELLO])))
+                        await ws.send(encode(self._hello_frame(streams[i : i + MAX_DEVICES_PER_HELLO])))
                     async for message in ws:
                         await self._handle(msgpack.unpackb(message, raw=False) if isinstance(message, bytes) else {})
             except (OSError, ConnectionClosed, TimeoutError, TokenUnavailable) as exc:
