@@ -69,7 +69,7 @@ class FakeCluster:
         path.write_text(json.dumps(config))
         return str(path)
 
-    def start(self, timeout_s: float = 60.0) -> FakeCluster:
+    def start(self, timeout_s: float = 120.0) -> FakeCluster:
         env = dict(
             os.environ, RAY_FAKE_CLUSTER="1", AUTOSCALER_UPDATE_INTERVAL_S="1", RAY_USAGE_STATS_ENABLED="0",
             RAY_AUTH_MODE="disabled",  # a private loopback test cluster; drivers here carry no token
@@ -90,18 +90,18 @@ class FakeCluster:
         return self
 
     def _wait_for_gcs(self, timeout_s: float) -> None:
-        import socket
-
+        """Until ``ray start`` says the head is up (its raylet registered, not just the GCS
+        port open: a driver connecting before that fails with "No node info found")."""
+        log = Path(self.temp_dir) / "head.log"
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             assert self.proc is not None
             if self.proc.poll() is not None:
-                raise RuntimeError(f"ray head exited: see {self.temp_dir}/head.log")
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
+                raise RuntimeError(f"ray head exited: see {log}")
+            if "Ray runtime started" in log.read_text(errors="replace"):
+                return
             time.sleep(0.2)
-        raise RuntimeError("ray head did not come up")
+        raise RuntimeError(f"ray head did not come up: see {log}")
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
