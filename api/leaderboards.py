@@ -15,29 +15,25 @@ Routes (JSON):
 ``POST /v1/leaderboards/{name}/reshard``               key    move to ``shard_count`` shards
 ====================================================  =====  =====================================
 
-"key": until JWT auth lands, writes are for integrations and need ``Authorization: Bearer
-<key>``, where the key is ``settings.leaderboard_api_key`` if the settings object has one,
-else the ``PULSELINE_LEADERBOARD_API_KEY`` environment variable (read per request, so it can
-be rotated without a restart). With no key configured every write is refused (401).
+"key": an operator JWT (docs/security.md); the other routes take any valid JWT. The interim
+bearer API key for integrations was replaced when JWT auth landed: an integration gets an
+operator token.
 
-Statuses: 400 bad query or cursor, 401 missing/wrong key, 404 unknown board or user,
+Statuses: 400 bad query or cursor, 401 missing/invalid token, 403 not an operator, 404 unknown board or user,
 409 spec conflict, 422 invalid body or write, 503 a shard could not answer. Never 5xx for
 bad input.
 """
 
 from __future__ import annotations
 
-import hmac
-import os
 import re
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from api.scopes import operator, principal  # writes: operator tokens; reads: any token
 from actors.leaderboard import (
     LeaderboardError,
     LeaderboardSpec,
@@ -47,6 +43,7 @@ from actors.leaderboard import (
     Write,
     WriteError,
 )
+from api.scopes import operator, principal  # writes: operator tokens; reads: any token
 from cluster.leaderboards import (
     BadCursor,
     BoardConflict,
@@ -56,7 +53,6 @@ from cluster.leaderboards import (
     UnknownBoard,
 )
 
-API_KEY_ENV = "PULSELINE_LEADERBOARD_API_KEY"
 _NAME = r"^[A-Za-z0-9_.-]{1,64}$"
 _USER = r"^[^\x00]{1,128}$"
 _STATUS: dict[type[Exception], tuple[int, str]] = {
@@ -103,10 +99,6 @@ class ReshardIn(BaseModel):
     shard_count: int = Field(ge=1, le=64)
 
 
-class Unauthorized(Exception):
-    pass
-
-
 def client(request: Request) -> Leaderboards:
     """The app's ``Leaderboards``, made on first use from the edge's settings and Redis."""
     found: Leaderboards | None = getattr(request.app.state, "leaderboards", None)
@@ -121,16 +113,6 @@ def client(request: Request) -> Leaderboards:
         )
         request.app.state.leaderboards = found
     return found
-
-
-def require_key(request: Request, authorization: str | None = Header(default=None)) -> None:
-    settings = request.app.state.edge.settings
-    expected = getattr(settings, "leaderboard_api_key", None) or os.environ.get(API_KEY_ENV)
-    scheme, _, given = (authorization or "").partition(" ")
-    if not expected:
-        raise Unauthorized("no leaderboard API key is configured on this edge")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected.encode()):
-        raise Unauthorized("missing or wrong bearer API key")
 
 
 def parse_cohort(cohort: str | None) -> dict[str, str] | None:
@@ -241,13 +223,5 @@ def install(app: FastAPI) -> None:
         message = getattr(exc, "message", None) or str(exc)
         return JSONResponse({"error": code, "message": message}, status_code=status)
 
-    async def unauthorized(_: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse(
-            {"error": "unauthorized", "message": str(exc)},
-            status_code=401,
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-
     app.add_exception_handler(LeaderboardsError, mapped)
     app.add_exception_handler(LeaderboardError, mapped)
-    app.add_exception_handler(Unauthorized, unauthorized)

@@ -11,16 +11,12 @@ from typing import Any
 import httpx
 import pytest
 
-from api.leaderboards import API_KEY_ENV
-
 pytestmark = pytest.mark.integration
-KEY = "test-leaderboard-key"
 T0 = 1_795_000_000.0
 
 
 @pytest.fixture
-def http(edge: Any, monkeypatch: pytest.MonkeyPatch, tokens: Any) -> Iterator[httpx.Client]:
-    monkeypatch.setenv(API_KEY_ENV, KEY)
+def http(edge: Any, tokens: Any) -> Iterator[httpx.Client]:
     # leaderboard writes need an operator token (docs/security.md)
     with httpx.Client(base_url=edge.url, timeout=30, headers=tokens.headers("operator")) as c:
         yield c
@@ -125,13 +121,18 @@ def test_rank_around_and_cohorts(http: httpx.Client, board: str) -> None:
     assert cached["cached"] is True and cached["age_s"] >= 0 and cached["entries"] == fresh["entries"]
 
 
-def test_bad_input_gets_4xx_never_5xx(http: httpx.Client, board: str, edge: Any) -> None:
+def test_bad_input_gets_4xx_never_5xx(http: httpx.Client, board: str, edge: Any, tokens: Any) -> None:
     base = f"/v1/leaderboards/{board}"
     with httpx.Client(base_url=edge.url, timeout=30) as anonymous:
         assert anonymous.post(f"{base}/scores", json={"scores": [score("a", "s", 1.0)]}).status_code == 401
         wrong = {"Authorization": "Bearer nope"}
         assert anonymous.post(f"{base}/scores", json={"scores": [score("a", "s", 1.0)]}, headers=wrong).status_code == 401
         assert anonymous.post("/v1/leaderboards", json={"name": "x", "metric": "m"}).status_code == 401
+        assert anonymous.get(f"{base}/top").status_code == 401
+        rider = tokens.headers("participant", participant="ann")
+        assert anonymous.get(f"{base}/top", headers=rider).status_code == 200  # reads: any token
+        refused = anonymous.post(f"{base}/scores", json={"scores": [score("a", "s", 1.0)]}, headers=rider)
+        assert refused.status_code == 403
     cases = [
         ("post", "/v1/leaderboards", {"name": "bad name!", "metric": "m"}, 422),
         ("post", "/v1/leaderboards", {"name": "tz", "metric": "m", "timezone": "Mars/Base"}, 422),
