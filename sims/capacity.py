@@ -204,9 +204,15 @@ class CapacityBench:
     async def _sample_until_done(self, sampler: Any, procs: list[Any]) -> None:
         waiters = [asyncio.ensure_future(p.wait()) for p in procs]
         self.sampling_cost: list[tuple[float, float]] = []  # the sampler runs in the edge's process
-        while not all(w.done() for w in waiters):
-            self._sample(sampler)
-            await asyncio.wait(waiters, timeout=1.0)
+        try:
+            while not all(w.done() for w in waiters):
+                self._sample(sampler)
+                await asyncio.wait(waiters, timeout=1.0)
+        except asyncio.CancelledError:  # Ctrl-C: the swarm processes go too
+            for proc in procs:
+                if proc.returncode is None:
+                    proc.terminate()
+            raise
         self._sample(sampler)
 
     def _sample(self, sampler: Any) -> None:
