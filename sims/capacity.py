@@ -268,8 +268,14 @@ async def _serve_and_bench(args: argparse.Namespace, settings: Any) -> dict[str,
 
     from api.app import create_app
 
+    try:  # the same transport options as ``pulseline up``
+        from api.limits import uvicorn_options
+
+        options = uvicorn_options(settings)
+    except ImportError:
+        options = {"ws_max_size": 1 << 20}
     config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port, log_level="warning",
-                            ws_max_size=1 << 20, loop=args.loop, lifespan="on")
+                            loop=args.loop, lifespan="on", **options)
     server = uvicorn.Server(config)
     serving = asyncio.create_task(server.serve())
     while not server.started and not serving.done():
