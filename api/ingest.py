@@ -31,7 +31,13 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from api.auth import Principal
 from api.errors import AuthError, Forbidden, Unauthorised, Unavailable
 from api.limits import FrameRate, Verdict, frame_limits
-from api.metrics import CONNECTIONS, FRAMES_IN, SAMPLES_IN
+from api.metrics import (
+    DEVICE_CONNECTIONS,
+    FRAMES_BY_TYPE,
+    SAMPLES_ACCEPTED,
+    SAMPLES_REJECTED,
+    SAMPLES_THROTTLED,
+)
 from api.outbox import Outbox
 from api.pump import DeviceLink, SessionPump
 from api.scopes import authorise_renewal, authorise_write, bearer_token
@@ -88,13 +94,13 @@ class DeviceConnection:
             await self.ws.close(CloseCode.THROTTLED, "too many open connections from this address")
             return
         writer = asyncio.create_task(self.outbox.run())
-        CONNECTIONS.labels("device").inc()
+        DEVICE_CONNECTIONS.inc()
         try:
             await self._receive_loop()
         except WebSocketDisconnect:
             pass
         finally:
-            CONNECTIONS.labels("device").dec()
+            DEVICE_CONNECTIONS.dec()
             self.edge.connections.by_address.release(self.peer)
             if self.principal is not None:
                 self.edge.connections.release_token(self.principal)
@@ -166,7 +172,7 @@ class DeviceConnection:
             return
         if not self._admit(frame.device if isinstance(frame, Samples) else None):
             return
-        FRAMES_IN.labels(type(frame).__name__.lower()).inc()
+        FRAMES_BY_TYPE[type(frame).__name__.lower()].inc()
         try:
             if isinstance(frame, Samples):
                 self._samples(frame)
@@ -332,11 +338,11 @@ class DeviceConnection:
             link, valid, [seq for seq, _ in rejected]
         ):
             self._throttle(frame.device, 1.0, "too many unacknowledged samples")
-            SAMPLES_IN.labels("throttled").inc(len(frame.rows))
+            SAMPLES_THROTTLED.inc(len(frame.rows))
             return
-        SAMPLES_IN.labels("accepted").inc(len(valid))
+        SAMPLES_ACCEPTED.inc(len(valid))
         if rejected:
-            SAMPLES_IN.labels("rejected").inc(len(rejected))
+            SAMPLES_REJECTED.inc(len(rejected))
         self._report_rejections(frame.device, rejected)
 
     def _validate(self, frame: Samples) -> tuple[list[list[Any]], list[tuple[int, ErrorCode]]]:

@@ -14,3 +14,10 @@ FRAMES_IN = Counter("pulseline_frames_in_total", "Device frames received", ["typ
 BOARDS_OUT = Counter("pulseline_boards_sent_total", "Board frames sent to viewers")
 CONNECTIONS = Gauge("pulseline_connections", "Open WebSocket connections", ["kind"])
 RESYNCS = Counter("pulseline_resyncs_total", "Session actor restarts noticed by the edge")
+
+# Pre-bound children: ``labels()`` costs a dict lookup and a lock on every call.
+SAMPLES_ACCEPTED = SAMPLES_IN.labels("accepted")
+SAMPLES_REJECTED = SAMPLES_IN.labels("rejected")
+SAMPLES_THROTTLED = SAMPLES_IN.labels("throttled")
+DEVICE_CONNECTIONS = CONNECTIONS.labels("device")
+FRAMES_BY_TYPE = {name: FRAMES_IN.labels(name) for name in ("hello", "samples", "bye", "auth")}

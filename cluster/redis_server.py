@@ -50,7 +50,7 @@ class EmbeddedRedis:
     """One redis-server process owned by this object."""
 
     def __init__(self, data_dir: str | Path, port: int | None = None) -> None:
-        self.data_dir = Path(data_dir)
+        self.data_dir = Path(data_dir).resolve()  # redis-server chdirs into --dir first
         self.port = port or free_port()
         self._proc: subprocess.Popen[bytes] | None = None
 

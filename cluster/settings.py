@@ -19,6 +19,7 @@ class Settings(BaseSettings):
     ray_address: str | None = None  # RAY_ADDRESS: attach instead of starting local Ray
     data_dir: Path = Path(".pulseline")
     host: str = "127.0.0.1"
+    event_loop: str = "uvloop"  # the edge's loop: "uvloop" (when installed) or "asyncio"
     port: int = 8000
     prefix: str = "pl"
     namespace: str = "pulseline"

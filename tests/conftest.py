@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 
+from tests.edge_server import EdgeServer
+
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
@@ -55,44 +57,6 @@ def ray_instance() -> Iterator[Any]:
 @pytest.fixture
 def unique_id() -> str:
     return uuid.uuid4().hex[:10]
-
-
-class EdgeServer:
-    """uvicorn running ``create_app`` in a thread with its own event loop."""
-
-    def __init__(self, settings: Any) -> None:
-        import uvicorn
-
-        from api.app import create_app
-
-        self.settings = settings
-        self.config = uvicorn.Config(
-            create_app(settings), host="127.0.0.1", port=settings.port, log_level="warning",
-            ws_max_size=1 << 20, loop="asyncio", lifespan="on",
-        )
-        self.server = uvicorn.Server(self.config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.settings.port}"
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.settings.port}"
-
-    def start(self) -> EdgeServer:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("edge did not start")
-            time.sleep(0.05)
-        return self
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(15)
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,6 @@ import os
 import socket
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from devices.client import DeviceStream, HubClient
+from tests.edge_server import EdgeServer
 
 log = logging.getLogger(__name__)
 RESULT_PREFIX = "RESULT "
@@ -66,39 +66,7 @@ def edge_settings(redis_url: str, data_dir: Path, *, namespace: str, prefix: str
     )
 
 
-class EdgeThread:
-    """uvicorn serving ``create_app(settings)`` in a thread of this (Ray-connected) process."""
-
-    def __init__(self, settings: Any, cluster_settings: Any = None) -> None:
-        import uvicorn
-
-        from api.app import create_app
-
-        self.settings = settings
-        app = create_app(settings)
-        if cluster_settings is not None:
-            app.state.cluster_settings = cluster_settings
-        config = uvicorn.Config(app, host="127.0.0.1", port=settings.port, log_level="warning",
-                                ws_max_size=1 << 20, loop="asyncio", lifespan="on")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.settings.port}"
-
-    def start(self) -> EdgeThread:
-        self.thread.start()
-        deadline = time.monotonic() + 60
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("edge did not start")
-            time.sleep(0.05)
-        return self
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(15)
+EdgeThread = EdgeServer  # the same threaded uvicorn edge the fixtures use
 
 
 def operator_headers(settings: Any) -> dict[str, str]:
