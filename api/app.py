@@ -98,6 +98,7 @@ class Edge:
                 tick_interval_s=self.settings.tick_interval_s,
                 idle_poll_s=1.0 / self.settings.max_board_rate_hz,
                 max_pending=self.settings.max_pending_samples_per_session,
+                ack_interval_s=self.settings.ack_interval_s,
             )
             pump.start()
         return pump

@@ -38,6 +38,7 @@ class DeviceLink:
     acked: int = 0
     sent: int = 0  # highest seq forwarded to the actor
     needs_welcome: bool = True
+    acked_at: float = 0.0  # monotonic time of the last ack frame for this device
 
 
 @dataclass(slots=True)
@@ -56,8 +57,10 @@ class SessionPump:
         tick_interval_s: float,
         idle_poll_s: float,
         max_pending: int,
+        ack_interval_s: float = 0.0,
     ) -> None:
         self.session_id = session_id
+        self.ack_interval_s = ack_interval_s
         self.directory = directory
         self.tick_interval_s = tick_interval_s
         self.idle_poll_s = idle_poll_s
@@ -183,7 +186,10 @@ class SessionPump:
                 viewer.set_board(board)
 
     def _dispatch_acks(self, durable: dict[str, int]) -> None:
+        """Welcome new devices; ack the others at most every ``ack_interval_s`` (acks are
+        not on the latency path, and each one is a frame the edge pays for)."""
         acks: dict[Outbox, dict[str, int]] = defaultdict(dict)
+        now = time.monotonic()
         for device, seq in durable.items():
             link = self.links.get(device)
             if link is None:
@@ -193,8 +199,9 @@ class SessionPump:
                 link.acked = seq
                 link.sent = max(link.sent, seq)
                 link.outbox.send(encode({"t": "welcome", "session": self.session_id, "devices": {device: seq}}))
-            elif seq > link.acked:
+            elif seq > link.acked and now - link.acked_at >= self.ack_interval_s:
                 link.acked = seq
+                link.acked_at = now
                 acks[link.outbox][device] = seq
         for outbox, seqs in acks.items():
             outbox.send(encode({"t": "ack", "acks": seqs}))

@@ -27,6 +27,7 @@ class Settings(BaseSettings):
     # One actor call per session per tick. At the top board rate (10 Hz) a tick lands just
     # before every viewer is due, so a sample waits at most one tick (see docs/benchmarks.md).
     tick_interval_s: float = 0.1
+    ack_interval_s: float = 1.0  # at most one ack frame per device per interval
     checkpoint_interval_s: float = 0.25
     board_size: int = 10
     max_gap_s: float = 5.0
