@@ -189,9 +189,14 @@ def test_all_of_a_kind_makes_each_sensor_a_participant(
     link = BleakLink(scanner_cls=air.scanner_cls, client_cls=air.client_cls, clock=clock)
     config = _config(edge.url, session, tmp_path / "s.sqlite", (Assignment(None, kind=SensorKind.HEART_RATE),))
 
-    async def one_life(config: BridgeConfig, until_s: float) -> dict[str, Any]:
+    async def one_life(config: BridgeConfig, until_s: float, *, welcome_first: bool = False) -> dict[str, Any]:
         bridge = Bridge(config, link, tokens=DevTokens(edge.url))
         await bridge.start()
+        if welcome_first:  # sensors connect only once the hub knows where the server is
+            while bridge.hub is None or len(bridge.riders) < 2 or not bridge.hub.ready.is_set():
+                await asyncio.sleep(0.01)
+            for address in ("DD:01", "DD:02"):
+                air.refuse(address, until_s=-1.0)
         await clock.sleep_until(air.origin + until_s)
         await bridge.finish()
         assert await bridge.drain(30.0)
@@ -210,9 +215,9 @@ def test_all_of_a_kind_makes_each_sensor_a_participant(
 
     # the spool file is lost: a new one must not reuse seqs the server already holds
     lost = replace(config, spool_path=tmp_path / "new.sqlite")
-    air.refuse_first("DD:01", 3)  # the hub is welcomed before the first new sample
-    air.refuse_first("DD:02", 3)
-    again = run(one_life(lost, 30.0), timeout=60)
+    for address in ("DD:01", "DD:02"):  # advertising, not connectable until the hub is welcomed
+        air.refuse(address, until_s=float("inf"))
+    again = run(one_life(lost, 30.0, welcome_first=True), timeout=60)
     assert again["seq_skips"] == 2, again
     snap = httpx.get(f"{edge.url}/v1/sessions/{session}", headers=auth).json()
     total = {p["participant"]: p["samples"] for p in snap["participants"]}
