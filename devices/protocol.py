@@ -32,6 +32,12 @@ _short = reprlib.Repr()
 _short.maxstring = _short.maxother = 40
 _short.maxlevel = 2
 
+
+def _brief(value: Any, limit: int = 60) -> str:
+    """A repr short enough for an error message, whatever the (hostile) value."""
+    text = _short.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
 VERSION = 1
 MAX_FRAME_BYTES = 64 * 1024
 MAX_SAMPLES_PER_FRAME = 1000
@@ -175,7 +181,7 @@ def _decode(data: bytes | str, limits: FrameLimits) -> DeviceFrame:
         return Bye(device)
     if kind == "auth":
         return Auth(_check_token(raw.get("token"), fatal=False))
-    raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown frame type {_short.repr(kind)}")
+    raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown frame type {_brief(kind)}")
 
 
 def _byte_length(data: bytes | str, limit: int) -> int:
@@ -217,7 +223,7 @@ def _check_token(value: Any, *, fatal: bool) -> str:
 
 def _hello(raw: dict[str, Any], max_devices: int) -> Hello:
     if raw.get("v", VERSION) != VERSION:
-        raise ProtocolError(ErrorCode.BAD_VERSION, f"protocol version {_short.repr(raw.get('v'))} unsupported; use {VERSION}", fatal=True)
+        raise ProtocolError(ErrorCode.BAD_VERSION, f"protocol version {_brief(raw.get('v'))} unsupported; use {VERSION}", fatal=True)
     devices = raw.get("devices")
     if not isinstance(devices, list) or not 0 < len(devices) <= max_devices:
         raise ProtocolError(ErrorCode.BAD_FIELD, f"hello needs 1-{max_devices} devices", fatal=True)
