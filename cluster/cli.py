@@ -268,6 +268,11 @@ def _token(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bridge"]:  # its own parser, options included (argparse REMAINDER drops a leading --flag)
+        from devices.bridge_cli import main as bridge_main
+
+        return int(bridge_main(argv[1:]))
     args = parser().parse_args(argv)
     if args.command == "up":
         return _run_stack(args)
