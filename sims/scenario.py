@@ -11,6 +11,11 @@ Schema (every table and key optional unless marked; defaults in brackets)::
     name = "steady-class"            # required
     description = "..."
     seed = 1                         # [1]
+    mode = "protocol"                # protocol: devices speak protocol v1 (the default);
+                                     # ble: GATT sensors -> bridge (sims/ble_swarm.py), below
+
+    [ble]                            # only with mode = "ble"
+    speed = 1.0                      # link seconds per real second (accelerated clock)
 
     [sessions]
     count = 10                       # [2]
@@ -44,6 +49,11 @@ Schema (every table and key optional unless marked; defaults in brackets)::
     [run]
     drain_timeout_s = 60.0
     phases = true                    # drive lobby -> live -> cooldown -> ended
+
+In mode "ble", ``sessions.count`` is the number of studios (one bridge each),
+``riders.count`` the riders per studio, and kits combine the BLE kinds ``strap``,
+``power``, ``csc``, ``trainer``; ``[connections]`` and ``[faults]`` do not apply (an
+error), and of ``[load]`` only ``seconds`` does.
 """
 
 from __future__ import annotations
@@ -63,7 +73,8 @@ from sims.swarm import DEVICE_KINDS as _KINDS
 __all__ = ["Scenario", "ScenarioError", "load", "parse"]
 
 DEVICE_KINDS = tuple(_KINDS)
-_TOP = {"name", "description", "seed", "sessions", "riders", "connections", "load", "faults", "run"}
+_TOP = {"name", "description", "seed", "mode", "ble", "sessions", "riders", "connections", "load", "faults", "run"}
+MODES = ("protocol", "ble")
 
 
 class ScenarioError(ValueError):
@@ -95,6 +106,21 @@ class Scenario:
     faults: FaultConfig = field(default_factory=FaultConfig)
     drain_timeout_s: float = 60.0
     phases: bool = True
+    mode: str = "protocol"
+    ble_speed: float = 1.0
+
+    def ble_config(self, base_url: str, **overrides: Any) -> Any:
+        """The ``sims.ble_swarm.BleStudioConfig`` of a ``mode = "ble"`` scenario."""
+        from sims.ble_swarm import BleStudioConfig
+
+        values: dict[str, Any] = {
+            "base_url": base_url, "name": self.name, "studios": self.sessions, "riders": self.riders,
+            "kits": dict(self.kits), "seconds": self.seconds, "speed": self.ble_speed, "seed": self.seed,
+            "session_prefix": self.session_prefix or f"{self.name}-{uuid.uuid4().hex[:6]}",
+            "drain_timeout_s": self.drain_timeout_s, "phases": self.phases,
+        }
+        values.update(overrides)
+        return BleStudioConfig(**values)
 
     def swarm_config(self, base_url: str, **overrides: Any) -> Any:
         from sims.swarm import SwarmConfig
@@ -202,6 +228,11 @@ def parse(data: Any) -> Scenario:
     description = root.data.get("description", "")
     if not isinstance(description, str):
         raise ScenarioError("description", "must be a string")
+    mode = root.data.get("mode", "protocol")
+    if mode not in MODES:
+        raise ScenarioError("mode", f"must be 'protocol' or 'ble', got {mode!r}")
+    ble = mode == "ble"
+    ble_speed = _ble_speed(root, ble)
     sessions = _Table(root.data.get("sessions"), "sessions", {"count", "prefix"})
     riders = _Table(root.data.get("riders"), "riders", {"count", "kits"})
     load_ = _Table(root.data.get("load"), "load", {
@@ -215,7 +246,7 @@ def parse(data: Any) -> Scenario:
         sessions=sessions.integer("count", 2, 1, 10_000),
         session_prefix=sessions.string("prefix", None, _ident),
         riders=riders.integer("count", 20, 1, 1_000_000),
-        kits=_kits(riders),
+        kits=_kits(riders, ble),
         hub_size=_hub_size(_Table(root.data.get("connections"), "connections", {"shape", "hub_size"})),
         seconds=seconds,
         rate_hz=load_.number("rate_hz", 1.0, 0.01, 100.0),
@@ -230,21 +261,42 @@ def parse(data: Any) -> Scenario:
             "late_sync"}), seconds),
         drain_timeout_s=run.number("drain_timeout_s", 60.0, 1.0, 3600.0),
         phases=run.boolean("phases", True),
+        mode=mode,
+        ble_speed=ble_speed,
     )
 
 
-def _kits(riders: _Table) -> dict[str, float]:
-    kits = riders.data.get("kits", {"phone": 1.0})
+def _ble_speed(root: _Table, ble: bool) -> float:
+    if not ble:
+        if "ble" in root.data:
+            raise ScenarioError("ble", "only with mode = 'ble'")
+        return 1.0
+    for key in ("connections", "faults"):
+        if key in root.data:
+            raise ScenarioError(key, "not supported in mode 'ble' (the bridge is the one hub connection)")
+    load_ = root.data.get("load") or {}
+    for key in ("rate_hz", "join_window_s", "surges", "participant_boards"):
+        if isinstance(load_, Mapping) and key in load_:
+            raise ScenarioError(f"load.{key}", "not supported in mode 'ble' (only load.seconds applies)")
+    return _Table(root.data.get("ble"), "ble", {"speed"}).number("speed", 1.0, 0.1, 100.0)
+
+
+def _kits(riders: _Table, ble: bool = False) -> dict[str, float]:
+    from sims.ble_swarm import BLE_KINDS
+
+    known = BLE_KINDS if ble else DEVICE_KINDS
+    what = "BLE sensor kind" if ble else "device kind"
+    kits = riders.data.get("kits", {"strap+power": 1.0} if ble else {"phone": 1.0})
     if not isinstance(kits, Mapping) or not kits:
         raise ScenarioError(riders.name("kits"), "must be a non-empty table of kit = weight")
     out = {}
     for kit, weight in kits.items():
         path = riders.name(f"kits.{kit}")
         kinds = str(kit).split("+")
-        bad = [k for k in kinds if k not in DEVICE_KINDS]
+        bad = [k for k in kinds if k not in known]
         if bad or len(set(kinds)) != len(kinds):
-            raise ScenarioError(path, f"unknown or repeated device kind {bad[0] if bad else kit!r} "
-                                      f"(kinds: {', '.join(DEVICE_KINDS)}, joined with '+')")
+            raise ScenarioError(path, f"unknown or repeated {what} {bad[0] if bad else kit!r} "
+                                      f"(kinds: {', '.join(known)}, joined with '+')")
         if isinstance(weight, bool) or not isinstance(weight, int | float) or weight <= 0:
             raise ScenarioError(path, f"weight must be a positive number, got {weight!r}")
         out[str(kit)] = float(weight)
