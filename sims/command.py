@@ -6,11 +6,17 @@ With a scenario, the file decides everything but the edge (``--url``); the flags
 ``report.json`` + PNG plots to ``--out`` (for scenarios, by default
 ``.pulseline/reports/<scenario>-<time>/``). Exit status 0 iff lost == 0 and duplicated == 0
 and every sample was acknowledged.
+
+A scenario with ``mode = "ble"`` runs ``sims.ble_swarm.BleStudio`` instead (simulated GATT
+sensors through the bridge): same JSON on stdout, ``report.json`` only (no plots), and
+exit status 0 iff lost == 0, duplicated == 0, drained, and every rider's hr/power
+averages are within tolerance of the simulated sensors' generating values.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 import time
 from collections.abc import Callable
@@ -34,9 +40,11 @@ def swarm_command(args: Any, swarm_config: Callable[[Any, str], Any],
         except ScenarioError as exc:
             print(f"pulseline swarm: {exc}", file=sys.stderr)
             return 2
-        config = scenario.swarm_config(args.url, progress=True)
         out = out or f".pulseline/reports/{scenario.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         print(f"pulseline swarm: {scenario.name}: {scenario.description}", file=sys.stderr, flush=True)
+        if scenario.mode == "ble":
+            return _ble(scenario.ble_config(args.url), args, out, emit)
+        config = scenario.swarm_config(args.url, progress=True)
     else:
         config = swarm_config(args, args.url)
         config.progress = sys.stderr.isatty()
@@ -48,4 +56,18 @@ def swarm_command(args: Any, swarm_config: Callable[[Any, str], Any],
         paths = write_report(swarm.report(), Path(out))
         print(f"pulseline swarm: report in {paths[0].parent}/ ({', '.join(p.name for p in paths)})", file=sys.stderr)
     ok = summary["lost"] == 0 and summary["duplicated"] == 0 and summary["drained"]
+    return 0 if ok else 1
+
+
+def _ble(config: Any, args: Any, out: str, emit: Callable[[dict[str, Any], str | None], None]) -> int:
+    from sims.ble_swarm import BleStudio, summary_text as ble_text
+
+    summary = asyncio.run(BleStudio(config).run())
+    emit(summary, args.report)
+    print(ble_text(summary), file=sys.stderr, flush=True)
+    path = Path(out) / "report.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"pulseline swarm: report in {path}", file=sys.stderr)
+    ok = summary["lost"] == 0 and summary["duplicated"] == 0 and summary["drained"] and summary["averages_ok"]
     return 0 if ok else 1

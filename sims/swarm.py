@@ -49,11 +49,8 @@ __all__ = ["DEVICE_KINDS", "Rider", "Swarm", "SwarmConfig", "Viewer", "run_swarm
 
 log = logging.getLogger(__name__)
 
-# TODO(ble-mode): a BLE-level mode where each rider's sensors are sims.ble sensors
-# (HeartRateStrap, PowerMeter, SpeedCadenceSensor, IndoorBike) driven by its RiderModel,
-# notifying real GATT payloads that go through devices.gatt / devices.normalise and the
-# bridge (devices/bridge.py) to the edge. Not built yet (see docs/sims.md); today every
-# device speaks protocol v1 samples directly.
+# Devices here speak protocol v1 samples directly; the BLE-level mode (GATT sensors through
+# the bridge) is sims/ble_swarm.py (scenario mode = "ble").
 # Which of (hr, power, cadence, speed, distance) each kind of device reports.
 DEVICE_KINDS: dict[str, tuple[bool, bool, bool, bool, bool]] = {
     "phone": (True, True, True, True, True),  # an app that merges its sensors

@@ -7,11 +7,15 @@ clock ten times faster than life.
 
 from __future__ import annotations
 
+import argparse
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from sims.ble_swarm import BleStudio, BleStudioConfig
+from sims.command import swarm_command
 from sims.scenario import ScenarioError, parse
 
 
@@ -57,3 +61,21 @@ def test_scenario_mode_ble_parses_and_validates() -> None:
         parse({"name": "x", "ble": {"speed": 2}})
     with pytest.raises(ScenarioError, match=r"^ble\.speed: must be a number"):
         parse({"name": "x", "mode": "ble", "ble": {"speed": 0}})
+
+
+def test_pulseline_swarm_runs_a_ble_scenario(edge: Any, tmp_path: Path, unique_id: str) -> None:
+    """``pulseline swarm FILE`` with ``mode = "ble"``: the command path, report.json, exit 0."""
+    path = tmp_path / "tiny-ble.toml"
+    path.write_text(
+        f'name = "tiny-ble"\nmode = "ble"\n[ble]\nspeed = 10\n[sessions]\ncount = 1\nprefix = "tb-{unique_id}"\n'
+        '[riders]\ncount = 2\nkits = { "strap+power" = 1, trainer = 1 }\n[load]\nseconds = 20\n'
+        "[run]\ndrain_timeout_s = 30\n"
+    )
+    emitted: list[dict[str, Any]] = []
+    args = argparse.Namespace(scenario=str(path), url=edge.url, out=str(tmp_path / "out"), report=None)
+    status = swarm_command(args, lambda *_: None, lambda summary, _report: emitted.append(summary))
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert status == 0, report
+    assert report == emitted[0]
+    assert report["mode"] == "ble" and report["lost"] == 0 and report["duplicated"] == 0
+    assert report["emitted"] == report["acknowledged"] > 0
