@@ -28,6 +28,8 @@ class Settings(BaseSettings):
     # before every viewer is due, so a sample waits at most one tick (see docs/benchmarks.md).
     tick_interval_s: float = 0.1
     ack_interval_s: float = 1.0  # at most one ack frame per device per interval
+    # Boards every ended class publishes its results to (PULSELINE_SESSION_LEADERBOARDS='["weekly-kj"]').
+    session_leaderboards: list[str] = []
     checkpoint_interval_s: float = 0.25
     board_size: int = 10
     max_gap_s: float = 5.0
@@ -77,6 +79,7 @@ class Settings(BaseSettings):
             "board_size": self.board_size,
             "checkpoint_interval_s": self.checkpoint_interval_s,
             "max_gap_s": self.max_gap_s,
+            "leaderboards": list(self.session_leaderboards),
         }
 
 
