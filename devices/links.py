@@ -249,6 +249,23 @@ class Connection(Protocol):
     async def close(self) -> None: ...
 
 
+@dataclass(eq=False)
+class PlaybackConnection:
+    """A ``Connection`` whose notifications come from one task (replays, simulated sensors)."""
+
+    address: str
+    battery_pct: int | None
+    subscribed: tuple[str, ...]
+    task: asyncio.Task[None] | None = None
+    closed: bool = field(default=False)
+
+    async def close(self) -> None:
+        self.closed = True
+        if self.task is not None:
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
+
+
 class Link(Protocol):
     """What the bridge needs from a radio (or a replay): scan, connect, a clock."""
 

@@ -38,6 +38,7 @@ from typing import Any, Final
 from devices.gatt import Characteristic, DecodeError, parse_characteristic
 from devices.links import (
     Advert,
+    PlaybackConnection,
     Clock,
     ConnectFailed,
     EventSink,
@@ -181,21 +182,6 @@ def _kind_of(characteristic: str) -> SensorKind | None:
         return None
 
 
-@dataclass(eq=False)
-class _ReplayConnection:
-    address: str
-    battery_pct: int | None
-    subscribed: tuple[str, ...]
-    task: asyncio.Task[None] | None = None
-    closed: bool = field(default=False)
-
-    async def close(self) -> None:
-        self.closed = True
-        if self.task is not None:
-            self.task.cancel()
-            await asyncio.gather(self.task, return_exceptions=True)
-
-
 class ReplayLink:
     """Plays a ``Recording`` through the link interface; see the module docstring."""
 
@@ -224,7 +210,7 @@ class ReplayLink:
             if set(d.kinds) & wanted
         ]
 
-    async def connect(self, advert: Advert, sink: EventSink) -> _ReplayConnection:
+    async def connect(self, advert: Advert, sink: EventSink) -> PlaybackConnection:
         device = self._by_address.get(advert.address)
         if device is None:
             raise ConnectFailed(f"{advert.address}: not in the recording", address=advert.address)
@@ -233,7 +219,7 @@ class ReplayLink:
             self._started.set()
         notes = self._notes.get(advert.address, [])
         subscribed = tuple(sorted({n.characteristic for n in notes if n.characteristic != Characteristic.BATTERY_LEVEL.uuid}))
-        conn = _ReplayConnection(advert.address, device.battery_pct, subscribed)
+        conn = PlaybackConnection(advert.address, device.battery_pct, subscribed)
         conn.task = asyncio.get_running_loop().create_task(self._play(advert.address, notes, sink))
         self._plays.add(conn.task)
         conn.task.add_done_callback(self._plays.discard)

@@ -45,7 +45,16 @@ import httpx
 
 from devices.bridge import Assignment, Bridge, BridgeConfig
 from devices.client import DevTokens
-from devices.links import Advert, Clock, ConnectFailed, EventSink, Notification, ScaledClock, SensorKind
+from devices.links import (
+    Advert,
+    Clock,
+    ConnectFailed,
+    EventSink,
+    Notification,
+    PlaybackConnection,
+    ScaledClock,
+    SensorKind,
+)
 from sims.ble import HeartRateStrap, IndoorBike, PowerMeter, SimSensor, SpeedCadenceSensor, Wave
 
 __all__ = [
@@ -73,21 +82,6 @@ def tolerance(amplitude: float, period_s: float, span_s: float) -> float:
 # --- the link ------------------------------------------------------------------------
 
 
-@dataclass(eq=False)
-class _SimConnection:
-    address: str
-    battery_pct: int | None
-    subscribed: tuple[str, ...]
-    task: asyncio.Task[None] | None = None
-    closed: bool = field(default=False)
-
-    async def close(self) -> None:
-        self.closed = True
-        if self.task is not None:
-            self.task.cancel()
-            await asyncio.gather(self.task, return_exceptions=True)
-
-
 class SimLink:
     """A ``devices.links.Link`` over ``sims.ble`` sensors; see the module docstring."""
 
@@ -110,11 +104,11 @@ class SimLink:
             if s.kind in wanted
         ]
 
-    async def connect(self, advert: Advert, sink: EventSink) -> _SimConnection:
+    async def connect(self, advert: Advert, sink: EventSink) -> PlaybackConnection:
         sensor = self.sensors.get(advert.address)
         if sensor is None:
             raise ConnectFailed(f"{advert.address}: no such simulated sensor", address=advert.address)
-        conn = _SimConnection(sensor.address, sensor.battery_pct, (sensor.characteristic.uuid,))
+        conn = PlaybackConnection(sensor.address, sensor.battery_pct, (sensor.characteristic.uuid,))
         conn.task = asyncio.get_running_loop().create_task(self._play(sensor, sink), name=f"sim-{sensor.address}")
         return conn
 
