@@ -141,8 +141,18 @@ def test_silence_after_connect_hits_the_handshake_timeout(edge: Any, run: Any) -
 def test_frames_over_the_transport_limit_close_with_1009(edge: Any, session: str, run: Any) -> None:
     async def scenario() -> None:
         ws = await welcomed(edge.ws_url, session)
-        await ws.send(b"\x00" * (2 << 20))
-        await expect_close(ws, 1009)
+        with pytest.raises(ConnectionClosed) as closed:
+            await ws.send(b"\x00" * (2 << 20))
+            while True:
+                await asyncio.wait_for(ws.recv(), 5.0)
+        # The edge stops reading at the header and closes with 1009. The rest of the 2 MiB is
+        # still unread in its socket, so the kernel may answer with a TCP reset, and a reset
+        # makes the client's kernel drop the close frame it had not read yet: then the client
+        # sees the connection die without a code. Any code it does see must be 1009.
+        if closed.value.rcvd is not None:
+            assert closed.value.rcvd.code == 1009, closed.value
+        again = await welcomed(edge.ws_url, session, device="after-1009")  # the edge serves on
+        await again.close()
 
     run(scenario())
 
