@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
@@ -143,6 +144,7 @@ class HubClient:
         self.hub = hub
         self.ws: ClientConnection | None = None
         self.ready = asyncio.Event()
+        self.welcomed_at: float | None = None  # monotonic time of the first full welcome
         self.connects = 0
         self.errors: Counter[str] = Counter()
         self._welcomed: set[str] = set()
@@ -196,6 +198,8 @@ class HubClient:
     async def _run(self) -> None:
         backoff = 0.1
         while not self._closing:
+            if await self._held_offline():
+                continue
             try:
                 if self.token_provider is not None:
                     self.token = await self._fresh_token()
@@ -221,6 +225,11 @@ class HubClient:
                     pass
                 backoff = min(backoff * 2, self.max_backoff_s)
 
+    async def _held_offline(self) -> bool:
+        """Hook for subclasses that go offline on purpose: wait and return True to skip a
+        connect attempt. A real client is never held."""
+        return False
+
     async def _handle(self, frame: dict[str, Any]) -> None:
         if self.on_frame is not None:
             self.on_frame(frame)
@@ -237,6 +246,8 @@ class HubClient:
                     await self.send_rows(stream, stream.on_welcome(seq))
             if len(self._welcomed) == len(self.streams):
                 self.ready.set()
+                if self.welcomed_at is None:
+                    self.welcomed_at = time.monotonic()
         elif kind == "error" and frame.get("code") == "token_expiring":
             await self._renew()
         elif kind == "error":

@@ -38,11 +38,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
-
-from devices.client import HubClient, TokenUnavailable
-from devices.protocol import encode
+from devices.client import HubClient
 
 __all__ = [
     "CrankCounter",
@@ -161,7 +157,6 @@ class FlakyHubClient(HubClient):
         super().__init__(*args, **kwargs)
         self.offline_until = 0.0
         self.dropouts = 0
-        self.welcomed_at: float | None = None
         self.started_at: float | None = None
 
     def start(self) -> None:
@@ -179,48 +174,12 @@ class FlakyHubClient(HubClient):
         if ws is not None:
             await ws.close()
 
-    async def _run(self) -> None:
-        backoff = 0.1
-        while not self._closing:
-            wait = self.offline_until - time.monotonic()
-            if wait > 0:
-                await asyncio.sleep(wait)
-                continue
-            try:
-                if self.token_provider is not None:
-                    self.token = await self._fresh_token()  # a fresh token on every connect
-                async with connect(self.url, max_size=2**22, open_timeout=10) as ws:
-                    self.ws = ws
-                    self.connects += 1
-                    backoff = 0.1
-                    await ws.send(encode(self._hello()))
-                    async for message in ws:
-                        if isinstance(message, bytes):
-                            await self._handle(_unpack(message))
-                            if self.welcomed_at is None and self.ready.is_set():
-                                self.welcomed_at = time.monotonic()
-            except (OSError, ConnectionClosed, TimeoutError, TokenUnavailable) as exc:
-                self.errors[type(exc).__name__] += 1
-            finally:
-                self.ws = None
-                self._welcomed.clear()
-                self.ready.clear()
-            if not self._closing:
-                await asyncio.sleep(backoff * (0.5 + random.random()))
-                backoff = min(backoff * 2, self.max_backoff_s)
-
-    def _hello(self) -> dict[str, object]:
-        hello: dict[str, object] = {"t": "hello", "v": 1, "devices": [s.binding() for s in self.streams.values()]}
-        if self.token:
-            hello["token"] = self.token
-        return hello
-
-
-def _unpack(message: bytes) -> dict[str, object]:
-    import msgpack
-
-    frame = msgpack.unpackb(message, raw=False)
-    return frame if isinstance(frame, dict) else {}
+    async def _held_offline(self) -> bool:
+        wait = self.offline_until - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
+            return True
+        return False
 
 
 class RolloverCounter:
