@@ -33,7 +33,6 @@ from __future__ import annotations
 import contextlib
 import enum
 import gc
-import hashlib
 import heapq
 import math
 import re
@@ -50,7 +49,25 @@ import msgpack
 import numpy as np
 import numpy.typing as npt
 
-from actors.errors import ActorError, CheckpointError
+from actors.errors import CheckpointError
+from actors.lbcore import (
+    CLASS_TAG,
+    MAX_USER_ID_BYTES,
+    LeaderboardError,
+    Problem,
+    QueryError,
+    SpecError,
+    Tags,
+    Write,
+    WriteBatch,
+    WriteError,
+    normal_tags,
+    real,
+    reals,
+    shard_of,
+    shards_of,
+    user_bytes,
+)
 from actors.lbindex import RankIndex
 
 __all__ = [
@@ -74,7 +91,9 @@ __all__ = [
     "SortOrder",
     "SpecError",
     "Write",
+    "WriteBatch",
     "WriteError",
+    "batch_periods",
     "check_write",
     "memory_per_entry",
     "merge_around",
@@ -82,11 +101,9 @@ __all__ = [
     "next_reset",
     "period_key",
     "shard_of",
+    "shards_of",
 ]
 
-CLASS_TAG = "class_id"
-"""Tag naming the class of a write; required on per-class boards, where it is the period."""
-MAX_USER_ID_BYTES = 128
 _CHECKPOINT_VERSION = 1
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _MIN_TIE_WIDTH = 16
@@ -94,49 +111,6 @@ _SCAN_CHUNK = 256
 
 
 # -- errors ------------------------------------------------------------------------------
-
-
-class Problem(enum.Enum):
-    """Why a leaderboard call was refused."""
-
-    BAD_NAME = "bad_name"
-    BAD_ENUM = "bad_enum"
-    BAD_TIMEZONE = "bad_timezone"
-    BAD_COHORT_KEYS = "bad_cohort_keys"
-    BAD_SHARDING = "bad_sharding"
-    BAD_USER = "bad_user"
-    BAD_SOURCE = "bad_source"
-    BAD_NUMBER = "bad_number"
-    BAD_TAGS = "bad_tags"
-    MISSING_CLASS = "missing_class"
-    WRONG_SHARD = "wrong_shard"
-    PERIOD_REQUIRED = "period_required"
-    COHORT_NOT_INDEXED = "cohort_not_indexed"
-    BAD_CHECKPOINT = "bad_checkpoint"
-    MOVED = "moved"
-
-
-class LeaderboardError(ActorError):
-    """Root of every leaderboard error; ``problem`` says why, ``str()`` says it for humans."""
-
-    def __init__(self, problem: Problem, message: str) -> None:
-        super().__init__(message)
-        self.problem = problem
-
-    def __reduce__(self) -> tuple[type, tuple[Problem, str]]:  # crosses process boundaries (Ray)
-        return (type(self), (self.problem, str(self)))
-
-
-class SpecError(LeaderboardError):
-    """The ``LeaderboardSpec`` (or shard configuration) is invalid."""
-
-
-class WriteError(LeaderboardError):
-    """A write was rejected; no write of its batch was applied."""
-
-
-class QueryError(LeaderboardError):
-    """A query names no period where one is required, or a cohort the spec does not index."""
 
 
 class LeaderboardCheckpointError(LeaderboardError, CheckpointError):
@@ -279,26 +253,7 @@ def next_reset(spec: LeaderboardSpec, t_s: float) -> float | None:
     return datetime(start.year, start.month, start.day, tzinfo=spec.zone).timestamp()
 
 
-def shard_of(user: str, shard_count: int) -> int:
-    """Stable shard of a user id (blake2b, identical across processes and versions)."""
-    digest = hashlib.blake2b(user.encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(digest, "big") % shard_count
-
-
 # -- value types -------------------------------------------------------------------------
-
-Tags = tuple[tuple[str, str], ...]
-
-
-class Write(NamedTuple):
-    """One result: ``user`` scored ``score`` at ``achieved_at`` (epoch s) from ``source``."""
-
-    user: str
-    source: str
-    score: float
-    achieved_at: float
-    tags: Mapping[str, str] | None = None
-
 
 class Record(NamedTuple):
     """A stored write, as drained for resharding (``period`` is where it was filed)."""
@@ -469,6 +424,95 @@ class _Records:
         self.score.append(score)
         self.at.append(at)
 
+    def put(self, uid: int, sid: int, score: float, at: float, tid: int) -> bool:
+        """Store one write in the ``(uid, sid)`` record; False if it changes nothing (older,
+        or the same as stored)."""
+        row = self.find(uid, sid)
+        if row < 0:
+            self.add(uid, sid, score, at, tid)
+            return True
+        old_at = self.at[row]
+        if at < old_at or (at == old_at and self.score[row] == score and self.tag[row] == tid):
+            return False
+        self.score[row], self.at[row], self.tag[row] = score, at, tid
+        return True
+
+    def put_many(
+        self,
+        uids: npt.NDArray[np.int64],
+        sids: npt.NDArray[np.int32],
+        scores: npt.NDArray[np.float64],
+        times: npt.NDArray[np.float64],
+        tids: npt.NDArray[np.int32],
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+        """``put`` for distinct users, with numpy over the columns: new users, and users whose
+        only record is from the write's source. Return the users changed and the positions
+        left for ``put`` (users holding records from other sources)."""
+        known = uids < len(self.first)
+        rows = np.full(uids.shape[0], -1, np.int64)
+        if known.any():
+            rows[known] = np.frombuffer(self.first, np.int32)[uids[known]]
+        fresh = rows < 0
+        same = np.zeros(uids.shape[0], bool)
+        if not fresh.all():
+            held = rows[~fresh]
+            same[~fresh] = (np.frombuffer(self.src, np.int32)[held] == sids[~fresh]) & (
+                np.frombuffer(self.nxt, np.int32)[held] < 0
+            )
+        r = rows[same]
+        score_column, at_column = np.frombuffer(self.score, np.float64), np.frombuffer(self.at, np.float64)
+        tag_column = np.frombuffer(self.tag, np.int32)
+        new_at, new_score, new_tag = times[same], scores[same], tids[same]
+        old_at = at_column[r]
+        take = (new_at > old_at) | (
+            (new_at == old_at) & ((score_column[r] != new_score) | (tag_column[r] != new_tag))
+        )
+        r = r[take]
+        score_column[r], at_column[r], tag_column[r] = new_score[take], new_at[take], new_tag[take]
+        del score_column, at_column, tag_column  # no buffer exported while the arrays grow
+        self._add_many(uids[fresh], sids[fresh], scores[fresh], times[fresh], tids[fresh])
+        changed = np.concatenate([uids[same][take], uids[fresh]])
+        return changed, np.flatnonzero(~(fresh | same))
+
+    def _add_many(
+        self,
+        uids: npt.NDArray[np.int64],
+        sids: npt.NDArray[np.int32],
+        scores: npt.NDArray[np.float64],
+        times: npt.NDArray[np.float64],
+        tids: npt.NDArray[np.int32],
+    ) -> None:
+        """``add`` for users without records here (distinct), as column appends."""
+        n = uids.shape[0]
+        if n == 0:
+            return
+        need = int(uids.max()) + 1
+        if need > len(self.first):
+            self.first.extend(array("i", [-1]) * (max(need, 2 * len(self.first)) - len(self.first)))
+        start = len(self.src)
+        np.frombuffer(self.first, np.int32)[uids] = np.arange(start, start + n, dtype=np.int32)
+        self.owner.frombytes(uids.astype(np.int32).tobytes())
+        self.nxt.frombytes(np.full(n, -1, np.int32).tobytes())
+        self.src.frombytes(sids.astype(np.int32).tobytes())
+        self.tag.frombytes(tids.astype(np.int32).tobytes())
+        self.score.frombytes(scores.astype(np.float64).tobytes())
+        self.at.frombytes(times.astype(np.float64).tobytes())
+        self.users += n
+
+    def single_entries(
+        self, uids: npt.NDArray[np.int64]
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.int32], npt.NDArray[np.int64]]:
+        """Score, time and tag id of each user's newest record, and the positions of users
+        with several records (whose entry must be aggregated)."""
+        rows = np.frombuffer(self.first, np.int32)[uids]
+        several = np.frombuffer(self.nxt, np.int32)[rows] >= 0
+        return (
+            np.frombuffer(self.score, np.float64)[rows],
+            np.frombuffer(self.at, np.float64)[rows],
+            np.frombuffer(self.tag, np.int32)[rows],
+            np.flatnonzero(several),
+        )
+
     def rows_of(self, uid: int) -> list[int]:
         rows, row = [], self.first[uid]
         while row >= 0:
@@ -540,8 +584,8 @@ class _Board:
     def indexes(self) -> list[RankIndex]:
         return [self.main, *self.cohorts.values()]
 
-    def bump(self, users: Iterable[int]) -> None:
-        users = np.fromiter(users, dtype=np.int64)
+    def bump(self, users: Iterable[int] | npt.NDArray[np.int64]) -> None:
+        users = users.astype(np.int64, copy=False) if isinstance(users, np.ndarray) else np.fromiter(users, np.int64)
         if users.size == 0:
             return
         if users.max() >= self.user_version.shape[0]:
@@ -563,57 +607,13 @@ class _Board:
 _Prepared = tuple[str, str, str, _Rec]  # period, user, source, record
 
 
-def _real(value: object, what: str, error: type[LeaderboardError]) -> float:
-    if type(value) is float and math.isfinite(value):
-        return value
-    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
-        raise error(Problem.BAD_NUMBER, f"{what} must be a real number")
-    number = float(value)
-    if not math.isfinite(number):
-        raise error(Problem.BAD_NUMBER, f"{what} must be finite")
-    return number
-
-
-def _reals(values: Sequence[float] | npt.NDArray[np.float64], what: str) -> Any:
-    """Query numbers: float64 arrays are checked in one pass, anything else one by one."""
-    if isinstance(values, np.ndarray) and values.dtype == np.float64:
-        if not np.isfinite(values).all():
-            raise QueryError(Problem.BAD_NUMBER, f"{what} must be finite")
-        return values
-    return [_real(v, what, QueryError) for v in values]
-
-
-def _user_bytes(user: object, error: type[LeaderboardError]) -> bytes:
-    if not isinstance(user, str) or not user or "\x00" in user:
-        raise error(Problem.BAD_USER, "user must be a non-empty str without NUL")
-    try:
-        encoded = user.encode("utf-8")
-    except UnicodeEncodeError:
-        raise error(Problem.BAD_USER, "user must be valid unicode") from None
-    if len(encoded) > MAX_USER_ID_BYTES:
-        raise error(Problem.BAD_USER, f"user ids are limited to {MAX_USER_ID_BYTES} bytes")
-    return encoded
-
-
-def _tags(tags: Mapping[str, str] | None) -> Tags:
-    if tags is None:
-        return ()
-    if not isinstance(tags, Mapping):
-        raise WriteError(Problem.BAD_TAGS, "tags must map str to str")
-    items = tuple(sorted(tags.items()))
-    for key, value in items:
-        if type(key) is not str or type(value) is not str:
-            raise WriteError(Problem.BAD_TAGS, "tags must map str to str")
-    return items
-
-
 def _checked(spec: LeaderboardSpec, write: Write) -> tuple[str, _Rec]:
-    _user_bytes(write.user, WriteError)
+    user_bytes(write.user, WriteError)
     if not isinstance(write.source, str) or not write.source:
         raise WriteError(Problem.BAD_SOURCE, "source must be a non-empty str")
-    score = _real(write.score, "score", WriteError)
-    achieved_at = _real(write.achieved_at, "achieved_at", WriteError)
-    tags = _tags(write.tags)
+    score = real(write.score, "score", WriteError)
+    achieved_at = real(write.achieved_at, "achieved_at", WriteError)
+    tags = normal_tags(write.tags)
     class_id = dict(tags).get(CLASS_TAG) if tags else None
     if spec.period is Period.CLASS and not class_id:
         raise WriteError(Problem.MISSING_CLASS, f"per-class boards need a {CLASS_TAG!r} tag")
@@ -630,6 +630,37 @@ def check_write(spec: LeaderboardSpec, write: Write | tuple[Any, ...]) -> Write:
     checked = Write(*write)
     _checked(spec, checked)
     return checked
+
+
+def batch_periods(spec: LeaderboardSpec, batch: WriteBatch) -> list[tuple[str, npt.NDArray[np.int64] | None]]:
+    """File every write of a batch in its period: ``[(period, positions)]``, where positions
+    None means the whole batch (the common case, found without a per-write step: periods are
+    contiguous spans of time, so a batch whose first and last times share a period lies in
+    it). Raises ``WriteError(MISSING_CLASS)`` for a per-class board's write without a class.
+    """
+    n = len(batch)
+    if n == 0:
+        return []
+    if spec.period is Period.ALLTIME:
+        return [("all", None)]
+    if spec.period is Period.CLASS:
+        keys = []
+        for tags in batch.tags or [()] * n:
+            class_id = dict(tags).get(CLASS_TAG) if tags else None
+            if not class_id:
+                raise WriteError(Problem.MISSING_CLASS, f"per-class boards need a {CLASS_TAG!r} tag")
+            keys.append(class_id)
+    else:
+        first = period_key(spec, float(batch.achieved_at.min()))
+        if first == period_key(spec, float(batch.achieved_at.max())):
+            return [(first, None)]
+        keys = [period_key(spec, t) for t in batch.achieved_at.tolist()]
+    groups: dict[str, list[int]] = {}
+    for i, key in enumerate(keys):
+        groups.setdefault(key, []).append(i)
+    if len(groups) == 1:
+        return [(keys[0], None)]
+    return [(key, np.array(positions, np.int64)) for key, positions in groups.items()]
 
 
 class LeaderboardShard:
@@ -687,12 +718,66 @@ class LeaderboardShard:
 
     # -- writes ------------------------------------------------------------------------
 
-    def write_many(self, writes: Iterable[Write | tuple[Any, ...]]) -> int:
+    def write_many(self, writes: Iterable[Write | tuple[Any, ...]] | WriteBatch) -> int:
         """Apply a batch of writes; return how many entries changed (rank key or cohort).
 
         The whole batch is validated first: on ``WriteError`` nothing was applied.
         """
-        return self._apply([self._prepare(Write(*w)) for w in writes])
+        return self.write_batch(writes if isinstance(writes, WriteBatch) else WriteBatch.of(writes))
+
+    def write_batch(self, batch: WriteBatch) -> int:
+        """``write_many`` for a columnar batch (validated again here: it may come from afar).
+
+        Vectorised: a batch of distinct users, each with at most one record per period from
+        the write's source, is applied with numpy over the record columns; users with records
+        from other sources, and batches naming a user twice, take the one-by-one path, which
+        applies writes in batch order. Both paths give the same result.
+        """
+        batch = batch.validated()
+        groups = batch_periods(self._spec, batch)
+        if self._spec.shard_count > 1 and len(batch):
+            wrong = np.flatnonzero(shards_of(batch.users, self._spec.shard_count) != self._shard_index)
+            if wrong.size:
+                user = batch.users[int(wrong[0])]
+                raise WriteError(Problem.WRONG_SHARD, f"user {user!r} belongs to another shard")
+        uids = np.array(self._user_ids_of(batch.users), np.int64)
+        distinct = {s: self._source_id(s) for s in dict.fromkeys(batch.sources)}
+        if len(distinct) == 1:
+            sids = np.full(len(batch), next(iter(distinct.values())), np.int32)
+        else:
+            sids = np.array([distinct[s] for s in batch.sources], np.int32)
+        if batch.tags is None:
+            tids = np.full(len(batch), self._tag_id(()), np.int32)
+        else:
+            tids = np.array([self._tag_id(t) for t in batch.tags], np.int32)
+        changed = 0
+        for period, positions in groups:
+            at = slice(None) if positions is None else positions
+            columns = (uids[at], sids[at], batch.scores[at], batch.achieved_at[at], tids[at])
+            changed += self._apply_columns(period, *columns)
+        return changed
+
+    def _apply_columns(
+        self,
+        period: str,
+        uids: npt.NDArray[np.int64],
+        sids: npt.NDArray[np.int32],
+        scores: npt.NDArray[np.float64],
+        times: npt.NDArray[np.float64],
+        tids: npt.NDArray[np.int32],
+    ) -> int:
+        board = self._boards.get(period) or self._new_board(period)
+        if np.unique(uids).shape[0] == uids.shape[0]:
+            touched, rest = board.records.put_many(uids, sids, scores, times, tids)
+        else:  # a user twice in one batch: apply in order, one by one
+            touched, rest = np.zeros(0, np.int64), np.arange(uids.shape[0])
+        one_by_one = [
+            int(uids[i]) for i in rest.tolist()
+            if board.records.put(int(uids[i]), int(sids[i]), float(scores[i]), float(times[i]), int(tids[i]))
+        ]
+        if one_by_one:
+            touched = np.concatenate([touched, np.array(one_by_one, np.int64)])
+        return self._refresh(period, touched)
 
     def load_records(self, records: Iterable[Record]) -> int:
         """Apply drained records (e.g. when resharding) into their recorded periods."""
@@ -717,6 +802,13 @@ class LeaderboardShard:
                 touched.setdefault(period, set()).add(uid)
         return sum(self._refresh(period, users) for period, users in touched.items())
 
+    def _user_ids_of(self, users: list[str]) -> list[int]:
+        get = self._user_ids.get
+        ids = [get(u, -1) for u in users]
+        if -1 in ids:
+            ids = [self._user_id(u) if i < 0 else i for u, i in zip(users, ids, strict=True)]
+        return ids
+
     def _user_id(self, user: str) -> int:
         uid = self._user_ids.get(user)
         if uid is None:
@@ -726,23 +818,15 @@ class LeaderboardShard:
 
     def _put(self, period: str, uid: int, source: str, rec: _Rec) -> bool:
         board = self._boards.get(period) or self._new_board(period)
-        records = board.records
+        sid, tid = self._source_id(source), self._tag_id(rec.tags)
+        return board.records.put(uid, sid, rec.score, rec.achieved_at, tid)
+
+    def _source_id(self, source: str) -> int:
         sid = self._source_ids.get(source)
         if sid is None:
             sid = self._source_ids[source] = len(self._sources)
             self._sources.append(source)
-        tid = self._tag_id(rec.tags)
-        row = records.find(uid, sid)
-        if row < 0:
-            records.add(uid, sid, rec.score, rec.achieved_at, tid)
-            return True
-        old_at = records.at[row]
-        if rec.achieved_at < old_at or (
-            rec.achieved_at == old_at and records.score[row] == rec.score and records.tag[row] == tid
-        ):
-            return False
-        records.score[row], records.at[row], records.tag[row] = rec.score, rec.achieved_at, tid
-        return True
+        return sid
 
     def _tag_id(self, tags: Tags) -> int:
         tid = self._tag_ids.get(tags)
@@ -771,17 +855,29 @@ class LeaderboardShard:
     def _refresh(self, period: str, uids: Iterable[int]) -> int:
         """Re-derive the entries of ``uids`` from their records and re-index them."""
         board = self._boards[period]
-        users = np.array(sorted(uids), dtype=np.int64)
-        entries = [self._entry_of(board.records, u) for u in users.tolist()]
-        ties = [self._names[u].encode("utf-8") for u in users.tolist()]
+        given = uids if isinstance(uids, np.ndarray) else np.fromiter(uids, np.int64)
+        users = np.unique(given.astype(np.int64, copy=False))
+        if users.shape[0] == 0:
+            return 0
+        scores, times, tag_ids, several = board.records.single_entries(users)
+        aggregated: dict[int, Tags] = {}
+        for i in several.tolist():  # users with records from several sources
+            rec = _aggregate(self._spec, board.records[int(users[i])])
+            scores[i], times[i], aggregated[i] = rec.score, rec.achieved_at, rec.tags
+        names = self._names
+        ties = [names[u].encode("utf-8") for u in users.tolist()]
         self._fit_ties(ties)
-        scores = np.array([e.score for e in entries], dtype=np.float64)
-        times = np.array([e.achieved_at for e in entries], dtype=np.float64)
-        changed = set(board.main.upsert_many(users, scores, times, ties).tolist())
+        changed = board.main.upsert_many(users, scores, times, ties)
         if self._spec.cohort_keys:
-            changed |= self._refresh_cohorts(board, users, entries, (scores, times, ties))
+            table = self._tag_table
+            entries = [
+                _Rec(s, t, aggregated[i] if i in aggregated else table[g])
+                for i, (s, t, g) in enumerate(zip(scores.tolist(), times.tolist(), tag_ids.tolist(), strict=True))
+            ]
+            moved = set(changed.tolist()) | self._refresh_cohorts(board, users, entries, (scores, times, ties))
+            changed = np.fromiter(moved, np.int64, len(moved))
         board.bump(changed)
-        return len(changed)
+        return int(changed.shape[0])
 
     def _entry_of(self, records: _Records, uid: int) -> _Rec:
         row = records.first[uid]
@@ -872,7 +968,7 @@ class LeaderboardShard:
         return board.cohorts.get(next(iter(cohort.items())))
 
     def _query_ties(self, users: Iterable[str]) -> list[bytes]:
-        ties = [_user_bytes(u, QueryError) for u in users]
+        ties = [user_bytes(u, QueryError) for u in users]
         self._fit_ties(ties)
         return ties
 
@@ -903,8 +999,8 @@ class LeaderboardShard:
         cohort: Mapping[str, str] | None = None,
     ) -> npt.NDArray[np.int64]:
         """Vectorised ``count_better`` for parallel sequences of keys."""
-        s = _reals(scores, "score")
-        t = _reals(achieved_at, "achieved_at")
+        s = reals(scores, "score", QueryError)
+        t = reals(achieved_at, "achieved_at", QueryError)
         ties = self._query_ties(users)
         index = self._index(period, cohort)
         if index is None or not len(index):
@@ -998,8 +1094,8 @@ class LeaderboardShard:
         if cursor is None:
             return index.top(n)
         tie = self._query_ties([cursor.user])[0]
-        score = _real(cursor.score, "cursor score", QueryError)
-        at = _real(cursor.achieved_at, "cursor achieved_at", QueryError)
+        score = real(cursor.score, "cursor score", QueryError)
+        at = real(cursor.achieved_at, "cursor achieved_at", QueryError)
         return index.after(score, at, n, tie=tie)
 
     def _entries(self, board: _Board, users: npt.NDArray[np.int64], chunk: Any) -> list[Entry]:

@@ -7,7 +7,7 @@ reshard, in the pulseline namespace; created on demand by ``cluster.leaderboards
 Durability: a write-ahead log plus snapshots, both fenced by the epoch of
 ``actors.checkpoint.CheckpointStore(kind="lbshard")``.
 
-* Every write batch is applied in memory, then appended (msgpack) to the Redis list
+* Every write batch is applied in memory, then appended (msgpack of its columns) to the Redis list
   ``{p}:lbshard:{board}:{gen}:{shard}:log`` by a Lua script that refuses the append if a newer
   instance took the epoch. Only then does ``write`` return: an acknowledged write is durable.
 * When the log holds more writes than ``max(snapshot_min_writes, records / 2)``, a background
@@ -55,6 +55,7 @@ from actors.leaderboard import (
     Record,
     SortKey,
     Write,
+    WriteBatch,
     WriteError,
     memory_per_entry,
 )
@@ -95,10 +96,6 @@ def shard_keys(prefix: str, board: str, shard: int, generation: int = 0) -> list
     """Every Redis key a shard owns (for cleanup after a reshard)."""
     base = f"{prefix}:lbshard:{store_ident(board, shard, generation)}"
     return [f"{base}:{suffix}" for suffix in ("epoch", "ckpt", "ckpt_epoch", "log")]
-
-
-def _pack_writes(writes: Sequence[Write]) -> list[list[Any]]:
-    return [[w.user, w.source, w.score, w.achieved_at, dict(w.tags or {})] for w in writes]
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
@@ -153,7 +150,11 @@ class LeaderboardShardActor:
 
     def _apply_entry(self, entry: list[Any]) -> int:
         kind, body = entry
-        if kind == "w":
+        if kind == "c":
+            batch = WriteBatch.unpack(body)
+            self.shard.write_batch(batch)
+            return len(batch)
+        if kind == "w":  # row-shaped log entries, written before columnar batches
             self.shard.write_many(Write(*w) for w in body)
         elif kind == "r":
             self.shard.load_records(Record(*r) for r in body)
@@ -219,16 +220,22 @@ class LeaderboardShardActor:
 
     # -- writes -------------------------------------------------------------------------
 
-    async def write(self, *, writes: list[Write] | list[tuple[Any, ...]]) -> dict[str, int]:
-        """Apply a batch (validated whole first) and make it durable before returning."""
+    async def write(
+        self, *, batch: WriteBatch | None = None, writes: Sequence[Write | tuple[Any, ...]] = ()
+    ) -> dict[str, int]:
+        """Apply a batch (validated whole first) and make it durable before returning.
+
+        ``batch`` (columns) is what the router sends; ``writes`` (rows) is for other callers.
+        The log entry is the batch's columns (``WriteBatch.pack``)."""
         self._check_live()
         assert self._lock is not None
-        batch = [w if isinstance(w, Write) else Write(*w) for w in writes]
+        if batch is None:
+            batch = WriteBatch.of(writes)
         async with self._lock:
             if self.frozen_for is not None:
                 raise WriteError(Problem.MOVED, f"board resharded to generation {self.frozen_for}")
-            changed = self.shard.write_many(batch)
-            await self._append("w", _pack_writes(batch), len(batch))
+            changed = self.shard.write_batch(batch)
+            await self._append("c", batch.pack(), len(batch))
         return {"changed": changed, "epoch": self.store.epoch}
 
     async def load(self, *, records: list[Record] | list[tuple[Any, ...]]) -> int:

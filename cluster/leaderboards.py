@@ -62,13 +62,16 @@ from actors.leaderboard import (
     Record,
     SortKey,
     Write,
+    WriteBatch,
     WriteError,
-    check_write,
+    batch_periods,
     merge_around,
     merge_top,
     period_key,
     shard_of,
+    shards_of,
 )
+from actors.lbcore import check_users
 from actors.leaderboard_actor import LeaderboardShardActor, actor_name, shard_keys
 
 __all__ = [
@@ -411,15 +414,19 @@ class Leaderboards:
 
     # -- writes -------------------------------------------------------------------------
 
-    async def write(self, name: str, writes: Iterable[Write | tuple[Any, ...]]) -> WriteResult:
+    async def write(self, name: str, writes: Iterable[Write | tuple[Any, ...]] | WriteBatch) -> WriteResult:
         """Write a batch; idempotent per ``(user, source)`` and safe to retry.
+
+        ``writes`` is rows (``Write`` or tuples) or, fastest, a ``WriteBatch`` of columns
+        (``WriteBatch.columns(users, scores, achieved_at, source=..., tags=...)``).
 
         The whole batch is validated before any shard sees it. Durable when this returns.
         During a reshard the call waits (bounded) for the new layout and writes there.
         """
         deadline = time.monotonic() + _MOVED_DEADLINE_S
         board = await self.board(name)
-        batch = [tuple(check_write(board.spec, w)) for w in writes]
+        batch = writes if isinstance(writes, WriteBatch) else WriteBatch.of(writes)
+        batch_periods(board.spec, batch)  # class tags: refused here, before any shard sees it
         while True:
             try:
                 return await self._write_once(board, batch)
@@ -429,12 +436,14 @@ class Leaderboards:
                 await asyncio.sleep(_MOVED_WAIT_S)
                 board = await self.board(name, fresh=True)
 
-    async def _write_once(self, board: Board, batch: list[tuple[Any, ...]]) -> WriteResult:
+    async def _write_once(self, board: Board, batch: WriteBatch) -> WriteResult:
         count = board.spec.shard_count
-        groups: dict[int, list[tuple[Any, ...]]] = {}
-        for w in batch:
-            groups.setdefault(shard_of(w[0], count), []).append(w)
-        done = await self._fan(board, "write", {s: {"writes": g} for s, g in groups.items()})
+        if count == 1:
+            parts = {0: batch} if len(batch) else {}
+        else:
+            owners = shards_of(batch.users, count)
+            parts = {int(s): batch.take(np.flatnonzero(owners == s)) for s in np.unique(owners).tolist()}
+        done = await self._fan(board, "write", {s: {"batch": part} for s, part in parts.items()})
         return WriteResult(len(batch), sum(r["changed"] for r in done.values()))
 
     # -- ranks --------------------------------------------------------------------------
@@ -458,7 +467,8 @@ class Leaderboards:
         p, c = self._period(spec, period), dict(cohort) if cohort else None
         _cohort_tuple(c)
         n = len(users)
-        owners = np.array([shard_of(u, count) if isinstance(u, str) else 0 for u in users], np.int64)
+        check_users(users, QueryError)
+        owners = shards_of(users, count)
         groups = {s: np.flatnonzero(owners == s) for s in range(count)}
         groups = {s: idx for s, idx in groups.items() if idx.size}
         found = await self._fan(board, "locate", {
