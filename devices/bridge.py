@@ -74,6 +74,24 @@ SEND_GAP_S: Final = 0.1  # at most one samples frame per device per this many re
 _DATA_TASKS: Final = {"bridge-_connector", "bridge-_ticker", "bridge-_consume"}
 
 
+async def _to_completion(job: Awaitable[T]) -> T:
+    """Await ``job`` to its end even if the caller is cancelled meanwhile, then re-raise
+    the cancellation: for work that must not stop half-way (a spool write and the memory
+    that has to follow it)."""
+    task = asyncio.ensure_future(job)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("bridge: %s failed while being cancelled", job, exc_info=task.exception())
+        raise asyncio.CancelledError
+    return task.result()
+
+
 class BridgeError(Exception):
     """Root of the bridge's own errors (links raise ``LinkError``, the spool ``SpoolError``)."""
 
@@ -651,15 +669,27 @@ class Bridge:
                 batch.append((rider, reading.to_sample(rider.stream.next_seq).to_wire()))
         if not batch:
             return 0
-        if not await self._store(batch):
+        if not await _to_completion(self._keep(batch)):
             return 0
+        await self._send([rider for rider, _ in batch])
+        return len(batch)
+
+    async def _keep(self, batch: list[tuple[Rider, list[Any]]]) -> bool:
+        """Store the batch, then add its rows to their streams: both or neither.
+
+        Run to completion even when the emit is cancelled (``finish`` cancels the ticker
+        wherever it is): a running spool append cannot be called back, and a row on disk
+        that its stream never took would be resent by the next start without ever having
+        been counted or seen by ``on_emit``.
+        """
+        if not await self._store(batch):
+            return False
         for rider, row in batch:
             rider.stream.add_row(row)
             rider.emitted += 1
             if self.on_emit is not None:
                 self.on_emit(rider.participant, row)
-        await self._send([rider for rider, _ in batch])
-        return len(batch)
+        return True
 
     async def _skip_ahead(self) -> None:
         """A server that holds seqs the spool never gave out (the spool was deleted or
@@ -747,8 +777,8 @@ class Bridge:
             return
         trims = [(r.stream.device, *r.stream.take_trims()) for r in self.riders.values()]
         trims = [t for t in trims if t[1] or t[2]]
-        if trims:
-            await self._call(self._write_trims, spool, trims)
+        if trims:  # taken from memory: written even if the flusher is cancelled meanwhile
+            await _to_completion(self._call(self._write_trims, spool, trims))
 
     def _write_trims(self, spool: Spool, trims: list[tuple[str, int, list[int]]]) -> None:
         for device, acked, rejected in trims:

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import sqlite3
+import time
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -271,6 +274,62 @@ def test_callbacks_from_another_thread_only_enqueue(run: Any, tmp_path: Path) ->
 
     bridge = run(scenario(), timeout=30)
     assert bridge.riders["p"].stream.unacked  # offline: kept for the next start
+
+
+def _block_until_spooled(path: Path, rows: int) -> None:
+    """Wait, *blocking the event loop*, until the spool file holds ``rows`` samples.
+
+    The I/O thread commits meanwhile; its result cannot reach the awaiting coroutine
+    until the loop runs again: a cancellation now lands after the append has happened.
+    """
+    with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        for _ in range(10_000):
+            if db.execute("SELECT COUNT(*) FROM samples").fetchone()[0] >= rows:
+                return
+            time.sleep(0.001)
+    raise AssertionError(f"the spool never held {rows} sample(s): the emit did not reach its append")
+
+
+def test_an_emit_cancelled_while_the_spool_writes_still_records_the_row(run: Any, tmp_path: Path) -> None:
+    """finish() cancels the ticker wherever it is; a row the spool has stored must be in
+    the stream too (and seen by ``on_emit``), or the next start sends a sample nobody
+    counted and the summary says "drained" with a row still on disk."""
+    clock = ScaledClock(SPEED)
+    air = FakeAir([HeartRateStrap("FF:02", "Strap")], clock)
+    link = BleakLink(scanner_cls=air.scanner_cls, client_cls=air.client_cls, clock=clock)
+    spool_path = tmp_path / "c.sqlite"
+    config = replace(
+        _config(_dead_url(), "s", spool_path, (Assignment("p", address="FF:02"),)),
+        emit_interval_s=1e9,  # the ticker never ticks here: the test drives the one emit
+    )
+    seen: list[int] = []
+
+    async def scenario() -> tuple[int, list[int], BaseException | int]:
+        bridge = Bridge(config, link, on_emit=lambda _p, row: seen.append(row[0]))
+        await bridge.start()
+        while bridge.sensors.get("FF:02") is None or bridge.sensors["FF:02"].notifications == 0:
+            await asyncio.sleep(0.01)
+        with closing(sqlite3.connect(spool_path, isolation_level=None)) as writer:
+            writer.execute("BEGIN IMMEDIATE")  # another writer: the spool's append must wait for it
+            emitting = asyncio.get_running_loop().create_task(bridge.emit_now(clock.now()))
+            for _ in range(10):  # loop turns: the emit reaches its append, waiting in the I/O thread
+                await asyncio.sleep(0)
+            writer.execute("ROLLBACK")
+        _block_until_spooled(spool_path, 1)
+        emitting.cancel()
+        (outcome,) = await asyncio.gather(emitting, return_exceptions=True)
+        stream = bridge.riders["p"].stream
+        memory = stream.next_seq, sorted(stream.unacked)
+        await bridge.close()
+        return *memory, outcome
+
+    next_seq, unacked, outcome = run(scenario(), timeout=30)
+    assert isinstance(outcome, asyncio.CancelledError), outcome  # the cancellation is not swallowed
+    with Spool(spool_path) as spool:
+        (record,) = spool.streams("s")
+        on_disk = [row[0] for row in spool.pending("s", record.device)]
+    assert (next_seq, unacked) == (record.next_seq, on_disk) == (2, [1])
+    assert seen == [1]
 
 
 def test_config_file_and_flags_make_one_config(tmp_path: Path) -> None:
