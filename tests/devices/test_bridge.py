@@ -105,6 +105,18 @@ async def _close_right_after_an_emit(bridge: Bridge, emitted: list[int]) -> dict
     return summary
 
 
+def _on_disk(path: Path, session: str) -> dict[str, tuple[int, int]]:
+    """Per device, as the spool file holds it: (next seq, samples still spooled)."""
+    with Spool(path) as spool:
+        return {r.device: (r.next_seq, r.spooled) for r in spool.streams(session)}
+
+
+def _counts(summary: dict[str, Any]) -> dict[str, dict[str, int]]:
+    """A summary's per-participant counts, short enough for an assertion message."""
+    keys = ("emitted", "emitted_total", "acked", "rejected", "spooled")
+    return {p: {k: d[k] for k in keys} for p, d in summary["participants"].items()}
+
+
 def test_bridge_offline_then_restart_loses_nothing(edge: Any, run: Any, unique_id: str, tmp_path: Path) -> None:
     session = f"bridge-{unique_id}"
     auth = _create(edge, session)
@@ -125,17 +137,25 @@ def test_bridge_offline_then_restart_loses_nothing(edge: Any, run: Any, unique_i
         config = _config(url, session, spool_path, _assignments())
         return Bridge(config, link, on_emit=on_emit, tokens=DevTokens(edge.url))
 
+    lives: list[tuple[dict[str, tuple[int, int]], dict[str, int]]] = []  # per device after each close: (on disk, seen)
+
+    async def closed(bridge: Bridge) -> None:
+        await bridge.close()
+        on_disk = await asyncio.to_thread(_on_disk, spool_path, session)
+        lives.append((on_disk, {device_id("studio", p): len(r) for p, r in rows.items()}))
+
     async def scenario() -> tuple[dict[str, Any], ...]:
         offline = make(_dead_url())  # 1. the edge is unreachable: everything is spooled
         await offline.start()
         await _until(clock, air, 15.0)
         first = offline.summary()
-        await offline.close()
+        await closed(offline)
 
         online = make(edge.url)  # 2. restart on the same spool, online, a sensor drops
         await online.start()
         await _until(clock, air, 45.0)
         second = await _close_right_after_an_emit(online, emitted)
+        await closed(online)
 
         last = make(edge.url)  # 3. restart again with samples still unacked; finish; drain
         await last.start()
@@ -143,40 +163,47 @@ def test_bridge_offline_then_restart_loses_nothing(edge: Any, run: Any, unique_i
         await last.finish()
         drained = await last.drain(30.0)
         third = last.summary()
-        await last.close()
+        await closed(last)
         return first, second, third, {"drained": drained}
 
     first, second, third, flags = run(scenario(), timeout=90)
 
-    assert first["acked"] == 0 and first["spooled"] == first["emitted"] > 0, first
-    assert second["spooled"] > 0, second  # torn down with samples not yet acknowledged
-    assert flags["drained"], third
-    assert third["spooled"] == 0 and third["rejected"] == 0, third
-    assert third["emitted_total"] == third["acked"] == sum(len(r) for r in rows.values()), third
+    # every seq the spool gave out was seen by on_emit, life by life (a tick cut in half
+    # by close() used to leave a row on disk that nobody counted)
+    for life, (on_disk, seen) in enumerate(lives, 1):
+        given = {d: next_seq - 1 for d, (next_seq, _) in on_disk.items()}
+        assert given == {d: seen.get(d, 0) for d in given}, f"life {life}: spool gave out {given}, on_emit saw {seen}"
+    assert first["acked"] == 0 and first["spooled"] == first["emitted"] > 0, _counts(first)
+    assert {d: spooled for d, (_, spooled) in lives[0][0].items()} == lives[0][1], lives[0]  # offline: all kept
+    assert second["spooled"] > 0, _counts(second)  # torn down with samples not yet acknowledged
+    assert flags["drained"], _counts(third)
+    assert third["spooled"] == 0 and third["rejected"] == 0, _counts(third)
+    observed = {p: len(r) for p, r in rows.items()}
+    assert third["emitted_total"] == third["acked"] == sum(observed.values()), (_counts(third), observed)
     sensors = {s["address"]: s for s in second["sensors"]}
     assert sensors[ALICE_PM]["drops"] == 1 and sensors[ALICE_PM]["connects"] == 2, sensors[ALICE_PM]
     assert {s["address"]: s for s in first["sensors"]}[CAROL_BIKE]["refused"] == 2, first["sensors"]
-    assert air.max_in_flight == 1  # one scan-and-connect at a time
-    assert all(len(uuids) == len(SensorKind) for uuids in air.scans)  # filtered by every service
+    assert air.max_in_flight == 1, air.connect_attempts  # one scan-and-connect at a time
+    assert all(len(uuids) == len(SensorKind) for uuids in air.scans), air.scans  # filtered by every service
 
     snap = httpx.get(f"{edge.url}/v1/sessions/{session}", headers=auth).json()
     server = {p["participant"]: p for p in snap["participants"]}
     assert set(server) == {"alice", "bob", "carol"}
     for participant, sent in rows.items():
         seqs = [r[0] for r in sent]
-        assert seqs == list(range(1, len(sent) + 1)), participant  # seq survived both restarts
-        assert server[participant]["samples"] == len(sent), participant
-        assert server[participant]["rejected"] == 0
-        assert server[participant]["energy_kj"] == pytest.approx(_server_energy_kj(sent), abs=1e-6)
+        missing = sorted(set(range(1, max(seqs) + 1)) - set(seqs))
+        assert seqs == list(range(1, len(sent) + 1)), (participant, "missing", missing)  # seq survived both restarts
+        got = {k: server[participant][k] for k in ("samples", "rejected", "energy_kj")}
+        assert got["samples"] == len(sent), (participant, got, len(sent))
+        assert got["rejected"] == 0, (participant, got)
+        assert got["energy_kj"] == pytest.approx(_server_energy_kj(sent), abs=1e-6), (participant, got)
     # the merge: alice's strap + power meter in one stream, carol's trainer gives all five
-    assert server["alice"]["hr_avg"] == pytest.approx(140, abs=4)
-    assert server["alice"]["power_avg"] == pytest.approx(230, abs=15)
-    assert server["bob"]["distance_m"] > 0 and server["bob"]["cadence_avg"] == pytest.approx(85, abs=3)
-    assert server["carol"]["cadence_avg"] == pytest.approx(88, abs=3)
-    with Spool(spool_path) as spool:
-        assert spool.rows == 0
-        records = {r.device: r for r in spool.streams(session)}
-    assert records[device_id("studio", "alice")].next_seq == len(rows["alice"]) + 1
+    assert server["alice"]["hr_avg"] == pytest.approx(140, abs=4), server["alice"]
+    assert server["alice"]["power_avg"] == pytest.approx(230, abs=15), server["alice"]
+    assert server["bob"]["distance_m"] > 0 and server["bob"]["cadence_avg"] == pytest.approx(85, abs=3), server["bob"]
+    assert server["carol"]["cadence_avg"] == pytest.approx(88, abs=3), server["carol"]
+    on_disk = lives[-1][0]
+    assert on_disk == {device_id("studio", p): (n + 1, 0) for p, n in observed.items()}, on_disk  # drained
 
 
 def test_all_of_a_kind_makes_each_sensor_a_participant(
