@@ -281,6 +281,29 @@ class LeaderboardShardActor:
         """Each user's entry key and how many entries of this shard beat it (-1: absent)."""
         return self.shard.locate_many(users, period=period, cohort=cohort)
 
+    async def locate_one(
+        self, *, user: str, period: str | None = None, cohort: Mapping[str, str] | None = None
+    ) -> tuple[int, float, float, tuple[tuple[str, str], ...]] | None:
+        """``locate`` of one user as plain Python ``(position, score, achieved_at, tags)``
+        (None: absent): the cheapest answer to serialise, for single-rank queries."""
+        got = self.shard.locate_many([user], period=period, cohort=cohort)
+        position = int(got.positions[0])
+        if position < 0:
+            return None
+        return position, float(got.scores[0]), float(got.achieved_at[0]), got.tags[0]
+
+    async def count_better_one(
+        self,
+        *,
+        score: float,
+        achieved_at: float,
+        user: str,
+        period: str | None = None,
+        cohort: Mapping[str, str] | None = None,
+    ) -> int:
+        """``count_better`` of one key, as an int."""
+        return self.shard.count_better(score, achieved_at, user, period=period, cohort=cohort)
+
     async def count_better(
         self,
         *,

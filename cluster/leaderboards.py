@@ -71,7 +71,7 @@ from actors.leaderboard import (
     shard_of,
     shards_of,
 )
-from actors.lbcore import check_users
+from actors.lbcore import check_users, user_bytes
 from actors.leaderboard_actor import LeaderboardShardActor, actor_name, shard_keys
 
 __all__ = [
@@ -451,8 +451,25 @@ class Leaderboards:
     async def rank(
         self, name: str, user: str, *, period: str | None = None, cohort: Cohort = None
     ) -> RankedEntry | None:
-        """Exact global rank (1 = best) and entry of one user; None if not on the board."""
-        return (await self.ranks(name, [user], period=period, cohort=cohort))[0]
+        """Exact global rank (1 = best) and entry of one user; None if not on the board.
+
+        Two rounds of one small call each: the owner shard's ``locate_one``, then every other
+        shard's ``count_better_one`` in parallel (plain Python in and out)."""
+        return await self._read(name, lambda b: self._rank_one(b, user, period, cohort))
+
+    async def _rank_one(self, board: Board, user: str, period: str | None, cohort: Cohort) -> RankedEntry | None:
+        p, c = self._period(board.spec, period), dict(cohort) if cohort else None
+        _cohort_tuple(c)
+        user_bytes(user, QueryError)
+        count = board.spec.shard_count
+        owner = shard_of(user, count)
+        got = await self._call(board, owner, "locate_one", user=user, period=p, cohort=c)
+        if got is None:
+            return None
+        position, score, achieved_at, tags = got
+        ask = {"score": score, "achieved_at": achieved_at, "user": user, "period": p, "cohort": c}
+        others = await self._fan(board, "count_better_one", {s: ask for s in range(count) if s != owner})
+        return RankedEntry(1 + position + sum(others.values()), user, score, achieved_at, dict(tags))
 
     async def ranks(
         self, name: str, users: Sequence[str], *, period: str | None = None, cohort: Cohort = None
