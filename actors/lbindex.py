@@ -371,6 +371,10 @@ class RankIndex:
         u = u[(u >= 0) & (u < self._present.shape[0])]
         return self._decode(self._key_of[u[self._present[u]]])
 
+    def user_indexes(self) -> IntArray:
+        """Every user index holding a key, ascending."""
+        return np.flatnonzero(self._present).astype(np.int64)
+
     def get(self, user: int) -> tuple[float, float] | None:
         """``(score, achieved_at)`` of a user, or None."""
         if user not in self:

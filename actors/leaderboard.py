@@ -69,6 +69,7 @@ from actors.lbcore import (
     user_bytes,
 )
 from actors.lbindex import RankIndex
+from actors.lbpeers import Change
 
 __all__ = [
     "CLASS_TAG",
@@ -696,6 +697,7 @@ class LeaderboardShard:
         self._cohort_ids: dict[Tags, int] = {}
         self._cohorts_of_tags: dict[Tags, tuple[Tags, int]] = {}
         self._tie_width = _MIN_TIE_WIDTH
+        self._changes: list[Change] | None = None
 
     @property
     def spec(self) -> LeaderboardSpec:
@@ -704,6 +706,29 @@ class LeaderboardShard:
     @property
     def shard_index(self) -> int:
         return self._shard_index
+
+    def track_changes(self) -> None:
+        """Record every change of a main index from now on, for ``take_changes``."""
+        self._changes = []
+
+    def take_changes(self) -> list[Change]:
+        """Main-index changes since the last call (see ``actors/lbpeers.py``), oldest first."""
+        changes, self._changes = self._changes or [], [] if self._changes is not None else None
+        return changes
+
+    def main_entries(self) -> dict[str, tuple[Any, Any, Any, Any]]:
+        """Every main-index entry per period as ``(uids, scores, achieved_at, ties)``."""
+        out = {}
+        for period, board in self._boards.items():
+            parts = list(board.main.iter_entries(chunk=1 << 20))
+            if not parts:
+                continue
+            uids = np.concatenate([p.users for p in parts])
+            names = self._names
+            ties = np.array([names[u].encode("utf-8") for u in uids.tolist()], dtype=np.bytes_)
+            scores = np.concatenate([p.scores for p in parts])
+            out[period] = (uids, scores, np.concatenate([p.achieved_at for p in parts]), ties)
+        return out
 
     def periods(self) -> list[str]:
         """Every period holding records, sorted."""
@@ -868,6 +893,8 @@ class LeaderboardShard:
         ties = [names[u].encode("utf-8") for u in users.tolist()]
         self._fit_ties(ties)
         changed = board.main.upsert_many(users, scores, times, ties)
+        if self._changes is not None:
+            self._changes.append(("upsert", period, users, scores, times, np.array(ties, dtype=np.bytes_)))
         if self._spec.cohort_keys:
             table = self._tag_table
             entries = [
@@ -935,7 +962,7 @@ class LeaderboardShard:
         """Erase a user's records and entries from every period; return periods affected."""
         uid = self._user_ids.get(user)
         affected = 0
-        for board in self._boards.values() if uid is not None else ():
+        for period, board in self._boards.items() if uid is not None else ():
             if not board.records.pop(uid):
                 continue
             for index in board.indexes():
@@ -944,11 +971,15 @@ class LeaderboardShard:
             board.cohort_of.set(uid, -1)
             board.bump([uid])
             affected += 1
+            if self._changes is not None:
+                self._changes.append(("remove", period, np.array([uid], np.int64)))
         return affected
 
     def drop_period(self, period: str) -> int:
         """Forget a whole period (retention); return how many records were dropped."""
         board = self._boards.pop(period, None)
+        if board is not None and self._changes is not None:
+            self._changes.append(("drop", period))
         return 0 if board is None else int(board.records.live_rows().sum())
 
     # -- reads -------------------------------------------------------------------------

@@ -42,9 +42,11 @@ import msgpack
 import numpy as np
 import ray
 import redis
+from ray.exceptions import RayError
 
 from actors.checkpoint import CheckpointStore
 from actors.errors import StaleInstance
+from actors.lbpeers import PeerMessage, PeerReplica, PeerSnapshot
 from actors.leaderboard import (
     Around,
     LeaderboardShard,
@@ -125,6 +127,14 @@ class LeaderboardShardActor:
         data = self.store.acquire()
         self.shard = self._restore_snapshot(data, spec)
         self.log_entries, self.log_writes = self._replay_log()
+        count = self.shard.spec.shard_count
+        self.replica = PeerReplica(shard, count, descending=self.shard.spec.descending) if count > 1 else None
+        self.shard.track_changes()  # peers re-read this shard whole: the replay needs no messages
+        self.seq = 0
+        self.peer_interval_s = float(settings.get("lb_peer_interval_s", 0.25))
+        self._peer_handles: dict[int, Any] = {}
+        self._last_sent: dict[int, float] = {}
+        self._peer_task: asyncio.Task[None] | None = None
         log.info(
             "lb shard %s/%s gen %s up: epoch %s, snapshot=%s, replayed %s log entries in %.2f s",
             board, shard, generation, self.store.epoch, data is not None, self.log_entries,
@@ -160,6 +170,8 @@ class LeaderboardShardActor:
             self.shard.load_records(Record(*r) for r in body)
         elif kind == "f":
             self.frozen_for = int(body)
+        elif kind == "d":
+            self.shard.drop_period(str(body))
         return len(body) if isinstance(body, list) else 1
 
     # -- durability ---------------------------------------------------------------------
@@ -169,6 +181,80 @@ class LeaderboardShardActor:
             raise StaleInstance(self.store.epoch, None)
         if self._lock is None:
             self._lock = asyncio.Lock()
+        self._ensure_peers()
+
+    # -- peers (see actors/lbpeers.py) ----------------------------------------------------
+
+    def _ensure_peers(self) -> None:
+        if self.replica is not None and self._peer_task is None:
+            self._peer_task = asyncio.get_running_loop().create_task(self._peer_loop())
+
+    async def _peer_loop(self) -> None:
+        """Heartbeats to every peer, handles found by name, unsynced peers re-read whole."""
+        assert self.replica is not None
+        peers = [p for p in range(self.shard.spec.shard_count) if p != self.shard_index]
+        fetching: dict[int, asyncio.Task[None]] = {}
+        while not self.fenced:
+            try:
+                for p in peers:
+                    if p not in self._peer_handles:
+                        await self._find_peer(p)
+                now = time.time()
+                for p in peers:
+                    if now - self._last_sent.get(p, 0.0) >= self.peer_interval_s:
+                        self._send(p, [])
+                for p in self.replica.unsynced():
+                    if p in self._peer_handles and (p not in fetching or fetching[p].done()):
+                        fetching[p] = asyncio.get_running_loop().create_task(self._resync(p))
+            except Exception:  # the loop outlives any one failure; the next turn retries
+                log.exception("lb shard %s/%s peer loop", self.board, self.shard_index)
+            await asyncio.sleep(self.peer_interval_s)
+
+    async def _find_peer(self, peer: int) -> None:
+        name = actor_name(self.board, peer, self.generation)
+        namespace = ray.get_runtime_context().namespace
+        try:
+            self._peer_handles[peer] = await asyncio.to_thread(ray.get_actor, name, namespace=namespace)
+        except ValueError:
+            pass  # not created yet: the router creates every shard of a board
+
+    def _send(self, peer: int, changes: list[Any]) -> None:
+        handle = self._peer_handles.get(peer)
+        if handle is None:
+            return  # the peer misses this seq, sees the gap and re-reads this shard whole
+        message = PeerMessage(self.shard_index, self.store.epoch, self.seq, time.time(), changes)
+        handle.peer_receive.remote(message=message)  # fire and forget: order is checked there
+        self._last_sent[peer] = time.time()
+
+    def _publish(self) -> None:
+        """Send the main-index changes of the last operation to every peer."""
+        changes = self.shard.take_changes()
+        if self.replica is None or not changes:
+            return
+        self.seq += 1
+        for peer in range(self.shard.spec.shard_count):
+            if peer != self.shard_index:
+                self._send(peer, changes)
+
+    async def _resync(self, peer: int) -> None:
+        assert self.replica is not None
+        try:
+            snapshot = await self._peer_handles[peer].peer_snapshot.remote()
+        except RayError as exc:
+            log.info("lb shard %s/%s: snapshot of peer %s failed: %s", self.board, self.shard_index, peer, exc)
+            await asyncio.sleep(0.5)
+            return
+        self.replica.load(snapshot)
+
+    async def peer_receive(self, *, message: PeerMessage) -> bool:
+        """A peer's changes or heartbeat (fire and forget from the peer's ``_send``)."""
+        self._ensure_peers()
+        return self.replica.receive(message) if self.replica is not None else False
+
+    async def peer_snapshot(self) -> PeerSnapshot:
+        """Every main-index entry of this shard, and the seq that it reflects."""
+        self._ensure_peers()
+        return PeerSnapshot(self.shard_index, self.store.epoch, self.seq, time.time(), self.shard.main_entries())
 
     async def _append(self, kind: str, body: Any, count: int) -> None:
         payload = msgpack.packb([kind, body], use_bin_type=True)
@@ -236,6 +322,7 @@ class LeaderboardShardActor:
                 raise WriteError(Problem.MOVED, f"board resharded to generation {self.frozen_for}")
             changed = self.shard.write_batch(batch)
             await self._append("c", batch.pack(), len(batch))
+            self._publish()
         return {"changed": changed, "epoch": self.store.epoch}
 
     async def load(self, *, records: list[Record] | list[tuple[Any, ...]]) -> int:
@@ -246,7 +333,20 @@ class LeaderboardShardActor:
         async with self._lock:
             changed = self.shard.load_records(batch)
             await self._append("r", [list(r) for r in batch], len(batch))
+            self._publish()
         return changed
+
+    async def drop_period(self, *, period: str) -> int:
+        """Forget a period (retention), durably; return the records dropped."""
+        self._check_live()
+        assert self._lock is not None
+        async with self._lock:
+            if self.frozen_for is not None:
+                raise WriteError(Problem.MOVED, f"board resharded to generation {self.frozen_for}")
+            dropped = self.shard.drop_period(period)
+            await self._append("d", period, 0)
+            self._publish()
+        return dropped
 
     async def freeze(self, *, moved_to: int) -> int:
         """Refuse every later write (durably); return the number of records to export."""
@@ -291,6 +391,24 @@ class LeaderboardShardActor:
         if position < 0:
             return None
         return position, float(got.scores[0]), float(got.achieved_at[0]), got.tags[0]
+
+    async def locate_fast(
+        self, *, user: str, period: str, max_stale_s: float
+    ) -> tuple[int, float, float, tuple[tuple[str, str], ...], float | None] | None:
+        """``locate_one`` plus the peers' count from the replica: ``(position among the whole
+        board, score, achieved_at, tags, age_s)`` when the replica is at most ``max_stale_s``
+        old; else ``age_s`` is None and the position is this shard's only. None: absent."""
+        self._ensure_peers()
+        got = await self.locate_one(user=user, period=period)
+        if got is None:
+            return None
+        position, score, achieved_at, tags = got
+        age = self.replica.age_s() if self.replica is not None else 0.0
+        if age is None or age > max_stale_s:
+            return position, score, achieved_at, tags, None
+        if self.replica is not None:
+            position += self.replica.count_better(period, score, achieved_at, user.encode("utf-8"))
+        return position, score, achieved_at, tags, age
 
     async def count_better_one(
         self,
@@ -350,10 +468,12 @@ class LeaderboardShardActor:
             "array_bytes": report.array_bytes,
             "python_bytes": report.python_bytes,
             "per_entry": report.per_entry,
+            "replica_bytes": 0 if self.replica is None else self.replica.nbytes(),
             "rss_bytes": _rss_bytes(),
         }
 
     async def info(self) -> dict[str, Any]:
+        self._ensure_peers()
         return {
             "pid": os.getpid(),
             "epoch": self.store.epoch,
@@ -365,6 +485,9 @@ class LeaderboardShardActor:
             "log_writes": self.log_writes,
             "snapshots_written": self.snapshots_written,
             "fenced": self.fenced,
+            "seq": self.seq,
+            "periods": self.shard.periods(),
+            "replica": None if self.replica is None else self.replica.status(),
         }
 
 

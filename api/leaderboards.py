@@ -10,8 +10,11 @@ Routes (JSON):
                                                               idempotent per (user, source)
 ``GET  /v1/leaderboards/{name}/top``                          ``n``, ``cursor``, ``period``,
                                                               ``cohort=key:value``, ``max_age_s``
-``GET  /v1/leaderboards/{name}/users/{user}/rank``            exact rank (404 if not on the board)
+``GET  /v1/leaderboards/{name}/users/{user}/rank``            exact rank (404 if not on the board);
+                                                              ``max_stale_ms``: one shard call,
+                                                              answer says ``stale_ms``
 ``GET  /v1/leaderboards/{name}/users/{user}/around``          ``k`` above and below, exact ranks
+``DELETE /v1/leaderboards/{name}/periods/{period}``    key    forget a period (retention)
 ``POST /v1/leaderboards/{name}/reshard``               key    move to ``shard_count`` shards
 ====================================================  =====  =====================================
 
@@ -178,8 +181,17 @@ async def top(
 
 
 @router.get("/{name}/users/{user}/rank", dependencies=[Depends(principal)])
-async def rank(name: str, user: str, lb: Lb, period: PeriodQ = None, cohort: CohortQ = None) -> dict[str, Any]:
-    found = await lb.rank(_known(name), _user(user), period=period, cohort=parse_cohort(cohort))
+async def rank(
+    name: str,
+    user: str,
+    lb: Lb,
+    period: PeriodQ = None,
+    cohort: CohortQ = None,
+    max_stale_ms: Annotated[float | None, Query(ge=0, le=3_600_000)] = None,
+) -> dict[str, Any]:
+    found = await lb.rank(
+        _known(name), _user(user), period=period, cohort=parse_cohort(cohort), max_stale_ms=max_stale_ms
+    )
     if found is None:
         raise UnknownBoard(f"{user!r} is not on leaderboard {name!r} for this period/cohort")
     return found.to_dict()
@@ -198,6 +210,12 @@ async def around(
     if found is None:
         raise UnknownBoard(f"{user!r} is not on leaderboard {name!r} for this period/cohort")
     return found.to_dict()
+
+
+@router.delete("/{name}/periods/{period}", dependencies=[Depends(operator)])
+async def drop_period(name: str, period: str, lb: Lb) -> dict[str, Any]:
+    dropped = await lb.drop_period(_known(name), period)
+    return {"name": name, "period": period, "dropped_records": dropped}
 
 
 @router.post("/{name}/reshard", dependencies=[Depends(operator)])

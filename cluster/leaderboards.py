@@ -151,13 +151,17 @@ class Board:
 
 
 class RankedEntry(NamedTuple):
-    """An entry with its exact global rank (1 = best)."""
+    """An entry with its exact global rank (1 = best).
+
+    ``stale_ms`` is None when the rank is exact now, else how old the other shards' part
+    of it may be (answers from the peer replicas, see ``Leaderboards.rank``)."""
 
     rank: int
     user: str
     score: float
     achieved_at: float
     tags: dict[str, str]
+    stale_ms: float | None = None
 
     @classmethod
     def of(cls, rank: int, entry: Entry) -> RankedEntry:
@@ -170,6 +174,7 @@ class RankedEntry(NamedTuple):
             "score": self.score,
             "achieved_at": self.achieved_at,
             "tags": self.tags,
+            "stale_ms": self.stale_ms,
         }
 
 
@@ -449,24 +454,46 @@ class Leaderboards:
     # -- ranks --------------------------------------------------------------------------
 
     async def rank(
-        self, name: str, user: str, *, period: str | None = None, cohort: Cohort = None
+        self,
+        name: str,
+        user: str,
+        *,
+        period: str | None = None,
+        cohort: Cohort = None,
+        max_stale_ms: float | None = None,
     ) -> RankedEntry | None:
-        """Exact global rank (1 = best) and entry of one user; None if not on the board.
+        """Global rank (1 = best) and entry of one user; None if not on the board.
 
-        Two rounds of one small call each: the owner shard's ``locate_one``, then every other
-        shard's ``count_better_one`` in parallel (plain Python in and out)."""
-        return await self._read(name, lambda b: self._rank_one(b, user, period, cohort))
+        Exact now by default: two rounds of one small call each, the owner shard's
+        ``locate_one`` then every other shard's ``count_better_one`` in parallel. With
+        ``max_stale_ms`` (and no cohort), one call: the owner adds its peer replica's count
+        (``actors/lbpeers.py``) if that view is at most ``max_stale_ms`` old, and the answer's
+        ``stale_ms`` says how old it is; otherwise the second round runs as usual.
+        """
+        if max_stale_ms is not None and (not math.isfinite(max_stale_ms) or max_stale_ms < 0):
+            raise QueryError(Problem.BAD_NUMBER, "max_stale_ms must be a finite number >= 0")
+        return await self._read(name, lambda b: self._rank_one(b, user, period, cohort, max_stale_ms))
 
-    async def _rank_one(self, board: Board, user: str, period: str | None, cohort: Cohort) -> RankedEntry | None:
+    async def _rank_one(
+        self, board: Board, user: str, period: str | None, cohort: Cohort, max_stale_ms: float | None
+    ) -> RankedEntry | None:
         p, c = self._period(board.spec, period), dict(cohort) if cohort else None
         _cohort_tuple(c)
         user_bytes(user, QueryError)
         count = board.spec.shard_count
         owner = shard_of(user, count)
-        got = await self._call(board, owner, "locate_one", user=user, period=p, cohort=c)
-        if got is None:
-            return None
-        position, score, achieved_at, tags = got
+        if max_stale_ms is not None and c is None and count > 1:
+            fast = await self._call(board, owner, "locate_fast", user=user, period=p, max_stale_s=max_stale_ms / 1e3)
+            if fast is None:
+                return None
+            position, score, achieved_at, tags, age_s = fast
+            if age_s is not None:
+                return RankedEntry(1 + position, user, score, achieved_at, dict(tags), age_s * 1e3)
+        else:
+            got = await self._call(board, owner, "locate_one", user=user, period=p, cohort=c)
+            if got is None:
+                return None
+            position, score, achieved_at, tags = got
         ask = {"score": score, "achieved_at": achieved_at, "user": user, "period": p, "cohort": c}
         others = await self._fan(board, "count_better_one", {s: ask for s in range(count) if s != owner})
         return RankedEntry(1 + position + sum(others.values()), user, score, achieved_at, dict(tags))
@@ -620,6 +647,15 @@ class Leaderboards:
         return int(sum(sizes.values()))
 
     # -- operations ---------------------------------------------------------------------
+
+    async def drop_period(self, name: str, period: str) -> int:
+        """Forget one period of a board on every shard (retention); return the records
+        dropped. Durable when this returns; a past period is gone for queries at once."""
+        board = await self.board(name)
+        p = self._period(board.spec, period)
+        self._cache = {k: v for k, v in self._cache.items() if k[0] != name}
+        done = await self._fan(board, "drop_period", {s: {"period": p} for s in range(board.spec.shard_count)})
+        return int(sum(done.values()))
 
     async def shard_infos(self, name: str) -> list[dict[str, Any]]:
         board = await self.board(name)

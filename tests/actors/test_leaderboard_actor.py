@@ -363,3 +363,89 @@ def test_ended_session_publishes_results_and_late_data_replaces_them(
             await drop_all(lb, [name])
 
     asyncio.run(scenario())
+
+
+# -- one-call ranks from peer replicas ---------------------------------------------------
+
+
+def test_one_call_ranks_from_peer_replicas_match_exact_ranks_and_survive_a_killed_shard(
+    redis_server: Any, ray_instance: Any, unique_id: str
+) -> None:
+    import time
+
+    import ray
+
+    prefix, name = f"lbr{unique_id}", f"replica-{unique_id}"
+    users = [f"rider-{i}" for i in range(300)]
+    probe = users[::7]
+
+    def batch(source: str, seed: int) -> list[Write]:
+        return [Write(u, source, float((i * seed) % 97), T0 + i % 5) for i, u in enumerate(users)]
+
+    async def settled(lb: Leaderboards) -> list[Any]:
+        """Poll until every one-call answer came from the replicas and equals the exact rank."""
+        deadline = time.monotonic() + 60
+        while True:
+            exact = await lb.ranks(name, probe)
+            fast = [await lb.rank(name, u, max_stale_ms=60_000) for u in probe]
+            if all(f is not None and f.stale_ms is not None for f in fast):
+                if [(f.rank, f.score) for f in fast] == [(e.rank, e.score) for e in exact]:
+                    return fast
+            assert time.monotonic() < deadline, [(f, e) for f, e in zip(fast, exact, strict=True) if f != e][:3]
+            await asyncio.sleep(0.2)
+
+    async def scenario() -> dict[str, Any]:
+        lb = client(redis_server, prefix)
+        try:
+            await lb.create(LeaderboardSpec(name, "kj", operator="best", shard_count=3))
+            await lb.write(name, batch("a", 3))
+            await settled(lb)
+            await lb.write(name, batch("b", 11))  # new bests for some riders
+            first = await settled(lb)
+            handle = ray.get_actor(actor_name(name, 1), namespace=NS)
+            before = await handle.info.remote()
+            os.kill(before["pid"], signal.SIGKILL)
+            await lb.write(name, batch("c", 29))  # retried by Ray on the restarted shard
+            second = await settled(lb)
+            exact_default = await lb.rank(name, probe[0])
+            after = await handle.info.remote()
+            others = [await ray.get_actor(actor_name(name, s), namespace=NS).info.remote() for s in (0, 2)]
+            return {"first": first, "second": second, "before": before, "after": after, "others": others,
+                    "exact_default": exact_default}
+        finally:
+            await drop_all(lb, [name])
+
+    out = asyncio.run(scenario())
+    assert out["after"]["pid"] != out["before"]["pid"] and out["after"]["epoch"] == out["before"]["epoch"] + 1
+    assert out["after"]["replica"]["resyncs"] >= 2  # the restarted shard re-read both peers
+    assert all(o["replica"]["resyncs"] >= 2 for o in out["others"])  # and both re-read it
+    assert all(0 <= f.stale_ms < 60_000 for f in out["second"])
+    assert out["exact_default"].stale_ms is None  # without max_stale_ms: exact now, two rounds
+    best = {u: max(float((i * seed) % 97) for seed in (3, 11, 29)) for i, u in enumerate(users)}
+    assert {f.user: f.score for f in out["second"]} == {u: best[u] for u in probe}
+
+
+def test_a_dropped_period_stays_dropped_after_a_crash(redis_server: Any, ray_instance: Any, unique_id: str) -> None:
+    import ray
+
+    prefix, name = f"lbd{unique_id}", f"retention-{unique_id}"
+
+    async def scenario() -> dict[str, Any]:
+        lb = client(redis_server, prefix)
+        try:
+            await lb.create(LeaderboardSpec(name, "kj", operator="best", period="daily", timezone="UTC"))  # type: ignore[arg-type]
+            await lb.write(name, [Write(f"u{i}", "s", float(i), T0 + i) for i in range(20)])
+            await lb.write(name, [Write(f"u{i}", "s", float(i), T0 + 86_400 + i) for i in range(5)])
+            day1, day2 = sorted((await lb.shard_infos(name))[0]["periods"])
+            dropped = await lb.drop_period(name, day1)
+            handle = ray.get_actor(actor_name(name, 0), namespace=NS)
+            os.kill((await handle.info.remote())["pid"], signal.SIGKILL)
+            after = await lb.shard_infos(name)  # retried on the restarted shard: log replayed
+            return {"dropped": dropped, "periods": after[0]["periods"], "day2": await lb.size(name, period=day2),
+                    "day1": await lb.size(name, period=day1), "names": (day1, day2)}
+        finally:
+            await drop_all(lb, [name])
+
+    out = asyncio.run(scenario())
+    assert out["dropped"] == 20
+    assert out["periods"] == [out["names"][1]] and out["day2"] == 5 and out["day1"] == 0

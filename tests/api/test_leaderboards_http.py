@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -70,7 +71,7 @@ def test_writes_are_idempotent_per_user_and_source(http: httpx.Client, board: st
     write(http, board, batch)  # a retried request counts once
     write(http, board, [score("ann", "class-1", 11.0, T0 + 1)])  # a correction replaces
     ann = http.get(f"/v1/leaderboards/{board}/users/ann/rank").json()
-    assert ann == {"rank": 1, "user": "ann", "score": 16.0, "achieved_at": T0 + 1, "tags": {}}
+    assert ann == {"rank": 1, "user": "ann", "score": 16.0, "achieved_at": T0 + 1, "tags": {}, "stale_ms": None}
     assert http.get(f"/v1/leaderboards/{board}/users/bob/rank").json()["rank"] == 2
 
 
@@ -121,6 +122,41 @@ def test_rank_around_and_cohorts(http: httpx.Client, board: str) -> None:
     assert cached["cached"] is True and cached["age_s"] >= 0 and cached["entries"] == fresh["entries"]
 
 
+def test_one_call_rank_says_how_old_it_is(http: httpx.Client, board: str) -> None:
+    write(http, board, [score(f"r{i}", "s", float(100 - i)) for i in range(30)])
+    deadline = time.monotonic() + 30
+    while True:  # the peer replicas catch up within a heartbeat or two
+        got = http.get(f"/v1/leaderboards/{board}/users/r12/rank", params={"max_stale_ms": 60_000}).json()
+        if got["stale_ms"] is not None:
+            break
+        assert got["rank"] == 13  # not yet from the replicas: the exact two-round answer
+        assert time.monotonic() < deadline, got
+        time.sleep(0.2)
+    assert got["rank"] == 13 and 0 <= got["stale_ms"] < 60_000
+    exact = http.get(f"/v1/leaderboards/{board}/users/r12/rank").json()
+    assert exact["rank"] == 13 and exact["stale_ms"] is None
+
+
+def test_a_dropped_period_is_gone_and_only_operators_drop(http: httpx.Client, edge: Any, tokens: Any, unique_id: str) -> None:
+    name = f"daily-{unique_id}"
+    body = {"name": name, "metric": "kj", "operator": "best", "period": "daily", "timezone": "UTC", "shard_count": 2}
+    assert http.post("/v1/leaderboards", json=body).status_code == 201
+    try:
+        day1, day2 = "2026-11-18", "2026-11-19"
+        write(http, name, [score(f"u{i}", "s", float(i), T0 + i) for i in range(10)])  # T0: 2026-11-18 11:06 UTC
+        write(http, name, [score(f"u{i}", "s", float(i), T0 + 86_400 + i) for i in range(4)])
+        rider = tokens.headers("participant", participant="u1")
+        assert http.delete(f"/v1/leaderboards/{name}/periods/{day1}", headers=rider).status_code == 403
+        r = http.delete(f"/v1/leaderboards/{name}/periods/{day1}")
+        assert r.status_code == 200 and r.json()["dropped_records"] == 10, r.text
+        assert http.get(f"/v1/leaderboards/{name}/top", params={"period": day1}).json()["entries"] == []
+        kept = http.get(f"/v1/leaderboards/{name}/top", params={"period": day2, "n": 10}).json()["entries"]
+        assert [e["user"] for e in kept] == ["u3", "u2", "u1", "u0"]
+        assert http.delete(f"/v1/leaderboards/{name}/periods/{day1}").json()["dropped_records"] == 0
+    finally:
+        drop(edge, name)
+
+
 def test_bad_input_gets_4xx_never_5xx(http: httpx.Client, board: str, edge: Any, tokens: Any) -> None:
     base = f"/v1/leaderboards/{board}"
     with httpx.Client(base_url=edge.url, timeout=30) as anonymous:
@@ -157,6 +193,9 @@ def test_bad_input_gets_4xx_never_5xx(http: httpx.Client, board: str, edge: Any,
         ("get", f"{base}/top?cohort=gender:f", None, 400),
         ("get", f"{base}/users/a/around?k=-1", None, 422),
         ("post", f"{base}/reshard", {"shard_count": 0}, 422),
+        ("get", f"{base}/users/a/rank?max_stale_ms=-1", None, 422),
+        ("get", f"{base}/users/a/rank?max_stale_ms=nan", None, 422),
+        ("delete", "/v1/leaderboards/nope/periods/all", None, 404),
     ]
     for method, url, body, status in cases:
         if method == "post" and isinstance(body, str):
@@ -164,7 +203,7 @@ def test_bad_input_gets_4xx_never_5xx(http: httpx.Client, board: str, edge: Any,
         elif method == "post":
             r = http.post(url, json=body)
         else:
-            r = http.get(url)
+            r = http.request(method.upper(), url)
         assert r.status_code == status, (method, url, body, r.status_code, r.text)
     class_board = f"{board}-class"
     assert http.post("/v1/leaderboards", json={"name": class_board, "metric": "m", "period": "class"}).status_code == 201
