@@ -8,9 +8,11 @@ Starts its own local Ray (``resources={"session_slot": 64}``) and two embedded
 redis-servers (one for the shards' logs and snapshots, one holding the sorted set, so that
 memory is measured apart). For every size it loads N entries, then measures, for pulseline
 through ``cluster.leaderboards.Leaderboards`` (Ray calls included) and for Redis through
-redis-py (ZADD / ZREVRANK / ZREVRANGE, pipelined and not): batched updates/s, exact-rank
-queries/s single and batched, top-10 and around-me latency p50/p99, memory per entry. Prints
-one JSON document with the ratios (pulseline / Redis; > 1 means pulseline is faster).
+redis-py (ZADD / ZREVRANK / ZREVRANGE, pipelined and not): batched updates/s (as
+``WriteBatch`` columns and as ``Write`` rows), exact-rank queries single (exact now in two
+rounds, and in one call from the peer replicas, at most ``--max-stale-ms`` old) and batched,
+top-10 and around-me latency p50/p99, memory per entry. Prints one JSON document with the
+ratios (pulseline / Redis; > 1 means pulseline is faster).
 """
 
 from __future__ import annotations
@@ -106,6 +108,17 @@ async def bench_pulseline(lb: Leaderboards, n: int, args: argparse.Namespace, rn
         out[key] = args.updates / (time.perf_counter() - started)
     probe = rng.choice(n, args.queries)
     out["rank_single"] = await timed_each(args.queries, lambda i: lb.rank(name, user(int(probe[i]))))
+    stale: list[float] = []
+
+    async def fast_rank(i: int) -> None:
+        got = await lb.rank(name, user(int(probe[i])), max_stale_ms=args.max_stale_ms)
+        stale.append(-1.0 if got is None or got.stale_ms is None else got.stale_ms)
+
+    await settle_replicas(lb, name)
+    out["rank_single_one_call"] = await timed_each(args.queries, fast_rank)
+    out["rank_single_one_call"]["max_stale_ms"] = args.max_stale_ms
+    out["rank_single_one_call"]["answered_by_replicas"] = sum(s >= 0 for s in stale) / len(stale)
+    out["rank_single_one_call"]["stale_ms_p50"] = float(np.percentile([s for s in stale if s >= 0] or [0], 50))
     batch_users = [user(int(i)) for i in rng.choice(n, args.rank_batch)]
     started = time.perf_counter()
     for _ in range(args.rank_batches):
@@ -115,11 +128,22 @@ async def bench_pulseline(lb: Leaderboards, n: int, args: argparse.Namespace, rn
     out["top10"] = await timed_each(args.queries // 2, lambda i: lb.top(name, 10))
     out["around5"] = await timed_each(args.queries // 2, lambda i: lb.around(name, user(int(probe[i])), 5))
     memory = await lb.memory(name)
-    out["memory_per_entry_b"] = sum(m["array_bytes"] + m["python_bytes"] for m in memory) / n
+    out["memory_per_entry_b"] = sum(m["array_bytes"] + m["python_bytes"] + m["replica_bytes"] for m in memory) / n
+    out["memory_per_entry_without_replicas_b"] = sum(m["array_bytes"] + m["python_bytes"] for m in memory) / n
     out["rss_per_entry_b"] = sum(m["rss_bytes"] for m in memory) / n
     out["shard_infos"] = await lb.shard_infos(name)
     await lb.drop(name)
     return out
+
+
+async def settle_replicas(lb: Leaderboards, name: str, timeout_s: float = 120.0) -> None:
+    """Wait until every shard's peer replica is synced (after a load, the first snapshots)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        infos = await lb.shard_infos(name)
+        if all(i["replica"] is None or i["replica"]["age_s"] is not None for i in infos):
+            return
+        await asyncio.sleep(0.5)
 
 
 # -- Redis sorted set --------------------------------------------------------------------
@@ -183,6 +207,7 @@ def ratios(p: dict[str, Any], r: dict[str, Any]) -> dict[str, float]:
         "load_vs_redis": p["load_per_s"] / r["load_per_s"],
         "rank_batched_vs_redis_pipelined": p["rank_batched_per_s"] / r["rank_pipelined_per_s"],
         "rank_single_p99_redis_over_pulseline": r["rank_single"]["p99_ms"] / p["rank_single"]["p99_ms"],
+        "rank_single_one_call_p99_redis_over_pulseline": r["rank_single"]["p99_ms"] / p["rank_single_one_call"]["p99_ms"],
         "top10_p99_redis_over_pulseline": r["top10"]["p99_ms"] / p["top10"]["p99_ms"],
         "around5_p99_redis_over_pulseline": r["around5"]["p99_ms"] / p["around5"]["p99_ms"],
         "memory_per_entry_pulseline_over_redis": p["memory_per_entry_b"] / r["memory_per_entry_b"],
@@ -218,6 +243,8 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=1_000)
     parser.add_argument("--rank-batch", type=int, default=10_000)
     parser.add_argument("--rank-batches", type=int, default=5)
+    parser.add_argument("--max-stale-ms", type=float, default=1000.0,
+                        help="one-call ranks from the peer replicas accept answers this old")
     parser.add_argument("--report", default="bench-leaderboard.json")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",") if s]
