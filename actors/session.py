@@ -13,21 +13,24 @@ Contracts
   yet waits in the cursor's ``pending`` map and is credited when the gap fills, so the
   result does not depend on arrival order. A rejected sample consumes its seq without
   moving ``ts_prev``. The first sample of a device only sets the baseline.
+* Participant tags (cohort values such as ``{"age": "30-39"}``, see ``check_tags``) are
+  per participant, set by ``join`` and never touched by ``apply``.
 * Everything survives a restart through ``to_checkpoint`` / ``from_checkpoint``.
 """
 
 from __future__ import annotations
 
 import enum
+import re
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
 import numpy as np
 
-from actors.errors import CheckpointError, PhaseError
+from actors.errors import ActorError, CheckpointError, PhaseError
 
 CHECKPOINT_VERSION = 1
 BOARD_COLUMNS = (
@@ -58,6 +61,35 @@ _FLOAT_COLUMNS = (
 )
 _INT_COLUMNS = ("hr_n", "power_n", "cadence_n", "samples", "rejected")
 _LATEST = ("hr_bpm", "power_w", "cadence_rpm", "speed_mps")
+
+MAX_TAGS = 8
+MAX_TAG_VALUE_CHARS = 64
+TAG_KEY = re.compile(r"[A-Za-z0-9_.-]{1,32}")
+
+
+class TagError(ActorError, ValueError):
+    """Participant tags that break the rules of ``check_tags`` (the message says which)."""
+
+
+def check_tags(tags: Mapping[str, str]) -> dict[str, str]:
+    """Return ``tags`` as a plain dict if valid, else raise ``TagError``.
+
+    At most ``MAX_TAGS`` tags; keys match ``[A-Za-z0-9_.-]{1,32}``; values are str of 1 to
+    ``MAX_TAG_VALUE_CHARS`` printable characters. The edge validates join bodies with this
+    same function, so a bad tag is refused before it reaches a session.
+    """
+    if not isinstance(tags, Mapping):
+        raise TagError("tags must be an object mapping names to strings")
+    if len(tags) > MAX_TAGS:
+        raise TagError(f"at most {MAX_TAGS} tags, got {len(tags)}")
+    for key, value in tags.items():
+        if not isinstance(key, str) or not TAG_KEY.fullmatch(key):
+            raise TagError(f"tag name {key!r} must match [A-Za-z0-9_.-]{{1,32}}")
+        if not isinstance(value, str):
+            raise TagError(f"tag {key!r} must be a string")
+        if not 1 <= len(value) <= MAX_TAG_VALUE_CHARS or not value.isprintable():
+            raise TagError(f"tag {key!r} must be 1-{MAX_TAG_VALUE_CHARS} printable characters")
+    return dict(tags)
 
 
 @dataclass(slots=True)
@@ -114,6 +146,7 @@ class SessionState:
         self.slots: dict[str, int] = {}
         self.active = np.zeros(0, dtype=bool)
         self.devices: dict[str, DeviceCursor] = {}
+        self.tags: dict[str, dict[str, str]] = {}  # participant -> its tags (absent: none)
         self.totals = {"applied": 0, "duplicates": 0, "rejected": 0}
         self._cols: dict[str, np.ndarray] = {}
         self._allocate(16)
@@ -138,8 +171,14 @@ class SessionState:
         active[: len(self.active)] = self.active[:capacity]
         self.active = active
 
-    def join(self, participant: str) -> int:
-        """Add (or re-activate) a participant; returns its slot. Idempotent."""
+    def join(self, participant: str, tags: Mapping[str, str] | None = None) -> int:
+        """Add (or re-activate) a participant; returns its slot. Idempotent.
+
+        ``tags`` (validated by ``check_tags``, ``TagError`` before anything changes) replace
+        the participant's tags; ``None`` keeps the ones it has, ``{}`` clears them.
+        """
+        if tags is not None:
+            self._set_tags(participant, check_tags(tags))
         slot = self.slots.get(participant)
         if slot is None:
             slot = len(self.participants)
@@ -151,6 +190,15 @@ class SessionState:
             self.active[slot] = True
             self._touch()
         return slot
+
+    def _set_tags(self, participant: str, tags: dict[str, str]) -> None:
+        if self.tags.get(participant, {}) == tags:
+            return
+        if tags:
+            self.tags[participant] = tags
+        else:
+            self.tags.pop(participant, None)
+        self._touch()
 
     def leave(self, participant: str) -> bool:
         """Hide a participant from the board; its numbers are kept. Idempotent."""
@@ -317,6 +365,7 @@ class SessionState:
         return {
             "participant": participant,
             "active": bool(self.active[slot]),
+            "tags": dict(self.tags.get(participant, {})),
             "energy_kj": float(c["energy_kj"][slot]),
             "samples": int(c["samples"][slot]),
             "rejected": int(c["rejected"][slot]),
@@ -362,6 +411,7 @@ class SessionState:
                 for d, c in self.devices.items()
             },
             "totals": self.totals,
+            "tags": self.tags,  # optional: checkpoints written before tags have none
         }
         return msgpack.packb(payload, use_bin_type=True)  # type: ignore[no-any-return]
 
@@ -394,3 +444,4 @@ class SessionState:
         for device, (slot, contig, ts, pending) in raw["devices"].items():
             self.devices[device] = DeviceCursor(slot, contig, ts, {s: (t, p) for s, t, p in pending})
         self.totals = dict(raw["totals"])
+        self.tags = {str(p): dict(t) for p, t in (raw.get("tags") or {}).items() if t and p in self.slots}
