@@ -183,7 +183,10 @@ def test_bridge_offline_then_restart_loses_nothing(edge: Any, run: Any, unique_i
     assert third["emitted_total"] == third["acked"] == sum(observed.values()), (_counts(third), observed)
     sensors = {s["address"]: s for s in second["sensors"]}
     assert sensors[ALICE_PM]["drops"] == 1 and sensors[ALICE_PM]["connects"] == 2, sensors[ALICE_PM]
-    assert {s["address"]: s for s in first["sensors"]}[CAROL_BIKE]["refused"] == 2, first["sensors"]
+    # the trainer refuses its first two attempts, whichever life makes them (a loaded
+    # machine may get to the second one only after the first restart)
+    refused = [{s["address"]: s["refused"] for s in life["sensors"]}.get(CAROL_BIKE, 0) for life in (first, second, third)]
+    assert sum(refused) == 2, refused
     assert air.max_in_flight == 1, air.connect_attempts  # one scan-and-connect at a time
     assert all(len(uuids) == len(SensorKind) for uuids in air.scans), air.scans  # filtered by every service
 
