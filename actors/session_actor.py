@@ -10,13 +10,23 @@ Survives a restart: everything that was checkpointed. Samples applied after the 
 checkpoint are lost from memory, but they were never acknowledged, so devices resend
 them; ``tick`` reports the epoch, so edges notice a restart and ask devices to resume.
 Every method is idempotent and safe to retry (``max_task_retries=-1``).
+
+Class results: once the session is ended (and again after late data changes it), the
+snapshot is handed to the *results sink* named in ``settings["results_sink"]``, an import
+path ``"package.module:function"`` of a callable ``async (settings, snapshot) -> Any``
+(the edge sets ``cluster.leaderboards:publish_from_session`` when it has session
+leaderboards). It is resolved with importlib when results are published, so ``actors``
+imports nothing above itself; a sink that fails to import or raises is logged and never
+fails a session call. No sink, or no ``settings["leaderboards"]``: nothing is published.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import os
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import ray
@@ -29,9 +39,25 @@ log = logging.getLogger(__name__)
 
 NAMESPACE = "pulseline"
 
+ResultsSink = Callable[[Mapping[str, Any], Mapping[str, Any]], Awaitable[Any]]
+
 
 def actor_name(session_id: str) -> str:
     return f"session:{session_id}"
+
+
+def resolve_sink(path: str) -> ResultsSink:
+    """Import ``"package.module:function"`` and return the function; raise ``ValueError``
+    for a malformed path or a target that is not callable (import errors pass through)."""
+    module_name, sep, attr = path.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"results sink {path!r} is not 'package.module:function'")
+    target: Any = importlib.import_module(module_name)
+    for part in attr.split("."):
+        target = getattr(target, part)
+    if not callable(target):
+        raise ValueError(f"results sink {path!r} is not callable")
+    return target  # type: ignore[no-any-return]
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
@@ -58,9 +84,12 @@ class SessionActor:
         self.checkpoints_written = 0
         self._loop: asyncio.Task[None] | None = None
         self._write_lock: asyncio.Lock | None = None
-        # Leaderboards fed with this class's results once it ends (board names; default none).
+        # Leaderboards fed with this class's results once it ends (board names; default none),
+        # through the results sink (an import path; default none: see the module docstring).
         self.settings = settings
         self.leaderboards = [str(b) for b in settings.get("leaderboards") or ()]
+        self.results_sink = str(settings.get("results_sink") or "")
+        self.publish_failures = 0
         self._publish_task: asyncio.Task[None] | None = None
         self._republish = False
         log.info("session %s up: epoch %s, restored=%s", session_id, self.store.epoch, data is not None)
@@ -131,9 +160,11 @@ class SessionActor:
         await self._checkpoint()
         return dict(self.durable)
 
-    async def join(self, *, participant: str) -> int:
+    async def join(self, *, participant: str, tags: dict[str, str] | None = None) -> int:
+        """Join (idempotent); ``tags`` replace the participant's tags, ``None`` keeps them.
+        Bad tags raise ``TagError`` and change nothing."""
         self._ensure_loop()
-        slot = self.state.join(participant)
+        slot = self.state.join(participant, tags)
         await self._checkpoint()
         return slot
 
@@ -152,22 +183,22 @@ class SessionActor:
         return self.state.phase.value
 
     def _publish_results(self) -> None:
-        """Publish results to ``settings["leaderboards"]`` in the background; never fails a call."""
-        if not self.leaderboards:
+        """Hand the results to the sink in the background; never fails a call."""
+        if not self.leaderboards or not self.results_sink:
             return
         self._republish = True
         if self._publish_task is None or self._publish_task.done():
             self._publish_task = asyncio.get_running_loop().create_task(self._publish_loop())
 
     async def _publish_loop(self) -> None:
-        from cluster.leaderboards import publish_from_session  # lazy: only sessions with boards
-
         while self._republish:
             self._republish = False
             try:
-                await publish_from_session(self.settings, self.state.snapshot())
+                sink = resolve_sink(self.results_sink)
+                await sink(self.settings, self.state.snapshot())
             except Exception:  # results are re-published on the next late data or phase call
-                log.exception("session %s: publishing results failed", self.session_id)
+                self.publish_failures += 1
+                log.exception("session %s: results sink %r failed", self.session_id, self.results_sink)
 
     async def snapshot(self) -> dict[str, Any]:
         self._ensure_loop()
@@ -176,6 +207,7 @@ class SessionActor:
         snap["durable"] = dict(self.durable)
         snap["checkpoints_written"] = self.checkpoints_written
         snap["state_bytes"] = self.state.nbytes()
+        snap["publish_failures"] = self.publish_failures
         return snap
 
     async def info(self) -> dict[str, Any]:

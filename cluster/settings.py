@@ -5,8 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+DEFAULT_RESULTS_SINK = "cluster.leaderboards:publish_from_session"
 
 
 class Settings(BaseSettings):
@@ -30,6 +33,9 @@ class Settings(BaseSettings):
     ack_interval_s: float = 1.0  # at most one ack frame per device per interval
     # Boards every ended class publishes its results to (PULSELINE_SESSION_LEADERBOARDS='["weekly-kj"]').
     session_leaderboards: list[str] = []
+    # Where an ended class's results go ("package.module:function", async (settings, snapshot));
+    # used only with session_leaderboards. PULSELINE_RESULTS_SINK overrides the default.
+    results_sink: str = Field(default=DEFAULT_RESULTS_SINK, pattern=r"^([A-Za-z_][\w.]*:[A-Za-z_][\w.]*)?$")
     checkpoint_interval_s: float = 0.25
     board_size: int = 10
     max_gap_s: float = 5.0
@@ -80,6 +86,7 @@ class Settings(BaseSettings):
             "checkpoint_interval_s": self.checkpoint_interval_s,
             "max_gap_s": self.max_gap_s,
             "leaderboards": list(self.session_leaderboards),
+            **({"results_sink": self.results_sink} if self.session_leaderboards and self.results_sink else {}),
         }
 
 

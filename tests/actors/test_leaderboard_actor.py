@@ -340,7 +340,8 @@ def test_ended_session_publishes_results_and_late_data_replaces_them(
 
     async def scenario() -> None:
         lb = client(redis_server, prefix)
-        settings_ = {"redis_url": redis_server.url, "prefix": prefix, "leaderboards": [name, "no-such-board"]}
+        settings_ = {"redis_url": redis_server.url, "prefix": prefix, "leaderboards": [name, "no-such-board"],
+                     "results_sink": "cluster.leaderboards:publish_from_session"}
         session = SessionActor.options(name=f"s-{unique_id}", namespace=NS, resources={"session_slot": 1}).remote(unique_id, settings_)
         try:
             await lb.create(LeaderboardSpec(name, "energy_kj", operator="sum", shard_count=2))
