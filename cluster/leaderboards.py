@@ -729,8 +729,10 @@ def session_writes(
 
     ``source = "session:{id}"``, so a re-publish (late data) replaces the session's earlier
     value instead of adding to it. ``achieved_at`` is the participant's last device
-    timestamp (a correction never moves it backwards, so it replaces). Participants without
-    samples or without a finite value are skipped.
+    timestamp (a correction never moves it backwards, so it replaces). ``tags`` are the
+    participant's join tags (its cohort values), plus ``class_id`` on per-class boards (the
+    class wins over a participant tag of that name). Participants without samples or without
+    a finite value are skipped.
     """
     session = str(snapshot["session"])
     writes = []
@@ -742,7 +744,11 @@ def session_writes(
             continue
         at = p.get("last_ts")
         at = float(at) if isinstance(at, int | float) and math.isfinite(at) else now()
-        tags = {CLASS_TAG: session} if spec.period is Period.CLASS else {}
+        joined = p.get("tags")
+        joined = joined if isinstance(joined, Mapping) else {}
+        tags = {k: v for k, v in joined.items() if type(k) is str and type(v) is str}
+        if spec.period is Period.CLASS:
+            tags[CLASS_TAG] = session
         writes.append(Write(str(p["participant"]), f"session:{session}", float(value), at, tags))
     return writes
 

@@ -1,0 +1,13 @@
+"""Results sinks for tests, imported by session actors by their import path
+(``"tests.actors.sinks:failing"``): Ray workers have the driver's working directory on
+their path, and the tests run from the repository root."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+
+async def failing(settings: Mapping[str, Any], snapshot: Mapping[str, Any]) -> None:
+    """A sink whose backend is down: every call raises."""
+    raise RuntimeError(f"results backend down (session {snapshot.get('session')})")
