@@ -25,9 +25,10 @@ from fastapi import Depends, FastAPI, Query, Request, WebSocket
 from fastapi.responses import HTMLResponse, PlainTextResponse
 from starlette.websockets import WebSocketDisconnect
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from actors.errors import PhaseError
+from actors.session import MAX_TAGS, check_tags
 from api.auth import Principal, TokenKind, build_verifier, dev_secret, mint_token
 from api.errors import AuthError, BadRequest, Forbidden, Unauthorised, Unavailable, UnknownSession, install_handlers
 from api.ingest import DeviceConnection
@@ -61,7 +62,16 @@ class CreateSession(BaseModel):
 
 
 class JoinRequest(BaseModel):
+    """``tags``: the participant's cohort values (``{"age": "30-39"}``), checked by
+    ``actors.session.check_tags``; omitted keeps the tags it has, ``{}`` clears them."""
+
     participant: str = Field(pattern=_ID.pattern)
+    tags: dict[str, str] | None = Field(default=None, max_length=MAX_TAGS)
+
+    @field_validator("tags")
+    @classmethod
+    def _valid_tags(cls, tags: dict[str, str] | None) -> dict[str, str] | None:
+        return None if tags is None else check_tags(tags)  # TagError is a ValueError: 422
 
 
 class PhaseRequest(BaseModel):
@@ -202,7 +212,8 @@ def create_app(settings: Settings) -> FastAPI:
     @app.post("/v1/sessions/{session_id}/participants", status_code=201)
     async def join(session_id: str, body: JoinRequest, who: Caller, request: Request) -> dict[str, Any]:
         edge().gate.check(who, authorise_membership, session_id, body.participant, where=_where(request), peer=_peer(request))
-        slot = await edge().call(session_id, "join", participant=body.participant)
+        extra = {} if body.tags is None else {"tags": body.tags}  # old actors take no tags
+        slot = await edge().call(session_id, "join", participant=body.participant, **extra)
         return {"participant": body.participant, "slot": slot}
 
     @app.delete("/v1/sessions/{session_id}/participants/{participant}")
