@@ -155,3 +155,25 @@ def test_a_failing_results_sink_never_fails_a_session_call(
     assert out["late"]["applied"] == 5 and out["durable"] == {"d1": 15}
     ann = out["snap"]["participants"][0]
     assert out["snap"]["phase"] == "ended" and ann["samples"] == 15 and ann["tags"] == {"age": "30-39"}
+
+
+def test_actor_settings_name_the_sink_only_with_boards(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pydantic import ValidationError
+
+    from actors.session_actor import resolve_sink
+    from cluster.leaderboards import publish_from_session
+    from cluster.settings import Settings
+
+    assert "results_sink" not in Settings(redis_url="redis://x").actor_settings()
+    with_boards = Settings(redis_url="redis://x", session_leaderboards=["weekly-kj"]).actor_settings()
+    assert with_boards["leaderboards"] == ["weekly-kj"] and with_boards["results_sink"] == SINK
+    assert resolve_sink(with_boards["results_sink"]) is publish_from_session
+    monkeypatch.setenv("PULSELINE_RESULTS_SINK", "tests.actors.sinks:failing")
+    assert Settings(redis_url="redis://x", session_leaderboards=["b"]).actor_settings()["results_sink"] == (
+        "tests.actors.sinks:failing"
+    )
+    monkeypatch.setenv("PULSELINE_RESULTS_SINK", "")  # switched off
+    assert "results_sink" not in Settings(redis_url="redis://x", session_leaderboards=["b"]).actor_settings()
+    monkeypatch.setenv("PULSELINE_RESULTS_SINK", "not a path")
+    with pytest.raises(ValidationError):
+        Settings(redis_url="redis://x")
