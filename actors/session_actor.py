@@ -14,8 +14,8 @@ Every method is idempotent and safe to retry (``max_task_retries=-1``).
 Class results: once the session is ended (and again after late data changes it), the
 snapshot is handed to the *results sink* named in ``settings["results_sink"]``, an import
 path ``"package.module:function"`` of a callable ``async (settings, snapshot) -> Any``
-(the edge sets ``cluster.leaderboards:publish_from_session`` when it has session
-leaderboards). It is resolved with importlib when results are published, so ``actors``
+(an edge with session leaderboards names the leaderboards' publisher there, see
+docs/leaderboards.md). It is resolved with importlib when results are published, so ``actors``
 imports nothing above itself; a sink that fails to import or raises is logged and never
 fails a session call. No sink, or no ``settings["leaderboards"]``: nothing is published.
 """
