@@ -445,25 +445,22 @@ class _Records:
         scores: npt.NDArray[np.float64],
         times: npt.NDArray[np.float64],
         tids: npt.NDArray[np.int32],
-    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
-        """``put`` for distinct users, with numpy over the columns: new users, and users whose
-        only record is from the write's source. Return the users changed and the positions
-        left for ``put`` (users holding records from other sources)."""
+    ) -> npt.NDArray[np.int64]:
+        """``put`` for distinct users, with numpy over the columns; return the users changed.
+
+        Each write's record is found by walking every user's chain at once (one numpy step
+        per record of the longest chain); found records are compared and updated as arrays,
+        the rest appended in bulk (a new user's chain starts, an existing user's grows)."""
         known = uids < len(self.first)
-        rows = np.full(uids.shape[0], -1, np.int64)
+        heads = np.full(uids.shape[0], -1, np.int64)
         if known.any():
-            rows[known] = np.frombuffer(self.first, np.int32)[uids[known]]
-        fresh = rows < 0
-        same = np.zeros(uids.shape[0], bool)
-        if not fresh.all():
-            held = rows[~fresh]
-            same[~fresh] = (np.frombuffer(self.src, np.int32)[held] == sids[~fresh]) & (
-                np.frombuffer(self.nxt, np.int32)[held] < 0
-            )
-        r = rows[same]
+            heads[known] = np.frombuffer(self.first, np.int32)[uids[known]]
+        rows = self.find_many(heads, sids)
+        held = rows >= 0
+        r = rows[held]
         score_column, at_column = np.frombuffer(self.score, np.float64), np.frombuffer(self.at, np.float64)
         tag_column = np.frombuffer(self.tag, np.int32)
-        new_at, new_score, new_tag = times[same], scores[same], tids[same]
+        new_at, new_score, new_tag = times[held], scores[held], tids[held]
         old_at = at_column[r]
         take = (new_at > old_at) | (
             (new_at == old_at) & ((score_column[r] != new_score) | (tag_column[r] != new_tag))
@@ -471,19 +468,54 @@ class _Records:
         r = r[take]
         score_column[r], at_column[r], tag_column[r] = new_score[take], new_at[take], new_tag[take]
         del score_column, at_column, tag_column  # no buffer exported while the arrays grow
-        self._add_many(uids[fresh], sids[fresh], scores[fresh], times[fresh], tids[fresh])
-        changed = np.concatenate([uids[same][take], uids[fresh]])
-        return changed, np.flatnonzero(~(fresh | same))
+        new = ~held
+        self._add_many(uids[new], heads[new], sids[new], scores[new], times[new], tids[new])
+        return np.concatenate([uids[held][take], uids[new]])
+
+    def find_many(self, heads: npt.NDArray[np.int64], sids: npt.NDArray[np.int32]) -> npt.NDArray[np.int64]:
+        """Row of each ``(chain head, source)`` pair, -1 where the chain has no such source."""
+        found = np.full(heads.shape[0], -1, np.int64)
+        live = np.flatnonzero(heads >= 0)
+        if live.shape[0] == 0:
+            return found
+        src, nxt = np.frombuffer(self.src, np.int32), np.frombuffer(self.nxt, np.int32)
+        cursor = heads.copy()
+        while live.shape[0]:
+            r = cursor[live]
+            hit = src[r] == sids[live]
+            found[live[hit]] = r[hit]
+            step = nxt[r]
+            cursor[live] = step
+            live = live[~hit & (step >= 0)]
+        return found
+
+    def chains(self, uids: npt.NDArray[np.int64]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+        """Every record of the given users: ``(position in uids, row)`` pairs, newest first."""
+        nxt = np.frombuffer(self.nxt, np.int32)
+        cursor = np.frombuffer(self.first, np.int32)[uids].astype(np.int64)
+        live = np.flatnonzero(cursor >= 0)
+        positions, rows = [], []
+        while live.shape[0]:
+            r = cursor[live]
+            positions.append(live)
+            rows.append(r)
+            step = nxt[r]
+            cursor[live] = step
+            live = live[step >= 0]
+        if not rows:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        return np.concatenate(positions), np.concatenate(rows)
 
     def _add_many(
         self,
         uids: npt.NDArray[np.int64],
+        heads: npt.NDArray[np.int64],
         sids: npt.NDArray[np.int32],
         scores: npt.NDArray[np.float64],
         times: npt.NDArray[np.float64],
         tids: npt.NDArray[np.int32],
     ) -> None:
-        """``add`` for users without records here (distinct), as column appends."""
+        """``add`` for distinct users as column appends; ``heads`` are their chains (-1: none)."""
         n = uids.shape[0]
         if n == 0:
             return
@@ -493,12 +525,12 @@ class _Records:
         start = len(self.src)
         np.frombuffer(self.first, np.int32)[uids] = np.arange(start, start + n, dtype=np.int32)
         self.owner.frombytes(uids.astype(np.int32).tobytes())
-        self.nxt.frombytes(np.full(n, -1, np.int32).tobytes())
+        self.nxt.frombytes(heads.astype(np.int32).tobytes())
         self.src.frombytes(sids.astype(np.int32).tobytes())
         self.tag.frombytes(tids.astype(np.int32).tobytes())
         self.score.frombytes(scores.astype(np.float64).tobytes())
         self.at.frombytes(times.astype(np.float64).tobytes())
-        self.users += n
+        self.users += int((heads < 0).sum())
 
     def single_entries(
         self, uids: npt.NDArray[np.int64]
@@ -564,6 +596,22 @@ class _CohortOf:
     def get(self, uid: int) -> Tags:
         cid = self.ids[uid] if uid < len(self.ids) else -1
         return () if cid < 0 else self._table[cid]
+
+    def get_many(self, uids: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+        """Cohort id of each user (-1: none)."""
+        out = np.full(uids.shape[0], -1, np.int64)
+        known = uids < len(self.ids)
+        if known.any():
+            out[known] = np.frombuffer(self.ids, np.int32)[uids[known]]
+        return out
+
+    def set_many(self, uids: npt.NDArray[np.int64], cids: npt.NDArray[np.int64]) -> None:
+        if uids.shape[0] == 0:
+            return
+        need = int(uids.max()) + 1
+        if need > len(self.ids):
+            self.ids.extend(array("i", [-1]) * (max(need, 2 * len(self.ids)) - len(self.ids)))
+        np.frombuffer(self.ids, np.int32)[uids] = cids.astype(np.int32)
 
     def set(self, uid: int, cid: int) -> None:
         if uid >= len(self.ids):
@@ -793,15 +841,13 @@ class LeaderboardShard:
     ) -> int:
         board = self._boards.get(period) or self._new_board(period)
         if np.unique(uids).shape[0] == uids.shape[0]:
-            touched, rest = board.records.put_many(uids, sids, scores, times, tids)
+            touched = board.records.put_many(uids, sids, scores, times, tids)
         else:  # a user twice in one batch: apply in order, one by one
-            touched, rest = np.zeros(0, np.int64), np.arange(uids.shape[0])
-        one_by_one = [
-            int(uids[i]) for i in rest.tolist()
-            if board.records.put(int(uids[i]), int(sids[i]), float(scores[i]), float(times[i]), int(tids[i]))
-        ]
-        if one_by_one:
-            touched = np.concatenate([touched, np.array(one_by_one, np.int64)])
+            put = board.records.put
+            touched = np.array([
+                u for u, s, v, t, g in zip(uids.tolist(), sids.tolist(), scores.tolist(), times.tolist(), tids.tolist(), strict=True)
+                if put(u, s, v, t, g)
+            ], np.int64)
         return self._refresh(period, touched)
 
     def load_records(self, records: Iterable[Record]) -> int:
@@ -885,10 +931,8 @@ class LeaderboardShard:
         if users.shape[0] == 0:
             return 0
         scores, times, tag_ids, several = board.records.single_entries(users)
-        aggregated: dict[int, Tags] = {}
-        for i in several.tolist():  # users with records from several sources
-            rec = _aggregate(self._spec, board.records[int(users[i])])
-            scores[i], times[i], aggregated[i] = rec.score, rec.achieved_at, rec.tags
+        if several.shape[0]:  # users with records from several sources
+            scores[several], times[several], tag_ids[several] = self._aggregate_many(board.records, users[several])
         names = self._names
         ties = [names[u].encode("utf-8") for u in users.tolist()]
         self._fit_ties(ties)
@@ -896,15 +940,46 @@ class LeaderboardShard:
         if self._changes is not None:
             self._changes.append(("upsert", period, users, scores, times, np.array(ties, dtype=np.bytes_)))
         if self._spec.cohort_keys:
-            table = self._tag_table
-            entries = [
-                _Rec(s, t, aggregated[i] if i in aggregated else table[g])
-                for i, (s, t, g) in enumerate(zip(scores.tolist(), times.tolist(), tag_ids.tolist(), strict=True))
-            ]
-            moved = set(changed.tolist()) | self._refresh_cohorts(board, users, entries, (scores, times, ties))
-            changed = np.fromiter(moved, np.int64, len(moved))
+            moved = self._refresh_cohorts(board, users, tag_ids, (scores, times, ties))
+            changed = np.union1d(changed, moved)
         board.bump(changed)
         return int(changed.shape[0])
+
+    def _aggregate_many(
+        self, records: _Records, uids: npt.NDArray[np.int64]
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.int32]]:
+        """``_aggregate`` for many users at once: entry score, time and tag id of each.
+
+        Same rules: ``latest`` is the record with the latest time, then the greatest source
+        name; ``best`` the best score, then the earliest time, then the smallest source name;
+        ``sum`` the exactly rounded ``math.fsum`` of the scores at the latest time. The tags
+        are always the latest record's."""
+        positions, rows = records.chains(uids)
+        src = np.frombuffer(records.src, np.int32)[rows]
+        score = np.frombuffer(records.score, np.float64)[rows]
+        at = np.frombuffer(records.at, np.float64)[rows]
+        tag = np.frombuffer(records.tag, np.int32)[rows]
+        involved = np.unique(src)  # source names order ties: rank only the sources at hand
+        by_name = sorted(range(involved.shape[0]), key=lambda k: self._sources[int(involved[k])])
+        name_rank = np.empty(involved.shape[0], np.int64)
+        name_rank[by_name] = np.arange(involved.shape[0])
+        rank = name_rank[np.searchsorted(involved, src)]
+        n = uids.shape[0]
+        order = np.lexsort((rank, at, positions))  # per user: oldest .. latest record
+        starts = np.searchsorted(positions[order], np.arange(n))
+        ends = np.append(starts[1:], order.shape[0])
+        latest = order[ends - 1]
+        out_tag = tag[latest]
+        if self._spec.operator is Operator.LATEST:
+            return score[latest], at[latest], out_tag
+        if self._spec.operator is Operator.SUM:
+            grouped = score[order]
+            totals = np.array([math.fsum(grouped[a:b]) for a, b in zip(starts.tolist(), ends.tolist(), strict=True)])
+            return totals, at[latest], out_tag
+        sign = -1.0 if self._spec.descending else 1.0
+        best = np.lexsort((rank, at, sign * score, positions))
+        first = best[np.searchsorted(positions[best], np.arange(n))]
+        return score[first], at[first], out_tag
 
     def _entry_of(self, records: _Records, uid: int) -> _Rec:
         row = records.first[uid]
@@ -916,33 +991,37 @@ class LeaderboardShard:
         self,
         board: _Board,
         users: npt.NDArray[np.int64],
-        entries: Sequence[_Rec],
+        tag_ids: npt.NDArray[np.int32],
         keys: tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], Sequence[bytes]],
-    ) -> set[int]:
-        moved: set[int] = set()
-        members: dict[tuple[str, str], list[int]] = {}
-        leaving: dict[tuple[str, str], list[int]] = {}
-        for pos, (uid, entry) in enumerate(zip(users.tolist(), entries, strict=True)):
-            new, cid = self._cohort_values(entry.tags)
-            old = board.cohort_of.get(uid)
-            if new != old:
-                moved.add(uid)
-                for kv in set(old) - set(new):
-                    leaving.setdefault(kv, []).append(uid)
-                board.cohort_of.set(uid, cid)
-            for kv in new:
-                members.setdefault(kv, []).append(pos)
-        for kv, uids in leaving.items():
-            board.cohorts[kv].remove_many(uids)
-            if not len(board.cohorts[kv]):
-                del board.cohorts[kv]
+    ) -> npt.NDArray[np.int64]:
+        """Move users between cohort indexes after their entries changed; return the users
+        whose cohort entry changed (grouped by cohort value sets, not user by user)."""
+        distinct_tags, tag_pos = np.unique(tag_ids, return_inverse=True)
+        cids_of_tags = np.array([self._cohort_values(self._tag_table[int(t)])[1] for t in distinct_tags], np.int64)
+        new = cids_of_tags[tag_pos.reshape(-1)]
+        old = board.cohort_of.get_many(users)
+        shifted = new != old
+        moved = [users[shifted]]
+        pairs = np.unique(np.stack([old[shifted], new[shifted]]), axis=1) if shifted.any() else np.zeros((2, 0), np.int64)
+        for old_cid, new_cid in pairs.T.tolist():
+            kept = set(self._cohort_table[new_cid]) if new_cid >= 0 else set()
+            gone = [kv for kv in (self._cohort_table[old_cid] if old_cid >= 0 else ()) if kv not in kept]
+            leavers = users[shifted & (old == old_cid) & (new == new_cid)]
+            for kv in gone:
+                board.cohorts[kv].remove_many(leavers)
+                if not len(board.cohorts[kv]):
+                    del board.cohorts[kv]
+        board.cohort_of.set_many(users[shifted], new[shifted])
         scores, times, ties = keys
-        for kv, positions in members.items():
-            index = board.cohorts.setdefault(kv, self._new_index())
-            p = np.array(positions)
-            changed = index.upsert_many(users[p], scores[p], times[p], [ties[i] for i in positions])
-            moved.update(changed.tolist())
-        return moved
+        for cid in np.unique(new).tolist():
+            if cid < 0:
+                continue
+            positions = np.flatnonzero(new == cid)
+            for kv in self._cohort_table[cid]:
+                index = board.cohorts.setdefault(kv, self._new_index())
+                changed = index.upsert_many(users[positions], scores[positions], times[positions], [ties[i] for i in positions.tolist()])
+                moved.append(changed)
+        return np.unique(np.concatenate(moved)) if moved else np.zeros(0, np.int64)
 
     def _cohort_values(self, tags: Tags) -> tuple[Tags, int]:
         """The ``(key, value)`` pairs of ``tags`` that the spec indexes, and their id
@@ -1264,7 +1343,7 @@ class LeaderboardShard:
             board = self._new_board(period)
             users = self._load_columns(board.records, columns)
             if users.size:
-                self._refresh(period, users.tolist())
+                self._refresh(period, users)
             board.version = int(columns["version"])
             board.user_version = np.frombuffer(columns["user_version"], np.int64).copy()
 
