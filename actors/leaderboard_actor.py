@@ -32,6 +32,7 @@ idempotent, reads have no effect. Writes to a frozen shard (being resharded) rai
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import time
@@ -82,6 +83,29 @@ redis.call('SET', KEYS[3], ARGV[1])
 redis.call('LTRIM', KEYS[4], tonumber(ARGV[3]), -1)
 return -1
 """
+
+
+class _FullCollections:
+    """Counts the cyclic GC's full (generation 2) collections of this process and their
+    pauses: a shard answers no query while one runs, so they show up in p99 latency."""
+
+    def __init__(self) -> None:
+        self.count, self.total_ms, self.max_ms, self._started = 0, 0.0, 0.0, 0.0
+        gc.callbacks.append(self)
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if info.get("generation") != 2:
+            return
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        pause_ms = (time.perf_counter() - self._started) * 1e3
+        self.count += 1
+        self.total_ms += pause_ms
+        self.max_ms = max(self.max_ms, pause_ms)
+
+    def report(self) -> dict[str, float]:
+        return {"count": self.count, "total_ms": round(self.total_ms, 3), "max_ms": round(self.max_ms, 3)}
 
 
 def actor_name(board: str, shard: int, generation: int = 0) -> str:
@@ -135,6 +159,7 @@ class LeaderboardShardActor:
         self._peer_handles: dict[int, Any] = {}
         self._last_sent: dict[int, float] = {}
         self._peer_task: asyncio.Task[None] | None = None
+        self.full_collections = _FullCollections()
         log.info(
             "lb shard %s/%s gen %s up: epoch %s, snapshot=%s, replayed %s log entries in %.2f s",
             board, shard, generation, self.store.epoch, data is not None, self.log_entries,
@@ -487,6 +512,7 @@ class LeaderboardShardActor:
             "fenced": self.fenced,
             "seq": self.seq,
             "periods": self.shard.periods(),
+            "gc_full_collections": self.full_collections.report(),
             "replica": None if self.replica is None else self.replica.status(),
         }
 
