@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -47,6 +48,7 @@ MAX_USERS = 2**32 - 1
 """User indexes must be below this; ``MAX_USERS`` itself is reserved for cursor keys."""
 
 _SIGN = np.uint64(1 << 63)
+_MASK64 = (1 << 64) - 1
 _HEAD = 16
 _USER_WIDTH = 4
 _MIN_MERGE_THRESHOLD = 65_536
@@ -75,6 +77,17 @@ def _ordered_u64(values: npt.ArrayLike) -> npt.NDArray[np.uint64]:
     bits = (np.asarray(values, dtype=np.float64) + 0.0).view(np.uint64)
     negative = (bits & _SIGN) != 0
     return np.where(negative, ~bits, bits | _SIGN)
+
+
+def _ordered_one(value: float) -> int:
+    """``_ordered_u64`` of one float, in plain Python (single-key queries)."""
+    bits: int = struct.unpack(">Q", struct.pack(">d", value + 0.0))[0]
+    return bits ^ _MASK64 if bits >> 63 else bits | (1 << 63)
+
+
+def _float_from_ordered_one(ordered: int) -> float:
+    bits = ordered & ~(1 << 63) if ordered >> 63 else ordered ^ _MASK64
+    return float(struct.unpack(">d", struct.pack(">Q", bits))[0])
 
 
 def _float_from_ordered(ordered: npt.NDArray[np.uint64]) -> FloatArray:
@@ -229,7 +242,7 @@ class RankIndex:
         achieved = _float_from_ordered(_column(raw, 8, 16, ">u8").astype(np.uint64))
         width = self._dtype.itemsize
         users = _column(raw, width - _USER_WIDTH, width, ">u4").astype(np.int64)
-        return IndexEntries(users, -scores if self.descending else scores, achieved)
+        return IndexEntries(users, (-scores if self.descending else scores) + 0.0, achieved)  # never -0.0
 
     # -- writes ----------------------------------------------------------------------------
 
@@ -376,11 +389,42 @@ class RankIndex:
         return np.flatnonzero(self._present).astype(np.int64)
 
     def get(self, user: int) -> tuple[float, float] | None:
-        """``(score, achieved_at)`` of a user, or None."""
+        """``(score, achieved_at)`` of a user, or None (plain Python: no arrays built)."""
         if user not in self:
             return None
-        entry = self._decode(self._key_of[user : user + 1])
-        return float(entry.scores[0]), float(entry.achieved_at[0])
+        raw = self._key_of[user : user + 1].tobytes()  # full width: bytes(np.bytes_) drops NULs
+        ordered_score, ordered_at = struct.unpack(">QQ", raw[:_HEAD])
+        score = _float_from_ordered_one(ordered_score)
+        return (-score if self.descending else score) + 0.0, _float_from_ordered_one(ordered_at)
+
+    # -- one key, in plain Python (a single rank costs microseconds, not array set-ups) ------
+
+    def _key_one(self, score: float, achieved_at: float, tie: bytes, user: int) -> np.ndarray:
+        if len(tie) > self._tie_width:
+            raise ValueError(f"ties must be at most {self._tie_width} bytes")
+        if not (math.isfinite(score) and math.isfinite(achieved_at)):
+            raise ValueError("scores and achieved_at must be finite")
+        head = struct.pack(">QQ", _ordered_one(-score if self.descending else score), _ordered_one(achieved_at))
+        key = head + tie.ljust(self._tie_width, b"\0") + user.to_bytes(_USER_WIDTH, "big")
+        return np.array(key, self._dtype)
+
+    def _count_below_one(self, key: np.ndarray) -> int:
+        below = int(np.searchsorted(self._main, key))
+        if self._tombs.shape[0]:
+            below -= int(np.searchsorted(self._tombs, key))
+        if self._delta.shape[0]:
+            below += int(np.searchsorted(self._delta, key))
+        return below
+
+    def count_better_one(self, score: float, achieved_at: float, tie: bytes = b"", user: int = 0) -> int:
+        """``count_better`` of one key: ``tie`` with ``tie_width > 0``, else ``user``."""
+        return self._count_below_one(self._key_one(score, achieved_at, tie, 0 if self._tie_width else user))
+
+    def rank_one(self, user: int) -> int:
+        """``rank_of`` of one user (-1: no key)."""
+        if user not in self:
+            return -1
+        return self._count_below_one(self._key_of[user : user + 1].reshape(()))
 
     def top(self, n: int, offset: int = 0) -> IndexEntries:
         """Entries at ranks ``offset .. offset + n - 1`` (0-based), best first."""

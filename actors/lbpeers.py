@@ -222,7 +222,7 @@ class PeerReplica:
             return 0
         if len(tie) > self._tie_width:  # a longer id than any peer's: once, O(N)
             self._widen(len(tie))
-        return int(index.count_better([score], [achieved_at], ties=[tie])[0])
+        return index.count_better_one(score, achieved_at, tie)
 
     def size(self, period: str) -> int:
         index = self._indexes.get(period)

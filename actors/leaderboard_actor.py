@@ -411,11 +411,7 @@ class LeaderboardShardActor:
     ) -> tuple[int, float, float, tuple[tuple[str, str], ...]] | None:
         """``locate`` of one user as plain Python ``(position, score, achieved_at, tags)``
         (None: absent): the cheapest answer to serialise, for single-rank queries."""
-        got = self.shard.locate_many([user], period=period, cohort=cohort)
-        position = int(got.positions[0])
-        if position < 0:
-            return None
-        return position, float(got.scores[0]), float(got.achieved_at[0]), got.tags[0]
+        return self.shard.locate_one(user, period=period, cohort=cohort)
 
     async def locate_fast(
         self, *, user: str, period: str, max_stale_s: float

@@ -162,3 +162,31 @@ def test_large_batches_merge_and_stay_exact() -> None:
     assert index.rank_of(probe).tolist() == ranks[probe].tolist()
     assert index.top(7, 20_000).users.tolist() == expected[20_000:20_007].tolist()
     assert index.nbytes > 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    entries=st.lists(st.tuples(SCORES, TIMES, TIES), min_size=0, max_size=40),
+    queries=st.lists(st.tuples(SCORES, TIMES, TIES), min_size=1, max_size=10),
+    descending=st.booleans(),
+    tie_mode=st.booleans(),
+)
+def test_single_key_paths_agree_with_the_vectorised_ones(
+    entries: list[tuple[float, float, bytes]], queries: list[tuple[float, float, bytes]], descending: bool, tie_mode: bool
+) -> None:
+    index = RankIndex(descending=descending, tie_width=8 if tie_mode else 0, merge_threshold=7)
+    for user, (score, at, tie) in enumerate(entries):  # one at a time: buffers, merges, tombstones
+        index.upsert_many([user], [score], [at], [tie] if tie_mode else None)
+    index.remove_many([u for u in range(0, len(entries), 5)])
+    for user in range(len(entries) + 2):
+        assert index.rank_one(user) == int(index.rank_of([user])[0])
+        got, many = index.get(user), index.entries_of([user])
+        assert got == (None if len(many) == 0 else (float(many.scores[0]), float(many.achieved_at[0])))
+        if got is not None:  # -0.0 is stored as 0.0, and comes back as such on both paths
+            assert str(got[0]) == str(float(many.scores[0]))
+    for score, at, tie in queries:
+        if tie_mode:
+            assert index.count_better_one(score, at, tie) == int(index.count_better([score], [at], ties=[tie])[0])
+        else:
+            for user in (0, 3, 10**6):
+                assert index.count_better_one(score, at, user=user) == int(index.count_better([score], [at], users=[user])[0])
