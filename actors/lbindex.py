@@ -462,6 +462,14 @@ class RankIndex:
         offset = max(0, rank - k)
         return self.top(rank - offset + k + 1, offset)
 
+    def export(self) -> tuple[IndexEntries, KeyArray]:
+        """Every entry in rank order and its tie bytes (numpy ``S<tie_width>``), decoded from
+        the keys with numpy alone (no per-entry Python)."""
+        keys = self._keys_after(None, self._size)
+        raw = keys.view(np.uint8).reshape(-1, self._dtype.itemsize)
+        ties = np.ascontiguousarray(raw[:, _HEAD : _HEAD + self._tie_width]).view(f"S{max(self._tie_width, 1)}").ravel()
+        return self._decode(keys), ties if self._tie_width else np.zeros(keys.shape[0], "S1")
+
     def iter_entries(self, chunk: int = 65_536) -> Iterator[IndexEntries]:
         """All entries in rank order, ``chunk`` at a time (do not write while iterating)."""
         cursor: bytes | None = None

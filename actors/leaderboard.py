@@ -812,13 +812,9 @@ class LeaderboardShard:
         """Every main-index entry per period as ``(uids, scores, achieved_at, ties)``."""
         out = {}
         for period, board in self._boards.items():
-            parts = list(board.main.iter_entries(chunk=1 << 20))
-            if not parts:
-                continue
-            uids = np.concatenate([p.users for p in parts])
-            ties = np.array([n.encode("utf-8") for n in self._names.pick(uids)], dtype=np.bytes_)
-            scores = np.concatenate([p.scores for p in parts])
-            out[period] = (uids, scores, np.concatenate([p.achieved_at for p in parts]), ties)
+            entries, ties = board.main.export()  # ties are the keys' UTF-8 user ids
+            if len(entries):
+                out[period] = (entries.users, entries.scores, entries.achieved_at, ties)
         return out
 
     def periods(self) -> list[str]:
