@@ -52,7 +52,7 @@ _MASK64 = (1 << 64) - 1
 _HEAD = 16
 _USER_WIDTH = 4
 _MIN_MERGE_THRESHOLD = 65_536
-_MAX_MERGE_THRESHOLD = 262_144
+_MAX_MERGE_THRESHOLD = 1_048_576
 _AFTER_ALL_USERS = MAX_USERS
 
 FloatArray = npt.NDArray[np.float64]
@@ -149,7 +149,9 @@ class RankIndex:
 
     ``descending`` picks whether higher scores rank first. ``tie_width`` is the byte width of
     the tie component (0: ties resolve by user index). ``merge_threshold`` bounds the size of
-    the write buffers; ``None`` adapts it: ``32 * sqrt(len)`` clamped to 64k..256k keys.
+    the write buffers; ``None`` adapts it: ``64 * sqrt(len)`` clamped to 64k..1M keys (a merge
+    is O(len), buffer upkeep O(buffered) per batch: about sqrt(len * batch) balances them
+    for batches of ~16k).
     """
 
     def __init__(
@@ -194,7 +196,7 @@ class RankIndex:
     def merge_threshold(self) -> int:
         if self._fixed_threshold is not None:
             return self._fixed_threshold
-        adaptive = int(32 * math.sqrt(self._size))
+        adaptive = int(64 * math.sqrt(self._size))
         return min(_MAX_MERGE_THRESHOLD, max(_MIN_MERGE_THRESHOLD, adaptive))
 
     @property
