@@ -32,7 +32,7 @@ Memory: one more key and one more per-user slot per entry of every other shard, 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 

@@ -1,4 +1,8 @@
-"""Leaderboard logic: board specs, period keys, and one shard of one board. No Ray, no Redis.
+"""Leaderboard logic: one shard of one board. No Ray, no Redis.
+
+This module re-exports what callers need from its neighbours: ``actors/lbcore.py`` (errors,
+``Write``, ``WriteBatch``, shard hashing), ``actors/lbspec.py`` (``LeaderboardSpec``, periods,
+value types, merges, checks against a spec) and ``actors/lbrecords.py`` (the record columns).
 
 A board is split into ``spec.shard_count`` shards by ``shard_of(user)``; each shard is a
 ``LeaderboardShard`` that the Ray actor shell wraps. The shard owns, for every period of its
@@ -31,19 +35,13 @@ validated before anything is applied), ``QueryError`` for unanswerable queries a
 from __future__ import annotations
 
 import contextlib
-import enum
 import gc
-import heapq
 import math
-import re
 import sys
 import time
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
-from datetime import date, datetime, timedelta
-from typing import Any, NamedTuple
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from typing import Any
 
 import msgpack
 import numpy as np
@@ -61,7 +59,6 @@ from actors.lbcore import (
     Write,
     WriteBatch,
     WriteError,
-    normal_tags,
     real,
     reals,
     shard_of,
@@ -70,6 +67,35 @@ from actors.lbcore import (
 )
 from actors.lbindex import RankIndex
 from actors.lbpeers import Change
+from actors.lbrecords import (
+    Board,
+    CohortOf,
+    Names,
+    Records,
+    aggregate,
+    latest_record,
+)
+from actors.lbspec import (
+    Around,
+    Entry,
+    Located,
+    LeaderboardSpec,
+    MemoryReport,
+    Operator,
+    Page,
+    Period,
+    Rec,
+    Record,
+    SortKey,
+    SortOrder,
+    batch_periods,
+    check_write,
+    checked_write,
+    merge_around,
+    merge_top,
+    next_reset,
+    period_key,
+)
 
 __all__ = [
     "CLASS_TAG",
@@ -106,7 +132,6 @@ __all__ = [
 ]
 
 _CHECKPOINT_VERSION = 1
-_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _MIN_TIE_WIDTH = 16
 _SCAN_CHUNK = 256
 
@@ -118,642 +143,9 @@ class LeaderboardCheckpointError(LeaderboardError, CheckpointError):
     """A leaderboard checkpoint could not be decoded (also an ``actors.errors.CheckpointError``)."""
 
 
-# -- spec and periods --------------------------------------------------------------------
-
-
-class Operator(enum.StrEnum):
-    """How a user's records make their entry (Nakama's best / incr / set).
-
-    ``best``: the best record; ``sum``: the exactly rounded sum of every source's record,
-    achieved at the latest of them; ``latest``: the record with the latest ``achieved_at``
-    (then the greatest source).
-    """
-
-    BEST = "best"
-    SUM = "sum"
-    LATEST = "latest"
-
-
-class SortOrder(enum.StrEnum):
-    DESC = "desc"
-    ASC = "asc"
-
-
-class Period(enum.StrEnum):
-    """Reset schedule; resets happen at local midnight in ``spec.timezone``."""
-
-    ALLTIME = "alltime"
-    CLASS = "class"
-    DAILY = "daily"
-    WEEKLY = "weekly"
-    MONTHLY = "monthly"
-
-
-def _enum(kind: type[enum.StrEnum], value: object) -> Any:
-    try:
-        return kind(value)
-    except ValueError:
-        allowed = ", ".join(m.value for m in kind)
-        raise SpecError(Problem.BAD_ENUM, f"{kind.__name__} must be one of {allowed}") from None
-
-
-@dataclass(frozen=True)
-class LeaderboardSpec:
-    """What a board ranks and how; immutable and validated on construction.
-
-    ``cohort_keys`` are tag names whose values get their own index (one per value), so that
-    ranks within a cohort are O(log N) too. Combined cohorts are a derived tag written by the
-    producer (e.g. ``"age_gender": "30-39/f"``).
-    """
-
-    name: str
-    metric: str
-    operator: Operator = Operator.BEST
-    order: SortOrder = SortOrder.DESC
-    period: Period = Period.ALLTIME
-    timezone: str = "UTC"
-    cohort_keys: tuple[str, ...] = ()
-    shard_count: int = 1
-
-    def __post_init__(self) -> None:
-        for attr in ("name", "metric"):
-            if not isinstance(getattr(self, attr), str) or not _NAME.fullmatch(getattr(self, attr)):
-                raise SpecError(Problem.BAD_NAME, f"{attr} must match {_NAME.pattern}")
-        object.__setattr__(self, "operator", _enum(Operator, self.operator))
-        object.__setattr__(self, "order", _enum(SortOrder, self.order))
-        object.__setattr__(self, "period", _enum(Period, self.period))
-        object.__setattr__(self, "cohort_keys", tuple(self.cohort_keys))
-        self._check_timezone()
-        self._check_cohorts()
-        if isinstance(self.shard_count, bool) or not isinstance(self.shard_count, int):
-            raise SpecError(Problem.BAD_SHARDING, "shard_count must be an int")
-        if not 1 <= self.shard_count <= 4096:
-            raise SpecError(Problem.BAD_SHARDING, "shard_count must be in 1..4096")
-
-    def _check_timezone(self) -> None:
-        try:
-            ZoneInfo(self.timezone)
-        except (ZoneInfoNotFoundError, ValueError, TypeError):
-            raise SpecError(Problem.BAD_TIMEZONE, f"unknown time zone {self.timezone!r}") from None
-
-    def _check_cohorts(self) -> None:
-        keys = self.cohort_keys
-        if len(set(keys)) != len(keys) or not all(isinstance(k, str) and k for k in keys):
-            raise SpecError(Problem.BAD_COHORT_KEYS, "cohort_keys must be distinct non-empty str")
-        if CLASS_TAG in keys and self.period is Period.CLASS:
-            raise SpecError(Problem.BAD_COHORT_KEYS, f"{CLASS_TAG!r} is the period of class boards")
-
-    @property
-    def descending(self) -> bool:
-        return self.order is SortOrder.DESC
-
-    @property
-    def zone(self) -> ZoneInfo:
-        return ZoneInfo(self.timezone)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "cohort_keys": list(self.cohort_keys)}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> LeaderboardSpec:
-        return cls(**{**data, "cohort_keys": tuple(data.get("cohort_keys", ()))})
-
-
-def period_key(spec: LeaderboardSpec, t_s: float, class_id: str | None = None) -> str:
-    """The period containing time ``t_s`` (epoch seconds), in the spec's time zone.
-
-    ``"all"`` | ``class_id`` | ``"2026-11-21"`` | ``"2026-W47"`` (ISO week, Monday start) |
-    ``"2026-11"``. Per-class boards need ``class_id`` (``QueryError`` otherwise).
-    """
-    if spec.period is Period.ALLTIME:
-        return "all"
-    if spec.period is Period.CLASS:
-        if not class_id:
-            raise QueryError(Problem.PERIOD_REQUIRED, "per-class boards need a class id")
-        return class_id
-    local = datetime.fromtimestamp(t_s, spec.zone)
-    if spec.period is Period.DAILY:
-        return local.date().isoformat()
-    if spec.period is Period.WEEKLY:
-        year, week, _ = local.isocalendar()
-        return f"{year}-W{week:02d}"
-    return f"{local.year}-{local.month:02d}"
-
-
-def next_reset(spec: LeaderboardSpec, t_s: float) -> float | None:
-    """Epoch seconds of the first reset after ``t_s``; None for all-time and class boards."""
-    if spec.period in (Period.ALLTIME, Period.CLASS):
-        return None
-    today = datetime.fromtimestamp(t_s, spec.zone).date()
-    if spec.period is Period.DAILY:
-        start = today + timedelta(days=1)
-    elif spec.period is Period.WEEKLY:
-        start = today + timedelta(days=7 - today.weekday())
-    else:
-        start = date(today.year + today.month // 12, today.month % 12 + 1, 1)
-    return datetime(start.year, start.month, start.day, tzinfo=spec.zone).timestamp()
-
-
-# -- value types -------------------------------------------------------------------------
-
-class Record(NamedTuple):
-    """A stored write, as drained for resharding (``period`` is where it was filed)."""
-
-    user: str
-    source: str
-    score: float
-    achieved_at: float
-    tags: dict[str, str]
-    period: str
-
-
-class SortKey(NamedTuple):
-    """The sort key of an entry; also the keyset pagination cursor."""
-
-    score: float
-    achieved_at: float
-    user: str
-
-
-class Entry(NamedTuple):
-    user: str
-    score: float
-    achieved_at: float
-    tags: dict[str, str]
-
-    @property
-    def key(self) -> SortKey:
-        return SortKey(self.score, self.achieved_at, self.user)
-
-
-@dataclass(frozen=True)
-class Page:
-    """A keyset page from one shard.
-
-    ``next_after`` is the key of the last entry (None when the page is short, i.e. the shard is
-    exhausted). ``as_of`` is the shard's entry version when pagination started: pass it back
-    unchanged with every following page.
-    """
-
-    entries: list[Entry]
-    next_after: SortKey | None
-    as_of: int
-
-
-class Located(NamedTuple):
-    """Columnar answer of ``locate_many``: per user, position (-1 if absent) and entry key."""
-
-    positions: npt.NDArray[np.int64]
-    scores: npt.NDArray[np.float64]
-    achieved_at: npt.NDArray[np.float64]
-    tags: list[Tags]
-
-
-@dataclass(frozen=True)
-class Around:
-    """Entries ranked just above and below a key, and the entry itself if it is in the shard."""
-
-    above: list[Entry]
-    entry: Entry | None
-    below: list[Entry]
-
-
-class _Rec(NamedTuple):
-    score: float
-    achieved_at: float
-    tags: Tags
-
-
-@dataclass(frozen=True)
-class MemoryReport:
-    """Bytes held by a shard: numpy arrays exactly, Python objects by ``sys.getsizeof``."""
-
-    entries: int
-    records: int
-    array_bytes: int
-    python_bytes: int
-
-    @property
-    def per_entry(self) -> float:
-        return (self.array_bytes + self.python_bytes) / max(self.entries, 1)
-
-
-def _order_tuple(key: SortKey, descending: bool) -> tuple[float, float, str]:
-    return (-key.score if descending else key.score, key.achieved_at, key.user)
-
-
-def merge_top(
-    per_shard: Iterable[Sequence[Entry]], n: int, order: SortOrder = SortOrder.DESC
-) -> list[Entry]:
-    """k-way merge of per-shard lists (each sorted best first) into the best ``n`` entries."""
-    descending = SortOrder(order) is SortOrder.DESC
-    merged = heapq.merge(*per_shard, key=lambda e: _order_tuple(e.key, descending))
-    return [e for _, e in zip(range(n), merged, strict=False)]
-
-
-def merge_around(parts: Iterable[Around], k: int, order: SortOrder = SortOrder.DESC) -> Around:
-    """Combine every shard's ``around_key`` into the global k above / k below."""
-    parts = list(parts)
-    above = merge_top([p.above for p in parts], sys.maxsize, order)[-k:] if k else []
-    below = merge_top([p.below for p in parts], k, order)
-    entry = next((p.entry for p in parts if p.entry is not None), None)
-    return Around(above, entry, below)
-
-
-# -- per-period board --------------------------------------------------------------------
-
-
-def _latest(records: Mapping[str, _Rec]) -> _Rec:
-    source = max(records, key=lambda s: (records[s].achieved_at, s))
-    return records[source]
-
-
-def _aggregate(spec: LeaderboardSpec, records: Mapping[str, _Rec]) -> _Rec:
-    """The entry ``(score, achieved_at, tags)`` derived from a user's records."""
-    if len(records) == 1:
-        return next(iter(records.values()))
-    latest = _latest(records)
-    if spec.operator is Operator.LATEST:
-        return latest
-    if spec.operator is Operator.SUM:
-        total = math.fsum(r.score for r in records.values())
-        return _Rec(total, max(r.achieved_at for r in records.values()), latest.tags)
-    sign = -1.0 if spec.descending else 1.0
-    best = min(records.items(), key=lambda kv: (sign * kv[1].score, kv[1].achieved_at, kv[0]))
-    return _Rec(best[1].score, best[1].achieved_at, latest.tags)
-
-
-class _Records:
-    """A board's raw records as columns: one row per ``(user, source)``, chained per user.
-
-    ``first[uid]`` is the user's newest row (-1: none) and ``nxt[row]`` the user's next row;
-    ``owner[row]`` is -1 once the row was forgotten. Sources and tag sets are ids into tables
-    the shard shares across its boards. About 32 bytes per record and 4 per user (``array``
-    columns), where dicts of ``_Rec`` tuples cost about 490. Reads behave like the former
-    ``dict[uid, dict[source, _Rec]]``: ``records[uid]`` builds that small dict on demand.
-    """
-
-    def __init__(self, sources: list[str], tags: list[Tags]) -> None:
-        self._sources, self._tags = sources, tags
-        self.first = array("i")
-        self.owner, self.nxt, self.src, self.tag = array("i"), array("i"), array("i"), array("i")
-        self.score, self.at = array("d"), array("d")
-        self.users = 0
-
-    def __len__(self) -> int:
-        return self.users
-
-    def __contains__(self, uid: int) -> bool:
-        return 0 <= uid < len(self.first) and self.first[uid] >= 0
-
-    def find(self, uid: int, sid: int) -> int:
-        row = self.first[uid] if uid < len(self.first) else -1
-        while row >= 0 and self.src[row] != sid:
-            row = self.nxt[row]
-        return row
-
-    def add(self, uid: int, sid: int, score: float, at: float, tid: int) -> None:
-        if uid >= len(self.first):
-            self.first.extend(array("i", [-1]) * (max(uid + 1, 2 * len(self.first)) - len(self.first)))
-        head = self.first[uid]
-        self.users += head < 0
-        self.first[uid] = len(self.src)
-        self.owner.append(uid)
-        self.nxt.append(head)
-        self.src.append(sid)
-        self.tag.append(tid)
-        self.score.append(score)
-        self.at.append(at)
-
-    def put(self, uid: int, sid: int, score: float, at: float, tid: int) -> bool:
-        """Store one write in the ``(uid, sid)`` record; False if it changes nothing (older,
-        or the same as stored)."""
-        row = self.find(uid, sid)
-        if row < 0:
-            self.add(uid, sid, score, at, tid)
-            return True
-        old_at = self.at[row]
-        if at < old_at or (at == old_at and self.score[row] == score and self.tag[row] == tid):
-            return False
-        self.score[row], self.at[row], self.tag[row] = score, at, tid
-        return True
-
-    def put_many(
-        self,
-        uids: npt.NDArray[np.int64],
-        sids: npt.NDArray[np.int32],
-        scores: npt.NDArray[np.float64],
-        times: npt.NDArray[np.float64],
-        tids: npt.NDArray[np.int32],
-    ) -> npt.NDArray[np.int64]:
-        """``put`` for distinct users, with numpy over the columns; return the users changed.
-
-        Each write's record is found by walking every user's chain at once (one numpy step
-        per record of the longest chain); found records are compared and updated as arrays,
-        the rest appended in bulk (a new user's chain starts, an existing user's grows)."""
-        known = uids < len(self.first)
-        heads = np.full(uids.shape[0], -1, np.int64)
-        if known.any():
-            heads[known] = np.frombuffer(self.first, np.int32)[uids[known]]
-        rows = self.find_many(heads, sids)
-        held = rows >= 0
-        r = rows[held]
-        score_column, at_column = np.frombuffer(self.score, np.float64), np.frombuffer(self.at, np.float64)
-        tag_column = np.frombuffer(self.tag, np.int32)
-        new_at, new_score, new_tag = times[held], scores[held], tids[held]
-        old_at = at_column[r]
-        take = (new_at > old_at) | (
-            (new_at == old_at) & ((score_column[r] != new_score) | (tag_column[r] != new_tag))
-        )
-        r = r[take]
-        score_column[r], at_column[r], tag_column[r] = new_score[take], new_at[take], new_tag[take]
-        del score_column, at_column, tag_column  # no buffer exported while the arrays grow
-        new = ~held
-        self._add_many(uids[new], heads[new], sids[new], scores[new], times[new], tids[new])
-        return np.concatenate([uids[held][take], uids[new]])
-
-    def find_many(self, heads: npt.NDArray[np.int64], sids: npt.NDArray[np.int32]) -> npt.NDArray[np.int64]:
-        """Row of each ``(chain head, source)`` pair, -1 where the chain has no such source."""
-        found = np.full(heads.shape[0], -1, np.int64)
-        live = np.flatnonzero(heads >= 0)
-        if live.shape[0] == 0:
-            return found
-        src, nxt = np.frombuffer(self.src, np.int32), np.frombuffer(self.nxt, np.int32)
-        cursor = heads.copy()
-        while live.shape[0]:
-            r = cursor[live]
-            hit = src[r] == sids[live]
-            found[live[hit]] = r[hit]
-            step = nxt[r]
-            cursor[live] = step
-            live = live[~hit & (step >= 0)]
-        return found
-
-    def chains(self, uids: npt.NDArray[np.int64]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
-        """Every record of the given users: ``(position in uids, row)`` pairs, newest first."""
-        nxt = np.frombuffer(self.nxt, np.int32)
-        cursor = np.frombuffer(self.first, np.int32)[uids].astype(np.int64)
-        live = np.flatnonzero(cursor >= 0)
-        positions, rows = [], []
-        while live.shape[0]:
-            r = cursor[live]
-            positions.append(live)
-            rows.append(r)
-            step = nxt[r]
-            cursor[live] = step
-            live = live[step >= 0]
-        if not rows:
-            return np.zeros(0, np.int64), np.zeros(0, np.int64)
-        return np.concatenate(positions), np.concatenate(rows)
-
-    def _add_many(
-        self,
-        uids: npt.NDArray[np.int64],
-        heads: npt.NDArray[np.int64],
-        sids: npt.NDArray[np.int32],
-        scores: npt.NDArray[np.float64],
-        times: npt.NDArray[np.float64],
-        tids: npt.NDArray[np.int32],
-    ) -> None:
-        """``add`` for distinct users as column appends; ``heads`` are their chains (-1: none)."""
-        n = uids.shape[0]
-        if n == 0:
-            return
-        need = int(uids.max()) + 1
-        if need > len(self.first):
-            self.first.extend(array("i", [-1]) * (max(need, 2 * len(self.first)) - len(self.first)))
-        start = len(self.src)
-        np.frombuffer(self.first, np.int32)[uids] = np.arange(start, start + n, dtype=np.int32)
-        self.owner.frombytes(uids.astype(np.int32).tobytes())
-        self.nxt.frombytes(heads.astype(np.int32).tobytes())
-        self.src.frombytes(sids.astype(np.int32).tobytes())
-        self.tag.frombytes(tids.astype(np.int32).tobytes())
-        self.score.frombytes(scores.astype(np.float64).tobytes())
-        self.at.frombytes(times.astype(np.float64).tobytes())
-        self.users += int((heads < 0).sum())
-
-    def single_entries(
-        self, uids: npt.NDArray[np.int64]
-    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.int32], npt.NDArray[np.int64]]:
-        """Score, time and tag id of each user's newest record, and the positions of users
-        with several records (whose entry must be aggregated)."""
-        rows = np.frombuffer(self.first, np.int32)[uids]
-        several = np.frombuffer(self.nxt, np.int32)[rows] >= 0
-        return (
-            np.frombuffer(self.score, np.float64)[rows],
-            np.frombuffer(self.at, np.float64)[rows],
-            np.frombuffer(self.tag, np.int32)[rows],
-            np.flatnonzero(several),
-        )
-
-    def rows_of(self, uid: int) -> list[int]:
-        rows, row = [], self.first[uid]
-        while row >= 0:
-            rows.append(row)
-            row = self.nxt[row]
-        return rows
-
-    def __getitem__(self, uid: int) -> dict[str, _Rec]:
-        if uid not in self:
-            raise KeyError(uid)
-        return {
-            self._sources[self.src[r]]: _Rec(self.score[r], self.at[r], self._tags[self.tag[r]])
-            for r in self.rows_of(uid)
-        }
-
-    def user_ids(self) -> Iterator[int]:
-        return (uid for uid, row in enumerate(self.first) if row >= 0)
-
-    def items(self) -> Iterator[tuple[int, dict[str, _Rec]]]:
-        return ((uid, self[uid]) for uid in self.user_ids())
-
-    def pop(self, uid: int) -> int:
-        """Forget a user's records; return how many there were."""
-        if uid not in self:
-            return 0
-        rows = self.rows_of(uid)
-        for row in rows:
-            self.owner[row] = -1
-        self.first[uid] = -1
-        self.users -= 1
-        return len(rows)
-
-    def live_rows(self) -> npt.NDArray[np.bool_]:
-        return np.frombuffer(self.owner, np.int32) >= 0 if len(self.owner) else np.zeros(0, bool)
-
-    def nbytes(self) -> int:
-        columns = (self.first, self.owner, self.nxt, self.src, self.tag, self.score, self.at)
-        return sum(c.buffer_info()[1] * c.itemsize for c in columns)
-
-
-class _Names:
-    """User ids by user index, in a numpy object array rather than a list.
-
-    The cyclic GC traverses every item of a list at each full collection (~85 ms for 5M ids
-    here: a p99 stall for every query of the shard); an object array is not tracked by the
-    GC, and its str items need no tracking. Appends grow it by doubling.
-    """
-
-    def __init__(self, names: Sequence[str] = ()) -> None:
-        self._ids = np.empty(max(16, len(names)), dtype=object)
-        self._n = len(names)
-        if self._n:
-            self._ids[: self._n] = list(names)
-
-    def __len__(self) -> int:
-        return self._n
-
-    def __getitem__(self, uid: int) -> str:
-        if not 0 <= uid < self._n:
-            raise IndexError(uid)
-        return self._ids[uid]  # type: ignore[no-any-return]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._ids[: self._n].tolist())
-
-    def append(self, name: str) -> None:
-        if self._n == self._ids.shape[0]:
-            grown = np.empty(2 * self._n, dtype=object)
-            grown[: self._n] = self._ids
-            self._ids = grown
-        self._ids[self._n] = name
-        self._n += 1
-
-    def pick(self, uids: npt.NDArray[np.int64]) -> list[str]:
-        return self._ids[uids].tolist()  # type: ignore[no-any-return]
-
-    def tolist(self) -> list[str]:
-        return self._ids[: self._n].tolist()  # type: ignore[no-any-return]
-
-    @property
-    def nbytes(self) -> int:
-        return int(self._ids.nbytes)
-
-
-class _CohortOf:
-    """Per user, the id of their indexed cohort values (a shard-wide table); -1 is none."""
-
-    def __init__(self, table: list[Tags]) -> None:
-        self._table = table
-        self.ids = array("i")
-
-    def get(self, uid: int) -> Tags:
-        cid = self.ids[uid] if uid < len(self.ids) else -1
-        return () if cid < 0 else self._table[cid]
-
-    def get_many(self, uids: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
-        """Cohort id of each user (-1: none)."""
-        out = np.full(uids.shape[0], -1, np.int64)
-        known = uids < len(self.ids)
-        if known.any():
-            out[known] = np.frombuffer(self.ids, np.int32)[uids[known]]
-        return out
-
-    def set_many(self, uids: npt.NDArray[np.int64], cids: npt.NDArray[np.int64]) -> None:
-        if uids.shape[0] == 0:
-            return
-        need = int(uids.max()) + 1
-        if need > len(self.ids):
-            self.ids.extend(array("i", [-1]) * (max(need, 2 * len(self.ids)) - len(self.ids)))
-        np.frombuffer(self.ids, np.int32)[uids] = cids.astype(np.int32)
-
-    def set(self, uid: int, cid: int) -> None:
-        if uid >= len(self.ids):
-            self.ids.extend(array("i", [-1]) * (max(uid + 1, 2 * len(self.ids)) - len(self.ids)))
-        self.ids[uid] = cid
-
-
-@dataclass
-class _Board:
-    """Records and indexes of one period of one shard."""
-
-    main: RankIndex
-    records: _Records
-    cohort_of: _CohortOf
-    cohorts: dict[tuple[str, str], RankIndex] = field(default_factory=dict)
-    version: int = 0
-    user_version: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
-
-    def indexes(self) -> list[RankIndex]:
-        return [self.main, *self.cohorts.values()]
-
-    def bump(self, users: Iterable[int] | npt.NDArray[np.int64]) -> None:
-        users = users.astype(np.int64, copy=False) if isinstance(users, np.ndarray) else np.fromiter(users, np.int64)
-        if users.size == 0:
-            return
-        if users.max() >= self.user_version.shape[0]:
-            grown = np.zeros(max(int(users.max()) + 1, 2 * self.user_version.shape[0]), np.int64)
-            grown[: self.user_version.shape[0]] = self.user_version
-            self.user_version = grown
-        self.version += 1
-        self.user_version[users] = self.version
-
-    def version_of(self, users: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
-        known = users < self.user_version.shape[0]
-        out = np.zeros(users.shape[0], np.int64)
-        out[known] = self.user_version[users[known]]
-        return out
-
-
 # -- the shard ---------------------------------------------------------------------------
 
-_Prepared = tuple[str, str, str, _Rec]  # period, user, source, record
-
-
-def _checked(spec: LeaderboardSpec, write: Write) -> tuple[str, _Rec]:
-    user_bytes(write.user, WriteError)
-    if not isinstance(write.source, str) or not write.source:
-        raise WriteError(Problem.BAD_SOURCE, "source must be a non-empty str")
-    score = real(write.score, "score", WriteError)
-    achieved_at = real(write.achieved_at, "achieved_at", WriteError)
-    tags = normal_tags(write.tags)
-    class_id = dict(tags).get(CLASS_TAG) if tags else None
-    if spec.period is Period.CLASS and not class_id:
-        raise WriteError(Problem.MISSING_CLASS, f"per-class boards need a {CLASS_TAG!r} tag")
-    period = period_key(spec, achieved_at, class_id)
-    return period, _Rec(score + 0.0, achieved_at + 0.0, tags)
-
-
-def check_write(spec: LeaderboardSpec, write: Write | tuple[Any, ...]) -> Write:
-    """Validate one write against a board (everything but its shard); raise ``WriteError``.
-
-    Routers call it on a whole batch before fanning it out, so that a bad write in one shard's
-    part cannot leave the other shards' parts applied.
-    """
-    checked = Write(*write)
-    _checked(spec, checked)
-    return checked
-
-
-def batch_periods(spec: LeaderboardSpec, batch: WriteBatch) -> list[tuple[str, npt.NDArray[np.int64] | None]]:
-    """File every write of a batch in its period: ``[(period, positions)]``, where positions
-    None means the whole batch (the common case, found without a per-write step: periods are
-    contiguous spans of time, so a batch whose first and last times share a period lies in
-    it). Raises ``WriteError(MISSING_CLASS)`` for a per-class board's write without a class.
-    """
-    n = len(batch)
-    if n == 0:
-        return []
-    if spec.period is Period.ALLTIME:
-        return [("all", None)]
-    if spec.period is Period.CLASS:
-        keys = []
-        for tags in batch.tags or [()] * n:
-            class_id = dict(tags).get(CLASS_TAG) if tags else None
-            if not class_id:
-                raise WriteError(Problem.MISSING_CLASS, f"per-class boards need a {CLASS_TAG!r} tag")
-            keys.append(class_id)
-    else:
-        first = period_key(spec, float(batch.achieved_at.min()))
-        if first == period_key(spec, float(batch.achieved_at.max())):
-            return [(first, None)]
-        keys = [period_key(spec, t) for t in batch.achieved_at.tolist()]
-    groups: dict[str, list[int]] = {}
-    for i, key in enumerate(keys):
-        groups.setdefault(key, []).append(i)
-    if len(groups) == 1:
-        return [(keys[0], None)]
-    return [(key, np.array(positions, np.int64)) for key, positions in groups.items()]
+_Prepared = tuple[str, str, str, Rec]  # period, user, source, record
 
 
 class LeaderboardShard:
@@ -779,8 +171,8 @@ class LeaderboardShard:
         self._shard_index = shard_index
         self._now = now
         self._user_ids: dict[str, int] = {}
-        self._names = _Names()
-        self._boards: dict[str, _Board] = {}
+        self._names = Names()
+        self._boards: dict[str, Board] = {}
         self._sources: list[str] = []
         self._source_ids: dict[str, int] = {}
         self._tag_table: list[Tags] = []
@@ -899,7 +291,7 @@ class LeaderboardShard:
         return self._apply(prepared)
 
     def _prepare(self, write: Write) -> _Prepared:
-        period, rec = _checked(self._spec, write)
+        period, rec = checked_write(self._spec, write)
         if shard_of(write.user, self._spec.shard_count) != self._shard_index:
             raise WriteError(Problem.WRONG_SHARD, f"user {write.user!r} belongs to another shard")
         return period, write.user, write.source, rec
@@ -926,7 +318,7 @@ class LeaderboardShard:
             self._names.append(user)
         return uid
 
-    def _put(self, period: str, uid: int, source: str, rec: _Rec) -> bool:
+    def _put(self, period: str, uid: int, source: str, rec: Rec) -> bool:
         board = self._boards.get(period) or self._new_board(period)
         sid, tid = self._source_id(source), self._tag_id(rec.tags)
         return board.records.put(uid, sid, rec.score, rec.achieved_at, tid)
@@ -945,9 +337,9 @@ class LeaderboardShard:
             self._tag_table.append(tags)
         return tid
 
-    def _new_board(self, period: str) -> _Board:
-        records = _Records(self._sources, self._tag_table)
-        board = self._boards[period] = _Board(self._new_index(), records, _CohortOf(self._cohort_table))
+    def _new_board(self, period: str) -> Board:
+        records = Records(self._sources, self._tag_table)
+        board = self._boards[period] = Board(self._new_index(), records, CohortOf(self._cohort_table))
         return board
 
     def _new_index(self) -> RankIndex:
@@ -984,9 +376,9 @@ class LeaderboardShard:
         return int(changed.shape[0])
 
     def _aggregate_many(
-        self, records: _Records, uids: npt.NDArray[np.int64]
+        self, records: Records, uids: npt.NDArray[np.int64]
     ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.int32]]:
-        """``_aggregate`` for many users at once: entry score, time and tag id of each.
+        """``aggregate`` for many users at once: entry score, time and tag id of each.
 
         Same rules: ``latest`` is the record with the latest time, then the greatest source
         name; ``best`` the best score, then the earliest time, then the smallest source name;
@@ -1019,15 +411,15 @@ class LeaderboardShard:
         first = best[np.searchsorted(positions[best], np.arange(n))]
         return score[first], at[first], out_tag
 
-    def _entry_of(self, records: _Records, uid: int) -> _Rec:
+    def _entry_of(self, records: Records, uid: int) -> Rec:
         row = records.first[uid]
         if records.nxt[row] < 0:  # one record: the common case, no dict built
-            return _Rec(records.score[row], records.at[row], self._tag_table[records.tag[row]])
-        return _aggregate(self._spec, records[uid])
+            return Rec(records.score[row], records.at[row], self._tag_table[records.tag[row]])
+        return aggregate(self._spec, records[uid])
 
     def _refresh_cohorts(
         self,
-        board: _Board,
+        board: Board,
         users: npt.NDArray[np.int64],
         tag_ids: npt.NDArray[np.int32],
         keys: tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], Sequence[bytes]],
@@ -1101,7 +493,7 @@ class LeaderboardShard:
 
     # -- reads -------------------------------------------------------------------------
 
-    def _board(self, period: str | None) -> _Board | None:
+    def _board(self, period: str | None) -> Board | None:
         return self._boards.get(self.current_period() if period is None else period)
 
     def _index(self, period: str | None, cohort: Mapping[str, str] | None) -> RankIndex | None:
@@ -1187,7 +579,7 @@ class LeaderboardShard:
         uid = self._user_ids.get(user)
         if board is None or uid is None or uid not in board.records:
             return None
-        agg = _aggregate(self._spec, board.records[uid])
+        agg = aggregate(self._spec, board.records[uid])
         return Entry(user, agg.score, agg.achieved_at, dict(agg.tags))
 
     def locate_many(
@@ -1268,12 +660,12 @@ class LeaderboardShard:
         at = real(cursor.achieved_at, "cursor achieved_at", QueryError)
         return index.after(score, at, n, tie=tie)
 
-    def _entries(self, board: _Board, users: npt.NDArray[np.int64], chunk: Any) -> list[Entry]:
+    def _entries(self, board: Board, users: npt.NDArray[np.int64], chunk: Any) -> list[Entry]:
         position = {u: i for i, u in enumerate(chunk.users.tolist())}
         out = []
         for uid in users.tolist():
             i = position[uid]
-            tags = dict(_latest(board.records[uid]).tags)
+            tags = dict(latest_record(board.records[uid]).tags)
             score, at = float(chunk.scores[i]), float(chunk.achieved_at[i])
             out.append(Entry(self._names[uid], score, at, tags))
         return out
@@ -1319,11 +711,11 @@ class LeaderboardShard:
             self._entries(board, above.users, above), own, self._entries(board, below.users, below)
         )
 
-    def _own_entry(self, board: _Board, index: RankIndex, key: SortKey) -> Entry | None:
+    def _own_entry(self, board: Board, index: RankIndex, key: SortKey) -> Entry | None:
         uid = self._user_ids.get(key.user)
         if uid is None or index.get(uid) != (key.score, key.achieved_at):
             return None
-        return Entry(key.user, key.score, key.achieved_at, dict(_latest(board.records[uid]).tags))
+        return Entry(key.user, key.score, key.achieved_at, dict(latest_record(board.records[uid]).tags))
 
     # -- resharding and checkpoints ----------------------------------------------------
 
@@ -1355,7 +747,7 @@ class LeaderboardShard:
         return msgpack.packb(state, use_bin_type=True)
 
     @staticmethod
-    def _board_columns(board: _Board) -> dict[str, Any]:
+    def _board_columns(board: Board) -> dict[str, Any]:
         r = board.records
         live = r.live_rows()
 
@@ -1394,7 +786,7 @@ class LeaderboardShard:
 
     def _restore(self, state: Mapping[str, Any]) -> None:
         users = list(state["users"])
-        self._names = _Names(users)
+        self._names = Names(users)
         self._user_ids = {u: i for i, u in enumerate(users)}
         self._sources.extend(state["sources"])
         self._source_ids.update((s, i) for i, s in enumerate(self._sources))
@@ -1408,7 +800,7 @@ class LeaderboardShard:
             board.version = int(columns["version"])
             board.user_version = np.frombuffer(columns["user_version"], np.int64).copy()
 
-    def _load_columns(self, records: _Records, columns: Mapping[str, Any]) -> npt.NDArray[np.int32]:
+    def _load_columns(self, records: Records, columns: Mapping[str, Any]) -> npt.NDArray[np.int32]:
         """Fill ``records`` from checkpoint columns (chains built with numpy); return users."""
         uid = np.frombuffer(columns["user"], np.int32)
         n = uid.shape[0]
