@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-import threading
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path

@@ -76,7 +76,6 @@ async def scale_up(http: Any, sessions: list[str]) -> dict[str, Any]:
 async def scale_down(http: Any, sessions: list[str]) -> dict[str, Any]:
     for sid in sessions:
         (await http.post(f"/v1/sessions/{sid}/phase", json={"phase": "ended"})).raise_for_status()
-    began = time.monotonic()
     passivated = [(await http.post(f"/v1/sessions/{sid}/passivate")).json()["passivated"] for sid in sessions]
     elapsed, nodes = await wait_nodes(lambda n: n == 0, 120)
     return {"passivated": passivated, "nodes_gone_s": elapsed, "nodes_left": len(nodes)}
