@@ -73,7 +73,7 @@ class Period(enum.StrEnum):
 
 def _enum(kind: type[enum.StrEnum], value: object) -> Any:
     try:
-        return kind(value)
+        return kind(value)  # type: ignore[arg-type]  # anything else is refused just below
     except ValueError:
         allowed = ", ".join(m.value for m in kind)
         raise SpecError(Problem.BAD_ENUM, f"{kind.__name__} must be one of {allowed}") from None

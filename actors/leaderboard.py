@@ -470,8 +470,10 @@ class LeaderboardShard:
     def forget_user(self, user: str) -> int:
         """Erase a user's records and entries from every period; return periods affected."""
         uid = self._user_ids.get(user)
+        if uid is None:
+            return 0
         affected = 0
-        for period, board in self._boards.items() if uid is not None else ():
+        for period, board in self._boards.items():
             if not board.records.pop(uid):
                 continue
             for index in board.indexes():
@@ -785,9 +787,9 @@ class LeaderboardShard:
         return shard
 
     def _restore(self, state: Mapping[str, Any]) -> None:
-        users = list(state["users"])
-        self._names = Names(users)
-        self._user_ids = {u: i for i, u in enumerate(users)}
+        ids = list(state["users"])
+        self._names = Names(ids)
+        self._user_ids = {u: i for i, u in enumerate(ids)}
         self._sources.extend(state["sources"])
         self._source_ids.update((s, i) for i, s in enumerate(self._sources))
         for flat in state["tags"]:
