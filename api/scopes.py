@@ -114,7 +114,9 @@ def authorise_renewal(old: Principal, new: Principal, bindings: Collection[Devic
 
 
 def roster_of(snapshot: Mapping[str, Any]) -> set[str]:
-    return {row.get("participant") for row in snapshot.get("participants", []) if isinstance(row, dict)}
+    """The participant ids of a session snapshot's rows (rows without a string id name no one)."""
+    rows = snapshot.get("participants", [])
+    return {pid for row in rows if isinstance(row, dict) and isinstance(pid := row.get("participant"), str)}
 
 
 class Gate:

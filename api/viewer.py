@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any, Callable
 
-from devices.protocol import encode
+from devices.protocol import encode_value
 
 _SHARED = ("session", "version", "phase", "n", "cols", "top", "ts")
 
@@ -33,7 +33,7 @@ def _cached(board: dict[str, Any], key: str, make: Callable[[], bytes]) -> bytes
 def _shared_pairs(board: dict[str, Any]) -> bytes:
     """The key/value pairs every viewer's frame shares, msgpack-encoded once per board."""
     pairs = [("t", "board"), *((k, board[k]) for k in _SHARED if k in board)]
-    return b"".join(encode(k) + encode(v) for k, v in pairs)
+    return b"".join(encode_value(k) + encode_value(v) for k, v in pairs)
 
 
 def _msgpack_frame(board: dict[str, Any], participant: str | None, everyone: bool) -> bytes:
@@ -42,16 +42,16 @@ def _msgpack_frame(board: dict[str, Any], participant: str | None, everyone: boo
     count = 1 + sum(1 for k in _SHARED if k in board)
     parts = [shared]
     if participant is not None:
-        parts.append(_YOU_KEY + encode(own_row(board, participant)))
+        parts.append(_YOU_KEY + encode_value(own_row(board, participant)))
         count += 1
     if everyone:
-        parts.append(_cached(board, "_rows", lambda: _ROWS_KEY + encode(board["rows"])))
+        parts.append(_cached(board, "_rows", lambda: _ROWS_KEY + encode_value(board["rows"])))
         count += 1
     return bytes([0x80 | count]) + b"".join(parts)  # fixmap: fewer than 16 pairs
 
 
-_YOU_KEY = encode("you")
-_ROWS_KEY = encode("rows")
+_YOU_KEY = encode_value("you")
+_ROWS_KEY = encode_value("rows")
 
 
 def board_encoder(

@@ -125,7 +125,7 @@ class HubClient:
     def __init__(
         self,
         url: str,
-        streams: list[DeviceStream],
+        streams: Iterable[DeviceStream],
         *,
         on_frame: FrameObserver | None = None,
         token: str | None = None,

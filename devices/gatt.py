@@ -28,7 +28,7 @@ import struct
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final, TypeAlias
+from typing import Final, TypeAlias, TypedDict
 
 from devices.rates import RevolutionRate
 
@@ -345,8 +345,8 @@ def _decode_cycling_power(r: _Reader) -> CyclingPowerMeasurement:
         pedal_balance_is_left=_bit(flags, 1),
         accumulated_torque_nm=_scaled(torque, 32),
         torque_source_is_crank=_bit(flags, 3),
-        **_revolution_fields("wheel", wheel, 2048),
-        **_revolution_fields("crank", crank, 1024),
+        **_wheel_fields(wheel, 2048),
+        **_crank_fields(crank, 1024),
         max_force_n=force[0],
         min_force_n=force[1],
         max_torque_nm=_scaled(ext_torque[0], 32),
@@ -360,15 +360,34 @@ def _decode_cycling_power(r: _Reader) -> CyclingPowerMeasurement:
     )
 
 
-def _revolution_fields(
-    prefix: str, data: tuple[int, int] | None, ticks_per_second: int
-) -> dict[str, int | float | None]:
+class _WheelFields(TypedDict):
+    wheel_revolutions: int | None
+    wheel_event_ticks: int | None
+    wheel_event_time_s: float | None
+
+
+class _CrankFields(TypedDict):
+    crank_revolutions: int | None
+    crank_event_ticks: int | None
+    crank_event_time_s: float | None
+
+
+def _wheel_fields(data: tuple[int, int] | None, ticks_per_second: int) -> _WheelFields:
     revolutions, ticks = data if data is not None else (None, None)
-    return {
-        f"{prefix}_revolutions": revolutions,
-        f"{prefix}_event_ticks": ticks,
-        f"{prefix}_event_time_s": _scaled(ticks, ticks_per_second),
-    }
+    return _WheelFields(
+        wheel_revolutions=revolutions,
+        wheel_event_ticks=ticks,
+        wheel_event_time_s=_scaled(ticks, ticks_per_second),
+    )
+
+
+def _crank_fields(data: tuple[int, int] | None, ticks_per_second: int) -> _CrankFields:
+    revolutions, ticks = data if data is not None else (None, None)
+    return _CrankFields(
+        crank_revolutions=revolutions,
+        crank_event_ticks=ticks,
+        crank_event_time_s=_scaled(ticks, ticks_per_second),
+    )
 
 
 def _decode_csc(r: _Reader) -> CscMeasurement:
@@ -376,8 +395,8 @@ def _decode_csc(r: _Reader) -> CscMeasurement:
     wheel = (r.u32("wheel revolutions"), r.u16("wheel event time")) if _bit(flags, 0) else None
     crank = (r.u16("crank revolutions"), r.u16("crank event time")) if _bit(flags, 1) else None
     return CscMeasurement(
-        **_revolution_fields("wheel", wheel, 1024),
-        **_revolution_fields("crank", crank, 1024),
+        **_wheel_fields(wheel, 1024),
+        **_crank_fields(crank, 1024),
     )
 
 

@@ -10,7 +10,8 @@ error code, is ``docs/protocol.md``; this module is its executable form:
   size limits; the module constants are their defaults.
 * ``validate_sample(row, now_s)`` checks one wire sample and returns the reason it is
   rejected, or ``None``.
-* ``encode(frame_dict)`` packs a server (or device) frame.
+* ``encode(frame_dict)`` packs a server (or device) frame; ``encode_value(value)`` packs
+  any msgpack value the same way (for frames spliced from pre-encoded pairs).
 """
 
 from __future__ import annotations
@@ -150,7 +151,12 @@ DeviceFrame = Hello | Samples | Bye | Auth
 
 
 def encode(frame: dict[str, Any]) -> bytes:
-    return msgpack.packb(frame, use_bin_type=True)  # type: ignore[no-any-return]
+    return encode_value(frame)
+
+
+def encode_value(value: Any) -> bytes:
+    """One msgpack value (a key, a row, a whole frame) packed exactly as ``encode`` packs it."""
+    return msgpack.packb(value, use_bin_type=True)  # type: ignore[no-any-return]
 
 
 def error_frame(code: ErrorCode, message: str, *, fatal: bool = False, **extra: Any) -> dict[str, Any]:

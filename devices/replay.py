@@ -164,12 +164,15 @@ def _devices(header: dict[str, Any] | None, notes: list[RecordedNotification]) -
     declared = {d["address"]: d for d in (header or {}).get("devices", []) if isinstance(d, dict) and "address" in d}
     implied: dict[str, set[SensorKind]] = {}
     for note in notes:
-        implied.setdefault(note.address, set()).add(_kind_of(note.characteristic))
+        seen = implied.setdefault(note.address, set())  # an address is implied even by unknown characteristics
+        kind = _kind_of(note.characteristic)
+        if kind is not None:
+            seen.add(kind)
     devices = []
     for address in dict.fromkeys([*declared, *implied]):
         entry = declared.get(address, {})
         kinds = tuple(SensorKind.parse(k) for k in entry.get("kinds", ())) or tuple(
-            sorted((k for k in implied.get(address, ()) if k is not None), key=lambda k: k.value)
+            sorted(implied.get(address, ()), key=lambda k: k.value)
         )
         devices.append(RecordedDevice(address, entry.get("name"), kinds, entry.get("battery_pct"), entry.get("participant")))
     return tuple(devices)

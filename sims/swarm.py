@@ -32,6 +32,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import httpx
@@ -349,7 +350,7 @@ class Swarm:
         for sid in self.sessions:
             viewer = self.viewers[sid] = Viewer(sid, origin=self.started)
             url = f"{cfg.ws_url}/v1/sessions/{sid}/board?rate={cfg.board_hz:g}&view=all&token={self.operator_token}"
-            self._tasks.append(asyncio.create_task(watch(url, viewer.on_board, self._stop, lambda v=viewer: self._connected(v))))
+            self._tasks.append(asyncio.create_task(watch(url, viewer.on_board, self._stop, partial(self._connected, viewer))))
 
     def _connected(self, viewer: Viewer | ParticipantViewer) -> None:
         viewer.connects += 1
