@@ -209,7 +209,7 @@ def mint_token(
     kind = TokenKind(kind)
     body = {k: (sorted(v) if isinstance(v, list | set | frozenset | tuple) else v) for k, v in claims.items() if v is not None}
     default_subject = body.get("device") or body.get("hub") or body.get("participant") or "operator"
-    payload = {
+    payload: dict[str, Any] = {
         "iss": DEV_ISSUER, "aud": audience, "iat": int(issued), "exp": int(issued + ttl_s),
         "sub": subject or f"{kind.value}:{default_subject}", "jti": secrets.token_hex(8),
         "kind": kind.value, **body,
@@ -323,7 +323,12 @@ def _reason_for(exc: Exception) -> AuthReason:
 
 
 class TokenVerifier:
-    """Turns a bearer token into a ``Principal`` (or ``Unauthorised``)."""
+    """Turns a bearer token into a ``Principal`` (or ``Unauthorised``).
+
+    ``keys`` (the issuer's JWKS) need ``issuer``: tokens they verify must name it exactly
+    in ``iss``; a verifier with keys and no issuer is refused (``ValueError``) rather than
+    accepting issuer-signed tokens whatever their ``iss``.
+    """
 
     def __init__(
         self,
@@ -334,6 +339,8 @@ class TokenVerifier:
         issuer: str | None = None,
         keys: JwksKeys | None = None,
     ) -> None:
+        if keys is not None and not issuer:
+            raise ValueError("a verifier with the issuer's keys needs the issuer to compare 'iss' with")
         self.audience = audience
         self.leeway_s = leeway_s
         self.secret = secret
@@ -358,7 +365,7 @@ class TokenVerifier:
         if alg == "HS256" and self.secret is not None:
             key: Any = self.secret
             issuer = DEV_ISSUER
-        elif alg in ISSUER_ALGORITHMS and self.keys is not None:
+        elif alg in ISSUER_ALGORITHMS and self.keys is not None and self.issuer:
             kid = header.get("kid")
             jwk = await self.keys.key(kid if isinstance(kid, str) else None)
             if jwk.algorithm_name != alg:

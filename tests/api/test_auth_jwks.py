@@ -18,7 +18,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from api.auth import InsecureSettings, build_verifier, check_settings
+from api.auth import InsecureSettings, JwksKeys, TokenVerifier, build_verifier, check_settings
 from api.errors import Unauthorised
 from cluster.settings import Settings
 
@@ -162,6 +162,22 @@ def test_production_refuses_to_start_with_defaults_or_a_shared_secret(issuer: Is
     with pytest.raises(InsecureSettings, match="https"):
         check_settings(Settings(auth_mode="production", auth_issuer="https://id.example", auth_jwks_url="http://id.example/k"))
     check_settings(production(issuer))  # loopback http is allowed (tests, sidecars)
+
+
+def test_a_verifier_with_the_issuers_keys_but_no_issuer_is_refused(issuer: Issuer, run: Any) -> None:
+    # Without an issuer to compare with, PyJWT skips the 'iss' check: such a verifier
+    # accepted a token naming any issuer. It is refused at construction now.
+    issuer.add_key("k1")
+    keys = JwksKeys(issuer=issuer.url, jwks_url=None, cache_s=60, min_refetch_s=0)
+    try:
+        for missing in (None, ""):
+            with pytest.raises(ValueError, match="needs the issuer"):
+                TokenVerifier(audience="pulseline-prod", leeway_s=5, keys=keys, issuer=missing)
+        verifier = TokenVerifier(audience="pulseline-prod", leeway_s=5, keys=keys, issuer=issuer.url)
+        assert run(verifier.verify(issuer.token("k1"))).subject == "ops-1"
+        assert reason(run, verifier, issuer.token("k1", iss="https://elsewhere.example")) == "wrong_issuer"
+    finally:
+        run(keys.aclose())
 
 
 def _free_port() -> int:
