@@ -48,7 +48,7 @@ class CheckpointStore:
         with redis.Redis.from_url(self.redis_url) as client:
             self.epoch = int(client.incr(self.epoch_key))
             data = client.get(self.ckpt_key)
-        return data  # type: ignore[return-value]
+        return _checkpoint_bytes(data)
 
     def _client(self) -> aioredis.Redis:
         if self._aio is None:
@@ -63,9 +63,17 @@ class CheckpointStore:
             raise StaleInstance(self.epoch, int(result))
 
     async def read(self) -> bytes | None:
-        return await self._client().get(self.ckpt_key)  # type: ignore[no-any-return]
+        return _checkpoint_bytes(await self._client().get(self.ckpt_key))
 
     async def close(self) -> None:
         if self._aio is not None:
             await self._aio.aclose()
             self._aio = None
+
+
+def _checkpoint_bytes(data: object) -> bytes | None:
+    """A checkpoint as read back: redis-py types replies ``bytes | str``, but these clients
+    never decode responses, so it is bytes (or None when none was written)."""
+    if data is None or isinstance(data, bytes):
+        return data
+    raise TypeError(f"a checkpoint read returned {type(data).__name__}, not bytes")

@@ -17,6 +17,7 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Mapping
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator
 
@@ -336,7 +337,7 @@ async def _serve_board(ws: WebSocket, edge: Edge, session_id: str, outbox: Outbo
         await asyncio.gather(writer, return_exceptions=True)
 
 
-async def _renew_viewer(ws: WebSocket, edge: Edge, message: dict[str, Any], who: Principal) -> Principal:
+async def _renew_viewer(ws: WebSocket, edge: Edge, message: Mapping[str, Any], who: Principal) -> Principal:
     """A viewer's ``auth`` frame: a fresh token for the same subject extends the connection."""
     data = message.get("bytes") or message.get("text") or b""
     try:

@@ -25,6 +25,7 @@ from typing import Any
 import ray
 import redis.asyncio as aioredis
 from ray.exceptions import ActorDiedError
+from redis.typing import EncodableT, FieldT
 
 from actors.session_actor import SessionActor, actor_name
 
@@ -97,7 +98,8 @@ class SessionDirectory:
 
     async def create(self, session_id: str, **meta: Any) -> bool:
         """Record a session; False if it already existed (creation is idempotent)."""
-        fields = {"created_at": time.time(), **{k: v for k, v in meta.items() if v is not None}}
+        fields: dict[FieldT, EncodableT] = {"created_at": time.time()}
+        fields.update((k, v) for k, v in meta.items() if v is not None)
         created = await self.redis.hsetnx(self.meta_key(session_id), "created_at", fields["created_at"])
         if created:
             await self.redis.hset(self.meta_key(session_id), mapping=fields)
@@ -114,7 +116,7 @@ class SessionDirectory:
 
     async def meta(self, session_id: str) -> dict[str, str]:
         raw = await self.redis.hgetall(self.meta_key(session_id))
-        return {k.decode(): v.decode() for k, v in raw.items()}
+        return {_text(k): _text(v) for k, v in raw.items()}
 
     async def handle(self, session_id: str) -> SessionHandle:
         handle = self._handles.get(session_id)
@@ -144,3 +146,8 @@ class SessionDirectory:
         except ValueError:
             return
         ray.kill(actor, no_restart=True)
+
+
+def _text(raw: bytes | str) -> str:
+    """A reply field as text: redis-py types replies ``bytes | str`` (bytes for these clients)."""
+    return raw if isinstance(raw, str) else raw.decode()

@@ -104,15 +104,16 @@ class Placement:
 def session_actors(namespace: str) -> list[SessionActorInfo]:
     """Every non-dead session actor of ``namespace``, read from the GCS actor table."""
     from ray._private.state import state  # the GCS tables; ray.util.state needs the dashboard
-    from ray.core.generated import gcs_pb2
+    # protobuf builds its message classes at import time and Ray ships no stubs for them
+    from ray.core.generated.gcs_pb2 import ActorTableData  # type: ignore[attr-defined]
 
     accessor = state._connect_and_get_accessor()
     found = []
     for raw in accessor.get_actor_table(None, None):
-        entry = gcs_pb2.ActorTableData.FromString(raw)
+        entry = ActorTableData.FromString(raw)
         if entry.ray_namespace != namespace or not entry.name.startswith(SESSION_PREFIX):
             continue
-        status = gcs_pb2.ActorTableData.ActorState.Name(entry.state)
+        status = ActorTableData.ActorState.Name(entry.state)
         if status == "DEAD":
             continue
         node = entry.address.node_id.hex() if entry.address.node_id and status == "ALIVE" else None

@@ -104,7 +104,7 @@ class PrescaleBook:
         classes = []
         for sid, value in raw.items():
             try:
-                classes.append(ScheduledClass(session_id=sid.decode(), **json.loads(value)))
+                classes.append(ScheduledClass(session_id=_text(sid), **json.loads(value)))
             except (TypeError, ValueError):
                 log.warning("prescale: dropping a malformed entry for %r", sid)
                 await self.redis.hdel(self.key, sid)
@@ -189,3 +189,8 @@ class Prescaler:
                 for c in classes
             ],
         }
+
+
+def _text(raw: bytes | str) -> str:
+    """A reply field as text: redis-py types replies ``bytes | str`` (bytes for these clients)."""
+    return raw if isinstance(raw, str) else raw.decode()

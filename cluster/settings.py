@@ -93,7 +93,7 @@ class Settings(BaseSettings):
 def from_environment(**overrides: Any) -> Settings:
     import os
 
-    env = {}
+    env: dict[str, Any] = {}
     if os.environ.get("REDIS_URL"):
         env["redis_url"] = os.environ["REDIS_URL"]
     if os.environ.get("RAY_ADDRESS"):
