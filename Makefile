@@ -3,7 +3,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench-slice bench bench-leaderboard venv clean
+.PHONY: demo test lint bench-slice bench bench-leaderboard venv clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -19,6 +19,12 @@ demo: $(STAMP)
 test: $(STAMP)
 	@$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "no tests were collected: failing" >&2; exit 1; fi; exit $$rc
+
+LINT_PATHS := actors api cluster devices sims
+
+lint: $(STAMP)
+	$(BIN)/mypy --ignore-missing-imports --follow-imports=silent $(LINT_PATHS)
+	$(BIN)/python -m pyflakes $(LINT_PATHS) scripts tests
 
 bench-slice: $(STAMP)
 	$(BIN)/pulseline bench --devices 1000 --sessions 10 --seconds 60 --board-hz 10 --report bench-slice.json
