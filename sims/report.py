@@ -23,7 +23,7 @@ from sims.histogram import LatencyHistogram
 __all__ = ["merge_reports", "summary_text", "write_report"]
 
 TARGET_P99_MS = 150.0
-_SUMMED = ("sent", "acknowledged", "applied", "rejected", "lost", "duplicated", "rejected_unexpected",
+_SUMMED = ("sent", "acknowledged", "applied", "rejected", "rejections_unreported", "lost", "duplicated", "rejected_unexpected",
            "devices", "riders", "device_streams", "connections", "sessions", "boards_received", "reconnects",
            "participants_mismatched", "latency_unseen")
 

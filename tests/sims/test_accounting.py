@@ -65,3 +65,15 @@ def test_rejecting_a_valid_sample_is_caught_and_energy_is_compared() -> None:
 def test_server_rows_reads_session_snapshots() -> None:
     rows = server_rows({"s1": {"participants": [{"participant": "a", "samples": 3}]}, "s2": {"participants": []}})
     assert rows == {("s1", "a"): {"participant": "a", "samples": 3}}
+
+
+def test_a_rejection_notice_lost_with_its_connection_is_counted_apart() -> None:
+    # the server rejected the invalid sample (its own count says 1), the device never heard
+    result = account(_truth(told_rejected=Counter()), _server({}))
+    assert (result["rejected_unexpected"], result["participants_mismatched"], result["lost"]) == (0, 0, 0)
+    assert (result["rejected"], result["rejections_unreported"], result["acknowledged"]) == (1, 1, 14)
+    assert result["rejected_by_reason"] == {}
+    # but an invalid sample the server did not reject is still caught
+    result = account(_truth(told_rejected=Counter()), _server({"samples": 10, "rejected": 0}))
+    assert result["rejections_unreported"] == 0 and result["rejected_unexpected"] == 2
+    assert result["duplicated"] == 1 and result["participants_mismatched"] == 1
