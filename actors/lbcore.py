@@ -333,10 +333,16 @@ class WriteBatch:
 
     def validated(self) -> WriteBatch:
         """Check a batch that arrived from elsewhere (unpickled, unpacked) like ``columns``."""
-        return WriteBatch.columns(
-            self.users, self.scores, self.achieved_at, source=self.sources,
-            tags=None if self.tags is None else [dict(t) for t in self.tags],
-        )
+        checked = WriteBatch.columns(self.users, self.scores, self.achieved_at, source=self.sources)
+        if self.tags is None:
+            return checked
+        if not isinstance(self.tags, list) or len(self.tags) != len(self.users):
+            raise WriteError(Problem.BAD_WRITE, "give one tag set per write")
+        try:  # each distinct tag set is checked once (a batch repeats a few of them)
+            normal = {t: normal_tags(dict(t)) for t in set(self.tags)}
+        except (TypeError, ValueError):
+            raise WriteError(Problem.BAD_TAGS, "tags must map str to str") from None
+        return WriteBatch(checked.users, checked.sources, checked.scores, checked.achieved_at, [normal[t] for t in self.tags])
 
     def take(self, index: npt.NDArray[np.int64]) -> WriteBatch:
         """The writes at ``index``, in that order."""

@@ -227,17 +227,20 @@ class LeaderboardShard:
 
         The whole batch is validated first: on ``WriteError`` nothing was applied.
         """
-        return self.write_batch(writes if isinstance(writes, WriteBatch) else WriteBatch.of(writes))
+        if isinstance(writes, WriteBatch):
+            return self.write_batch(writes)
+        return self._write_checked(WriteBatch.of(writes))  # rows were just validated: once is enough
 
     def write_batch(self, batch: WriteBatch) -> int:
         """``write_many`` for a columnar batch (validated again here: it may come from afar).
 
-        Vectorised: a batch of distinct users, each with at most one record per period from
-        the write's source, is applied with numpy over the record columns; users with records
-        from other sources, and batches naming a user twice, take the one-by-one path, which
-        applies writes in batch order. Both paths give the same result.
+        Vectorised: a batch of distinct users is applied with numpy over the record columns
+        (new users, new sources and updates alike); a batch naming a user twice takes the
+        one-by-one path, which applies writes in batch order. Both paths give the same result.
         """
-        batch = batch.validated()
+        return self._write_checked(batch.validated())
+
+    def _write_checked(self, batch: WriteBatch) -> int:
         groups = batch_periods(self._spec, batch)
         if self._spec.shard_count > 1 and len(batch):
             wrong = np.flatnonzero(shards_of(batch.users, self._spec.shard_count) != self._shard_index)

@@ -539,3 +539,14 @@ def test_column_batches_refuse_bad_columns_and_apply_nothing() -> None:
         assert info.value.problem is problem, kwargs
     assert shard.write_batch(WriteBatch.columns(np.array(["a"]).tolist(), np.array([5]), np.array([1.0]), source="s")) == 1
     assert [r.user for r in shard.iter_records()] == ["a"]
+
+
+def test_a_batch_from_afar_is_checked_again_tags_included() -> None:
+    shard = LeaderboardShard(LeaderboardSpec("b", "kcal", cohort_keys=("age",)), now=Clock(0.0))
+    ones = np.array([1.0])
+    for tags in ([(("age", 3),)], [(("age",),)], [[["age", "x"]]], [(("age", "x"),), (("age", "y"),)]):
+        with pytest.raises(WriteError) as info:  # as if unpickled: built without columns()
+            shard.write_batch(WriteBatch(["a"], ["s"], ones, ones, tags))  # type: ignore[arg-type]
+        assert info.value.problem in (Problem.BAD_TAGS, Problem.BAD_WRITE), tags
+    assert shard.write_batch(WriteBatch(["a"], ["s"], ones, ones, [(("age", "x"),)])) == 1
+    assert shard.top(1, cohort={"age": "x"}).entries[0].user == "a"
