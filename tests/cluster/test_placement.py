@@ -174,8 +174,20 @@ def test_handle_refreshes_after_the_actor_died_for_good(ops: httpx.Client, edge:
         )
         handle = await directory.handle(sid)
         first = await handle.info.remote()
-        await asyncio.to_thread(ray.kill, handle.actor, no_restart=True)
+        dead = handle.actor
+        await asyncio.to_thread(ray.kill, dead, no_restart=True)
+        # ray.kill only asks the GCS to kill: a call sent at once can still reach the old
+        # instance (CI saw epoch 1 twice). Wait until the old handle itself reports the death.
+        for _ in range(300):
+            try:
+                await dead.info.remote()
+            except ray.exceptions.ActorDiedError:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("the killed actor still answers after 30 s")
         second = await handle.info.remote()
+        assert handle.actor is not dead  # the handle re-resolved to a new instance
         await client.aclose()
         return first["epoch"], second["epoch"]
 
