@@ -32,6 +32,7 @@ from actors.errors import PhaseError
 from actors.session import MAX_TAGS, check_tags
 from api.auth import Principal, TokenKind, build_verifier, dev_secret, mint_token
 from api.errors import AuthError, BadRequest, Forbidden, Unauthorised, Unavailable, UnknownSession, install_handlers
+from api.directws import channel_of
 from api.ingest import DeviceConnection
 from api.limits import ConnectionLimits, FrameRate, Verdict
 from api.outbox import Outbox, close_reason
@@ -279,6 +280,7 @@ def create_app(settings: Settings) -> FastAPI:
                     max_frames=settings.send_queue_frames,
                     board_interval_s=1.0 / rate,
                     encode_board=board_encoder(participant, everyone=view == "all", as_json=format == "json"),
+                    channel=channel_of(ws, settings.direct_ws),
                 )
                 await _serve_board(ws, edge(), session_id, outbox, who)
             finally:

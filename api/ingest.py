@@ -16,11 +16,18 @@ with 4401 and a reason that says to reconnect with a fresh token. Frame rates, d
 per hub, connections per address and per token, and idle time are limited
 (``api.limits``): over a rate the client gets ``throttle`` first, and is closed with 4429
 only if it keeps sending through the pause.
+
+Two ways in: under the edge's uvicorn protocol (``api.directws``) each message is handled
+synchronously as it arrives — a ``samples`` frame of a streaming connection goes from the
+socket to the pump with no task switch — and frames that must wait for I/O (``hello``,
+``auth``, ``bye``) and everything after them are handled in order by the connection's task.
+Without it (plain ASGI) the task reads every message itself. Both run the same handlers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import enum
 import logging
 import time
@@ -29,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from api.auth import Principal
+from api.directws import DirectChannel, channel_of
 from api.errors import AuthError, Forbidden, Unauthorised, Unavailable
 from api.limits import FrameRate, Verdict, frame_limits
 from api.metrics import (
@@ -46,6 +54,7 @@ from devices.protocol import (
     Bye,
     CloseCode,
     DeviceBinding,
+    DeviceFrame,
     ErrorCode,
     Hello,
     ProtocolError,
@@ -62,6 +71,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+MAX_BACKLOG = 16  # frames waiting for the task before reading pauses (direct path)
+
 
 class LinkState(enum.Enum):
     ACCEPTED = "accepted"
@@ -74,7 +85,8 @@ class DeviceConnection:
         self.ws = ws
         self.edge = edge
         self.settings = edge.settings
-        self.outbox = Outbox(ws, max_frames=self.settings.send_queue_frames)
+        self.channel = channel_of(ws, self.settings.direct_ws)
+        self.outbox = Outbox(ws, max_frames=self.settings.send_queue_frames, channel=self.channel)
         self.links: dict[str, tuple[DeviceLink, SessionPump]] = {}
         self.bindings: dict[str, DeviceBinding] = {}
         self.state = LinkState.ACCEPTED
@@ -86,6 +98,11 @@ class DeviceConnection:
         self.opened = time.monotonic()
         self.last_frame = self.opened
         self.expiry_noticed = False
+        # direct path: frames waiting for the task (the first one is being handled)
+        self.backlog: collections.deque[DeviceFrame] = collections.deque()
+        self._ready = asyncio.Event()
+        self._lost = False
+        self._timer: asyncio.TimerHandle | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
     async def serve(self) -> None:
@@ -96,10 +113,15 @@ class DeviceConnection:
         writer = asyncio.create_task(self.outbox.run())
         DEVICE_CONNECTIONS.inc()
         try:
-            await self._receive_loop()
+            if self.channel is not None:
+                await self._direct_loop(self.channel)
+            else:
+                await self._receive_loop()
         except WebSocketDisconnect:
             pass
         finally:
+            if self._timer is not None:
+                self._timer.cancel()
             DEVICE_CONNECTIONS.dec()
             self.edge.connections.by_address.release(self.peer)
             if self.principal is not None:
@@ -126,6 +148,59 @@ class DeviceConnection:
             if data is None:
                 data = message.get("text") or ""
             await self._handle(data)
+
+    # -- the direct path (api.directws) -------------------------------------------------------
+    async def _direct_loop(self, channel: DirectChannel) -> None:
+        channel.attach(self._on_message, self._on_lost)
+        self._arm_timer()
+        while not self.outbox.closed and not self._lost:
+            if not self.backlog:
+                self._ready.clear()
+                await self._ready.wait()
+                continue
+            try:
+                await self._dispatch(self.backlog[0])
+            finally:
+                self.backlog.popleft()
+            if len(self.backlog) == MAX_BACKLOG // 2:
+                channel.resume_reading()
+
+    def _on_message(self, data: bytes | str) -> None:
+        """One message, straight from the transport: handled now unless it must wait its turn."""
+        if self._lost or self.outbox.closed:
+            return
+        self.last_frame = time.monotonic()
+        frame = self._accept(data)
+        if frame is None:
+            return
+        if not self.backlog and isinstance(frame, Samples) and self.state is LinkState.STREAMING:
+            try:
+                self._samples(frame)
+            except ProtocolError as exc:
+                self._protocol_error(exc)
+            return
+        self.backlog.append(frame)
+        self._ready.set()
+        if len(self.backlog) == MAX_BACKLOG and self.channel is not None:
+            self.channel.pause_reading()  # a client that floods us with hellos waits for us
+
+    def _on_lost(self) -> None:
+        self._lost = True
+        self._ready.set()
+
+    def _arm_timer(self) -> None:
+        """One timer per connection for the handshake, idle and token deadlines."""
+        if self.outbox.closed or self._lost:
+            return
+        delay = max(0.05, self._next_timer_s())
+        self._timer = asyncio.get_running_loop().call_later(delay, self._timer_fired)
+
+    def _timer_fired(self) -> None:
+        self._timer = None
+        self._on_timer()
+        if self.outbox.closed:
+            self._ready.set()
+        self._arm_timer()
 
     # -- timers: handshake, idle, token expiry ---------------------------------------------------
     def _deadlines(self) -> tuple[float, float | None, float | None]:
@@ -164,15 +239,24 @@ class DeviceConnection:
 
     # -- frames ---------------------------------------------------------------------------------
     async def _handle(self, data: bytes | str) -> None:
+        frame = self._accept(data)
+        if frame is not None:
+            await self._dispatch(frame)
+
+    def _accept(self, data: bytes | str) -> DeviceFrame | None:
+        """The decoded frame, or None when it was refused (undecodable, or over a rate)."""
         try:
             frame = decode_device_frame(data, self.limits)
         except ProtocolError as exc:
             if self._admit(None):
                 self._protocol_error(exc)
-            return
+            return None
         if not self._admit(frame.device if isinstance(frame, Samples) else None):
-            return
+            return None
         FRAMES_BY_TYPE[type(frame).__name__.lower()].inc()
+        return frame
+
+    async def _dispatch(self, frame: DeviceFrame) -> None:
         try:
             if isinstance(frame, Samples):
                 self._samples(frame)

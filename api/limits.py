@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from devices.protocol import MAX_DEVICES_PER_HELLO, FrameLimits
 
 from api.auth import Principal, TokenKind
+from api.directws import DirectProtocol
 
 if TYPE_CHECKING:
     from cluster.settings import Settings
@@ -53,6 +54,7 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
     and no permessage-deflate — our frames (30 B - 2 KB of msgpack) barely compress, and
     each connection's zlib contexts cost ~90 KiB of memory plus CPU on every frame."""
     return {
+        **({"ws": DirectProtocol} if settings.direct_ws else {}),
         "ws_per_message_deflate": False,
         "ws_max_size": settings.max_ws_message_bytes,
         "ws_ping_interval": settings.ws_ping_interval_s,

@@ -4,6 +4,11 @@ A connection never makes server memory grow: control frames (welcome, ack, error
 throttle) go through a bounded deque — a client that lets it fill up is closed as too
 slow — and boards are kept one deep (a newer board replaces an unsent one), sent at most
 at the rate the viewer asked for.
+
+With a :class:`~api.directws.DirectChannel` (the edge's default under uvicorn) frames are
+written to the transport at once, from the caller, and a due board is written from a
+timer: no task wakes per frame. The bounded queue is then used only while the transport
+is paused (the client reads slower than we write), with the same close when it fills.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from typing import Any
 
 from starlette.websockets import WebSocket
 
+from api.directws import DirectChannel
 from api.metrics import BOARDS_OUT
 from devices.protocol import CloseCode
 
@@ -40,8 +46,10 @@ class Outbox:
         max_frames: int = 256,
         board_interval_s: float = 0.1,
         encode_board: BoardEncoder | None = None,
+        channel: DirectChannel | None = None,
     ) -> None:
         self.ws = ws
+        self.channel = channel
         self.max_frames = max_frames
         self.board_interval_s = board_interval_s
         self.encode_board = encode_board
@@ -50,12 +58,17 @@ class Outbox:
         self.boards_sent = 0
         self.boards_skipped = 0
         self._last_board = 0.0
+        self._board_timer: asyncio.TimerHandle | None = None
         self._wake = asyncio.Event()
         self.closed = False
         self.close_reason: tuple[int, str] | None = None
 
     def send(self, frame: bytes) -> None:
         if self.closed:
+            return
+        channel = self.channel
+        if channel is not None and not self.frames and channel.can_write:
+            channel.write(frame)
             return
         if len(self.frames) >= self.max_frames:
             self.close(CloseCode.THROTTLED, "client too slow: send queue full", flush=False)
@@ -67,7 +80,10 @@ class Outbox:
         if self.board is not None:
             self.boards_skipped += 1
         self.board = board
-        self._wake.set()
+        if self.channel is not None:
+            self._board_due()
+        else:
+            self._wake.set()
 
     def close(self, code: int, reason: str, *, flush: bool = True) -> None:
         """Close after sending what is queued (the error frame that explains the close),
@@ -77,10 +93,16 @@ class Outbox:
             self.close_reason = (code, close_reason(reason))
             if not flush:
                 self.frames.clear()
+            if self._board_timer is not None:
+                self._board_timer.cancel()
+                self._board_timer = None
             self._wake.set()
 
     async def run(self) -> None:
         """Write until closed; returns when the connection should be closed."""
+        if self.channel is not None:
+            await self._run_direct(self.channel)
+            return
         while not self.closed:
             await self._wake.wait()
             self._wake.clear()
@@ -95,6 +117,47 @@ class Outbox:
             except TimeoutError:
                 pass
             await self.ws.close(code, reason)
+
+    # -- direct writes (api.directws) -----------------------------------------------------
+    async def _run_direct(self, channel: DirectChannel) -> None:
+        """Only drains what queued up while the transport was paused, then closes."""
+        while not self.closed:
+            await self._wake.wait()
+            self._wake.clear()
+            await channel.wait_writable()
+            while self.frames and channel.can_write and not self.closed:
+                channel.write(self.frames.popleft())
+            if not self.frames and not self.closed:
+                self._board_due()
+        if self.close_reason:
+            while self.frames and channel.write(self.frames.popleft()):
+                pass  # bounded by max_frames; the transport sends them before the close frame
+            channel.close(*self.close_reason)
+
+    def _board_due(self) -> None:
+        """Write the waiting board now if the viewer's rate allows, else at the right time."""
+        channel = self.channel
+        if self.closed or self.board is None or self._board_timer is not None or channel is None:
+            return
+        if self.frames or not channel.can_write:
+            self._wake.set()  # the writer sends it once the queue has drained
+            return
+        # 10% slack: boards produced at exactly the viewer's rate must not slip a whole tick
+        wait = self._last_board + 0.9 * self.board_interval_s - time.monotonic()
+        if wait > 0:
+            self._board_timer = asyncio.get_running_loop().call_later(wait, self._board_timer_fired)
+            return
+        board, self.board = self.board, None
+        if self.encode_board is None:
+            return
+        self._last_board = time.monotonic()
+        if channel.write(self.encode_board(board)):
+            self.boards_sent += 1
+            BOARDS_OUT.inc()
+
+    def _board_timer_fired(self) -> None:
+        self._board_timer = None
+        self._board_due()
 
     async def _flush(self) -> None:
         while self.frames:

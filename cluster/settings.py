@@ -76,6 +76,8 @@ class Settings(BaseSettings):
     idle_timeout_s: float = 300.0  # no frame at all from a device connection for this long
     ws_ping_interval_s: float = 20.0
     ws_ping_timeout_s: float = 20.0
+    # Device and board frames bypass the ASGI queue (api/directws.py); false = plain ASGI.
+    direct_ws: bool = True
 
     def actor_settings(self) -> dict[str, Any]:
         assert self.redis_url, "redis_url is resolved before actors are created"

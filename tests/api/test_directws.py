@@ -1,0 +1,245 @@
+"""The edge's direct WebSocket path (``api/directws.py``) at the byte level, and plain ASGI.
+
+A raw socket client speaks RFC 6455 itself here, so the tests can send what a library
+client never would: several frames in one TCP write, fragments, pings, unmasked frames,
+invalid UTF-8. The rest of the suite drives the same path through ordinary clients.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import struct
+import time
+from typing import Any
+
+import httpx
+import msgpack
+import pytest
+
+from api.directws import DirectProtocol, frame_header
+
+
+def pack(frame: Any) -> bytes:
+    return msgpack.packb(frame, use_bin_type=True)
+
+
+class RawClient:
+    """A blocking RFC 6455 client over a plain socket (client frames masked unless told not to)."""
+
+    def __init__(self, ws_url: str, path: str) -> None:
+        host, port = ws_url.removeprefix("ws://").split(":")
+        self.sock = socket.create_connection((host, int(port)), timeout=10)
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.sock.sendall(
+            f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        self.buf = b""
+        while b"\r\n\r\n" not in self.buf:
+            self._more()
+        head, self.buf = self.buf.split(b"\r\n\r\n", 1)
+        assert head.startswith(b"HTTP/1.1 101"), head
+
+    def _more(self) -> None:
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise EOFError("connection closed")
+        self.buf += chunk
+
+    @staticmethod
+    def frame(opcode: int, payload: bytes, *, fin: bool = True, mask: bool = True) -> bytes:
+        first = (0x80 if fin else 0) | opcode
+        size = len(payload)
+        if size < 126:
+            head = bytes((first, (0x80 if mask else 0) | size))
+        elif size < 1 << 16:
+            head = struct.pack("!BBH", first, (0x80 if mask else 0) | 126, size)
+        else:
+            head = struct.pack("!BBQ", first, (0x80 if mask else 0) | 127, size)
+        if not mask:
+            return head + payload
+        key = os.urandom(4)
+        return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+
+    def send(self, *frames: bytes) -> None:
+        self.sock.sendall(b"".join(frames))  # one TCP write for all of them
+
+    def recv(self) -> tuple[int, bytes]:
+        """(opcode, payload) of the next server frame (servers never mask, never fragment here)."""
+        while len(self.buf) < 2:
+            self._more()
+        first, second = self.buf[0], self.buf[1]
+        assert not second & 0x80, "a server frame must not be masked"
+        size, offset = second & 0x7F, 2
+        if size == 126:
+            while len(self.buf) < 4:
+                self._more()
+            size, offset = struct.unpack("!H", self.buf[2:4])[0], 4
+        elif size == 127:
+            while len(self.buf) < 10:
+                self._more()
+            size, offset = struct.unpack("!Q", self.buf[2:10])[0], 10
+        while len(self.buf) < offset + size:
+            self._more()
+        payload, self.buf = self.buf[offset:offset + size], self.buf[offset + size:]
+        return first & 0x0F, payload
+
+    def recv_message(self) -> dict[str, Any]:
+        while True:
+            opcode, payload = self.recv()
+            if opcode == 0x2:
+                return msgpack.unpackb(payload, raw=False)  # type: ignore[no-any-return]
+            assert opcode in (0x9, 0xA), f"unexpected opcode {opcode}"
+
+    def recv_close(self) -> tuple[int, str]:
+        while True:
+            opcode, payload = self.recv()
+            if opcode == 0x8:
+                code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
+                return code, payload[2:].decode()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def session(edge: Any, unique_id: str, tokens: Any) -> str:
+    sid = f"direct-{unique_id}"
+    httpx.post(f"{edge.url}/v1/sessions", json={"id": sid}, headers=tokens.headers()).raise_for_status()
+    return sid
+
+
+def _hello(tokens: Any, sid: str, device: str = "dev") -> dict[str, Any]:
+    token = tokens("device", device=device, participant="p", sessions=[sid])
+    return {"t": "hello", "v": 1, "token": token, "devices": [{"device": device, "participant": "p", "session": sid}]}
+
+
+def _rows(first: int, last: int) -> list[list[Any]]:
+    now = time.time()
+    return [[seq, now - (last - seq) * 0.01, 120.0, 200.0] for seq in range(first, last + 1)]
+
+
+def _acked_up_to(client: RawClient, device: str, seq: int) -> dict[str, Any]:
+    """Frames until ``device`` is acknowledged up to ``seq`` (the welcome counts)."""
+    seen: dict[str, Any] = {}
+    while True:
+        frame = client.recv_message()
+        seen.setdefault(frame["t"], []).append(frame)
+        got = (frame.get("acks") or frame.get("devices") or {}).get(device, -1)
+        if frame["t"] in ("ack", "welcome") and got >= seq:
+            return seen
+
+
+def test_the_edge_serves_devices_on_the_direct_path(edge: Any, session: str, tokens: Any) -> None:
+    client = RawClient(edge.ws_url, "/v1/devices")
+    try:
+        # hello and two samples frames in ONE write, before any welcome: the samples wait
+        # for the hello (which needs I/O: the session lookup) and are then taken in order
+        client.send(
+            RawClient.frame(0x2, pack(_hello(tokens, session))),
+            RawClient.frame(0x2, pack({"t": "samples", "device": "dev", "samples": _rows(1, 5)})),
+            RawClient.frame(0x2, pack({"t": "samples", "device": "dev", "samples": _rows(6, 10)})),
+        )
+        seen = _acked_up_to(client, "dev", 10)
+        assert seen["welcome"][0]["devices"] == {"dev": 0}
+        assert "error" not in seen, seen["error"]
+        protocols = [p for p in edge.server.server_state.connections if isinstance(p, DirectProtocol)]
+        assert any(p._on_message is not None for p in protocols), "no connection took the direct path"
+    finally:
+        client.close()
+    snap = httpx.get(f"{edge.url}/v1/sessions/{session}", headers=tokens.headers()).json()
+    assert snap["participants"][0]["samples"] == 10
+
+
+def test_fragments_pings_and_text_frames_on_the_direct_path(edge: Any, session: str, tokens: Any) -> None:
+    client = RawClient(edge.ws_url, "/v1/devices")
+    try:
+        hello = pack(_hello(tokens, session))
+        client.send(RawClient.frame(0x2, hello[:10], fin=False), RawClient.frame(0x0, hello[10:]))  # fragmented
+        assert client.recv_message()["t"] == "welcome"
+        client.send(RawClient.frame(0x9, b"are you there"))
+        opcode, payload = client.recv()
+        assert (opcode, payload) == (0xA, b"are you there")  # pong echoes the ping
+        text = json.dumps({"t": "samples", "device": "dev", "samples": _rows(1, 3)}).encode()
+        client.send(RawClient.frame(0x1, text))  # JSON in a text frame
+        seen = _acked_up_to(client, "dev", 3)
+        assert "error" not in seen, seen["error"]
+        client.send(RawClient.frame(0x1, json.dumps({"t": "launch"}).encode()))
+        error = client.recv_message()
+        assert error["t"] == "error" and error["code"] == "unknown_type" and error["fatal"] is False
+        client.send(RawClient.frame(0x8, struct.pack("!H", 1000)))
+        assert client.recv_close()[0] == 1000  # the close handshake completes
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        (RawClient.frame(0x1, b"\xff\xfe not utf-8"), 1007),
+        (RawClient.frame(0x2, b"unmasked", mask=False), 1002),
+        (RawClient.frame(0x2, b"x" * ((1 << 20) + 1)), 1009),
+    ],
+    ids=["invalid-utf8", "unmasked", "over-1MiB"],
+)
+def test_transport_violations_close_with_the_rfc_code_and_spare_other_devices(
+    edge: Any, session: str, tokens: Any, frame: bytes, code: int
+) -> None:
+    bystander = RawClient(edge.ws_url, "/v1/devices")
+    offender = RawClient(edge.ws_url, "/v1/devices")
+    try:
+        bystander.send(RawClient.frame(0x2, pack(_hello(tokens, session, "calm"))))
+        assert bystander.recv_message()["t"] == "welcome"
+        offender.send(RawClient.frame(0x2, pack(_hello(tokens, session, "rude"))))
+        assert offender.recv_message()["t"] == "welcome"
+        offender.send(frame)
+        assert offender.recv_close()[0] == code
+        bystander.send(RawClient.frame(0x2, pack({"t": "samples", "device": "calm", "samples": _rows(1, 4)})))
+        assert "error" not in _acked_up_to(bystander, "calm", 4)
+    finally:
+        bystander.close()
+        offender.close()
+
+
+def test_frame_header_sizes() -> None:
+    assert frame_header(0x2, 5) == b"\x82\x05"
+    assert frame_header(0x2, 125) == b"\x82\x7d"
+    assert frame_header(0x2, 126) == b"\x82\x7e\x00\x7e"
+    assert frame_header(0x1, 65535) == b"\x81\x7e\xff\xff"
+    assert frame_header(0x2, 65536) == b"\x82\x7f" + (65536).to_bytes(8, "big")
+
+
+def test_plain_asgi_still_serves_devices_and_boards(edge_settings: Any, unique_id: str, tokens: Any) -> None:
+    """``PULSELINE_DIRECT_WS=false``: uvicorn's own protocol, every frame through ASGI."""
+    from tests.conftest import EdgeServer, _free_port
+
+    settings = edge_settings.model_copy(update={"port": _free_port(), "direct_ws": False})
+    server = EdgeServer(settings).start()
+    sid = f"asgi-{unique_id}"
+    try:
+        httpx.post(f"{server.url}/v1/sessions", json={"id": sid}, headers=tokens.headers()).raise_for_status()
+        client = RawClient(server.ws_url, "/v1/devices")
+        viewer = RawClient(server.ws_url, f"/v1/sessions/{sid}/board?rate=10&participant=p&token={tokens('operator')}")
+        try:
+            client.send(
+                RawClient.frame(0x2, pack(_hello(tokens, sid))),
+                RawClient.frame(0x2, pack({"t": "samples", "device": "dev", "samples": _rows(1, 6)})),
+            )
+            seen = _acked_up_to(client, "dev", 6)
+            assert "error" not in seen
+            assert not any(isinstance(p, DirectProtocol) for p in server.server.server_state.connections)
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                board = viewer.recv_message()
+                if board.get("you") and board["you"][0] == "p":
+                    break
+            else:
+                raise AssertionError("no board with the participant's own row")
+        finally:
+            client.close()
+            viewer.close()
+    finally:
+        server.stop()
