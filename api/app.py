@@ -13,6 +13,7 @@ codes 4401 / 4403 on WebSockets.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import re
 import time
@@ -168,6 +169,11 @@ def create_app(settings: Settings) -> FastAPI:
             client, prefix=settings.prefix, namespace=settings.namespace, actor_settings=settings.actor_settings()
         )
         app.state.edge = Edge(settings, directory, gate)
+        # Everything alive now (Ray, FastAPI, imported modules: ~200k objects) lives as long
+        # as the edge: keep it out of the cyclic GC, whose full passes over it took ~110 ms
+        # of the event loop each in the capacity bench (docs/benchmarks.md).
+        gc.collect()
+        gc.freeze()
         yield
         await app.state.edge.close()
         await client.aclose()

@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 
 BoardEncoder = Callable[[dict[str, Any]], bytes | str]
 FLUSH_TIMEOUT_S = 2.0  # what a closing connection may spend sending its last frames
-MAX_REASON_BYTES = 120  # a close reason may carry at most 123 bytes of UTF-8
+MAX_REASON_BYTES = 120
+TIMER_SLACK_S = 0.002  # a board due this soon is sent now rather than from a timer  # a close reason may carry at most 123 bytes of UTF-8
 
 
 def close_reason(text: str) -> str:
@@ -144,7 +145,7 @@ class Outbox:
             return
         # 10% slack: boards produced at exactly the viewer's rate must not slip a whole tick
         wait = self._last_board + 0.9 * self.board_interval_s - time.monotonic()
-        if wait > 0:
+        if wait > TIMER_SLACK_S:  # (uvloop's timers have 1 ms steps and may fire that early)
             self._board_timer = asyncio.get_running_loop().call_later(wait, self._board_timer_fired)
             return
         board, self.board = self.board, None
