@@ -243,3 +243,76 @@ def test_plain_asgi_still_serves_devices_and_boards(edge_settings: Any, unique_i
             viewer.close()
     finally:
         server.stop()
+
+
+# -- FrameReader on byte vectors -------------------------------------------------------------
+
+
+def _feed_all(reader: Any, data: bytes, step: int) -> list[tuple[int, Any]]:
+    out: list[tuple[int, Any]] = []
+    for at in range(0, len(data), step):
+        out += reader.feed(data[at:at + step])
+    return out
+
+
+@pytest.mark.parametrize("step", [1, 2, 3, 7, 1000000])
+def test_frame_reader_yields_the_same_messages_however_the_bytes_are_split(step: int) -> None:
+    from api.directws import FrameReader
+
+    big = os.urandom(70000)  # a 64-bit length
+    mid = os.urandom(300)  # a 16-bit length
+    stream = b"".join([
+        RawClient.frame(0x2, b"small"),
+        RawClient.frame(0x1, "héllo".encode()),
+        RawClient.frame(0x2, mid[:100], fin=False),
+        RawClient.frame(0x9, b"ping in the middle"),  # control frames may interleave fragments
+        RawClient.frame(0x0, mid[100:250], fin=False),
+        RawClient.frame(0x0, mid[250:]),
+        RawClient.frame(0x2, big),
+        RawClient.frame(0x2, b""),
+        RawClient.frame(0xA, b""),
+    ])
+    got = _feed_all(FrameReader(1 << 20), stream, step)
+    assert got == [(0x2, b"small"), (0x1, "héllo"), (0x9, b"ping in the middle"), (0x2, mid), (0x2, big),
+                   (0x2, b""), (0xA, b"")]
+
+
+@pytest.mark.parametrize(
+    ("data", "code"),
+    [
+        (bytes([0x82 | 0x40, 0x80]) + b"mask", 1002),  # RSV1 without an extension
+        (RawClient.frame(0x3, b"x"), 1002),  # reserved data opcode
+        (RawClient.frame(0xB, b"x"), 1002),  # reserved control opcode
+        (RawClient.frame(0x9, b"x", fin=False), 1002),  # fragmented control frame
+        (RawClient.frame(0x9, b"x" * 126), 1002),  # control frame over 125 bytes
+        (RawClient.frame(0x0, b"x"), 1002),  # continuation of nothing
+        (RawClient.frame(0x2, b"a", fin=False) + RawClient.frame(0x2, b"b"), 1002),  # new message mid-fragments
+        (RawClient.frame(0x2, b"x", mask=False), 1002),
+        (RawClient.frame(0x2, b"x" * 600, fin=False) + RawClient.frame(0x0, b"x" * 600), 1009),  # over max in total
+        (RawClient.frame(0x1, b"\xc3"), 1007),  # truncated UTF-8
+    ],
+)
+def test_frame_reader_refuses_what_a_client_may_not_send(data: bytes, code: int) -> None:
+    from api.directws import FrameReader, Violation
+
+    with pytest.raises(Violation) as refused:
+        _feed_all(FrameReader(1000), data, 1)
+    assert refused.value.code == code
+
+
+def test_a_board_viewer_gets_pongs_and_a_close_echo_on_the_direct_protocol(
+    edge: Any, session: str, tokens: Any
+) -> None:
+    viewer = RawClient(edge.ws_url, f"/v1/sessions/{session}/board?rate=1&token={tokens('operator')}")
+    try:
+        viewer.send(RawClient.frame(0x9, b"still there?"))
+        while True:
+            opcode, payload = viewer.recv()
+            if opcode == 0xA:
+                break
+            assert opcode == 0x2  # boards may come first
+        assert payload == b"still there?"
+        viewer.send(RawClient.frame(0x8, struct.pack("!H", 1001) + b"going away"))
+        assert viewer.recv_close() == (1001, "going away")
+    finally:
+        viewer.close()
