@@ -122,7 +122,7 @@ class Outbox:
     # -- direct writes (api.directws) -----------------------------------------------------
     async def _run_direct(self, channel: DirectChannel) -> None:
         """Only drains what queued up while the transport was paused, then closes."""
-        while not self.closed:
+        while not self.closed and channel.open:  # a connection going away gets nothing more
             await self._wake.wait()
             self._wake.clear()
             await channel.wait_writable()
@@ -138,8 +138,8 @@ class Outbox:
     def _board_due(self) -> None:
         """Write the waiting board now if the viewer's rate allows, else at the right time."""
         channel = self.channel
-        if self.closed or self.board is None or self._board_timer is not None or channel is None:
-            return
+        if self.closed or self.board is None or self._board_timer is not None or channel is None or not channel.open:
+            return  # (a closing channel never becomes writable again: do not wake the writer)
         if self.frames or not channel.can_write:
             self._wake.set()  # the writer sends it once the queue has drained
             return

@@ -280,6 +280,9 @@ async def _serve_and_bench(args: argparse.Namespace, settings: Any) -> dict[str,
     serving = asyncio.create_task(server.serve())
     while not server.started and not serving.done():
         await asyncio.sleep(0.05)
+    if not server.started:  # e.g. the port is taken (uvicorn logged why): stop, do not bench nothing
+        await serving
+        raise SystemExit(f"capacity: the edge did not start on {settings.host}:{settings.port}")
     try:
         bench = CapacityBench(args, f"http://{settings.host}:{settings.port}", settings.namespace)
         return await bench.run()

@@ -316,3 +316,44 @@ def test_a_board_viewer_gets_pongs_and_a_close_echo_on_the_direct_protocol(
         assert viewer.recv_close() == (1001, "going away")
     finally:
         viewer.close()
+
+
+class _GoneChannel:
+    """The DirectChannel surface of a connection that is going away (the peer vanished)."""
+
+    open = False
+    can_write = False
+
+    async def wait_writable(self) -> None:
+        return None  # a lost transport is "writable": nothing will ever wait for it
+
+    def write(self, frame: Any) -> bool:
+        return False
+
+    def close(self, code: int, reason: str) -> None:
+        pass
+
+
+def test_an_outbox_whose_connection_went_away_stops_instead_of_spinning() -> None:
+    """A board arriving for a viewer whose transport is closing once made the writer loop
+    forever without yielding (the capacity bench hung); now the writer just ends."""
+    import asyncio
+    import threading
+
+    from api.outbox import Outbox
+
+    async def scenario() -> int:
+        outbox = Outbox(None, board_interval_s=0.1, encode_board=lambda b: b"board", channel=_GoneChannel())  # type: ignore[arg-type]
+        writer = asyncio.create_task(outbox.run())
+        await asyncio.sleep(0)
+        outbox.set_board({"version": 1})
+        outbox.send(b"ack")
+        await asyncio.wait_for(writer, 5)
+        return outbox.boards_sent
+
+    result: list[int] = []
+    thread = threading.Thread(target=lambda: result.append(asyncio.run(scenario())), daemon=True)
+    thread.start()
+    thread.join(10)
+    assert not thread.is_alive(), "the outbox writer is spinning"
+    assert result == [0]
