@@ -129,7 +129,7 @@ class DeviceConnection:
             self.state = LinkState.CLOSED
             for link, pump in self.links.values():
                 pump.detach(link)
-            if not self.outbox.closed:
+            if not self.outbox.closed or self.channel is not None:  # (direct: all written already)
                 self.outbox.closed = True
                 writer.cancel()
             await asyncio.gather(writer, return_exceptions=True)
@@ -151,6 +151,7 @@ class DeviceConnection:
 
     # -- the direct path (api.directws) -------------------------------------------------------
     async def _direct_loop(self, channel: DirectChannel) -> None:
+        self.outbox.on_close = self._ready.set
         channel.attach(self._on_message, self._on_lost)
         self._arm_timer()
         while not self.outbox.closed and not self._lost:

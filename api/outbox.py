@@ -63,6 +63,8 @@ class Outbox:
         self._wake = asyncio.Event()
         self.closed = False
         self.close_reason: tuple[int, str] | None = None
+        self.on_close: Callable[[], None] | None = None  # called once, when the outbox closes
+        self._finished = False
 
     def send(self, frame: bytes) -> None:
         if self.closed:
@@ -98,6 +100,10 @@ class Outbox:
                 self._board_timer.cancel()
                 self._board_timer = None
             self._wake.set()
+            if self.channel is not None:
+                self._finish_direct(self.channel)  # now: the writer may be waiting on a paused transport
+            if self.on_close is not None:
+                self.on_close()
 
     async def run(self) -> None:
         """Write until closed; returns when the connection should be closed."""
@@ -130,9 +136,15 @@ class Outbox:
                 channel.write(self.frames.popleft())
             if not self.frames and not self.closed:
                 self._board_due()
-        if self.close_reason:
+        self._finish_direct(channel)
+
+    def _finish_direct(self, channel: DirectChannel) -> None:
+        """Write what is queued (bounded by ``max_frames``; the transport buffers it even
+        while paused) and the close frame, once."""
+        if self.close_reason and not self._finished:
+            self._finished = True
             while self.frames and channel.write(self.frames.popleft()):
-                pass  # bounded by max_frames; the transport sends them before the close frame
+                pass
             channel.close(*self.close_reason)
 
     def _board_due(self) -> None:

@@ -357,3 +357,93 @@ def test_an_outbox_whose_connection_went_away_stops_instead_of_spinning() -> Non
     thread.join(10)
     assert not thread.is_alive(), "the outbox writer is spinning"
     assert result == [0]
+
+
+class _PausedChannel(_GoneChannel):
+    """An open connection whose client stopped reading: the transport stays paused."""
+
+    open = True
+
+    def __init__(self) -> None:
+        import asyncio
+
+        self.written: list[Any] = []
+        self.closed_with: tuple[int, str] | None = None
+        self.writable = asyncio.Event()
+
+    async def wait_writable(self) -> None:
+        await self.writable.wait()
+
+    @property
+    def can_write(self) -> bool:  # type: ignore[override]
+        return self.writable.is_set()
+
+    def write(self, frame: Any) -> bool:
+        self.written.append(frame)
+        return True
+
+    def close(self, code: int, reason: str) -> None:
+        self.closed_with = (code, reason)
+        self.open = False  # type: ignore[misc]
+
+
+def test_a_direct_outbox_queues_while_paused_keeps_order_and_closes_a_client_that_never_reads() -> None:
+    import asyncio
+
+    from api.outbox import Outbox
+
+    async def scenario() -> tuple[list[Any], list[Any], tuple[int, str] | None]:
+        slow, stuck = _PausedChannel(), _PausedChannel()
+        drained = Outbox(None, max_frames=8, channel=slow)  # type: ignore[arg-type]
+        closed = Outbox(None, max_frames=8, channel=stuck)  # type: ignore[arg-type]
+        writers = [asyncio.create_task(drained.run()), asyncio.create_task(closed.run())]
+        for n in range(5):
+            drained.send(b"%d" % n)
+        await asyncio.sleep(0.01)
+        assert slow.written == []  # nothing written while paused
+        slow.writable.set()
+        await asyncio.sleep(0.01)
+        drained.send(b"5")  # after the queue drained: written at once, in order
+        for n in range(9):  # one over max_frames while paused
+            closed.send(b"%d" % n)
+        assert stuck.closed_with is not None  # at once, though the writer waits on the transport
+        stuck.writable.set()  # the transport closes (close_timeout or the peer's echo)
+        await asyncio.wait_for(writers[1], 5)
+        drained.close(1000, "bye")
+        await asyncio.wait_for(writers[0], 5)
+        return slow.written, stuck.written, stuck.closed_with
+
+    written, stuck_written, closed_with = asyncio.run(scenario())
+    assert written == [b"0", b"1", b"2", b"3", b"4", b"5"]
+    assert stuck_written == [] and closed_with is not None and closed_with[0] == 4429
+
+
+def test_a_flood_of_hellos_in_one_write_is_answered_in_order(edge: Any, session: str, tokens: Any) -> None:
+    """A hub sends 40 hellos (one device each) and then a samples frame per device, all in
+    one write: the hellos wait in the connection's backlog (reading pauses at 16) and the
+    samples behind them are taken only after their device's hello (else unknown_device)."""
+    devices = [f"bike-{n}" for n in range(40)]
+    token = tokens("hub", hub="studio", devices=devices, sessions=[session])
+    client = RawClient(edge.ws_url, "/v1/devices")
+    try:
+        hellos = [
+            RawClient.frame(0x2, pack({"t": "hello", "v": 1, "token": token, "hub": "studio",
+                                       "devices": [{"device": d, "participant": f"p-{d}", "session": session}]}))
+            for d in devices
+        ]
+        samples = [RawClient.frame(0x2, pack({"t": "samples", "device": d, "samples": _rows(1, 2)})) for d in devices]
+        client.send(*hellos, *samples)
+        welcomed: set[str] = set()
+        acked: dict[str, int] = {}
+        deadline = time.monotonic() + 30
+        while (len(welcomed) < 40 or any(acked.get(d, 0) < 2 for d in devices)) and time.monotonic() < deadline:
+            frame = client.recv_message()
+            assert frame["t"] in ("welcome", "ack", "auth_ok"), frame  # (a later hello's token renews)
+            if frame["t"] == "welcome":
+                welcomed |= set(frame["devices"])
+            elif frame["t"] == "ack":
+                acked.update(frame["acks"])
+        assert welcomed == set(devices)
+        assert all(acked.get(d) == 2 for d in devices), acked
+    finally:
+        client.close()
