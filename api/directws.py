@@ -227,18 +227,21 @@ class DirectProtocol(WebSocketsSansIOProtocol):
         code = close.code if close is not None else CloseCode.NO_STATUS_RCVD
         self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": close.reason if close else ""})
         if self.conn.state is State.OPEN:  # echo it (an empty close is echoed empty)
-            self.conn.send_close(close.code if close is not None else None, close.reason if close is not None else "")
-            self.transport.write(b"".join(self.conn.data_to_send()))
+            self.send_close_frame(close.code if close is not None else None, close.reason if close is not None else "")
         self.close_sent = True
         self.transport.close()
+
+    def send_close_frame(self, code: int | None, reason: str) -> None:
+        """Our close frame (``code`` None: an empty one), built by the websockets state machine."""
+        self.conn.send_close(code, reason)
+        self.transport.write(b"".join(self.conn.data_to_send()))
 
     def _fail(self, code: int, reason: str) -> None:
         log.info("closing a WebSocket from %s with %d: %s", self.client, code, reason)
         self._reader = None
         self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
         if not self.close_sent and not self.transport.is_closing() and self.conn.state is State.OPEN:
-            self.conn.send_close(code, reason)
-            self.transport.write(b"".join(self.conn.data_to_send()))
+            self.send_close_frame(code, reason)
         self.close_sent = True
         self.transport.close()
 
@@ -322,8 +325,7 @@ class DirectChannel:
         p = self._p
         if p.close_sent or p.disconnected or p.transport.is_closing():
             return
-        p.conn.send_close(code, reason)
-        p.transport.write(b"".join(p.conn.data_to_send()))
+        p.send_close_frame(code, reason)
         p.close_sent = True
         if p.read_paused:
             p.read_paused = False

@@ -155,18 +155,13 @@ class Outbox:
         if self.frames or not channel.can_write:
             self._wake.set()  # the writer sends it once the queue has drained
             return
-        # 10% slack: boards produced at exactly the viewer's rate must not slip a whole tick
-        wait = self._last_board + 0.9 * self.board_interval_s - time.monotonic()
+        wait = self._board_wait_s()
         if wait > TIMER_SLACK_S:  # (uvloop's timers have 1 ms steps and may fire that early)
             self._board_timer = asyncio.get_running_loop().call_later(wait, self._board_timer_fired)
             return
-        board, self.board = self.board, None
-        if self.encode_board is None:
-            return
-        self._last_board = time.monotonic()
-        if channel.write(self.encode_board(board)):
-            self.boards_sent += 1
-            BOARDS_OUT.inc()
+        frame = self._take_board()
+        if frame is not None:
+            channel.write(frame)  # (open and writable: checked above)
 
     def _board_timer_fired(self) -> None:
         self._board_timer = None
@@ -176,19 +171,27 @@ class Outbox:
         while self.frames:
             await self.ws.send_bytes(self.frames.popleft())
 
-    async def _send_board(self) -> None:
-        # 10% slack: boards produced at exactly the viewer's rate must not slip a whole tick
-        wait = self._last_board + 0.9 * self.board_interval_s - time.monotonic()
-        if wait > 0:
-            await asyncio.sleep(wait)  # newer boards replace this one meanwhile
+    def _board_wait_s(self) -> float:
+        """Seconds until the viewer's rate allows the next board. 10% slack: boards produced
+        at exactly the viewer's rate must not slip a whole tick."""
+        return self._last_board + 0.9 * self.board_interval_s - time.monotonic()
+
+    def _take_board(self) -> bytes | str | None:
+        """The waiting board, encoded for this viewer, and counted as sent (None: nothing to send)."""
         board, self.board = self.board, None
         if board is None or self.encode_board is None:
-            return
+            return None
         self._last_board = time.monotonic()
-        frame = self.encode_board(board)
-        if isinstance(frame, str):
-            await self.ws.send_text(frame)
-        else:
-            await self.ws.send_bytes(frame)
         self.boards_sent += 1
         BOARDS_OUT.inc()
+        return self.encode_board(board)
+
+    async def _send_board(self) -> None:
+        wait = self._board_wait_s()
+        if wait > 0:
+            await asyncio.sleep(wait)  # newer boards replace this one meanwhile
+        frame = self._take_board()
+        if isinstance(frame, str):
+            await self.ws.send_text(frame)
+        elif frame is not None:
+            await self.ws.send_bytes(frame)
