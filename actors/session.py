@@ -31,6 +31,7 @@ import msgpack
 import numpy as np
 
 from actors.errors import ActorError, CheckpointError, PhaseError
+from devices.text import TextError, clean_text
 
 CHECKPOINT_VERSION = 1
 BOARD_COLUMNS = (
@@ -75,7 +76,8 @@ def check_tags(tags: Mapping[str, str]) -> dict[str, str]:
     """Return ``tags`` as a plain dict if valid, else raise ``TagError``.
 
     At most ``MAX_TAGS`` tags; keys match ``[A-Za-z0-9_.-]{1,32}``; values are str of 1 to
-    ``MAX_TAG_VALUE_CHARS`` printable characters. The edge validates join bodies with this
+    ``MAX_TAG_VALUE_CHARS`` printable characters, returned NFC-normalised
+    (``devices.text.clean_text``). The edge validates join bodies with this
     same function, so a bad tag is refused before it reaches a session.
     """
     if not isinstance(tags, Mapping):
@@ -85,11 +87,10 @@ def check_tags(tags: Mapping[str, str]) -> dict[str, str]:
     for key, value in tags.items():
         if not isinstance(key, str) or not TAG_KEY.fullmatch(key):
             raise TagError(f"tag name {key!r} must match [A-Za-z0-9_.-]{{1,32}}")
-        if not isinstance(value, str):
-            raise TagError(f"tag {key!r} must be a string")
-        if not 1 <= len(value) <= MAX_TAG_VALUE_CHARS or not value.isprintable():
-            raise TagError(f"tag {key!r} must be 1-{MAX_TAG_VALUE_CHARS} printable characters")
-    return dict(tags)
+    try:
+        return {key: clean_text(value, f"tag {key!r}", max_chars=MAX_TAG_VALUE_CHARS) for key, value in tags.items()}
+    except TextError as exc:
+        raise TagError(str(exc)) from None
 
 
 @dataclass(slots=True)

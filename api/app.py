@@ -24,7 +24,7 @@ from typing import Any, AsyncIterator
 
 import redis.asyncio as aioredis
 from fastapi import Depends, FastAPI, Query, Request, WebSocket
-from fastapi.responses import HTMLResponse, PlainTextResponse
+from fastapi.responses import PlainTextResponse
 from starlette.websockets import WebSocketDisconnect
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field, field_validator
@@ -37,22 +37,28 @@ from api.directws import channel_of
 from api.ingest import DeviceConnection
 from api.limits import ConnectionLimits, FrameRate, Verdict
 from api.outbox import Outbox, close_reason
+from api.pages import SecurityHeaders
+from api.pages import install as install_pages
 from api.pump import SessionPump
 from api.scopes import (
     Caller,
     Gate,
     Operator,
     ScopeReason,
+    authorise_board,
     authorise_membership,
     authorise_read,
     bearer_token,
+    chosen_subprotocol,
+    install_log_redaction,
     operator,
     roster_of,
 )
-from api.viewer import VIEW_PAGE, board_encoder
+from api.viewer import board_encoder
 from cluster.directory import SessionDirectory
 from cluster.settings import Settings
 from devices.protocol import Auth, CloseCode, ProtocolError, decode_device_frame
+from devices.text import clean_text
 
 log = logging.getLogger(__name__)
 _ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
@@ -62,6 +68,11 @@ class CreateSession(BaseModel):
     id: str | None = Field(default=None, pattern=_ID.pattern)
     title: str | None = Field(default=None, max_length=200)
     board_size: int | None = Field(default=None, ge=1, le=100)
+
+    @field_validator("title")
+    @classmethod
+    def _clean_title(cls, title: str | None) -> str | None:
+        return None if title is None else clean_text(title, "title")  # TextError is a ValueError: 422
 
 
 class JoinRequest(BaseModel):
@@ -125,14 +136,23 @@ class Edge:
         handle = await self.directory.handle(session_id)
         return await getattr(handle, method).remote(**kwargs)
 
-    async def authorise_read(self, who: Principal, session_id: str, *, where: str, peer: str) -> dict[str, Any] | None:
-        """Check ``who`` may read ``session_id``; returns the snapshot when one was needed."""
-        if who.kind is TokenKind.OPERATOR:
+    async def authorise_read(
+        self, who: Principal, session_id: str, *, where: str, peer: str, board: bool = False
+    ) -> dict[str, Any] | None:
+        """Check ``who`` may read ``session_id`` (its board only, with ``board``: viewer
+        tokens too); returns the snapshot when one was needed."""
+        if who.kind is TokenKind.OPERATOR or (board and self._may_watch(who, session_id, where=where, peer=peer)):
             await self.require(session_id)
             return None
         snapshot: dict[str, Any] = await self.call(session_id, "snapshot")
         self.gate.check(who, authorise_read, session_id, roster_of(snapshot), where=where, peer=peer)
         return snapshot
+
+    def _may_watch(self, who: Principal, session_id: str, *, where: str, peer: str) -> bool:
+        try:
+            return authorise_board(who, session_id)
+        except Forbidden as exc:
+            raise self.gate.refused(exc, where=where, who=who.describe(), peer=peer) from None
 
     async def close(self) -> None:
         await asyncio.gather(*(p.stop() for p in self.pumps.values()))
@@ -182,6 +202,9 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="pulseline edge", version="1", lifespan=lifespan)
     app.state.gate = gate
     install_handlers(app)
+    app.add_middleware(SecurityHeaders)
+    install_log_redaction()
+    install_pages(app, settings)
     for extension in settings_extensions():
         extension(app)
 
@@ -247,11 +270,6 @@ def create_app(settings: Settings) -> FastAPI:
     async def flush(session_id: str) -> dict[str, Any]:
         return {"durable": await edge().call(session_id, "flush")}
 
-    @app.get("/v1/sessions/{session_id}/view", response_class=HTMLResponse)
-    async def view_page(session_id: str) -> HTMLResponse:
-        await edge().require(session_id)
-        return HTMLResponse(VIEW_PAGE)
-
     @app.websocket("/v1/devices")
     async def devices(ws: WebSocket) -> None:
         await DeviceConnection(ws, edge()).serve()
@@ -265,7 +283,7 @@ def create_app(settings: Settings) -> FastAPI:
         view: str = Query(default="top"),
         format: str = Query(default="msgpack"),
     ) -> None:
-        await ws.accept()
+        await ws.accept(subprotocol=chosen_subprotocol(ws))
         peer = _peer(ws)
         if not edge().connections.by_address.acquire(peer):
             await ws.close(CloseCode.THROTTLED, "too many open connections from this address")
@@ -301,7 +319,7 @@ async def _board_principal(ws: WebSocket, edge: Edge, session_id: str, peer: str
     """Authenticate and authorise a board viewer, or close the socket and return None."""
     try:
         who = await edge.gate.authenticate(bearer_token(ws), where="ws board", peer=peer)
-        await edge.authorise_read(who, session_id, where="ws board", peer=peer)
+        await edge.authorise_read(who, session_id, where="ws board", peer=peer, board=True)
         return who
     except AuthError as exc:
         code = CloseCode.UNAUTHORISED if isinstance(exc, Unauthorised) else CloseCode.FORBIDDEN

@@ -3,7 +3,7 @@
 Tokens are JWTs whose claims say what they were issued for (``docs/security.md``)::
 
     {"iss": ..., "aud": "pulseline", "exp": ..., "sub": ..., "jti"?: ...,
-     "kind": "device" | "hub" | "participant" | "operator",
+     "kind": "device" | "hub" | "participant" | "operator" | "viewer",
      "sessions"?: [...], "participant"?: ..., "device"?: ..., "hub"?: ..., "devices"?: [...]}
 
 Two ways to verify, chosen by ``Settings.auth_mode``:
@@ -42,6 +42,7 @@ import httpx
 import jwt
 
 from api.errors import Unauthorised, Unavailable
+from devices.text import TextError, clean_id
 
 if TYPE_CHECKING:
     from cluster.settings import Settings
@@ -56,9 +57,12 @@ MIN_SECRET_BYTES = 32
 
 
 
-def _is_id(value: Any) -> bool:
-    """The protocol's id rule (``devices.protocol``): a printable string of 1-128 chars."""
-    return isinstance(value, str) and 0 < len(value) <= 128 and value.isprintable()
+def _id(value: Any, name: str) -> str:
+    """The protocol's id rule (``devices.text.clean_id``), NFC-normalised like a ``hello``'s ids."""
+    try:
+        return clean_id(value, f"claim {name!r}")
+    except TextError as exc:
+        raise _bad(f"{exc} (an id: 1-128 printable characters)") from None
 
 
 class TokenKind(str, enum.Enum):
@@ -66,6 +70,7 @@ class TokenKind(str, enum.Enum):
     HUB = "hub"
     PARTICIPANT = "participant"
     OPERATOR = "operator"
+    VIEWER = "viewer"  # view-only: the board of the one session it names, nothing else
 
 
 class AuthReason(str, enum.Enum):
@@ -118,9 +123,7 @@ def _id_claim(claims: dict[str, Any], name: str, *, required: bool) -> str | Non
     value = claims.get(name)
     if value is None and not required:
         return None
-    if not _is_id(value):
-        raise _bad(f"claim {name!r} must be an id (a printable string of 1-128 chars)")
-    return value
+    return _id(value, name)
 
 
 def _list_claim(claims: dict[str, Any], name: str, *, required: bool) -> frozenset[str] | None:
@@ -131,26 +134,26 @@ def _list_claim(claims: dict[str, Any], name: str, *, required: bool) -> frozens
         value = [value]
     if not isinstance(value, list) or not 0 < len(value) <= MAX_LIST_CLAIM:
         raise _bad(f"claim {name!r} must be a list of 1-{MAX_LIST_CLAIM} ids")
-    for item in value:
-        if not _is_id(item):
-            raise _bad(f"claim {name!r} holds a value that is not an id")
-    return frozenset(value)
+    return frozenset(_id(item, name) for item in value)
 
 
 def principal_from_claims(claims: dict[str, Any], token_id: str) -> Principal:
     """The claims a kind needs: device (device, participant, sessions), hub (hub, devices,
-    sessions?), participant (participant, sessions?), operator (nothing more)."""
+    sessions?), participant (participant, sessions?), operator (nothing more), viewer
+    (sessions: exactly one)."""
     try:
         kind = TokenKind(claims.get("kind"))
     except ValueError:
-        raise _bad("claim 'kind' must be device, hub, participant or operator") from None
+        raise _bad("claim 'kind' must be device, hub, participant, operator or viewer") from None
     subject = claims.get("sub")
     if not isinstance(subject, str) or not 0 < len(subject) <= 256:
         raise _bad("claim 'sub' must be a string")
     expires_at = claims.get("exp")
     if not isinstance(expires_at, int | float) or isinstance(expires_at, bool):
         raise _bad("claim 'exp' must be a number")
-    sessions = _list_claim(claims, "sessions", required=kind is TokenKind.DEVICE)
+    sessions = _list_claim(claims, "sessions", required=kind in (TokenKind.DEVICE, TokenKind.VIEWER))
+    if kind is TokenKind.VIEWER and len(sessions or ()) != 1:
+        raise _bad("a viewer token names exactly one session in claim 'sessions'")
     return Principal(
         kind=kind,
         subject=subject,
@@ -434,6 +437,8 @@ def dev_token(settings: Settings, *, kind: TokenKind | str, ttl_s: float | None 
     """Mint a development token these settings' edge accepts (tests, sims, the CLI)."""
     if settings.auth_mode != "development":
         raise InsecureSettings("development tokens are refused outside development mode")
+    if TokenKind(kind) is TokenKind.VIEWER:  # view links are short-lived whatever is asked
+        ttl_s = min(settings.view_token_max_ttl_s, settings.view_token_ttl_s if ttl_s is None else ttl_s)
     return mint_token(
         dev_secret(settings), kind=kind, audience=settings.auth_audience,
         ttl_s=settings.dev_token_ttl_s if ttl_s is None else ttl_s, **claims,

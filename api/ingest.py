@@ -48,7 +48,7 @@ from api.metrics import (
 )
 from api.outbox import Outbox
 from api.pump import DeviceLink, SessionPump
-from api.scopes import authorise_renewal, authorise_write, bearer_token
+from api.scopes import authorise_renewal, authorise_write, bearer_token, chosen_subprotocol
 from devices.protocol import (
     Auth,
     Bye,
@@ -106,7 +106,7 @@ class DeviceConnection:
 
     # -- lifecycle --------------------------------------------------------------------------
     async def serve(self) -> None:
-        await self.ws.accept()
+        await self.ws.accept(subprotocol=chosen_subprotocol(self.ws))
         if not self.edge.connections.by_address.acquire(self.peer):
             await self.ws.close(CloseCode.THROTTLED, "too many open connections from this address")
             return

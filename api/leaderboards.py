@@ -46,7 +46,7 @@ from actors.leaderboard import (
     Write,
     WriteError,
 )
-from api.scopes import operator, principal  # writes: operator tokens; reads: any token
+from api.scopes import member, operator  # writes: operator tokens; reads: any token but a viewer
 from cluster.leaderboards import (
     BadCursor,
     BoardConflict,
@@ -146,7 +146,7 @@ async def create_board(body: CreateBoard, lb: Lb) -> Any:
     return payload if created else JSONResponse(payload, status_code=200)
 
 
-@router.get("/{name}", dependencies=[Depends(principal)])
+@router.get("/{name}", dependencies=[Depends(member)])
 async def get_board(name: str, lb: Lb) -> dict[str, Any]:
     board = await lb.board(_known(name))
     return {"name": name, "spec": board.spec.to_dict(), "generation": board.generation}
@@ -163,7 +163,7 @@ async def write_scores(name: str, body: ScoresIn, lb: Lb) -> dict[str, Any]:
     return {"accepted": result.accepted, "changed": result.changed}
 
 
-@router.get("/{name}/top", dependencies=[Depends(principal)])
+@router.get("/{name}/top", dependencies=[Depends(member)])
 async def top(
     name: str,
     lb: Lb,
@@ -180,7 +180,7 @@ async def top(
     return page.to_dict()
 
 
-@router.get("/{name}/users/{user}/rank", dependencies=[Depends(principal)])
+@router.get("/{name}/users/{user}/rank", dependencies=[Depends(member)])
 async def rank(
     name: str,
     user: str,
@@ -197,7 +197,7 @@ async def rank(
     return found.to_dict()
 
 
-@router.get("/{name}/users/{user}/around", dependencies=[Depends(principal)])
+@router.get("/{name}/users/{user}/around", dependencies=[Depends(member)])
 async def around(
     name: str,
     user: str,

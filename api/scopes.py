@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import re
 import time
 from collections.abc import Collection, Mapping
 from typing import Annotated, Any
@@ -94,12 +95,23 @@ def authorise_membership(p: Principal, session: str, participant: str) -> None:
     _check_session(p, session)
 
 
+def authorise_board(p: Principal, session: str) -> bool:
+    """Watch a session's board without its roster: operators, and viewer tokens issued for
+    it (True); a token for other sessions is refused; every other kind needs the roster
+    (False: apply ``authorise_read``). Decided before the session is looked up, so a token
+    cannot probe which sessions it was not issued for exist."""
+    if p.kind is TokenKind.OPERATOR:
+        return True
+    _check_session(p, session)
+    return p.kind is TokenKind.VIEWER
+
+
 def authorise_read(p: Principal, session: str, roster: Collection[str]) -> None:
     """Read a session's board or state: operators, or a participant on its roster."""
     if p.kind is TokenKind.OPERATOR:
         return
     if p.kind is not TokenKind.PARTICIPANT:
-        raise _forbid(ScopeReason.WRONG_KIND, f"a {p.kind.value} token cannot read boards")
+        raise _forbid(ScopeReason.WRONG_KIND, f"a {p.kind.value} token cannot read this session")
     _check_session(p, session)
     if p.participant not in roster:
         raise _forbid(ScopeReason.NOT_JOINED, f"participant {p.participant!r} has not joined session {session!r}")
@@ -165,14 +177,55 @@ class Gate:
 _bearer = HTTPBearer(auto_error=False, description="A JWT (see docs/security.md)")
 
 
+SUBPROTOCOL = "pulseline.v1"
+BEARER_SUBPROTOCOL_PREFIX = "bearer."
+
+
 def bearer_token(conn: Any) -> str | None:
-    """A WebSocket's token: ``Authorization: Bearer`` on the upgrade, or ``?token=`` (browsers
-    cannot set headers on a WebSocket). HTTP routes take the header only."""
+    """A WebSocket's token, from the first of: ``Authorization: Bearer`` on the upgrade; a
+    ``bearer.<jwt>`` entry in ``Sec-WebSocket-Protocol`` (how browsers, which cannot set
+    headers on a WebSocket, keep the token out of URLs and access logs: offer it together
+    with ``pulseline.v1``, which the edge selects); ``?token=`` (protocol v1 clients; the
+    access log redacts it). HTTP routes take the header only."""
     header = conn.headers.get("authorization", "")
     scheme, _, value = header.partition(" ")
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()  # type: ignore[no-any-return]
+    for offered in conn.scope.get("subprotocols") or ():
+        if offered.startswith(BEARER_SUBPROTOCOL_PREFIX) and len(offered) > len(BEARER_SUBPROTOCOL_PREFIX):
+            return offered[len(BEARER_SUBPROTOCOL_PREFIX):]  # type: ignore[no-any-return]
     return conn.query_params.get("token") or None  # type: ignore[no-any-return]
+
+
+_TOKEN_IN_QUERY = re.compile(r"((?:^|[?&])token=)[^&\s\"]+")
+
+
+def redact_tokens(text: str) -> str:
+    """``text`` with every ``token=`` query value replaced by ``[redacted]``."""
+    return _TOKEN_IN_QUERY.sub(r"\1[redacted]", text)
+
+
+class RedactTokens(logging.Filter):
+    """Keeps v1 clients' ``?token=`` out of uvicorn's access and WebSocket log lines."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and any(isinstance(a, str) and "token=" in a for a in record.args):
+            record.args = tuple(redact_tokens(a) if isinstance(a, str) else a for a in record.args)
+        return True
+
+
+def install_log_redaction() -> None:
+    """Add ``RedactTokens`` to uvicorn's loggers (idempotent)."""
+    for name in ("uvicorn.access", "uvicorn.error"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactTokens) for f in logger.filters):
+            logger.addFilter(RedactTokens())
+
+
+def chosen_subprotocol(conn: Any) -> str | None:
+    """``pulseline.v1`` when the client offered it (a browser that offered subprotocols
+    fails the handshake unless one is selected); the bearer entry is never echoed."""
+    return SUBPROTOCOL if SUBPROTOCOL in (conn.scope.get("subprotocols") or ()) else None
 
 
 def peer_of(request: Any) -> str:
@@ -199,5 +252,16 @@ async def operator(request: Request, who: Annotated[Principal, Depends(principal
     return who
 
 
+async def member(request: Request, who: Annotated[Principal, Depends(principal)]) -> Principal:
+    """Any caller but a viewer token (those watch one session's board and do nothing else)."""
+    if who.kind is TokenKind.VIEWER:
+        raise gate_of(request).refused(
+            _forbid(ScopeReason.WRONG_KIND, "a viewer token only watches the board of its session"),
+            where=f"{request.method} {request.url.path}", who=who.describe(), peer=peer_of(request),
+        )
+    return who
+
+
 Caller = Annotated[Principal, Depends(principal)]
+Member = Annotated[Principal, Depends(member)]
 Operator = Annotated[Principal, Depends(operator)]

@@ -68,30 +68,3 @@ def board_encoder(
         return json.dumps(frame)
 
     return encode_board
-
-
-VIEW_PAGE = """<!doctype html>
-<html><head><meta charset="utf-8"><title>pulseline board</title>
-<style>body{font-family:system-ui,sans-serif;margin:2em}table{border-collapse:collapse}
-td,th{padding:4px 10px;border-bottom:1px solid #ddd;text-align:right}td:first-child,th:first-child{text-align:left}</style>
-</head><body><h2>pulseline &mdash; session <span id="sid"></span> <small id="meta"></small></h2>
-<table><thead id="head"></thead><tbody id="body"></tbody></table>
-<script>
-const sid = location.pathname.split("/")[3];
-document.getElementById("sid").textContent = sid;
-const proto = location.protocol === "https:" ? "wss" : "ws";
-const token = new URLSearchParams(location.search).get("token");  // a participant or operator token
-const auth = token ? `&token=${encodeURIComponent(token)}` : "";
-const ws = new WebSocket(`${proto}://${location.host}/v1/sessions/${sid}/board?rate=2&view=all&format=json${auth}`);
-ws.onmessage = (ev) => {
-  const b = JSON.parse(ev.data);
-  document.getElementById("meta").textContent = `${b.phase} · ${b.n} riders · v${b.version}`;
-  const cols = b.cols.filter(c => c !== "last_ts");
-  document.getElementById("head").innerHTML = "<tr>" + cols.map(c => `<th>${c}</th>`).join("") + "</tr>";
-  document.getElementById("body").innerHTML = b.rows.map(r => "<tr>" + cols.map(c => {
-    const v = r[b.cols.indexOf(c)]; return `<td>${v === null ? "–" : (typeof v === "number" ? +v.toFixed(1) : v)}</td>`;
-  }).join("") + "</tr>").join("");
-};
-ws.onclose = (ev) => { document.getElementById("meta").textContent = `closed: ${ev.code} ${ev.reason}`; };
-</script></body></html>
-"""

@@ -70,7 +70,8 @@ def parser() -> argparse.ArgumentParser:
     bridge = sub.add_parser("bridge", help="BLE bridge: scan, connect sensors, forward to an edge", add_help=False)
     bridge.add_argument("bridge_args", nargs=argparse.REMAINDER)
     token = sub.add_parser("token", help="mint a development token (docs/security.md)")
-    token.add_argument("--kind", required=True, choices=["device", "hub", "participant", "operator"])
+    token.add_argument("--kind", required=True, choices=["device", "hub", "participant", "operator", "viewer"],
+                       help="viewer: view-only, one --session, short-lived (PULSELINE_VIEW_TOKEN_TTL_S)")
     token.add_argument("--session", action="append", default=None, help="a session the token is for (repeatable)")
     token.add_argument("--participant", default=None)
     token.add_argument("--device", action="append", default=None, help="device (device token) or registered device (hub; repeatable)")
@@ -184,6 +185,7 @@ def _run_stack(args: argparse.Namespace, after_start: Any = None) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from api.pages import view_path
     from sims.swarm import run_swarm
 
     async def after_start(server: Any) -> None:
@@ -192,9 +194,9 @@ def _demo(args: argparse.Namespace) -> int:
         result = await run_swarm(_swarm_config(args, url))
         _emit(result, args.report)
         sid = result["session_ids"][0]
-        token = _mint(args, kind="operator")
+        link = view_path(sid, _mint(args, kind="viewer", sessions=[sid]))  # view-only, never an operator token
         print(
-            f"\nwhere to look:\n  board (live, browser): {url}/v1/sessions/{sid}/view?token={token}\n"
+            f"\nwhere to look:\n  board (live, browser): {url}{link}\n"
             f"  session state (JSON): {url}/v1/sessions/{sid}\n  metrics: {url}/metrics\n"
             f"  API docs: {url}/docs",
             file=sys.stderr, flush=True,

@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     auth_jwks_min_refetch_s: float = 10.0  # an unknown kid refetches at most this often
     auth_expiry_notice_s: float = 60.0  # warn a connection this long before its token expires
     dev_token_ttl_s: float = 12 * 3600.0
+    # view-only single-session tokens for the class page (POST .../view-links, the demo's link)
+    view_token_ttl_s: float = 2 * 3600.0
+    view_token_max_ttl_s: float = 12 * 3600.0
     public_metrics: bool = False  # /metrics without an operator token (scrapers on a private net)
 
     # -- limits (api/limits.py; every one documented in docs/security.md) ------------------

@@ -27,6 +27,7 @@ from typing import Any
 import msgpack
 
 from devices.sample import BOUNDS, METRICS
+from devices.text import TextError, clean_id
 
 log = logging.getLogger(__name__)
 _short = reprlib.Repr()
@@ -215,10 +216,15 @@ def _unpack(data: bytes | str, max_bytes: int) -> dict[str, Any]:
 
 
 def _check_id(value: Any, name: str, *, fatal: bool = False) -> str:
-    # printable excludes control characters and lone surrogates (which cannot be re-encoded)
-    if not isinstance(value, str) or not 0 < len(value) <= MAX_ID_LEN or not value.isprintable():
-        raise ProtocolError(ErrorCode.BAD_FIELD, f"{name} must be a printable string of 1-{MAX_ID_LEN} chars", fatal=fatal)
-    return value
+    """An id as ``devices.text.clean_id`` defines it, NFC-normalised (ASCII ids, nearly all
+    of them, are their own normal form and skip the normaliser: this runs per frame)."""
+    if isinstance(value, str) and value.isascii() and 0 < len(value) <= MAX_ID_LEN and value.isprintable():
+        if value[0] != " " and value[-1] != " ":
+            return value
+    try:
+        return clean_id(value, name, max_chars=MAX_ID_LEN)
+    except TextError as exc:
+        raise ProtocolError(ErrorCode.BAD_FIELD, str(exc), fatal=fatal) from None
 
 
 def _check_token(value: Any, *, fatal: bool) -> str:

@@ -34,6 +34,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -349,8 +350,9 @@ class Swarm:
         cfg = self.config
         for sid in self.sessions:
             viewer = self.viewers[sid] = Viewer(sid, origin=self.started)
-            url = f"{cfg.ws_url}/v1/sessions/{sid}/board?rate={cfg.board_hz:g}&view=all&token={self.operator_token}"
-            self._tasks.append(asyncio.create_task(watch(url, viewer.on_board, self._stop, partial(self._connected, viewer))))
+            url = f"{cfg.ws_url}/v1/sessions/{sid}/board?rate={cfg.board_hz:g}&view=all"
+            self._tasks.append(asyncio.create_task(
+                watch(url, viewer.on_board, self._stop, partial(self._connected, viewer), token=self.operator_token)))
 
     def _connected(self, viewer: Viewer | ParticipantViewer) -> None:
         viewer.connects += 1
@@ -362,9 +364,10 @@ class Swarm:
         cfg = self.config
         pv = ParticipantViewer(p.session, p.id)
         self.participant_viewers.append(pv)
-        url = (f"{cfg.ws_url}/v1/sessions/{p.session}/board?rate={cfg.participant_board_hz:g}&participant={p.id}"
-               f"&token={self.operator_token}")
-        self._tasks.append(asyncio.create_task(watch(url, pv.on_board, self._stop, lambda: self._connected(pv))))
+        url = (f"{cfg.ws_url}/v1/sessions/{p.session}/board?rate={cfg.participant_board_hz:g}"
+               f"&participant={quote(p.id, safe='')}")
+        self._tasks.append(asyncio.create_task(
+            watch(url, pv.on_board, self._stop, lambda: self._connected(pv), token=self.operator_token)))
 
     async def _joiner(self) -> None:
         """Connect the clients that join after the start, at their join times."""

@@ -85,12 +85,14 @@ class ParticipantViewer:
 
 
 async def watch(url: str, on_board: Callable[[dict[str, Any], float], None], stop: asyncio.Event,
-                on_connect: Callable[[], None] | None = None) -> None:
-    """Read board frames from ``url`` until ``stop``; reconnect after 0.2-1 s on failure."""
+                on_connect: Callable[[], None] | None = None, *, token: str | None = None) -> None:
+    """Read board frames from ``url`` until ``stop``; reconnect after 0.2-1 s on failure.
+    ``token`` goes in the ``Authorization`` header, never in the URL."""
     backoff = 0.2
+    headers = {"Authorization": f"Bearer {token}"} if token else None
     while not stop.is_set():
         try:
-            async with connect(url, max_size=2**24, open_timeout=20) as ws:
+            async with connect(url, max_size=2**24, open_timeout=20, additional_headers=headers) as ws:
                 backoff = 0.2
                 if on_connect is not None:
                     on_connect()

@@ -1,0 +1,125 @@
+"""The edge's browser pages and the security headers on everything it serves.
+
+* ``GET /v1/sessions/{id}/view``: the live class board (``static/view.html`` + ``view.js``
+  + ``view.css``). The page is the same static file for every id, known or not, so it
+  tells nobody which sessions exist; the board's WebSocket decides access.
+* ``GET /static/{name}``: the page's script and style sheet (a closed set of files).
+* ``POST /v1/sessions/{id}/view-links``: a short-lived, view-only token for one session and
+  the link that carries it in the URL fragment (never sent to a server, so never in access
+  logs or ``Referer``). Operators and participants of the session may ask for one.
+
+``SecurityHeaders`` (pure ASGI, HTTP only) adds ``X-Content-Type-Options: nosniff`` and
+``Referrer-Policy: no-referrer`` to every response, a strict ``Content-Security-Policy``
+(no inline script, nothing from other origins, no framing) to the pages, and
+``default-src 'none'`` to the API's JSON. The interactive API docs (``/docs``,
+``/redoc``) are left without a CSP: they load their assets from a CDN.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from urllib.parse import quote
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, Response
+from pydantic import BaseModel, Field
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.auth import TokenKind, dev_token
+from api.scopes import Member, authorise_read, peer_of, roster_of
+
+STATIC_DIR = Path(__file__).parent / "static"
+PAGE_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; "
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+API_CSP = "default-src 'none'; frame-ancestors 'none'"
+_STATIC_TYPES = {"view.js": "text/javascript; charset=utf-8", "view.css": "text/css; charset=utf-8"}
+_NO_CSP_PATHS = ("/docs", "/redoc")
+_ALWAYS = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer")]
+
+
+class SecurityHeaders:
+    """Adds the headers above to every HTTP response the wrapped app sends."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope.get("path", "")
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                present = {name.lower() for name, _ in headers}
+                extra = [pair for pair in _ALWAYS if pair[0] not in present]
+                if b"content-security-policy" not in present and not path.startswith(_NO_CSP_PATHS):
+                    extra.append((b"content-security-policy", API_CSP.encode()))
+                message = {**message, "headers": headers + extra}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def _page_headers() -> dict[str, str]:
+    return {"Content-Security-Policy": PAGE_CSP, "X-Frame-Options": "DENY", "Cache-Control": "no-cache"}
+
+
+class ViewLinkRequest(BaseModel):
+    ttl_s: float | None = Field(default=None, gt=0, description="lifetime; at most the edge's view_token_max_ttl_s")
+
+
+def install(app: FastAPI, settings: Any) -> None:
+    page = (STATIC_DIR / "view.html").read_text(encoding="utf-8")
+    assets = {name: (STATIC_DIR / name).read_bytes() for name in _STATIC_TYPES}
+
+    @app.get("/v1/sessions/{session_id}/view", response_class=HTMLResponse, include_in_schema=False)
+    async def view_page(session_id: str) -> HTMLResponse:
+        return HTMLResponse(page, headers=_page_headers())
+
+    @app.get("/static/{name}", include_in_schema=False)
+    async def static(name: str) -> Response:
+        body = assets.get(name)
+        if body is None:
+            return Response("not found", status_code=404, media_type="text/plain")
+        return Response(body, media_type=_STATIC_TYPES[name], headers={"Cache-Control": "no-cache"})
+
+    if settings.auth_mode == "development":
+        _install_view_links(app)
+
+
+def _install_view_links(app: FastAPI) -> None:
+    @app.post("/v1/sessions/{session_id}/view-links", status_code=201)
+    async def view_link(session_id: str, who: Member, request: Request, body: ViewLinkRequest | None = None) -> dict[str, Any]:
+        """A view-only token for this session's board, and the page link that carries it
+        (operators, and participants of the session; development mode signs it)."""
+        edge = request.app.state.edge
+        if who.kind is TokenKind.OPERATOR:
+            await edge.require(session_id)
+        else:
+            snapshot = await edge.call(session_id, "snapshot")
+            edge.gate.check(who, authorise_read, session_id, roster_of(snapshot),
+                            where=f"{request.method} {request.url.path}", peer=peer_of(request))
+        wanted = edge.settings.view_token_ttl_s if body is None or body.ttl_s is None else body.ttl_s
+        ttl_s = min(edge.settings.view_token_max_ttl_s, wanted)
+        if who.kind is not TokenKind.OPERATOR:  # a participant never extends its own access
+            ttl_s = max(1.0, min(ttl_s, who.expires_at - time.time()))
+        token = view_token(edge.settings, session_id, ttl_s=ttl_s)
+        return {"token": token, "expires_at": int(time.time() + ttl_s), "url": view_path(session_id, token)}
+
+
+def view_path(session_id: str, token: str) -> str:
+    """The page's path with ``token`` in the fragment (kept out of requests and logs)."""
+    return f"/v1/sessions/{quote(session_id, safe='')}/view#token={token}"
+
+
+def view_token(settings: Any, session_id: str, *, ttl_s: float) -> str:
+    """A viewer token for ``session_id`` signed with the development secret. In production
+    the identity provider issues viewer tokens (``kind: viewer``, exactly one session) and
+    the edge offers no view-links route (it holds no signing key)."""
+    return dev_token(settings, kind=TokenKind.VIEWER, ttl_s=ttl_s, sessions=[session_id])
