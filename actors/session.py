@@ -24,13 +24,15 @@ import enum
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import msgpack
 import numpy as np
 
+from actors.columnar import ApplyResult, DeviceCursor, DeviceTable, TickColumns, apply_tick
 from actors.errors import ActorError, CheckpointError, PhaseError
+from actors.wire import SampleColumns, TickRequest
 from devices.text import TextError, clean_text
 
 CHECKPOINT_VERSION = 1
@@ -93,20 +95,6 @@ def check_tags(tags: Mapping[str, str]) -> dict[str, str]:
         raise TagError(str(exc)) from None
 
 
-@dataclass(slots=True)
-class DeviceCursor:
-    """Which seqs of one device were applied: all up to ``contig``, plus ``pending``."""
-
-    slot: int
-    contig: int = 0
-    ts_contig: float | None = None
-    # seq -> (ts, power) of applied samples above contig; ts None marks a rejected seq.
-    pending: dict[int, tuple[float | None, float]] = field(default_factory=dict)
-
-    def seen(self, seq: int) -> bool:
-        return seq <= self.contig or seq in self.pending
-
-
 @dataclass(frozen=True, slots=True)
 class DeviceBatch:
     """What one tick carries for one device: valid wire rows and rejected seqs."""
@@ -115,13 +103,6 @@ class DeviceBatch:
     participant: str
     rows: Sequence[Sequence[Any]] = ()
     rejected: Sequence[int] = ()
-
-
-@dataclass(slots=True)
-class ApplyResult:
-    applied: int = 0
-    duplicates: int = 0
-    rejected: int = 0
 
 
 class SessionState:
@@ -146,7 +127,7 @@ class SessionState:
         self.participants: list[str] = []
         self.slots: dict[str, int] = {}
         self.active = np.zeros(0, dtype=bool)
-        self.devices: dict[str, DeviceCursor] = {}
+        self.device_table = DeviceTable()
         self.tags: dict[str, dict[str, str]] = {}  # participant -> its tags (absent: none)
         self.totals = {"applied": 0, "duplicates": 0, "rejected": 0}
         self._cols: dict[str, np.ndarray] = {}
@@ -223,92 +204,76 @@ class SessionState:
 
     # -- applying samples ---------------------------------------------------------
     def apply(self, batches: Iterable[DeviceBatch]) -> ApplyResult:
-        result = ApplyResult()
-        for batch in batches:
-            self._apply_device(batch, result)
+        """Apply device batches in order (each one's rejected seqs before its rows)."""
+        batch_list = list(batches)
+        request = TickRequest.from_batches(
+            self.session_id, ((b.device, b.participant, b.rows, b.rejected) for b in batch_list))
+        n_rejected = np.array([len(b.rejected) for b in batch_list], np.int64)
+        n_rows = np.array([len(b.rows) for b in batch_list], np.int64)
+        starts = np.cumsum(n_rejected + n_rows) - n_rejected - n_rows
+        return self.apply_columns(
+            request.devices, request.samples, request.rejected_device, request.rejected_seq,
+            sample_pos=_positions(starts + n_rejected, n_rows), rejected_pos=_positions(starts, n_rejected),
+        )
+
+    def apply_tick(self, request: TickRequest) -> ApplyResult:
+        """Apply one tick from the edge (its rejected seqs count as before its samples)."""
+        return self.apply_columns(request.devices, request.samples, request.rejected_device, request.rejected_seq)
+
+    def apply_columns(
+        self,
+        devices: Sequence[tuple[str, str]],
+        samples: SampleColumns,
+        rejected_device: np.ndarray,
+        rejected_seq: np.ndarray,
+        *,
+        sample_pos: np.ndarray | None = None,
+        rejected_pos: np.ndarray | None = None,
+    ) -> ApplyResult:
+        """Apply columns (``actors.wire``) as numpy, no Python per sample (``actors.columnar``)."""
+        numbers = self._device_numbers(devices)
+        m = len(rejected_seq)
+        tick = TickColumns(
+            sample_device=numbers[samples.device], seq=samples.seq, values=samples.values,
+            rejected_device=numbers[rejected_device], rejected_seq=rejected_seq,
+            sample_pos=np.arange(m, m + len(samples.seq)) if sample_pos is None else sample_pos,
+            rejected_pos=np.arange(m) if rejected_pos is None else rejected_pos,
+        )
+        result = apply_tick(self._cols, self.device_table, tick, max_gap_s=self.max_gap_s,
+                            max_pending=self.max_pending_per_device)
         for key in ("applied", "duplicates", "rejected"):
             self.totals[key] += getattr(result, key)
         if result.applied or result.rejected:
             self._touch()
         return result
 
-    def _cursor(self, device: str, participant: str) -> DeviceCursor:
-        cursor = self.devices.get(device)
-        if cursor is None:
-            cursor = self.devices[device] = DeviceCursor(self.join(participant))
-        elif not self.active[cursor.slot]:
-            self.active[cursor.slot] = True
-        return cursor
+    def _device_numbers(self, devices: Sequence[tuple[str, str]]) -> np.ndarray:
+        """Each device's number in the table, adding new devices (and joining their participant)."""
+        table = self.device_table
+        get = table.index.get
+        known = [get(device) for device, _ in devices]
+        if None in known:  # a device's first tick: join in order, as the per-sample apply did
+            numbers = np.empty(len(devices), np.int64)
+            for i, (device, participant) in enumerate(devices):
+                number = get(device)
+                if number is None:
+                    number = table.add(device, self.join(participant))
+                else:
+                    self.active[table.slot[number]] = True
+                numbers[i] = number
+            return numbers
+        numbers = np.array(known, dtype=np.int64)
+        self.active[table.slot[numbers]] = True  # a device's samples bring its participant back
+        return numbers
 
-    def _apply_device(self, batch: DeviceBatch, result: ApplyResult) -> None:
-        cursor = self._cursor(batch.device, batch.participant)
-        for seq in batch.rejected:
-            if cursor.seen(seq):
-                continue
-            self._cols["rejected"][cursor.slot] += 1
-            result.rejected += 1
-            self._place(cursor, seq, None, 0.0)
-        for row in batch.rows:
-            seq = int(row[0])
-            if cursor.seen(seq):
-                result.duplicates += 1
-                continue
-            if len(cursor.pending) >= self.max_pending_per_device and seq != cursor.contig + 1:
-                continue  # far ahead of a gap: not applied, not acked; the device resends it
-            self._record(cursor.slot, row)
-            power = row[3] if len(row) > 3 and row[3] is not None else 0.0
-            self._place(cursor, seq, float(row[1]), float(power))
-            result.applied += 1
-
-    def _record(self, slot: int, row: Sequence[Any]) -> None:
-        c = self._cols
-        ts = float(row[1])
-        values = list(row[2:7]) + [None] * (7 - len(row))
-        hr, power, cadence, speed, distance = values[:5]
-        c["samples"][slot] += 1
-        newest = not ts < c["last_ts"][slot]  # NaN compares False: first sample is newest
-        if newest:
-            c["last_ts"][slot] = ts
-        for name, value in zip(_LATEST, (hr, power, cadence, speed), strict=True):
-            if value is not None and (newest or np.isnan(c[name][slot])):
-                c[name][slot] = value
-        if hr is not None:
-            c["hr_sum"][slot] += hr
-            c["hr_n"][slot] += 1
-            c["hr_max"][slot] = np.fmax(c["hr_max"][slot], hr)
-        if power is not None:
-            c["power_sum"][slot] += power
-            c["power_n"][slot] += 1
-            c["power_max"][slot] = np.fmax(c["power_max"][slot], power)
-        if cadence is not None:
-            c["cadence_sum"][slot] += cadence
-            c["cadence_n"][slot] += 1
-        if speed is not None:
-            c["speed_max"][slot] = np.fmax(c["speed_max"][slot], speed)
-        if distance is not None:
-            c["distance_m"][slot] = np.fmax(c["distance_m"][slot], distance)
-
-    def _place(self, cursor: DeviceCursor, seq: int, ts: float | None, power: float) -> None:
-        if seq != cursor.contig + 1:
-            cursor.pending[seq] = (ts, power)
-            return
-        self._advance(cursor, ts, power)
-        while cursor.contig + 1 in cursor.pending:
-            ts_next, power_next = cursor.pending.pop(cursor.contig + 1)
-            self._advance(cursor, ts_next, power_next)
-
-    def _advance(self, cursor: DeviceCursor, ts: float | None, power: float) -> None:
-        cursor.contig += 1
-        if ts is None:  # a rejected seq: consumed, baseline unchanged
-            return
-        if cursor.ts_contig is not None and power:
-            dt = min(max(ts - cursor.ts_contig, 0.0), self.max_gap_s)
-            self._cols["energy_kj"][cursor.slot] += power * dt / 1000.0
-        cursor.ts_contig = ts if cursor.ts_contig is None else max(cursor.ts_contig, ts)
+    @property
+    def devices(self) -> dict[str, DeviceCursor]:
+        """Every device's cursor, as copies (for inspection and tests)."""
+        return self.device_table.cursors()
 
     def applied_seqs(self) -> dict[str, int]:
         """Per device, the highest seq up to which every sample was applied or rejected."""
-        return {device: cursor.contig for device, cursor in self.devices.items()}
+        return self.device_table.applied_seqs()
 
     # -- reading --------------------------------------------------------------------
     def _row(self, slot: int, rank: int) -> list[Any]:
@@ -409,7 +374,7 @@ class SessionState:
             "cols": {name: arr[:n].tobytes() for name, arr in self._cols.items()},
             "devices": {
                 d: [c.slot, c.contig, c.ts_contig, [[s, t, p] for s, (t, p) in c.pending.items()]]
-                for d, c in self.devices.items()
+                for d, c in self.device_table.cursors().items()
             },
             "totals": self.totals,
             "tags": self.tags,  # optional: checkpoints written before tags have none
@@ -443,6 +408,13 @@ class SessionState:
             arr = self._cols[name]
             arr[:n] = np.frombuffer(buf, dtype=arr.dtype)
         for device, (slot, contig, ts, pending) in raw["devices"].items():
-            self.devices[device] = DeviceCursor(slot, contig, ts, {s: (t, p) for s, t, p in pending})
+            self.device_table.restore(device, slot, contig, ts, [(s, t, p) for s, t, p in pending])
         self.totals = dict(raw["totals"])
         self.tags = {str(p): dict(t) for p, t in (raw.get("tags") or {}).items() if t and p in self.slots}
+
+
+def _positions(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """``starts[i], starts[i] + 1, ...`` (``counts[i]`` of them) for every i, concatenated."""
+    total = int(counts.sum())
+    offsets = np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
+    return np.repeat(starts, counts) + offsets  # type: ignore[no-any-return]
