@@ -5,7 +5,8 @@ and ``settings.redis_url`` resolved (``cluster.runtime`` does both). It raises
 ``api.auth.InsecureSettings`` (and so refuses to start) when production settings lack an
 issuer or carry a shared secret.
 
-Every route but ``/healthz``, the API docs and the static board page needs a token
+Every route but the health probes (``/livez``, ``/readyz``, ``/healthz``: ``api.health``),
+the API docs and the static board page needs a token
 (``api.scopes`` says which kind may do what); refusals are 401 / 403 over HTTP and close
 codes 4401 / 4403 on WebSockets.
 """
@@ -23,16 +24,20 @@ from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator
 
 import redis.asyncio as aioredis
+from redis.backoff import ConstantBackoff
+from redis.asyncio.retry import Retry
 from fastapi import Depends, FastAPI, Query, Request, WebSocket
 from fastapi.responses import PlainTextResponse
 from starlette.websockets import WebSocketDisconnect
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field, field_validator
 
-from actors.errors import PhaseError
 from actors.session import MAX_TAGS, check_tags
 from api.auth import Principal, TokenKind, build_verifier, dev_secret, mint_token
 from api.errors import AuthError, BadRequest, Forbidden, Unauthorised, Unavailable, UnknownSession, install_handlers
+from api.health import Readiness
+from api.health import install as install_health
+from api.httpguard import HttpGuard
 from api.directws import channel_of
 from api.ingest import DeviceConnection
 from api.limits import ConnectionLimits, FrameRate, Verdict
@@ -132,9 +137,12 @@ class Edge:
             raise UnknownSession(f"no session {session_id!r}")
 
     async def call(self, session_id: str, method: str, **kwargs: Any) -> Any:
+        """One session actor call, bounded by ``ray_call_timeout_s`` (a timed-out call may
+        still run: every session method is idempotent); errors are mapped by ``api.errors``."""
         await self.require(session_id)
-        handle = await self.directory.handle(session_id)
-        return await getattr(handle, method).remote(**kwargs)
+        timeout_s = self.settings.ray_call_timeout_s
+        handle = await asyncio.wait_for(self.directory.handle(session_id), timeout_s)
+        return await asyncio.wait_for(getattr(handle, method).remote(**kwargs), timeout_s)
 
     async def authorise_read(
         self, who: Principal, session_id: str, *, where: str, peer: str, board: bool = False
@@ -156,6 +164,16 @@ class Edge:
 
     async def close(self) -> None:
         await asyncio.gather(*(p.stop() for p in self.pumps.values()))
+
+
+def redis_client(settings: Settings) -> aioredis.Redis:
+    """The edge's Redis client: every command bounded by ``redis_timeout_s`` (connect and
+    reply), retried once after 50 ms, so a stopped or dead Redis costs a request at most
+    ~2 x that before it is answered 503 (``api.errors``)."""
+    return aioredis.Redis.from_url(
+        settings.redis_url or "", socket_timeout=settings.redis_timeout_s,
+        socket_connect_timeout=settings.redis_timeout_s, retry=Retry(ConstantBackoff(0.05), 1),
+    )
 
 
 def settings_extensions() -> list[Any]:
@@ -184,7 +202,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        client = aioredis.Redis.from_url(settings.redis_url or "")
+        client = redis_client(settings)
         directory = SessionDirectory(
             client, prefix=settings.prefix, namespace=settings.namespace, actor_settings=settings.actor_settings()
         )
@@ -196,12 +214,16 @@ def create_app(settings: Settings) -> FastAPI:
         gc.freeze()
         yield
         await app.state.edge.close()
+        await readiness.aclose()
         await client.aclose()
         await gate.aclose()
 
     app = FastAPI(title="pulseline edge", version="1", lifespan=lifespan)
     app.state.gate = gate
     install_handlers(app)
+    app.add_middleware(HttpGuard, max_body_bytes=settings.max_http_body_bytes, deadline_s=settings.http_deadline_s)
+    readiness = Readiness(settings, started=lambda: hasattr(app.state, "edge"))
+    install_health(app, readiness, sessions=lambda: len(app.state.edge.pumps))
     app.add_middleware(SecurityHeaders)
     install_log_redaction()
     install_pages(app, settings)
@@ -210,10 +232,6 @@ def create_app(settings: Settings) -> FastAPI:
 
     def edge() -> Edge:
         return app.state.edge  # type: ignore[no-any-return]
-
-    @app.get("/healthz")
-    async def healthz() -> dict[str, Any]:
-        return {"ok": True, "sessions": len(edge().pumps)}
 
     @app.get("/metrics", response_class=PlainTextResponse,
              dependencies=[] if settings.public_metrics else [Depends(operator)])
@@ -255,15 +273,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.post("/v1/sessions/{session_id}/phase", dependencies=[Depends(operator)])
     async def set_phase(session_id: str, body: PhaseRequest) -> dict[str, Any]:
-        try:
-            phase = await edge().call(session_id, "set_phase", phase=body.phase)
-        except PhaseError:
-            raise
-        except Exception as exc:  # Ray wraps the actor's PhaseError
-            cause = getattr(exc, "cause", None)
-            if isinstance(cause, PhaseError):
-                raise cause from None
-            raise
+        phase = await edge().call(session_id, "set_phase", phase=body.phase)  # PhaseError: 409 (api.errors)
         return {"phase": phase}
 
     @app.post("/v1/sessions/{session_id}/flush", dependencies=[Depends(operator)])

@@ -37,7 +37,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from api.auth import Principal
 from api.directws import DirectChannel, channel_of
-from api.errors import AuthError, Forbidden, Unauthorised, Unavailable
+from api.errors import AuthError, Forbidden, Unauthorised, Unavailable, classify
 from api.limits import FrameRate, Verdict, frame_limits
 from api.metrics import (
     DEVICE_CONNECTIONS,
@@ -269,6 +269,16 @@ class DeviceConnection:
                 self._bye(frame)
         except ProtocolError as exc:
             self._protocol_error(exc)
+        except Exception as exc:  # Redis or Ray down or slow (hello, auth): 1013, never internals
+            self._dependency_failed(exc)
+
+    def _dependency_failed(self, exc: Exception) -> None:
+        error = classify(exc)
+        if isinstance(error, Unavailable):
+            log.warning("closing a connection from %s: %s (%s)", self.peer, error.message, type(exc).__name__)
+            self.outbox.close(CloseCode.TRY_AGAIN, error.message)
+        else:
+            self.outbox.close(CloseCode.INTERNAL, error.message)
 
     def _admit(self, device: str | None) -> bool:
         admission = self.rate.admit(device, time.monotonic())
@@ -434,21 +444,19 @@ class DeviceConnection:
         now = time.time()
         valid: list[list[Any]] = []
         rejected: list[tuple[int, ErrorCode]] = []
-        malformed = 0
-        for row in frame.rows:
+        malformed: list[int] = []
+        for index, row in enumerate(frame.rows):
             reason = validate_sample(row, now)
             if reason is None:
                 valid.append(row)
                 continue
             seq = sample_seq(row)
             if seq is None:
-                malformed += 1
+                malformed.append(index)
             else:
                 rejected.append((seq, reason))
         if malformed:
-            self.outbox.send(encode(error_frame(
-                ErrorCode.BAD_SAMPLE, f"{malformed} sample(s) without a usable seq ignored", device=frame.device,
-            )))
+            self.outbox.send(encode(_unusable_seqs(frame, malformed)))
         return valid, rejected
 
     def _report_rejections(self, device: str, rejected: list[tuple[int, ErrorCode]]) -> None:
@@ -470,3 +478,30 @@ class DeviceConnection:
                 entry[1].detach(entry[0])
         if not self.links:
             self.outbox.close(CloseCode.NORMAL, "bye")
+
+
+MAX_NAMED = 50  # offending rows named in one error frame
+
+
+def _unusable_seqs(frame: Samples, indices: list[int]) -> dict[str, Any]:
+    """A ``bad_sample`` error naming the rows whose seq is unusable and what they sent as seq
+    (``bad_seqs``: the value when it is an integer, a short repr otherwise, None if absent);
+    not ``seqs``, which would tell the client those samples are settled."""
+    named = indices[:MAX_NAMED]
+    bad = [_seq_as_sent(frame.rows[i]) for i in named]
+    shown = ", ".join(str(v) for v in bad[:10]) + (", ..." if len(bad) > 10 else "")
+    return error_frame(
+        ErrorCode.BAD_SAMPLE,
+        f"{len(indices)} sample(s) ignored: unusable seq ({shown}); a seq is an integer from 1 to 2^62",
+        device=frame.device, rows=named, bad_seqs=bad,
+    )
+
+
+def _seq_as_sent(row: Any) -> Any:
+    value = row[0] if isinstance(row, list) and row else None
+    if isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**64:
+        return value
+    if value is None:
+        return None
+    text = repr(value)  # escapes surrogates and control characters; the frame is <= 64 KiB
+    return text if len(text) <= 40 else text[:37] + "..."

@@ -82,6 +82,20 @@ class Settings(BaseSettings):
     # Device and board frames bypass the ASGI queue (api/directws.py); false = plain ASGI.
     direct_ws: bool = True
 
+    # -- resilience (api/errors.py, api/httpguard.py, api/health.py, cluster/supervisor.py) --
+    redis_timeout_s: float = 2.0  # per Redis command on a request path (connect and reply)
+    ray_call_timeout_s: float = 10.0  # per session actor call on a request path
+    http_deadline_s: float = 30.0  # a request without a response by then gets 503
+    max_http_body_bytes: int = 1 << 20  # larger HTTP bodies get 413
+    http_head_timeout_s: float = 5.0  # a connection must send a complete request head by then
+    readiness_timeout_s: float = 1.0  # each dependency check of /readyz
+    # The embedded redis-server's AOF fsync policy: "always" = an ack means the sample is on
+    # disk; "everysec" = an ack survives a crash of redis-server, an OS crash or power cut
+    # may lose the last ~1-2 s of acks (docs/cluster.md, "Durability").
+    redis_appendfsync: Literal["always", "everysec"] = "everysec"
+    restart_backoff_min_s: float = 0.5  # the supervisor's first restart delay (doubles, jittered)
+    restart_backoff_max_s: float = 30.0
+
     def actor_settings(self) -> dict[str, Any]:
         assert self.redis_url, "redis_url is resolved before actors are created"
         return {
