@@ -47,3 +47,14 @@ def test_kuberay_manifest_autoscales_a_session_slot_group() -> None:
     [group] = spec["workerGroupSpecs"]
     assert json.loads(json.loads(group["rayStartParams"]["resources"]))["session_slot"] > 0
     assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
+
+
+def test_kuberay_edges_are_probed_on_livez_and_readyz() -> None:
+    docs = list(yaml.safe_load_all((CONFIGS / "kuberay.yaml").read_text()))
+    deployment = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "pulseline-edge")
+    [edge] = deployment["spec"]["template"]["spec"]["containers"]
+    assert edge["livenessProbe"]["httpGet"]["path"] == "/livez"
+    assert edge["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert edge["startupProbe"]["httpGet"]["path"] == "/livez"
+    service = next(d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == "pulseline-edge")
+    assert service["spec"]["selector"] == deployment["spec"]["template"]["metadata"]["labels"]
