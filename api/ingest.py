@@ -49,8 +49,10 @@ from api.metrics import (
 from api.outbox import Outbox
 from api.pump import DeviceLink, SessionPump
 from api.scopes import authorise_renewal, authorise_write, bearer_token, chosen_subprotocol
+from api.viewer import CompactBoard
 from devices.protocol import (
     Auth,
+    BoardRequest,
     Bye,
     CloseCode,
     DeviceBinding,
@@ -103,6 +105,7 @@ class DeviceConnection:
         self._ready = asyncio.Event()
         self._lost = False
         self._timer: asyncio.TimerHandle | None = None
+        self.board_pump: SessionPump | None = None  # v1.1: the session whose board rides here
 
     # -- lifecycle --------------------------------------------------------------------------
     async def serve(self) -> None:
@@ -129,6 +132,8 @@ class DeviceConnection:
             self.state = LinkState.CLOSED
             for link, pump in self.links.values():
                 pump.detach(link)
+            if self.board_pump is not None:
+                self.board_pump.remove_viewer(self.outbox)
             if not self.outbox.closed or self.channel is not None:  # (direct: all written already)
                 self.outbox.closed = True
                 writer.cancel()
@@ -350,6 +355,28 @@ class DeviceConnection:
                 self.outbox.close(CloseCode.UNKNOWN_SESSION, "no known session in hello")
             return
         self.state = LinkState.STREAMING
+        if hello.board is not None:
+            self._subscribe(hello.board)
+
+    # -- protocol v1.1: the board on this connection ----------------------------------------
+    def _subscribe(self, request: BoardRequest) -> None:
+        """Push ``request``'s session board on this connection (acks ride in it): a session
+        and participant this connection writes for, so the token already allows it."""
+        sessions = {b.session for d, b in self.bindings.items() if d in self.links}
+        session = request.session or (next(iter(sessions)) if len(sessions) == 1 else None)
+        if session is None or session not in sessions:
+            raise ProtocolError(ErrorCode.BAD_FIELD, "board: name a session this connection sends samples for")
+        riders = {b.participant for d, b in self.bindings.items() if d in self.links and b.session == session}
+        participant = request.participant or (next(iter(riders)) if len(riders) == 1 else None)
+        if participant is not None and participant not in riders:
+            raise ProtocolError(ErrorCode.BAD_FIELD, "board: participant must be one this connection sends samples for")
+        if self.board_pump is not None:
+            self.board_pump.remove_viewer(self.outbox)
+        self.outbox.encode_board = CompactBoard(participant)
+        self.outbox.board_interval_s = 1.0 / request.rate_hz
+        self.outbox.carries_acks = True
+        self.board_pump = self.edge.pump(session)
+        self.board_pump.add_viewer(self.outbox)
 
     def _authorised(self, hello: Hello) -> tuple[list[DeviceBinding], Forbidden | None]:
         assert self.principal is not None

@@ -2,8 +2,14 @@
 
 A connection never makes server memory grow: control frames (welcome, ack, error,
 throttle) go through a bounded deque — a client that lets it fill up is closed as too
-slow — and boards are kept one deep (a newer board replaces an unsent one), sent at most
-at the rate the viewer asked for.
+slow — and boards are kept one deep (a newer board replaces an unsent one), sent at the
+rate the viewer asked for: the next board may go one period after the last one, less a
+slack of at most 10 ms (so boards produced at exactly the viewer's rate do not slip a
+whole tick), so a viewer asking 1 board/s gets 1 board/s.
+
+Protocol v1.1 (``carries_acks``): a device connection that also receives its board gets
+its acks inside the board frames — one frame per board period when nothing else happens.
+Acks that find no board by the next slot (a class with nothing new) go alone as ``ack``.
 
 With a :class:`~api.directws.DirectChannel` (the edge's default under uvicorn) frames are
 written to the transport at once, from the caller, and a due board is written from a
@@ -24,11 +30,13 @@ from starlette.websockets import WebSocket
 
 from api.directws import DirectChannel
 from api.metrics import BOARDS_OUT
-from devices.protocol import CloseCode
+from devices.protocol import CloseCode, encode
 
 log = logging.getLogger(__name__)
 
-BoardEncoder = Callable[[dict[str, Any]], bytes | str]
+BoardEncoder = Callable[..., bytes | str]  # (board) or, carrying acks, (board, acks)
+SLOT_SLACK_S = 0.01  # a board may go this much before its period is up (at most 10% of it)
+ACK_GRACE_S = 0.05  # how long past a board slot acks wait for a board before going alone
 FLUSH_TIMEOUT_S = 2.0  # what a closing connection may spend sending its last frames
 MAX_REASON_BYTES = 120
 TIMER_SLACK_S = 0.002  # a board due this soon is sent now rather than from a timer  # a close reason may carry at most 123 bytes of UTF-8
@@ -58,8 +66,11 @@ class Outbox:
         self.board: dict[str, Any] | None = None
         self.boards_sent = 0
         self.boards_skipped = 0
-        self._last_board = 0.0
+        self._next_slot = 0.0  # monotonic time the next board may go
         self._board_timer: asyncio.TimerHandle | None = None
+        self.carries_acks = False  # v1.1: acks ride in board frames (``encode_board(board, acks)``)
+        self.acks: dict[str, int] = {}
+        self._ack_timer: asyncio.TimerHandle | None = None
         self._wake = asyncio.Event()
         self.closed = False
         self.close_reason: tuple[int, str] | None = None
@@ -78,6 +89,27 @@ class Outbox:
             return
         self.frames.append(frame)
         self._wake.set()
+
+    def ack(self, seqs: dict[str, int]) -> None:
+        """Acknowledge ``seqs`` ({device: durable seq}): in the next board frame when this
+        connection carries its board (direct path), else as an ``ack`` frame now."""
+        if self.closed:
+            return
+        if not self.carries_acks or self.channel is None:
+            self.send(encode({"t": "ack", "acks": seqs}))
+            return
+        self.acks.update(seqs)
+        if self._ack_timer is None:
+            wait = max(0.0, self._board_wait_s()) + ACK_GRACE_S
+            self._ack_timer = asyncio.get_running_loop().call_later(wait, self._ack_timer_fired)
+
+    def _ack_timer_fired(self) -> None:
+        self._ack_timer = None
+        if self.acks and self._board_timer is None:
+            self._board_due()  # a waiting board takes them along
+        if self.acks and self._board_timer is None and not self.closed:
+            acks, self.acks = self.acks, {}
+            self.send(encode({"t": "ack", "acks": acks}))
 
     def set_board(self, board: dict[str, Any]) -> None:
         if self.board is not None:
@@ -99,6 +131,9 @@ class Outbox:
             if self._board_timer is not None:
                 self._board_timer.cancel()
                 self._board_timer = None
+            if self._ack_timer is not None:
+                self._ack_timer.cancel()
+                self._ack_timer = None
             self._wake.set()
             if self.channel is not None:
                 self._finish_direct(self.channel)  # now: the writer may be waiting on a paused transport
@@ -172,18 +207,21 @@ class Outbox:
             await self.ws.send_bytes(self.frames.popleft())
 
     def _board_wait_s(self) -> float:
-        """Seconds until the viewer's rate allows the next board. 10% slack: boards produced
-        at exactly the viewer's rate must not slip a whole tick."""
-        return self._last_board + 0.9 * self.board_interval_s - time.monotonic()
+        """Seconds until the viewer's next board slot."""
+        return self._next_slot - time.monotonic()
 
     def _take_board(self) -> bytes | str | None:
         """The waiting board, encoded for this viewer, and counted as sent (None: nothing to send)."""
         board, self.board = self.board, None
         if board is None or self.encode_board is None:
             return None
-        self._last_board = time.monotonic()
+        interval = self.board_interval_s
+        self._next_slot = time.monotonic() + interval - min(0.1 * interval, SLOT_SLACK_S)
         self.boards_sent += 1
         BOARDS_OUT.inc()
+        if self.carries_acks:
+            acks, self.acks = self.acks, {}
+            return self.encode_board(board, acks)
         return self.encode_board(board)
 
     async def _send_board(self) -> None:

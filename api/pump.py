@@ -204,4 +204,4 @@ class SessionPump:
                 link.acked_at = now
                 acks[link.outbox][device] = seq
         for outbox, seqs in acks.items():
-            outbox.send(encode({"t": "ack", "acks": seqs}))
+            outbox.ack(seqs)  # v1.1 connections carry it in their next board

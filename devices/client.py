@@ -133,8 +133,10 @@ class HubClient:
         max_backoff_s: float = 5.0,
         chunk: int = 500,
         hub: str | None = None,
+        board: dict[str, Any] | None = None,
     ) -> None:
         self.url = url
+        self.board = board  # protocol v1.1: {"rate": Hz, "participant"?: ...}; boards carry the acks
         self.streams = {s.device: s for s in streams}
         self.on_frame = on_frame
         self.token = token
@@ -177,6 +179,9 @@ class HubClient:
 
     def _hello_frame(self, streams: Iterable[DeviceStream]) -> dict[str, Any]:
         frame: dict[str, Any] = {"t": "hello", "v": 1, "devices": [s.binding() for s in streams]}
+        if self.board is not None:
+            frame["v"] = 1.1
+            frame["board"] = self.board
         if self.token:
             frame["token"] = self.token
         if self.hub:
@@ -234,7 +239,7 @@ class HubClient:
         if self.on_frame is not None:
             self.on_frame(frame)
         kind = frame.get("t")
-        if kind == "ack":
+        if kind == "ack" or (kind == "board" and "acks" in frame):
             for device, seq in frame["acks"].items():
                 if device in self.streams:
                     self.streams[device].on_ack(seq)

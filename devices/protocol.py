@@ -41,6 +41,8 @@ def _brief(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 VERSION = 1
+VERSIONS = (1, 1.1, "1.1")  # 1.1 = 1 + the board on the device connection (docs/protocol.md)
+MAX_BOARD_RATE_HZ = 10.0
 MAX_FRAME_BYTES = 64 * 1024
 MAX_SAMPLES_PER_FRAME = 1000
 MAX_DEVICES_PER_HELLO = 256
@@ -124,10 +126,21 @@ class DeviceBinding:
 
 
 @dataclass(frozen=True, slots=True)
+class BoardRequest:
+    """Protocol v1.1: push this session's board on the device connection, ``rate_hz`` times
+    a second, with ``participant``'s own row (None: the connection's only participant)."""
+
+    rate_hz: float = 1.0
+    session: str | None = None
+    participant: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Hello:
     devices: tuple[DeviceBinding, ...]
     token: str | None = None
     hub: str | None = None
+    board: BoardRequest | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,8 +247,9 @@ def _check_token(value: Any, *, fatal: bool) -> str:
 
 
 def _hello(raw: dict[str, Any], max_devices: int) -> Hello:
-    if raw.get("v", VERSION) != VERSION:
-        raise ProtocolError(ErrorCode.BAD_VERSION, f"protocol version {_brief(raw.get('v'))} unsupported; use {VERSION}", fatal=True)
+    version = raw.get("v", VERSION)
+    if isinstance(version, bool) or version not in VERSIONS:
+        raise ProtocolError(ErrorCode.BAD_VERSION, f"protocol version {_brief(version)} unsupported; use 1 or 1.1", fatal=True)
     devices = raw.get("devices")
     if not isinstance(devices, list) or not 0 < len(devices) <= max_devices:
         raise ProtocolError(ErrorCode.BAD_FIELD, f"hello needs 1-{max_devices} devices", fatal=True)
@@ -256,7 +270,24 @@ def _hello(raw: dict[str, Any], max_devices: int) -> Hello:
         _check_token(token, fatal=True)
     if hub is not None:
         _check_id(hub, "hub", fatal=True)
-    return Hello(tuple(bindings), token, hub)
+    board = raw.get("board")
+    return Hello(tuple(bindings), token, hub, None if board is None else _board_request(board))
+
+
+def _board_request(raw: Any) -> BoardRequest:
+    if raw is True:
+        return BoardRequest()
+    if not isinstance(raw, dict):
+        raise ProtocolError(ErrorCode.BAD_FIELD, "board must be a map (or true)", fatal=True)
+    rate = raw.get("rate", 1.0)
+    if isinstance(rate, bool) or not isinstance(rate, int | float) or not 1.0 <= rate <= MAX_BOARD_RATE_HZ:
+        raise ProtocolError(ErrorCode.BAD_FIELD, f"board rate must be a number from 1 to {MAX_BOARD_RATE_HZ:g} (Hz)", fatal=True)
+    session, participant = raw.get("session"), raw.get("participant")
+    return BoardRequest(
+        float(rate),
+        None if session is None else _check_id(session, "board session", fatal=True),
+        None if participant is None else _check_id(participant, "board participant", fatal=True),
+    )
 
 
 def _samples(raw: dict[str, Any], max_samples: int) -> Samples:

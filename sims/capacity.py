@@ -43,7 +43,7 @@ DEFAULT_STEPS = (250, 500, 750, 1000, 1500, 2000, 3000, 4000)
 
 
 def step_scenario(shape: str, devices: int, *, seconds: float, class_size: int, prefix: str,
-                  procs: int) -> list[dict[str, Any]]:
+                  procs: int, board_protocol: str = "1.1") -> list[dict[str, Any]]:
     """The scenario of one step, split into ``procs`` swarm processes by whole classes."""
     sessions = max(1, math.ceil(devices / class_size))
     procs = max(1, min(procs, sessions))
@@ -58,7 +58,7 @@ def step_scenario(shape: str, devices: int, *, seconds: float, class_size: int, 
             "riders": {"count": riders, "kits": {"phone": 1.0}},
             "connections": {"shape": shape} if shape == "phones" else {"shape": "hubs", "hub_size": SHAPES[shape]},
             "load": {"seconds": seconds, "rate_hz": 1.0, "board_hz": 10, "participant_boards": True,
-                     "participant_board_hz": 1},
+                     "participant_board_hz": 1, "board_protocol": board_protocol},
             "run": {"drain_timeout_s": 60, "phases": True},
         }
         out.append(scenario)
@@ -127,6 +127,7 @@ class CapacityBench:
         a = self.args
         return {"steps": a.steps, "step_seconds": a.step_seconds, "class_size": a.class_size, "p99_ms": a.p99_ms,
                 "loop": a.loop, "swarm_procs": a.swarm_procs, "keep_going": a.keep_going, "rate_hz": 1, "participant_board_hz": 1,
+                "board_protocol": a.board_protocol,
                 "class_viewer_hz": 10}
 
     async def run_shape(self, shape: str) -> dict[str, Any]:
@@ -155,7 +156,7 @@ class CapacityBench:
 
         prefix = f"cap-{uuid.uuid4().hex[:5]}"
         parts = step_scenario(shape, devices, seconds=self.args.step_seconds, class_size=self.args.class_size,
-                              prefix=prefix, procs=self._procs(devices))
+                              prefix=prefix, procs=self._procs(devices), board_protocol=self.args.board_protocol)
         load_before = os.getloadavg()
         started = time.monotonic()
         procs, outs = [], []
@@ -375,6 +376,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--step-seconds", type=float, default=30.0)
     p.add_argument("--class-size", type=int, default=100, help="riders per class (session)")
     p.add_argument("--p99-ms", type=float, default=150.0)
+    p.add_argument("--board-protocol", choices=("1", "1.1"), default="1.1",
+                   help="riders' own boards: 1.1 on the device socket (one per rider), 1 on a second socket")
     p.add_argument("--swarm-procs", default="auto", help="swarm processes per step (auto: one per 1,500 devices)")
     p.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio", help="the edge's event loop")
     p.add_argument("--port", type=int, default=8765)

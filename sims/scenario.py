@@ -34,6 +34,7 @@ Schema (every table and key optional unless marked; defaults in brackets)::
     rate_hz = 1.0                    # samples per second per device [1]
     board_hz = 10.0                  # the latency probe's board rate, one per class [10]
     participant_boards = false       # every rider also watches its own board
+    board_protocol = "1.1"           # "1.1": on its device socket (one per rider); "1": a second socket
     participant_board_hz = 1.0
     join_window_s = 0.0              # 0: all connected before the start; else join within it
     surges = [{ at_s = 30, duration_s = 30, multiplier = 10 }]
@@ -101,6 +102,7 @@ class Scenario:
     board_hz: float = 10.0
     participant_boards: bool = False
     participant_board_hz: float = 1.0
+    board_protocol: str = "1.1"
     join_window_s: float = 0.0
     surges: tuple[Surge, ...] = ()
     faults: FaultConfig = field(default_factory=FaultConfig)
@@ -131,7 +133,7 @@ class Scenario:
             "devices": self.riders, "kits": dict(self.kits), "hub_size": self.hub_size,
             "seconds": self.seconds, "rate_hz": self.rate_hz, "board_hz": self.board_hz,
             "participant_boards": self.participant_boards, "participant_board_hz": self.participant_board_hz,
-            "join_window_s": self.join_window_s, "surges": self.surges, "faults": self.faults,
+            "board_protocol": self.board_protocol, "join_window_s": self.join_window_s, "surges": self.surges, "faults": self.faults,
             "drain_timeout_s": self.drain_timeout_s, "phases": self.phases,
         }
         values.update(overrides)
@@ -236,7 +238,8 @@ def parse(data: Any) -> Scenario:
     sessions = _Table(root.data.get("sessions"), "sessions", {"count", "prefix"})
     riders = _Table(root.data.get("riders"), "riders", {"count", "kits"})
     load_ = _Table(root.data.get("load"), "load", {
-        "seconds", "rate_hz", "board_hz", "participant_boards", "participant_board_hz", "join_window_s", "surges"})
+        "seconds", "rate_hz", "board_hz", "participant_boards", "participant_board_hz", "board_protocol",
+        "join_window_s", "surges"})
     run = _Table(root.data.get("run"), "run", {"drain_timeout_s", "phases"})
     seconds = load_.number("seconds", 20.0, 1.0, 86_400.0)
     return Scenario(
@@ -253,6 +256,7 @@ def parse(data: Any) -> Scenario:
         board_hz=load_.number("board_hz", 10.0, 1.0, 10.0),
         participant_boards=load_.boolean("participant_boards", False),
         participant_board_hz=load_.number("participant_board_hz", 1.0, 1.0, 10.0),
+        board_protocol=_board_protocol(load_),
         join_window_s=load_.number("join_window_s", 0.0, 0.0, seconds),
         surges=tuple(_surge(path, item, seconds) for path, item in load_.tables("surges")),
         faults=_faults(_Table(root.data.get("faults"), "faults", {
@@ -264,6 +268,13 @@ def parse(data: Any) -> Scenario:
         mode=mode,
         ble_speed=ble_speed,
     )
+
+
+def _board_protocol(load_: _Table) -> str:
+    value = load_.data.get("board_protocol", "1.1")
+    if value not in ("1", "1.1"):
+        raise ScenarioError("load.board_protocol", f"must be '1' (a board socket per rider) or '1.1' (the board on the device socket), got {value!r}")
+    return str(value)
 
 
 def _ble_speed(root: _Table, ble: bool) -> float:

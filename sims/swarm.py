@@ -85,6 +85,9 @@ class SwarmConfig:
     surges: tuple[Surge, ...] = ()
     participant_boards: bool = False
     participant_board_hz: float = 1.0
+    # "1.1": a one-rider connection asks for its board in its hello (one socket per rider,
+    # acks inside the boards); "1": a second socket per rider on /v1/sessions/{id}/board
+    board_protocol: str = "1.1"
     phases: bool = True  # drive lobby -> live -> cooldown -> ended
     progress: bool = False
     ready_timeout_s: float = 60.0
@@ -170,6 +173,7 @@ class Swarm:
         self.join_at: dict[int, float] = {}  # id(client) -> class time it connects
         self.viewers: dict[str, Viewer] = {}
         self.participant_viewers: list[ParticipantViewer] = []
+        self._board_on_device: set[str] = set()  # participants whose board rides their device socket (v1.1)
         self.frames_in: Counter[str] = Counter()
         self.injected: Counter[str] = Counter()
         self.lag = LatencyHistogram()  # how late the swarm emitted vs its schedule
@@ -241,8 +245,14 @@ class Swarm:
             for kind in kit:
                 device = f"{p.session}-dev{index}" if len(kit) == 1 else f"{p.session}-dev{index}-{kind}"
                 streams.append((p, kind, DeviceStream(device, p.id, p.session)))
-        client = FlakyHubClient(f"{cfg.ws_url}/v1/devices", [s for _, _, s in streams], on_frame=self._count,
-                                token_provider=stream_token_source(self.tokens, [s for _, _, s in streams]))
+        board, viewer = None, None
+        if cfg.participant_boards and cfg.board_protocol == "1.1" and len(group) == 1 and not late:
+            rider = group[0][0]
+            board, viewer = {"rate": cfg.participant_board_hz}, ParticipantViewer(rider.session, rider.id)
+            self.participant_viewers.append(viewer)
+            self._board_on_device.add(rider.id)
+        client = FlakyHubClient(f"{cfg.ws_url}/v1/devices", [s for _, _, s in streams], on_frame=partial(self._count, viewer),
+                                token_provider=stream_token_source(self.tokens, [s for _, _, s in streams]), board=board)
         clock = DeviceClock.random(self.fault_config, rng)
         for p, kind, stream in streams:
             faults = DeviceFaults(self.fault_config, random.Random(rng.random()))
@@ -362,6 +372,8 @@ class Swarm:
 
     def _start_participant_viewer(self, p: Participant) -> None:
         cfg = self.config
+        if p.id in self._board_on_device:
+            return  # v1.1: its board comes on its device connection
         pv = ParticipantViewer(p.session, p.id)
         self.participant_viewers.append(pv)
         url = (f"{cfg.ws_url}/v1/sessions/{p.session}/board?rate={cfg.participant_board_hz:g}"
@@ -497,10 +509,13 @@ class Swarm:
         p99_text = f"{p99:.0f}ms" if p99 is not None else "-"
         return f"conns {up}/{len(self.clients)} sent {sent} acked {acked} p99 {p99_text}"
 
-    def _count(self, frame: dict[str, Any]) -> None:
+    def _count(self, viewer: ParticipantViewer | None, frame: dict[str, Any]) -> None:
         kind = frame.get("t", "?")
         self.frames_in[kind] += 1
-        if kind == "ack" and self.started:
+        if kind == "board" and viewer is not None:
+            viewer.connects = max(viewer.connects, 1)
+            viewer.on_board(frame, time.time())
+        if (kind == "ack" or "acks" in frame) and self.started:
             second = int(time.time() - self.started)
             for device, seq in frame.get("acks", {}).items():
                 stream = self._by_device.get(device)

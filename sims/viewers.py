@@ -80,7 +80,7 @@ class ParticipantViewer:
 
     def on_board(self, frame: dict[str, Any], now: float) -> None:
         self.boards += 1
-        if frame.get("you") is not None:
+        if frame.get("you") is not None or frame.get("me") is not None:  # v1 board socket / v1.1 board
             self.with_own_row += 1
 
 

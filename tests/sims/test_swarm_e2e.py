@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from sims.report import merge_reports, summary_text, write_report
 from sims.scenario import parse
 from sims.swarm import Rider, Swarm
@@ -30,8 +32,11 @@ FAULTY = {
 }
 
 
-def test_every_fault_at_once_still_ends_exact(edge: Any, run: Any, unique_id: str, tmp_path: Path) -> None:
-    config = parse(FAULTY).swarm_config(edge.url, session_prefix=f"sf-{unique_id}")
+@pytest.mark.parametrize("board_protocol", ["1.1", "1"])
+def test_every_fault_at_once_still_ends_exact(edge: Any, run: Any, unique_id: str, tmp_path: Path, board_protocol: str) -> None:
+    """Riders watch their own boards on their device socket (v1.1, acks inside the boards)
+    or on a second socket (v1): both stay exact under every fault."""
+    config = parse(FAULTY).swarm_config(edge.url, session_prefix=f"sf-{unique_id}", board_protocol=board_protocol)
     swarm = Swarm(config)
     result = run(swarm.run())
     assert result["drained"], summary_text(result)
@@ -54,6 +59,9 @@ def test_every_fault_at_once_still_ends_exact(edge: Any, run: Any, unique_id: st
     assert result["latency_ms"]["samples"] > 0 and result["late_session_ids"]
     boards = result["participant_boards"]
     assert boards["viewers"] == 12 and boards["with_own_row"] > 0
+    if board_protocol == "1.1":  # acks rode in the boards: far fewer ack frames than boards
+        assert result["server_frames"].get("board", 0) >= boards["boards"] > 0
+        assert result["server_frames"].get("ack", 0) < boards["boards"]
 
     report = swarm.report()
     assert len(report["participants"]) == 15 and report["timeline"]
