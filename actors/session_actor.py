@@ -11,6 +11,13 @@ checkpoint are lost from memory, but they were never acknowledged, so devices re
 them; ``tick`` reports the epoch, so edges notice a restart and ask devices to resume.
 Every method is idempotent and safe to retry (``max_task_retries=-1``).
 
+The data path: ``endpoint()`` starts (once per instance) a ``StreamServer`` on this node's
+address and returns where it listens (``actors.wire.Endpoint``: host, port, token, epoch);
+edges send their ticks there (``actors/stream.py``) instead of calling ``tick`` through
+Ray. ``tick_wire`` takes the same bytes through Ray (``PULSELINE_SESSION_TRANSPORT=ray``).
+An instance fenced off by a newer epoch closes its stream and refuses every tick, on either
+path; a restarted instance has a new port and token, so edges re-resolve it through Ray.
+
 Class results: once the session is ended (and again after late data changes it), the
 snapshot is handed to the *results sink* named in ``settings["results_sink"]``, an import
 path ``"package.module:function"`` of a callable ``async (settings, snapshot) -> Any``
@@ -34,6 +41,8 @@ import ray
 from actors.checkpoint import CheckpointStore
 from actors.errors import StaleInstance
 from actors.session import DeviceBatch, Phase, SessionState
+from actors.stream import StreamServer
+from actors.wire import Endpoint, TickRequest, TickResult, decode_message, encode_message
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +101,8 @@ class SessionActor:
         self.publish_failures = 0
         self._publish_task: asyncio.Task[None] | None = None
         self._republish = False
+        self.host = ray.util.get_node_ip_address()
+        self.stream: StreamServer | None = None
         log.info("session %s up: epoch %s, restored=%s", session_id, self.store.epoch, data is not None)
 
     # -- lifecycle --------------------------------------------------------------------
@@ -109,7 +120,7 @@ class SessionActor:
                 await self._checkpoint()
             except StaleInstance:
                 log.error("session %s epoch %s fenced off; stopping", self.session_id, self.store.epoch)
-                self.fenced = True
+                self._fence()
             except Exception:  # a control loop never dies: log and try again next round
                 log.exception("session %s checkpoint failed", self.session_id)
 
@@ -124,13 +135,52 @@ class SessionActor:
             try:
                 await self.store.write(data)
             except StaleInstance:
-                self.fenced = True
+                self._fence()
                 raise
             self.checkpointed_version = version
             self.durable = seqs
             self.checkpoints_written += 1
 
+    def _fence(self) -> None:
+        """A newer instance exists: stop serving the stream and refuse every later call."""
+        self.fenced = True
+        if self.stream is not None:
+            self.stream.close()
+
     # -- the hot path -------------------------------------------------------------------
+    async def endpoint(self) -> Endpoint:
+        """Where this instance serves its stream (started on the first call)."""
+        self._ensure_loop()
+        if self.stream is None:
+            stream = StreamServer(host=self.host)
+            stream.register(self.session_id, self._tick)
+            await stream.start()
+            self.stream = stream
+        return Endpoint(self.host, self.stream.port, self.stream.token, self.store.epoch, os.getpid())
+
+    def _tick(self, request: TickRequest) -> TickResult:
+        """Apply one micro-batch; the board comes back only if newer than ``known_version``."""
+        self._ensure_loop()
+        return self._result(request, self.state.apply_tick(request))
+
+    def _result(self, request: TickRequest, result: Any) -> TickResult:
+        if result.applied and self.state.phase is Phase.ENDED:
+            self._publish_results()  # late data: the corrected results replace the earlier ones
+        version = self.state.version
+        return TickResult(
+            session=self.session_id, epoch=self.store.epoch, version=version,
+            board=self.state.board() if version != request.known_version else None,
+            durable={d: self.durable.get(d, 0) for d in request.want_durable},
+            applied=result.applied, duplicates=result.duplicates, id=request.id,
+        )
+
+    async def tick_wire(self, *, data: bytes) -> bytes:
+        """A tick through Ray: ``actors.wire`` bytes in, ``TickResult`` bytes out."""
+        request = decode_message(data)
+        if not isinstance(request, TickRequest):
+            raise TypeError(f"tick_wire takes a tick, not {type(request).__name__}")
+        return encode_message(self._tick(request))
+
     async def tick(
         self,
         *,
@@ -138,19 +188,13 @@ class SessionActor:
         want_durable: list[str],
         known_version: int,
     ) -> dict[str, Any]:
-        """Apply one micro-batch; return the board if newer than ``known_version``."""
+        """Apply device batches (the Ray call of the first protocol; kept for tools and tests)."""
         self._ensure_loop()
-        result = self.state.apply(DeviceBatch(d, p, rows, rej) for d, p, rows, rej in batches)
-        if result.applied and self.state.phase is Phase.ENDED:
-            self._publish_results()  # late data: the corrected results replace the earlier ones
-        version = self.state.version
+        request = TickRequest(self.session_id, want_durable=tuple(want_durable), known_version=known_version)
+        result = self._result(request, self.state.apply(DeviceBatch(d, p, rows, rej) for d, p, rows, rej in batches))
         return {
-            "epoch": self.store.epoch,
-            "version": version,
-            "board": self.state.board() if version != known_version else None,
-            "durable": {d: self.durable.get(d, 0) for d in want_durable},
-            "applied": result.applied,
-            "duplicates": result.duplicates,
+            "epoch": result.epoch, "version": result.version, "board": result.board,
+            "durable": result.durable, "applied": result.applied, "duplicates": result.duplicates,
         }
 
     # -- control --------------------------------------------------------------------------
@@ -216,4 +260,6 @@ class SessionActor:
             "epoch": self.store.epoch,
             "node_id": ray.get_runtime_context().get_node_id(),
             "fenced": self.fenced,
+            "stream_port": self.stream.port if self.stream is not None else None,
+            "stream_ticks": self.stream.ticks if self.stream is not None else 0,
         }

@@ -45,6 +45,7 @@ from api.outbox import Outbox, close_reason
 from api.pages import SecurityHeaders
 from api.pages import install as install_pages
 from api.pump import SessionPump
+from api.session_stream import tick_channel
 from api.scopes import (
     Caller,
     Gate,
@@ -117,6 +118,7 @@ class Edge:
         self.gate = gate
         self.connections = ConnectionLimits(settings)
         self.pumps: dict[str, SessionPump] = {}
+        self.ticks = tick_channel(settings.session_transport, directory, timeout_s=settings.session_stream_timeout_s)
 
     def pump(self, session_id: str) -> SessionPump:
         pump = self.pumps.get(session_id)
@@ -128,6 +130,7 @@ class Edge:
                 idle_poll_s=1.0 / self.settings.max_board_rate_hz,
                 max_pending=self.settings.max_pending_samples_per_session,
                 ack_interval_s=self.settings.ack_interval_s,
+                channel=self.ticks,
             )
             pump.start()
         return pump
@@ -164,6 +167,7 @@ class Edge:
 
     async def close(self) -> None:
         await asyncio.gather(*(p.stop() for p in self.pumps.values()))
+        await self.ticks.close()
 
 
 def redis_client(settings: Settings) -> aioredis.Redis:

@@ -1,11 +1,14 @@
 """``SessionPump``: the edge's per-session micro-batcher.
 
-Samples from every connection of one session are gathered and sent to the session
-actor in one ``tick`` call per ``tick_interval_s`` — never one Ray call per sample. The
-same call returns the board (when newer than the one this edge has), which is handed to
+Samples from every connection of one session are gathered and sent to the session in one
+tick (``actors.wire.TickRequest``, samples as columns) per ``tick_interval_s`` through the
+edge's ``TickChannel`` (``api/session_stream.py``: the direct stream to the actor's
+process by default, one Ray call per tick behind ``PULSELINE_SESSION_TRANSPORT=ray``). The
+result carries the board (when newer than the one this edge has), which is handed to
 every local viewer (latest wins), and the durable seqs of local devices, which become
-``ack`` frames. When the actor's epoch changes (it restarted from its checkpoint) every
-local device is sent a fresh ``welcome`` so it resends what was not durable.
+``ack`` frames. When the actor's epoch changes (it restarted from its checkpoint), or a
+tick fails (stream lost, stale instance), every local device is sent a fresh ``welcome``
+so it resends what was not durable, and the channel re-resolves the actor through Ray.
 
 Bounded: at most ``max_pending`` samples wait per session; beyond that ``add`` refuses
 and the connection throttles the device (the device keeps and resends its samples).
@@ -20,12 +23,18 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+from actors.wire import TickRequest
 from api.metrics import RESYNCS, TICK_ERRORS, TICK_SECONDS
 from api.outbox import Outbox
+from api.session_stream import RayTicks, TickChannel
 from cluster.directory import SessionDirectory
 from devices.protocol import encode
 
 log = logging.getLogger(__name__)
+
+
+class StaleResult(Exception):
+    """A tick answered by an instance older than one this pump already heard from."""
 
 
 @dataclass(slots=True, eq=False)
@@ -58,10 +67,12 @@ class SessionPump:
         idle_poll_s: float,
         max_pending: int,
         ack_interval_s: float = 0.0,
+        channel: TickChannel | None = None,
     ) -> None:
         self.session_id = session_id
         self.ack_interval_s = ack_interval_s
         self.directory = directory
+        self.channel: TickChannel = channel if channel is not None else RayTicks(directory)
         self.tick_interval_s = tick_interval_s
         self.idle_poll_s = idle_poll_s
         self.max_pending = max_pending
@@ -146,7 +157,7 @@ class SessionPump:
                 self.tick_errors += 1
                 TICK_ERRORS.inc()
                 log.exception("session %s tick failed", self.session_id)
-                self.directory.forget(self.session_id)
+                self.channel.forget(self.session_id)
                 self._resync_all()
                 await asyncio.sleep(0.5)
             delay = self.tick_interval_s if self._has_work() else self.idle_poll_s
@@ -164,22 +175,26 @@ class SessionPump:
 
     async def _tick(self) -> None:
         pending, self.pending, self.pending_count = self.pending, {}, 0
-        batches = [(d, p.participant, p.rows, p.rejected) for d, p in pending.items()]
         want = [d for d, l in self.links.items() if l.needs_welcome or l.sent > l.acked]
-        handle = await self.directory.handle(self.session_id)
+        request = TickRequest.from_batches(
+            self.session_id, ((d, p.participant, p.rows, p.rejected) for d, p in pending.items()),
+            want_durable=want, known_version=self.known_version,
+        )
         began = time.perf_counter()
-        result = await handle.tick.remote(batches=batches, want_durable=want, known_version=self.known_version)
+        result = await self.channel.tick(request)
         TICK_SECONDS.observe(time.perf_counter() - began)
         self.ticks += 1
-        if self.epoch is not None and result["epoch"] != self.epoch:
-            log.warning("session %s restarted (epoch %s -> %s): resyncing devices", self.session_id, self.epoch, result["epoch"])
+        if self.epoch is not None and result.epoch < self.epoch:  # an instance older than one seen: fenced
+            raise StaleResult(f"session {self.session_id}: epoch {result.epoch} answered after epoch {self.epoch}")
+        if self.epoch is not None and result.epoch != self.epoch:
+            log.warning("session %s restarted (epoch %s -> %s): resyncing devices", self.session_id, self.epoch, result.epoch)
             self._resync_all()
             RESYNCS.inc()
-        self.epoch = result["epoch"]
-        self._dispatch_acks(result["durable"])
-        board = result["board"]
+        self.epoch = result.epoch
+        self._dispatch_acks(result.durable)
+        board = result.board
         if board is not None:
-            self.known_version = result["version"]
+            self.known_version = result.version
             board["ts"] = time.time()
             self.board = board
             for viewer in self.viewers:

@@ -30,6 +30,10 @@ class Settings(BaseSettings):
     # One actor call per session per tick. At the top board rate (10 Hz) a tick lands just
     # before every viewer is due, so a sample waits at most one tick (see docs/benchmarks.md).
     tick_interval_s: float = 0.1
+    # How ticks reach session actors: "stream" (a direct connection per actor process, Ray
+    # only for control) or "ray" (one actor call per session per tick, as before the stream).
+    session_transport: Literal["stream", "ray"] = "stream"
+    session_stream_timeout_s: float = 5.0  # a tick without a result by then: reconnect, resync
     ack_interval_s: float = 1.0  # at most one ack frame per device per interval
     # Boards every ended class publishes its results to (PULSELINE_SESSION_LEADERBOARDS='["weekly-kj"]').
     session_leaderboards: list[str] = []
