@@ -71,8 +71,8 @@ def board_encoder(
 
 
 # -- protocol v1.1: the compact board on a device connection ---------------------------------
-_COMPACT_SHARED = ("session", "version", "phase", "n")
-_ME_COLUMNS = ("rank", "energy_kj", "power_w", "hr_bpm", "cadence_rpm")
+_COMPACT_SHARED = ("session", "version", "phase", "n", "ts")
+_ME_COLUMNS = ("rank", "energy_kj", "power_w", "hr_bpm", "cadence_rpm", "samples", "last_ts")
 
 
 def _tenths(kj: float | None) -> int:
@@ -99,8 +99,8 @@ def _me_row(board: dict[str, Any], participant: str) -> list[Any] | None:
     if row is None:
         return None
     cols = board["cols"]
-    rank, energy, power, hr, cadence = (row[cols.index(c)] for c in _ME_COLUMNS)
-    return [rank, _tenths(energy), _whole(power), _whole(hr), _whole(cadence)]
+    rank, energy, power, hr, cadence, samples, last_ts = (row[cols.index(c)] for c in _ME_COLUMNS)
+    return [rank, _tenths(energy), _whole(power), _whole(hr), _whole(cadence), samples, last_ts]
 
 
 _ME_KEY = encode_value("me")
@@ -109,10 +109,10 @@ _ACKS_KEY = encode_value("acks")
 
 class CompactBoard:
     """Protocol v1.1 board frames for one rider: the class's top N as ``[participant,
-    output]``, the rider's own ``me`` row ``[rank, output, power_w, hr_bpm, cadence_rpm]``,
-    ``sum`` and ``n``, and the acks that are due (``acks``). Output is in tenths of a kJ
-    (integers pack small). About 200-250 B for a 100-rider class at N = 10 (measured in
-    ``tests/api/test_protocol_v11.py``)."""
+    output]``, the rider's own ``me`` row ``[rank, output, power_w, hr_bpm, cadence_rpm,
+    samples, last_ts]``, ``sum``, ``n``, ``ts``, and the acks that are due (``acks``).
+    Output is in tenths of a kJ (integers pack small). About 250-280 B for a 100-rider
+    class at N = 10 (measured in ``tests/api/test_protocol_v11.py``)."""
 
     def __init__(self, participant: str | None) -> None:
         self.participant = participant

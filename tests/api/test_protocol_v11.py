@@ -32,7 +32,10 @@ def test_a_100_rider_board_with_own_row_and_acks_fits_in_300_bytes() -> None:
     assert len(frame) <= 300, len(frame)
     decoded = msgpack.unpackb(frame)
     assert decoded["t"] == "board" and decoded["n"] == 100 and len(decoded["top"]) == 10
-    assert decoded["top"][0] == ["rider-0000", 4124] and decoded["me"] == [43, round(10 * (412.37 - 42 * 1.37)), 262, 151, 91]
+    me = board["rows"][42]
+    assert decoded["top"][0] == ["rider-0000", 4124]
+    assert decoded["me"] == [43, round(10 * (412.37 - 42 * 1.37)), 262, 151, 91, 2101, me[8]]
+    assert decoded["ts"] == board["ts"]
     assert decoded["sum"] == round(10 * sum(r[2] for r in board["rows"]))
     assert decoded["acks"] == {"rider-0042-strap": 81234}
     assert "acks" not in msgpack.unpackb(CompactBoard("rider-0042")(board))
@@ -104,7 +107,8 @@ def test_one_socket_carries_samples_the_board_and_acks(edge: Any, tokens: Any, u
         assert acked == 8
         last = boards[-1]
         assert last["session"] == sid and last["n"] == 1 and last["top"][0][0] == "ann"
-        assert last["me"][0] == 1 and last["me"][2] == 200 and last["me"][3] == 140
+        assert last["me"][:4] == [1, last["top"][0][1], 200, 140] and last["me"][5] == 8
+        assert last["me"][6] == pytest.approx(start + 8) and last["ts"] > start
         assert all(len(msgpack.packb(f)) < 300 for f in boards)
 
     run(scenario())
