@@ -3,6 +3,8 @@
 * ``pulseline up`` — local Ray + embedded Redis + the edge on 127.0.0.1:8000 (or attach
   to ``REDIS_URL`` / ``RAY_ADDRESS``); Ctrl-C or SIGTERM shuts down what it started.
 * ``pulseline up --edges N`` — the same with N edge processes (ports PORT..PORT+N-1).
+  ``up`` supervises what it started: a dead redis-server or extra edge is restarted with
+  back-off (``cluster.supervisor``; state in ``<data dir>/supervisor.json``).
 * ``pulseline edge`` — an edge only, attached to ``RAY_ADDRESS`` and ``REDIS_URL`` (both
   required; run as many as you like, on any node, on different ports).
 * ``pulseline status`` — the cluster's nodes, session slots used/free, the sessions on each
@@ -58,6 +60,7 @@ def parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="nodes, session slots, sessions per node, autoscaler demand")
     status.add_argument("--json", action="store_true", help="print the full status as JSON")
     status.add_argument("--namespace", default=None)
+    status.add_argument("--data-dir", default=None, help="also show the supervisor of the stack on this data dir")
     swarm = sub.add_parser("swarm", help="run a simulated class against an edge")
     swarm.add_argument("--url", default="http://127.0.0.1:8000")
     swarm.add_argument("scenario", nargs="?", default=None, help="a scenario file (sims/scenarios/*.toml)")
@@ -155,7 +158,7 @@ def run_event_loop(choice: str, main: Any) -> Any:
 
 
 def _run_stack(args: argparse.Namespace, after_start: Any = None) -> int:
-    from cluster.runtime import EdgeProcesses, Stack
+    from cluster.runtime import EdgeProcesses, Stack, supervise
 
     from api.auth import InsecureSettings, check_settings
 
@@ -167,17 +170,22 @@ def _run_stack(args: argparse.Namespace, after_start: Any = None) -> int:
         return 2
     stack = Stack(settings).start()
     extra = EdgeProcesses(settings)
+    supervisor = None
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         for note in stack.notes:
             print(f"pulseline: {note}", file=sys.stderr, flush=True)
         extra.start(getattr(args, "edges", 1))
+        if args.command != "edge":  # an edge supervises nothing; `up` restarts what it started
+            supervisor = supervise(stack, extra)
         for url in [f"http://{settings.host}:{settings.port}", *extra.urls]:
             print(f"pulseline: edge on {url}", file=sys.stderr, flush=True)
         run_event_loop(settings.event_loop, _serve(settings, after_start))
     except KeyboardInterrupt:
         pass
     finally:
+        if supervisor is not None:
+            supervisor.stop()  # first: nothing is restarted while the stack stops
         extra.stop()
         stack.stop()
         print("pulseline: stopped", file=sys.stderr, flush=True)
@@ -226,18 +234,30 @@ def _edge(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     import os
 
+    from cluster.supervisor import format_state, read_state
+
+    settings = _settings(args)
+    supervised = read_state(settings.data_dir)
+    if supervised is not None and not args.json:
+        print(format_state(supervised), flush=True)
+    stack_ray = supervised.get("ray_address") if supervised and supervised.get("alive") else None  # the stack on --data-dir
+    address = settings.ray_address or stack_ray or "auto"
+    if address == stack_ray:  # before Ray is imported: it reads this once
+        os.environ.setdefault("RAY_AUTH_MODE", "token")  # a local stack's Ray 2.60 default (docs/cluster.md)
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
     import ray
 
     from cluster.status import cluster_status, format_status
 
-    settings = _settings(args)
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(address=settings.ray_address or "auto", namespace=settings.namespace, log_to_driver=False,
+    ray.init(address=address, namespace=settings.namespace, log_to_driver=False,
              logging_level=logging.WARNING)
     try:
         status = cluster_status(args.namespace or settings.namespace)
     finally:
         ray.shutdown()
+    if supervised is not None:
+        status["supervisor"] = supervised
     print(json.dumps(status, indent=2) if args.json else format_status(status), flush=True)
     return 0
 

