@@ -18,6 +18,8 @@
 ``ws_ping_interval_s`` /           uvicorn pings every interval and drops a peer that
 ``ws_ping_timeout_s``              does not answer in time (dead phones, half-open TCP)
 ``send_queue_frames``              close 4429 for a client that does not read
+``http_head_timeout_s``            the TCP connection is closed when no complete HTTP
+                                   request head arrived in time (idle or slowloris)
 =================================  =====================================================
 
 Throttling never loses data: a refused frame was not taken, the client keeps its
@@ -34,6 +36,7 @@ from devices.protocol import MAX_DEVICES_PER_HELLO, FrameLimits
 
 from api.auth import Principal, TokenKind
 from api.directws import DirectProtocol
+from api.headtimeout import head_timeout_protocol
 
 if TYPE_CHECKING:
     from cluster.settings import Settings
@@ -50,10 +53,12 @@ def frame_limits(settings: Settings) -> FrameLimits:
 
 
 def uvicorn_options(settings: Settings) -> dict[str, Any]:
-    """Transport options for ``uvicorn.Config``: limits (message size, ping/pong liveness),
-    and no permessage-deflate — our frames (30 B - 2 KB of msgpack) barely compress, and
-    each connection's zlib contexts cost ~90 KiB of memory plus CPU on every frame."""
+    """Transport options for ``uvicorn.Config``: limits (message size, ping/pong liveness,
+    ``http_head_timeout_s`` for a request head), and no permessage-deflate — our frames
+    (30 B - 2 KB of msgpack) barely compress, and each connection's zlib contexts cost
+    ~90 KiB of memory plus CPU on every frame."""
     return {
+        "http": head_timeout_protocol(settings.http_head_timeout_s),  # slowloris: api/headtimeout.py
         **({"ws": DirectProtocol} if settings.direct_ws else {}),
         "ws_per_message_deflate": False,
         "ws_max_size": settings.max_ws_message_bytes,
