@@ -124,7 +124,7 @@ class DeviceTable:
         """Remove and return the pending entries of the ``touched`` devices."""
         if not len(self.p_device):
             return self.p_device, self.p_seq, self.p_ts, self.p_power
-        mine = np.isin(self.p_device, touched)
+        mine = np.isin(self.p_device, np.unique(touched))
         taken = self.p_device[mine], self.p_seq[mine], self.p_ts[mine], self.p_power[mine]
         keep = ~mine
         self.p_device, self.p_seq = self.p_device[keep], self.p_seq[keep]
@@ -155,8 +155,7 @@ def apply_tick(cols: dict[str, np.ndarray], table: DeviceTable, tick: TickColumn
     seq = np.concatenate([tick.rejected_seq, tick.seq]).astype(np.int64, copy=False)
     pos = np.concatenate([tick.rejected_pos, tick.sample_pos]).astype(np.int64, copy=False)
     is_row = np.concatenate([np.zeros(m, bool), np.ones(n, bool)])
-    touched = np.unique(dev)
-    pending = table._take_pending(touched)
+    pending = table._take_pending(dev)
     seen = _duplicates(dev, seq, pos, table.contig, pending[0], pending[1])
     refused = _capped(dev, seq, pos, is_row, table, pending, max_pending, seen)
     winner = ~seen & ~refused
@@ -200,6 +199,8 @@ def _capped(dev: np.ndarray, seq: np.ndarray, pos: np.ndarray, is_row: np.ndarra
             pending: tuple[np.ndarray, ...], max_pending: int, seen: np.ndarray) -> np.ndarray:
     """Samples the pending cap refuses; ``seen`` is corrected in place for those devices."""
     refused = np.zeros(len(seq), bool)
+    if len(seq) + len(pending[0]) <= max_pending:  # no device can reach the cap
+        return refused
     size = len(table)
     load = np.bincount(dev, minlength=size) + np.bincount(pending[0], minlength=size)
     risky = np.flatnonzero(load > max_pending)
@@ -224,6 +225,13 @@ def _capped(dev: np.ndarray, seq: np.ndarray, pos: np.ndarray, is_row: np.ndarra
     return refused
 
 
+def _distinct(keys: np.ndarray) -> bool:
+    if len(keys) < 2:
+        return True
+    ordered = np.sort(keys)
+    return not bool((ordered[1:] == ordered[:-1]).any())
+
+
 def _group_starts(keys: np.ndarray) -> np.ndarray:
     start = np.ones(len(keys), bool)
     start[1:] = keys[1:] != keys[:-1]
@@ -231,6 +239,9 @@ def _group_starts(keys: np.ndarray) -> np.ndarray:
 
 
 def _record(cols: dict[str, np.ndarray], slot: np.ndarray, pos: np.ndarray, values: np.ndarray, size: int) -> None:
+    if _distinct(slot):  # the usual tick: at most one sample per participant
+        _record_distinct(cols, slot, values)
+        return
     order = np.lexsort((pos, slot))
     slot, values = slot[order], values[order]
     ts = values[:, 0]
@@ -249,6 +260,24 @@ def _record(cols: dict[str, np.ndarray], slot: np.ndarray, pos: np.ndarray, valu
     np.fmax.at(cols["last_ts"], slot, ts)
     for name, k in _LATEST:
         _set_latest(cols[name], slot, values[:, k], newest)
+
+
+def _record_distinct(cols: dict[str, np.ndarray], slot: np.ndarray, values: np.ndarray) -> None:
+    """``_record`` when no participant has two samples in the tick: plain fancy indexing."""
+    present = ~np.isnan(values)
+    cols["samples"][slot] += 1
+    for total, count, k in (("hr_sum", "hr_n", 1), ("power_sum", "power_n", 2), ("cadence_sum", "cadence_n", 3)):
+        cols[total][slot] += np.where(present[:, k], values[:, k], 0.0)
+        cols[count][slot] += present[:, k]
+    for name, k in (("hr_max", 1), ("power_max", 2), ("speed_max", 4), ("distance_m", 5)):
+        cols[name][slot] = np.fmax(cols[name][slot], values[:, k])
+    ts = values[:, 0]
+    newest = ~(ts < cols["last_ts"][slot])
+    cols["last_ts"][slot] = np.fmax(cols["last_ts"][slot], ts)
+    for name, k in _LATEST:
+        column = cols[name]
+        take = present[:, k] & (newest | np.isnan(column[slot]))
+        column[slot[take]] = values[take, k]
 
 
 def _set_latest(column: np.ndarray, slot: np.ndarray, value: np.ndarray, newest: np.ndarray) -> None:
@@ -276,6 +305,9 @@ def _place(cols: dict[str, np.ndarray], table: DeviceTable, dev: np.ndarray, seq
     power = np.concatenate([pending[3], power])
     if not len(seq):
         return
+    if not len(pending[0]) and _distinct(dev):  # the usual tick: one new seq per device, no gap
+        _place_distinct(cols, table, dev, seq, ts, power, max_gap_s)
+        return
     order = np.lexsort((seq, dev))
     dev, seq, ts, power = dev[order], seq[order], ts[order], power[order]
     start = _group_starts(dev)
@@ -292,6 +324,22 @@ def _place(cols: dict[str, np.ndarray], table: DeviceTable, dev: np.ndarray, seq
     cols["energy_kj"] += np.bincount(table.slot[dev], weights=credit, minlength=size)
     np.fmax.at(table.baseline, dev[valid], ts[valid])
     np.add.at(table.contig, dev, 1)
+
+
+def _place_distinct(cols: dict[str, np.ndarray], table: DeviceTable, dev: np.ndarray, seq: np.ndarray,
+                    ts: np.ndarray, power: np.ndarray, max_gap_s: float) -> None:
+    """``_place`` when every device has one entry and none has pending seqs."""
+    advanced = seq == table.contig[dev] + 1
+    rest = ~advanced
+    if rest.any():
+        table._append_pending(dev[rest], seq[rest], ts[rest], power[rest])
+    dev, ts, power = dev[advanced], ts[advanced], power[advanced]
+    base = table.baseline[dev]
+    dt = np.minimum(np.maximum(ts - base, 0.0), max_gap_s)
+    credit = np.where(~np.isnan(ts) & ~np.isnan(base), power * dt / 1000.0, 0.0)
+    np.add.at(cols["energy_kj"], table.slot[dev], credit)
+    table.baseline[dev] = np.fmax(base, ts)
+    table.contig[dev] += 1
 
 
 def _energy(dev: np.ndarray, ts: np.ndarray, power: np.ndarray, baseline: np.ndarray,

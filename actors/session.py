@@ -64,6 +64,7 @@ _FLOAT_COLUMNS = (
 )
 _INT_COLUMNS = ("hr_n", "power_n", "cadence_n", "samples", "rejected")
 _LATEST = ("hr_bpm", "power_w", "cadence_rpm", "speed_mps")
+_BOARD_VALUES = (("hr_bpm", 3), ("power_w", 3), ("cadence_rpm", 3), ("speed_mps", 3), ("distance_m", 3), ("last_ts", 6))
 
 MAX_TAGS = 8
 MAX_TAG_VALUE_CHARS = 64
@@ -276,18 +277,24 @@ class SessionState:
         return self.device_table.applied_seqs()
 
     # -- reading --------------------------------------------------------------------
-    def _row(self, slot: int, rank: int) -> list[Any]:
+    def _rows(self, order: np.ndarray) -> list[list[Any]]:
+        """Board rows of the slots in ``order`` (ranked from 1), built as columns: numbers
+        rounded by numpy (energy 4 digits, last_ts 6, the rest 3), None where never seen."""
+        n = len(order)
+        if not n:
+            return []
         c = self._cols
-
-        def val(name: str, digits: int = 3) -> float | None:
-            v = c[name][slot]
-            return None if np.isnan(v) else round(float(v), digits)
-
-        return [
-            self.participants[slot], rank, round(float(c["energy_kj"][slot]), 4),
-            val("hr_bpm"), val("power_w"), val("cadence_rpm"), val("speed_mps"),
-            val("distance_m"), val("last_ts", 6), int(c["samples"][slot]),
-        ]
+        table = np.empty((n, len(BOARD_COLUMNS)), dtype=object)
+        table[:, 0] = np.array(self.participants, dtype=object)[order]
+        table[:, 1] = np.arange(1, n + 1).astype(object)
+        table[:, 2] = np.round(c["energy_kj"][order], 4).astype(object)
+        for j, (name, digits) in enumerate(_BOARD_VALUES, start=3):
+            values = c[name][order]
+            column = np.round(values, digits).astype(object)
+            column[np.isnan(values)] = None
+            table[:, j] = column
+        table[:, 9] = c["samples"][order].astype(object)
+        return table.tolist()  # type: ignore[no-any-return]
 
     def ranking(self) -> np.ndarray:
         """Active slots ordered by energy (desc), ties by join order."""
@@ -300,8 +307,7 @@ class SessionState:
         """Top-N plus every active participant's row (with its rank), cached per version."""
         if self._board_cache and self._board_cache[0] == self.version:
             return self._board_cache[1]
-        order = self.ranking()
-        rows = [self._row(int(slot), rank) for rank, slot in enumerate(order, start=1)]
+        rows = self._rows(self.ranking())
         board = {
             "session": self.session_id,
             "version": self.version,
