@@ -3,7 +3,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench-slice bench bench-leaderboard venv clean
+.PHONY: demo test lint bench-slice bench bench-leaderboard bench-ws venv clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -31,6 +31,9 @@ bench-slice: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m sims.capacity --shapes phones,hubs --out bench-capacity.json
+
+bench-ws: $(STAMP)
+	$(BIN)/python scripts/bench_ws.py --clients 500 --seconds 10 --report bench-ws.json
 
 bench-leaderboard: $(STAMP)
 	$(BIN)/python scripts/bench_leaderboard.py --sizes 1000000,10000000 $(BENCH_ARGS) --report bench-leaderboard.json
