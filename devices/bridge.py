@@ -162,7 +162,7 @@ class Assignment:
 class BridgeConfig:
     """Everything one bridge needs; units in the names. See docs/devices.md."""
 
-    url: str  # the edge, http(s):// or ws(s):// base
+    url: str  # the edge, http(s):// or ws(s):// base; several edges comma-separated (fail-over)
     session: str
     assignments: tuple[Assignment, ...]
     spool_path: Path
@@ -180,9 +180,22 @@ class BridgeConfig:
     flush_interval_s: float = 0.25
 
     @property
+    def urls(self) -> list[str]:
+        """Every edge in ``url`` (comma-separated); the hub connection fails over between them."""
+        return [u.strip() for u in self.url.split(",") if u.strip()]
+
+    @property
+    def ws_urls(self) -> list[str]:
+        return [_devices_url(u) for u in self.urls]
+
+    @property
     def ws_url(self) -> str:
-        base = re.sub(r"^http", "ws", self.url.rstrip("/"))
-        return base if base.endswith("/v1/devices") else base + "/v1/devices"
+        return self.ws_urls[0]
+
+
+def _devices_url(url: str) -> str:
+    base = re.sub(r"^http", "ws", url.rstrip("/"))
+    return base if base.endswith("/v1/devices") else base + "/v1/devices"
 
 
 @dataclass(eq=False)
@@ -430,7 +443,7 @@ class Bridge:
         streams = [r.stream for r in self.riders.values()]
         extra: dict[str, Any] = {} if self.tokens is None else {"token_provider": self._hub_token}
         self.hub = HubClient(
-            self.config.ws_url, streams, token=self.config.token, hub=self.config.name[:MAX_ID],
+            self.config.ws_urls, streams, token=self.config.token, hub=self.config.name[:MAX_ID],
             on_frame=self._on_frame, **extra,
         )
         self.hub.start()

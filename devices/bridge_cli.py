@@ -68,7 +68,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _forwarding_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--url", help="the edge, e.g. http://127.0.0.1:8000")
+    p.add_argument("--url", help="the edge, e.g. http://127.0.0.1:8000 (several, comma-separated: fail-over)")
     p.add_argument("--session", help="the session id (it must exist, or pass --create-session)")
     p.add_argument("--device", action="append", default=[], metavar="ADDRESS=PARTICIPANT")
     p.add_argument("--spool", type=Path, default=None, help="SQLite spool (default .pulseline/bridge-NAME.sqlite)")
@@ -157,7 +157,7 @@ def _tokens(config: BridgeConfig) -> TokenMinter | None:
         return None
     from devices.client import DevTokens
 
-    minter: TokenMinter = DevTokens(config.url)
+    minter: TokenMinter = DevTokens(config.urls)
     return minter
 
 
@@ -170,7 +170,7 @@ async def _prepare(args: argparse.Namespace, config: BridgeConfig, tokens: Token
     headers = {}
     if tokens is not None:
         headers["Authorization"] = f"Bearer {await tokens(kind='operator')}"
-    async with httpx.AsyncClient(base_url=config.url.replace("ws", "http", 1), timeout=30, headers=headers) as http:
+    async with httpx.AsyncClient(base_url=config.urls[0].replace("ws", "http", 1), timeout=30, headers=headers) as http:
         response = await http.post("/v1/sessions", json={"id": config.session})
         if response.status_code >= 400:
             raise ConfigError(f"cannot create session {config.session}: HTTP {response.status_code} {response.text}")

@@ -5,12 +5,16 @@
 (``error`` with ``seqs``), and after a (re)``welcome`` returns what must be resent.
 
 ``HubClient`` carries one or more streams over one WebSocket to ``/v1/devices``, and
-reconnects with exponential backoff: on every connect it says ``hello`` for all its
-devices, and resends from where each ``welcome`` says the server is. It authenticates with
+reconnects with jittered exponential backoff: on every connect it says ``hello`` for all
+its devices, and resends from where each ``welcome`` says the server is. Given several edge
+URLs it fails over: a connection that cannot be opened or that breaks moves it to the next
+URL (round robin), so a dead edge costs one back-off, and nothing unacknowledged is lost
+(every edge serves every session). It authenticates with
 ``token`` or, better, a ``token_provider`` (an async callable returning a fresh token):
 asked on every connect, and again when the server warns ``token_expiring`` (the fresh token
 goes in an in-band ``auth`` frame, so a long class never drops). ``DevTokens`` obtains
-development tokens from a dev-mode edge (see ``docs/security.md``). ``on_frame`` lets a
+development tokens from a dev-mode edge (see ``docs/security.md``), trying each of its
+edge URLs in turn. ``on_frame`` lets a
 caller observe server frames (the swarm counts them).
 """
 
@@ -21,12 +25,12 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 import msgpack
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from devices.protocol import MAX_DEVICES_PER_HELLO, encode
 
@@ -88,20 +92,38 @@ class DevTokens:
     clients get their tokens from the identity provider instead.
     """
 
-    def __init__(self, base_url: str, *, ttl_s: float | None = None) -> None:
-        self.base_url = base_url.rstrip("/").replace("ws://", "http://").replace("wss://", "https://")
+    def __init__(self, base_url: str | Sequence[str], *, ttl_s: float | None = None, timeout_s: float = 30.0) -> None:
+        urls = [base_url] if isinstance(base_url, str) else list(base_url)
+        if not urls:
+            raise ValueError("DevTokens needs at least one edge URL")
+        self.base_urls = [u.rstrip("/").replace("ws://", "http://").replace("wss://", "https://") for u in urls]
         self.ttl_s = ttl_s
+        self.timeout_s = timeout_s
+        self._next = 0
+
+    @property
+    def base_url(self) -> str:
+        return self.base_urls[self._next]
 
     async def __call__(self, **claims: Any) -> str:
+        """A token from the first edge that answers; the last failure is raised when none does."""
         import httpx
 
         body = {k: v for k, v in claims.items() if v is not None}
         if self.ttl_s is not None:
             body.setdefault("ttl_s", self.ttl_s)
-        async with httpx.AsyncClient(base_url=self.base_url, timeout=30) as http:
-            response = await http.post("/v1/dev/tokens", json=body)
-            response.raise_for_status()
-            return str(response.json()["token"])
+        failure: Exception | None = None
+        for _ in range(len(self.base_urls)):
+            try:
+                async with httpx.AsyncClient(base_url=self.base_url, timeout=self.timeout_s) as http:
+                    response = await http.post("/v1/dev/tokens", json=body)
+                    response.raise_for_status()
+                    return str(response.json()["token"])
+            except httpx.HTTPError as exc:  # down, refused, 5xx: the next edge
+                failure = exc
+                self._next = (self._next + 1) % len(self.base_urls)
+        assert failure is not None
+        raise failure
 
 
 def stream_token_source(tokens: Callable[..., Awaitable[str]], streams: list[DeviceStream], hub: str | None = None) -> TokenSource:
@@ -124,7 +146,7 @@ class HubClient:
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         streams: Iterable[DeviceStream],
         *,
         on_frame: FrameObserver | None = None,
@@ -135,7 +157,11 @@ class HubClient:
         hub: str | None = None,
         board: dict[str, Any] | None = None,
     ) -> None:
-        self.url = url
+        self.urls = [url] if isinstance(url, str) else list(url)
+        if not self.urls:
+            raise ValueError("HubClient needs at least one edge URL")
+        self._url_index = 0
+        self.failovers = 0  # moves to another URL after a failed or broken connection
         self.board = board  # protocol v1.1: {"rate": Hz, "participant"?: ...}; boards carry the acks
         self.streams = {s.device: s for s in streams}
         self.on_frame = on_frame
@@ -153,6 +179,16 @@ class HubClient:
         self._closing = False
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+
+    @property
+    def url(self) -> str:
+        """The edge URL this client uses now (or tries next)."""
+        return self.urls[self._url_index]
+
+    def _fail_over(self) -> None:
+        if len(self.urls) > 1:
+            self._url_index = (self._url_index + 1) % len(self.urls)
+            self.failovers += 1
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -217,8 +253,10 @@ class HubClient:
                         await ws.send(encode(self._hello_frame(streams[i : i + MAX_DEVICES_PER_HELLO])))
                     async for message in ws:
                         await self._handle(msgpack.unpackb(message, raw=False) if isinstance(message, bytes) else {})
-            except (OSError, ConnectionClosed, TimeoutError, TokenUnavailable) as exc:
+            except (OSError, ConnectionClosed, TimeoutError, TokenUnavailable, InvalidStatus) as exc:
                 self.errors[type(exc).__name__] += 1
+                if not self._closing:
+                    self._fail_over()
             finally:
                 self.ws = None
                 self._welcomed.clear()

@@ -63,9 +63,47 @@ DEVICE_KINDS: dict[str, tuple[bool, bool, bool, bool, bool]] = {
 }
 
 
+class SwarmUnavailable(Exception):
+    """No edge answered the swarm's set-up calls (creating its sessions)."""
+
+
+class EdgeHttp:
+    """The swarm's HTTP control calls over one or more edges. A transport error (refused,
+    reset, timed out) or a 5xx moves to the next edge after a short jittered back-off;
+    after ``attempts`` it gives up and returns None instead of raising, so the swarm always
+    reaches its accounting."""
+
+    def __init__(self, urls: list[str], headers: dict[str, str], *, timeout_s: float = 30.0, attempts: int = 6) -> None:
+        self.urls = urls
+        self.attempts = attempts
+        self.failures: Counter[str] = Counter()
+        self._index = 0
+        self._client = httpx.AsyncClient(timeout=timeout_s, headers=headers)
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response | None:
+        for attempt in range(self.attempts):
+            url = self.urls[self._index] + path
+            try:
+                response = await self._client.request(method, url, **kwargs)
+            except httpx.HTTPError as exc:
+                self.failures[type(exc).__name__] += 1
+                log.warning("%s %s: %s", method, url, type(exc).__name__)
+            else:
+                if response.status_code < 500:
+                    return response
+                self.failures[f"http_{response.status_code}"] += 1
+                log.warning("%s %s: %s %s", method, url, response.status_code, response.text[:200])
+            self._index = (self._index + 1) % len(self.urls)
+            await asyncio.sleep(min(2.0, 0.2 * 2**attempt) * (0.5 + random.random()))
+        return None
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
 @dataclass
 class SwarmConfig:
-    base_url: str = "http://127.0.0.1:8000"
+    base_url: str = "http://127.0.0.1:8000"  # several edges comma-separated: clients fail over
     sessions: int = 2
     devices: int = 10  # riders in live sessions (each has one device per kind of its kit)
     seconds: float = 10.0
@@ -95,8 +133,16 @@ class SwarmConfig:
     token_provider: Callable[..., Awaitable[str]] | None = None
 
     @property
+    def urls(self) -> list[str]:
+        return [u.strip().rstrip("/") for u in self.base_url.split(",") if u.strip()]
+
+    @property
+    def ws_urls(self) -> list[str]:
+        return [u.replace("http://", "ws://").replace("https://", "wss://") for u in self.urls]
+
+    @property
     def ws_url(self) -> str:
-        return self.base_url.replace("http://", "ws://").replace("https://", "wss://")
+        return self.ws_urls[0]
 
     def fault_config(self) -> FaultConfig:
         if self.faults is not None:
@@ -170,6 +216,8 @@ class Swarm:
         self.participants: list[Participant] = []
         self.riders: list[Rider] = []
         self.clients: list[FlakyHubClient] = []
+        self.phase_failures = 0
+        self.http_failures: dict[str, int] = {}
         self.join_at: dict[int, float] = {}  # id(client) -> class time it connects
         self.viewers: dict[str, Viewer] = {}
         self.participant_viewers: list[ParticipantViewer] = []
@@ -251,7 +299,10 @@ class Swarm:
             board, viewer = {"rate": cfg.participant_board_hz}, ParticipantViewer(rider.session, rider.id)
             self.participant_viewers.append(viewer)
             self._board_on_device.add(rider.id)
-        client = FlakyHubClient(f"{cfg.ws_url}/v1/devices", [s for _, _, s in streams], on_frame=partial(self._count, viewer),
+        edges = cfg.ws_urls
+        first = len(self.clients) % len(edges)  # spread the connections; each fails over to the others
+        client = FlakyHubClient([f"{u}/v1/devices" for u in edges[first:] + edges[:first]], [s for _, _, s in streams],
+                                on_frame=partial(self._count, viewer),
                                 token_provider=stream_token_source(self.tokens, [s for _, _, s in streams]), board=board)
         clock = DeviceClock.random(self.fault_config, rng)
         for p, kind, stream in streams:
@@ -288,10 +339,10 @@ class Swarm:
     # -- running ------------------------------------------------------------------------
     async def run(self) -> dict[str, Any]:
         cfg = self.config
-        self.tokens = cfg.token_provider or DevTokens(cfg.base_url)
+        self.tokens = cfg.token_provider or DevTokens(cfg.urls)
         self.operator_token = await self.tokens(kind="operator")
-        auth = {"Authorization": f"Bearer {self.operator_token}"}
-        async with httpx.AsyncClient(base_url=cfg.base_url, timeout=60, headers=auth) as http:
+        http = EdgeHttp(cfg.urls, {"Authorization": f"Bearer {self.operator_token}"})
+        try:
             await self._create_sessions(http)
             self._build()
             self._record_late_rides()
@@ -309,28 +360,45 @@ class Swarm:
             await asyncio.sleep(2.0 / cfg.board_hz + 0.3)  # let the last boards arrive
             await self._set_phase(http, self.sessions, "ended")
             ids = self.sessions + self.late_sessions
-            states = {sid: (await http.get(f"/v1/sessions/{sid}")).json() for sid in ids}
+            states = {sid: await self._state(http, sid) for sid in ids}
+        finally:
+            await http.aclose()
+        self.http_failures = dict(http.failures)
         elapsed = time.time() - self.started
         await self._shutdown()
         self._summary = self._summarise(states, drained, elapsed)
         self._summary["connect_s"] = ready_s
         return self._summary
 
-    async def _create_sessions(self, http: httpx.AsyncClient) -> None:
+    async def _create_sessions(self, http: EdgeHttp) -> None:
         n_late = round(self.config.devices * self.fault_config.late_sync.fraction)
         late_ids = [f"{self.config.session_prefix}-late-{k}" for k in range(max(1, math.ceil(n_late / 100)))] if n_late else []
         for sid in self.sessions + late_ids:
-            (await http.post("/v1/sessions", json={"id": sid})).raise_for_status()
+            response = await http.request("POST", "/v1/sessions", json={"id": sid})
+            if response is None:
+                raise SwarmUnavailable(f"no edge of {self.config.urls} could create session {sid}")
+            response.raise_for_status()
         # a late upload belongs to a class that is long over
         await self._set_phase(http, late_ids, "ended")
 
-    async def _set_phase(self, http: httpx.AsyncClient, sids: list[str], phase: str) -> None:
+    async def _set_phase(self, http: EdgeHttp, sids: list[str], phase: str) -> None:
+        """Never raises: a phase that no edge took is logged and counted (``phase_failures``)."""
         if not self.config.phases:
             return
         for sid in sids:
-            response = await http.post(f"/v1/sessions/{sid}/phase", json={"phase": phase})
-            if response.status_code >= 400:
-                log.warning("phase %s for %s: %s %s", phase, sid, response.status_code, response.text[:200])
+            response = await http.request("POST", f"/v1/sessions/{sid}/phase", json={"phase": phase})
+            if response is None or response.status_code >= 400:
+                self.phase_failures += 1
+                detail = "no edge answered" if response is None else f"{response.status_code} {response.text[:200]}"
+                log.warning("phase %s for %s: %s", phase, sid, detail)
+
+    async def _state(self, http: EdgeHttp, sid: str) -> dict[str, Any] | None:
+        """The session's state, or None when no edge could give it (the accounting says so)."""
+        response = await http.request("GET", f"/v1/sessions/{sid}")
+        if response is None or response.status_code != 200:
+            return None
+        state: dict[str, Any] = response.json()
+        return state
 
     async def _connect_before_start(self) -> float:
         """Connections due at class time 0 connect now; the class starts once they are
@@ -575,8 +643,22 @@ class Swarm:
 
     def _summarise(self, states: dict[str, Any], drained: bool, elapsed_s: float) -> dict[str, Any]:
         cfg = self.config
-        self._accounting = account(self.truths(), server_rows(states))
+        unreachable = sorted(sid for sid, state in states.items() if state is None)
+        truths = self.truths()
+        verified = [t for t in truths if t.session not in unreachable]
+        self._accounting = account(verified, server_rows({k: v for k, v in states.items() if v is not None}))
         summary = {k: v for k, v in self._accounting.items() if k != "participants"}
+        unverified = [t for t in truths if t.session in unreachable]
+        # sessions whose state no edge returned: what the swarm knows without the server
+        summary["unverified"] = {
+            "sessions": unreachable,
+            "sent": sum(t.sent for t in unverified),
+            "not_acknowledged": sum(t.unacked for t in unverified),
+        }
+        summary["verified"] = not unreachable  # False: the numbers above cover only the other sessions
+        summary["phase_failures"] = self.phase_failures
+        summary["http_failures"] = self.http_failures
+        summary["failovers"] = sum(c.failovers for c in self.clients)
         for rider in self.riders:
             self.injected.update(rider.faults.injected)
         pv = self.participant_viewers

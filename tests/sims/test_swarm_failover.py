@@ -1,0 +1,86 @@
+"""Clients that fail over: a swarm given two edges keeps its class exact when one edge
+goes away mid-class, and a swarm whose only edge never comes back still ends with its
+accounting (it used to crash in ``_set_phase`` with ``httpx.ConnectError`` / ``ReadError``).
+
+Both edges are real uvicorn servers on the test session's Ray and Redis (the second is
+this test's own and is stopped by it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from sims.swarm import Swarm, SwarmConfig
+from tests.conftest import EdgeServer
+
+pytestmark = pytest.mark.integration
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def second_edge(edge_settings: Any) -> Iterator[Callable[[], EdgeServer]]:
+    started: list[EdgeServer] = []
+
+    def make() -> EdgeServer:
+        server = EdgeServer(edge_settings.model_copy(update={"port": _free_port()})).start()
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        server.stop()
+
+
+async def _stop_after(server: EdgeServer, seconds: float) -> None:
+    await asyncio.sleep(seconds)
+    await asyncio.to_thread(server.stop)
+
+
+@pytest.mark.timeout(180)
+def test_a_swarm_fails_over_to_the_other_edge_and_stays_exact(edge: Any, second_edge: Any, run: Any,
+                                                             unique_id: str) -> None:
+    doomed = second_edge()
+    config = SwarmConfig(base_url=f"{doomed.url},{edge.url}", sessions=2, devices=8, seconds=10, rate_hz=2.0,
+                         session_prefix=f"fo-{unique_id}", drain_timeout_s=45)
+
+    async def scenario() -> dict[str, Any]:
+        stopper = asyncio.create_task(_stop_after(doomed, 4.0))  # mid-class; before the cooldown call
+        result = await Swarm(config).run()
+        await stopper
+        return result
+
+    result = run(scenario(), timeout=170)
+    assert result["drained"] and result["lost"] == 0 and result["duplicated"] == 0, result
+    assert result["applied"] == result["sent"] and result["verified"] is True
+    assert result["failovers"] > 0 and result["reconnects"] > 0  # the doomed edge's riders moved
+    assert result["phase_failures"] == 0  # cooldown / ended went to the surviving edge
+
+
+@pytest.mark.timeout(180)
+def test_a_swarm_whose_edge_never_comes_back_still_reports(second_edge: Any, run: Any, unique_id: str) -> None:
+    lonely = second_edge()
+    config = SwarmConfig(base_url=lonely.url, sessions=1, devices=4, seconds=6, rate_hz=2.0,
+                         session_prefix=f"gone-{unique_id}", drain_timeout_s=3)
+
+    async def scenario() -> dict[str, Any]:
+        stopper = asyncio.create_task(_stop_after(lonely, 2.5))
+        result = await Swarm(config).run()  # raised httpx.ConnectError in _set_phase before
+        await stopper
+        return result
+
+    result = run(scenario(), timeout=170)
+    assert result["phase_failures"] >= 1 and result["http_failures"]
+    unverified = result["unverified"]
+    assert unverified["sessions"] == [f"gone-{unique_id}-0"] and unverified["sent"] > 0
+    assert unverified["not_acknowledged"] > 0  # said, not hidden: what the server never confirmed
+    assert result["verified"] is False and result["sent"] == 0  # the server-checked numbers cover no session
