@@ -9,8 +9,8 @@ same port and data directory: the AOF brings every acknowledged write back.
 
 * ``everysec`` (default): Redis ``write(2)``s each command to the AOF before it replies, and
   fsyncs once a second. A crash of redis-server (SIGKILL, OOM) loses nothing it replied to
-  — the data is in the OS page cache; an OS crash or power cut can lose about the last
-  second or two.
+  — the data is in the OS page cache — unless a slow disk made Redis postpone its AOF
+  writes (up to 2 s, logged); an OS crash or power cut can lose about the last second or two.
 * ``always``: fsync before replying; a reply means the write is on disk. Slower (see
   docs/benchmarks.md, "Durability: appendfsync").
 """
