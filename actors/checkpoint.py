@@ -12,7 +12,8 @@ key                             type    meaning
 
 ``kind`` is ``session`` or ``lbshard``. A write succeeds only while the writer's epoch
 is still the current one (compare-and-set in a Lua script, atomic in Redis); a refused
-write raises ``StaleInstance``.
+write raises ``StaleInstance``. Writes keep a key's TTL (``KEEPTTL``, Redis >= 6): an ended
+session's retention (``cluster.session_records``) is not reset by late data.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from actors.errors import StaleInstance
 _FENCED_SET = """
 local current = tonumber(redis.call('GET', KEYS[1]) or '0')
 if current ~= tonumber(ARGV[1]) then return current end
-redis.call('SET', KEYS[2], ARGV[2])
-redis.call('SET', KEYS[3], ARGV[1])
+redis.call('SET', KEYS[2], ARGV[2], 'KEEPTTL')
+redis.call('SET', KEYS[3], ARGV[1], 'KEEPTTL')
 return -1
 """
 

@@ -62,6 +62,7 @@ from api.scopes import (
 )
 from api.viewer import board_encoder
 from cluster.directory import SessionDirectory
+from cluster.session_records import SessionRecords
 from cluster.settings import Settings
 from devices.protocol import Auth, CloseCode, ProtocolError, decode_device_frame
 from devices.text import clean_text
@@ -187,7 +188,7 @@ def settings_extensions() -> list[Any]:
     import importlib.util
 
     installers = []
-    for module in ("api.leaderboards", "api.cluster_routes"):
+    for module in ("api.leaderboards", "api.cluster_routes", "api.admin"):
         if importlib.util.find_spec(module) is not None:
             installers.append(importlib.import_module(module).install)
     return installers
@@ -249,6 +250,8 @@ def create_app(settings: Settings) -> FastAPI:
     async def create_session(body: CreateSession, who: Operator) -> dict[str, Any]:
         session_id = body.id or uuid.uuid4().hex[:12]
         created = await edge().directory.create(session_id, title=body.title, board_size=body.board_size)
+        if created:
+            await SessionRecords(edge().directory.redis, prefix=settings.prefix).indexed(session_id)
         if body.board_size is not None:
             log.info("session %s board_size %s", session_id, body.board_size)
         await edge().directory.handle(session_id)  # start the actor now, not on the first sample
@@ -278,6 +281,8 @@ def create_app(settings: Settings) -> FastAPI:
     @app.post("/v1/sessions/{session_id}/phase", dependencies=[Depends(operator)])
     async def set_phase(session_id: str, body: PhaseRequest) -> dict[str, Any]:
         phase = await edge().call(session_id, "set_phase", phase=body.phase)  # PhaseError: 409 (api.errors)
+        await SessionRecords(edge().directory.redis, prefix=settings.prefix).record_phase(
+            session_id, body.phase, retention_s=settings.ended_retention_s)  # ended: its keys start to expire
         return {"phase": phase}
 
     @app.post("/v1/sessions/{session_id}/flush", dependencies=[Depends(operator)])

@@ -79,14 +79,27 @@ class ClusterLoops:
             active=lambda sid: is_active(sid, namespace),
         )
         self.passivator = Passivator(
-            edge.directory, self._candidates, idle_s=settings.passivate_idle_s, interval_s=settings.passivate_interval_s
+            edge.directory, self._candidates, idle_s=settings.passivate_idle_s, interval_s=settings.passivate_interval_s,
+            on_passivated=self._release,
         )
+        self.released = 0  # pumps of passivated sessions released by this edge
         self.tasks: list[asyncio.Task[None]] = []
 
     def _candidates(self) -> Iterator[tuple[str, str | None, bool]]:
         for sid, pump in list(self.edge.pumps.items()):
             board = pump.board or {}
             yield sid, board.get("phase"), pump.idle
+
+    async def _release(self, session_id: str) -> None:
+        """A passivated session's pump goes, so an edge's memory does not grow with every class
+        it ever served; a device or viewer that comes back later gets a fresh pump."""
+        pump = self.edge.pumps.get(session_id)
+        if pump is None or not pump.idle:
+            return  # someone came back while it was being passivated: keep serving
+        del self.edge.pumps[session_id]
+        self.passivator.passivated.discard(session_id)
+        self.released += 1
+        await pump.stop()
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -138,7 +151,8 @@ def install(app: FastAPI) -> None:
         loops = _loops(request)
         result = await asyncio.to_thread(cluster_status, loops.edge.directory.namespace)
         result["prescale"] = loops.prescaler.describe(await loops.book.all())
-        result["edge"] = {"pumps": len(loops.edge.pumps), "passivated_here": sorted(loops.passivator.passivated)}
+        result["edge"] = {"pumps": len(loops.edge.pumps), "passivated_here": sorted(loops.passivator.passivated),
+                          "pumps_released": loops.released}
         return result
 
     @router.post("/v1/sessions/{session_id}/schedule", status_code=202)

@@ -138,6 +138,11 @@ class SessionDirectory:
     def forget(self, session_id: str) -> None:
         self._handles.pop(session_id, None)
 
+    def forget_session(self, session_id: str) -> None:
+        """Drop everything cached about a purged session: its handle and that it exists."""
+        self._handles.pop(session_id, None)
+        self._known.discard(session_id)
+
     def kill(self, session_id: str) -> None:
         """Passivate: stop the actor for good (its state stays in Redis)."""
         self._handles.pop(session_id, None)

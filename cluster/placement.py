@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -188,6 +188,7 @@ class Passivator:
     ``candidates()`` yields ``(session_id, phase, idle)`` for the sessions this edge
     serves (the edge's pumps). A session is passivated once it has been ``ended`` and idle
     for ``idle_s``; it is not passivated again until it has been active in between.
+    ``on_passivated(session_id)`` (the edge releasing the session's pump) runs after each.
     """
 
     def __init__(
@@ -197,7 +198,9 @@ class Passivator:
         *,
         idle_s: float = 60.0,
         interval_s: float = 5.0,
+        on_passivated: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
+        self.on_passivated = on_passivated
         self.directory = directory
         self.candidates = candidates
         self.idle_s = idle_s
@@ -228,6 +231,8 @@ class Passivator:
                 for sid in self.due(time.monotonic()):
                     await passivate(self.directory, sid)
                     self.passivated.add(sid)
+                    if self.on_passivated is not None:
+                        await self.on_passivated(sid)
             except asyncio.CancelledError:
                 raise
             except Exception:  # a control loop never dies

@@ -99,6 +99,9 @@ class Settings(BaseSettings):
     redis_appendfsync: Literal["always", "everysec"] = "everysec"
     restart_backoff_min_s: float = 0.5  # the supervisor's first restart delay (doubles, jittered)
     restart_backoff_max_s: float = 30.0
+    # An ended class's Redis keys expire this long after it ended (0 = keep for ever);
+    # cluster/session_records.py. Results published to leaderboards are not affected.
+    ended_retention_s: float = 7 * 24 * 3600.0
 
     def actor_settings(self) -> dict[str, Any]:
         assert self.redis_url, "redis_url is resolved before actors are created"

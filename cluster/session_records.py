@@ -1,0 +1,134 @@
+"""The Redis records of sessions beyond their checkpoint: an index to list them, their phase,
+their retention once ended, and purging.
+
+Redis keys owned here (prefix ``pl`` by default):
+
+==============================  ======  ==================================================
+key                             type    meaning
+==============================  ======  ==================================================
+``{p}:sessions``                zset    every session, all scores 0, member
+                                        ``"{created_at:017.6f}|{id}"``: lexical order is
+                                        creation order, so ``ZRANGEBYLEX`` pages by a
+                                        keyset cursor that neither skips nor repeats
+``{p}:session:{id}:meta``       hash    (``cluster.directory``) plus ``phase``, written
+                                        here on every phase change made through the edge
+==============================  ======  ==================================================
+
+A session's own keys are ``session_keys(prefix, id)``: its meta hash, its checkpoint, the
+checkpoint's epoch and the instance epoch (``actors.checkpoint``). When a class ends
+(``record_phase(..., "ended")``) they get a TTL of ``retention_s``: checkpoint writes keep
+it (``SET ... KEEPTTL``), so late data merged after the end does not extend it; when it
+runs out, the session is gone (``GET`` 404) and drops out of the index lazily. A session
+created before the index existed is not listed; everything else works for it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+
+log = logging.getLogger(__name__)
+
+PHASES = ("lobby", "live", "cooldown", "ended", "scheduled")
+MAX_SCAN = 1000  # index entries read per listing request, whatever the filter
+
+
+def session_keys(prefix: str, session_id: str) -> list[str]:
+    base = f"{prefix}:session:{session_id}"
+    return [f"{base}:meta", f"{base}:ckpt", f"{base}:ckpt_epoch", f"{base}:epoch"]
+
+
+def _member(created_at: float, session_id: str) -> str:
+    return f"{created_at:017.6f}|{session_id}"
+
+
+def _text(raw: bytes | str) -> str:
+    return raw if isinstance(raw, str) else raw.decode()
+
+
+@dataclass
+class Page:
+    sessions: list[dict[str, Any]]
+    cursor: str | None  # pass as ``after`` for the next page; None at the end
+
+
+class SessionRecords:
+    def __init__(self, redis: aioredis.Redis, *, prefix: str) -> None:
+        self.redis = redis
+        self.prefix = prefix
+        self.index_key = f"{prefix}:sessions"
+
+    def meta_key(self, session_id: str) -> str:
+        return f"{self.prefix}:session:{session_id}:meta"
+
+    async def indexed(self, session_id: str) -> None:
+        """Add a session (its meta must exist) to the index; idempotent."""
+        created = await self.redis.hget(self.meta_key(session_id), "created_at")
+        if created is not None:
+            await self.redis.zadd(self.index_key, {_member(float(_text(created)), session_id): 0})
+
+    async def record_phase(self, session_id: str, phase: str, *, retention_s: float) -> None:
+        """Note the phase in the meta hash; an ended class starts its retention clock."""
+        await self.redis.hset(self.meta_key(session_id), "phase", phase)
+        if phase == "ended" and retention_s > 0:
+            ttl = max(1, int(retention_s))
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for key in session_keys(self.prefix, session_id):
+                    pipe.expire(key, ttl)
+                await pipe.execute()
+
+    async def page(self, *, phase: str | None, limit: int, after: str | None) -> Page:
+        """Sessions in creation order after the cursor, optionally only those in ``phase``."""
+        start = f"({after}" if after else "-"
+        found: list[dict[str, Any]] = []
+        scanned = 0
+        cursor: str | None = after
+        while len(found) < limit and scanned < MAX_SCAN:
+            batch = [_text(m) for m in await self.redis.zrangebylex(self.index_key, start, "+", 0, limit)]
+            if not batch:
+                return Page(found, None)
+            metas = await self._metas([m.split("|", 1)[1] for m in batch])
+            for member, meta in zip(batch, metas, strict=True):
+                scanned += 1
+                cursor = member
+                if meta is None:  # expired or purged: forget it
+                    await self.redis.zrem(self.index_key, member)
+                elif phase is None or meta.get("phase", "lobby") == phase:
+                    found.append(meta)
+                    if len(found) == limit:
+                        break
+            start = f"({cursor}"
+        more = await self.redis.zrangebylex(self.index_key, start, "+", 0, 1) if cursor else []
+        return Page(found, cursor if more else None)
+
+    async def _metas(self, session_ids: list[str]) -> list[dict[str, Any] | None]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for sid in session_ids:
+                pipe.hgetall(self.meta_key(sid))
+            for sid in session_ids:
+                pipe.ttl(self.meta_key(sid))
+            replies = await pipe.execute()
+        n = len(session_ids)
+        result: list[dict[str, Any] | None] = []
+        for sid, raw, ttl in zip(session_ids, replies[:n], replies[n:], strict=True):
+            if not raw:
+                result.append(None)
+                continue
+            meta: dict[str, Any] = {_text(k): _text(v) for k, v in raw.items()}
+            meta["id"] = sid
+            meta.setdefault("phase", "lobby")
+            meta["expires_in_s"] = ttl if isinstance(ttl, int) and ttl >= 0 else None
+            result.append(meta)
+        return result
+
+    async def purge(self, session_id: str) -> int:
+        """Delete the session's keys and its index entry; returns the keys deleted."""
+        created = await self.redis.hget(self.meta_key(session_id), "created_at")
+        deleted = int(await self.redis.delete(*session_keys(self.prefix, session_id)))
+        if created is not None:
+            await self.redis.zrem(self.index_key, _member(float(_text(created)), session_id))
+        log.info("session %s purged (%d keys)", session_id, deleted)
+        return deleted
