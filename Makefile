@@ -3,7 +3,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench-slice bench bench-leaderboard bench-ws venv clean
+.PHONY: demo test lint bench-slice bench bench-leaderboard bench-ws bench-idle venv clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -34,6 +34,9 @@ bench: $(STAMP)
 
 bench-ws: $(STAMP)
 	$(BIN)/python scripts/bench_ws.py --clients 500 --seconds 10 --report bench-ws.json
+
+bench-idle: $(STAMP)
+	$(BIN)/python scripts/bench_idle.py --seconds 20 --classes 10 --riders 20 --report bench-idle.json
 
 bench-leaderboard: $(STAMP)
 	$(BIN)/python scripts/bench_leaderboard.py --sizes 1000000,10000000 $(BENCH_ARGS) --report bench-leaderboard.json

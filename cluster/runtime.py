@@ -62,6 +62,11 @@ def init_ray(settings: Settings) -> None:
         ray.init(address=settings.ray_address, **kwargs)
     else:
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        # No idle workers kept waiting for tasks that rarely come (one per CPU by default,
+        # ~80 MB RSS and ~0.005 cores each while idle); session actors start their own
+        # worker processes anyway (scripts/bench_idle.py, docs/benchmarks.md "Idle costs").
+        os.environ.setdefault("RAY_enable_worker_prestart", "0")
+        os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
         ray.init(
             address="local",  # always a fresh instance; never join a Ray someone else started
             num_cpus=max(2, os.cpu_count() or 2),
