@@ -428,7 +428,7 @@ class Swarm:
         cfg = self.config
         for sid in self.sessions:
             viewer = self.viewers[sid] = Viewer(sid, origin=self.started)
-            url = f"{cfg.ws_url}/v1/sessions/{sid}/board?rate={cfg.board_hz:g}&view=all"
+            url = [f"{u}/v1/sessions/{sid}/board?rate={cfg.board_hz:g}&view=all" for u in cfg.ws_urls]
             self._tasks.append(asyncio.create_task(
                 watch(url, viewer.on_board, self._stop, partial(self._connected, viewer), token=self.operator_token)))
 
@@ -444,8 +444,8 @@ class Swarm:
             return  # v1.1: its board comes on its device connection
         pv = ParticipantViewer(p.session, p.id)
         self.participant_viewers.append(pv)
-        url = (f"{cfg.ws_url}/v1/sessions/{p.session}/board?rate={cfg.participant_board_hz:g}"
-               f"&participant={quote(p.id, safe='')}")
+        url = [f"{u}/v1/sessions/{p.session}/board?rate={cfg.participant_board_hz:g}&participant={quote(p.id, safe='')}"
+               for u in cfg.ws_urls]
         self._tasks.append(asyncio.create_task(
             watch(url, pv.on_board, self._stop, lambda: self._connected(pv), token=self.operator_token)))
 

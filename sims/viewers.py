@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,15 +85,18 @@ class ParticipantViewer:
             self.with_own_row += 1
 
 
-async def watch(url: str, on_board: Callable[[dict[str, Any], float], None], stop: asyncio.Event,
+async def watch(url: str | Sequence[str], on_board: Callable[[dict[str, Any], float], None], stop: asyncio.Event,
                 on_connect: Callable[[], None] | None = None, *, token: str | None = None) -> None:
-    """Read board frames from ``url`` until ``stop``; reconnect after 0.2-1 s on failure.
-    ``token`` goes in the ``Authorization`` header, never in the URL."""
+    """Read board frames from ``url`` until ``stop``; reconnect after 0.2-1 s on failure,
+    to the next of several URLs (fail-over between edges). ``token`` goes in the
+    ``Authorization`` header, never in the URL."""
+    urls = [url] if isinstance(url, str) else list(url)
     backoff = 0.2
+    attempt = 0
     headers = {"Authorization": f"Bearer {token}"} if token else None
     while not stop.is_set():
         try:
-            async with connect(url, max_size=2**24, open_timeout=20, additional_headers=headers) as ws:
+            async with connect(urls[attempt % len(urls)], max_size=2**24, open_timeout=20, additional_headers=headers) as ws:
                 backoff = 0.2
                 if on_connect is not None:
                     on_connect()
@@ -101,5 +105,6 @@ async def watch(url: str, on_board: Callable[[dict[str, Any], float], None], sto
                     if frame.get("t") == "board":
                         on_board(frame, time.time())
         except (OSError, ConnectionClosed, TimeoutError, InvalidStatus):
-            await asyncio.sleep(backoff)
+            attempt += 1
+            await asyncio.sleep(backoff * (0.5 + random.random()))
             backoff = min(1.0, backoff * 2)

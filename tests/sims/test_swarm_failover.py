@@ -64,6 +64,8 @@ def test_a_swarm_fails_over_to_the_other_edge_and_stays_exact(edge: Any, second_
     assert result["applied"] == result["sent"] and result["verified"] is True
     assert result["failovers"] > 0 and result["reconnects"] > 0  # the doomed edge's riders moved
     assert result["phase_failures"] == 0  # cooldown / ended went to the surviving edge
+    # the class viewers (on the doomed edge first) moved too: boards seen after it went
+    assert any(w["t_s"] >= 5 and w["n"] > 0 for w in result["latency_over_time"]), result["latency_over_time"]
 
 
 @pytest.mark.timeout(180)
