@@ -46,9 +46,15 @@ async def wait_nodes(predicate: Any, timeout_s: float) -> tuple[float, list[str]
         await asyncio.sleep(0.25)
 
 
-async def serving_after(http: Any, sid: str, began: float) -> float:
-    (await http.get(f"/v1/sessions/{sid}", timeout=180)).raise_for_status()
-    return round(time.monotonic() - began, 2)
+async def serving_after(http: Any, sid: str, began: float, timeout_s: float = 180.0) -> float:
+    """Seconds until the session answers; while its actor waits for a node the edge answers
+    503 with Retry-After (its actor calls are bounded), and a client retries as told."""
+    while True:
+        response = await http.get(f"/v1/sessions/{sid}", timeout=timeout_s)
+        if response.status_code != 503 or time.monotonic() - began > timeout_s:
+            response.raise_for_status()
+            return round(time.monotonic() - began, 2)
+        await asyncio.sleep(min(2.0, float(response.headers.get("retry-after", "1"))))
 
 
 def status_cli(address: str, namespace: str) -> str:
