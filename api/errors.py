@@ -12,7 +12,8 @@
 they are; a ``PhaseError`` (also wrapped in Ray's ``RayTaskError``) into ``Conflict``;
 Redis connection errors and time-outs, Ray's unavailable / dead / timed-out actor errors
 and ``TimeoutError`` into ``Unavailable``; anything else into a 500 whose body carries only
-an id that the log line also carries. Messages of ``Unavailable`` and 500s are ours, never
+an id that the log line also carries (a ``StaleInstance`` — the actor was just replaced — is
+a 503 too). Messages of ``Unavailable`` and 500s are ours, never
 the exception's text: Ray tracebacks, pids, addresses and colour codes go to the logs only.
 
 Every error body is ``{"error": code, "message": ..., "reason"?: ..., "details"?: ...}``
@@ -35,7 +36,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from ray import exceptions as ray_errors
 
-from actors.errors import ActorError, PhaseError
+from actors.errors import ActorError, CheckpointError, PhaseError, StaleInstance
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +195,9 @@ def classify(exc: BaseException) -> EdgeError:
         return Unavailable("the session's actor is unavailable or slow (restarting?); try again shortly")
     if isinstance(inner, (TimeoutError, asyncio.TimeoutError)):
         return Unavailable("a dependency did not answer in time; try again shortly")
-    if isinstance(inner, ActorError):
+    if isinstance(inner, StaleInstance):  # the actor was just replaced by a newer instance
+        return Unavailable("the session moved to a new instance; try again shortly", retry_after_s=1)
+    if isinstance(inner, ActorError) and not isinstance(inner, CheckpointError):
         return Conflict(_text(str(inner)))  # our own exceptions carry messages meant for clients
     incident = uuid.uuid4().hex[:12]
     log.error("internal error (incident %s): %s", incident, type(exc).__name__, exc_info=exc)
