@@ -181,7 +181,9 @@ def test_fragments_pings_and_text_frames_on_the_direct_path(edge: Any, session: 
     [
         (RawClient.frame(0x1, b"\xff\xfe not utf-8"), 1007),
         (RawClient.frame(0x2, b"unmasked", mask=False), 1002),
-        (RawClient.frame(0x2, b"x" * ((1 << 20) + 1)), 1009),
+        # only the head of the oversized frame: the size is refused from its header, and a
+        # client still writing a megabyte after the close got EPIPE/RST under load (CI flake)
+        (RawClient.frame(0x2, b"x" * ((1 << 20) + 1))[:64], 1009),
     ],
     ids=["invalid-utf8", "unmasked", "over-1MiB"],
 )
