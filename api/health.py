@@ -13,7 +13,9 @@
 
 All three are public and cheap: Redis through a client of its own with no retries, the
 GCS in a worker thread, at most one check of each in flight, results reused for
-``CACHE_S``.
+``CACHE_S``. A dependency that refuses or errors is not ready at once; one that is only
+slow (a check timing out) stays ready while it answered within the last ``GRACE_S``, so a
+busy machine does not flap its readiness (a stopped Redis is not-ready after ``GRACE_S``).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
+import redis.exceptions as redis_errors
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from redis.backoff import NoBackoff
@@ -34,6 +37,7 @@ from api.errors import RETRY_AFTER_S
 from cluster.settings import Settings
 
 CACHE_S = 0.5
+GRACE_S = 5.0
 
 
 @dataclass
@@ -53,6 +57,18 @@ class Readiness:
         self._redis: aioredis.Redis | None = None
         self._ray_probe: asyncio.Task[dict[str, float]] | None = None
         self._cached: tuple[float, dict[str, Check]] | None = None
+        self._answered_at: dict[str, float] = {}
+
+    def _answered(self, name: str, extra: dict[str, Any] | None = None) -> Check:
+        self._answered_at[name] = time.monotonic()
+        return Check(True, "ok", extra or {})
+
+    def _slow(self, name: str, detail: str) -> Check:
+        """A time-out: still ready if it answered within ``GRACE_S`` (a busy, not a dead, dependency)."""
+        ago = time.monotonic() - self._answered_at.get(name, float("-inf"))
+        if ago <= GRACE_S:
+            return Check(True, f"slow: {detail}; answered {ago:.1f} s ago")
+        return Check(False, detail)
 
     def _client(self) -> aioredis.Redis:
         if self._redis is None:
@@ -65,9 +81,11 @@ class Readiness:
     async def check_redis(self) -> Check:
         try:
             await asyncio.wait_for(self._client().ping(), self.timeout_s)
-        except Exception as exc:  # any failure means not ready; the type says enough
+        except (TimeoutError, redis_errors.TimeoutError):
+            return self._slow("redis", "no answer in time")
+        except Exception as exc:  # refused, reset, an error reply: not ready; the type says enough
             return Check(False, f"unreachable ({type(exc).__name__})")
-        return Check(True, "ok")
+        return self._answered("redis")
 
     async def check_ray(self) -> Check:
         import ray
@@ -79,10 +97,10 @@ class Readiness:
         try:  # shield: a slow GCS leaves one probe running, not one per request
             resources = await asyncio.wait_for(asyncio.shield(self._ray_probe), self.timeout_s)
         except TimeoutError:
-            return Check(False, "GCS did not answer in time")
+            return self._slow("ray", "GCS did not answer in time")
         except Exception as exc:
             return Check(False, f"unreachable ({type(exc).__name__})")
-        return Check(True, "ok", {"session_slots": resources})
+        return self._answered("ray", {"session_slots": resources})
 
     async def checks(self) -> dict[str, Check]:
         now = time.monotonic()
