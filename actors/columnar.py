@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -99,6 +100,22 @@ class DeviceTable:
             for s, t, p in zip(self.p_seq[mine], self.p_ts[mine], self.p_power[mine], strict=True)
         }
         return DeviceCursor(int(self.slot[number]), int(self.contig[number]), None if np.isnan(base) else base, pending)
+
+    def to_lists(self) -> dict[str, list[Any]]:
+        """Every cursor as ``[slot, contig, ts or None, [[seq, ts or None, power], ...]]``
+        (the checkpoint's layout), built from the arrays in bulk."""
+        n = len(self.names)
+        baseline = self.baseline[:n].astype(object)
+        baseline[np.isnan(self.baseline[:n])] = None
+        pending: list[list[list[Any]]] = [[] for _ in range(n)]
+        if len(self.p_device):
+            ts = self.p_ts.astype(object)
+            ts[np.isnan(self.p_ts)] = None
+            for number, seq, t, power in zip(self.p_device.tolist(), self.p_seq.tolist(), ts.tolist(),
+                                             self.p_power.tolist(), strict=True):
+                pending[number].append([seq, t, power])
+        rows = zip(self.slot[:n].tolist(), self.contig[:n].tolist(), baseline.tolist(), pending, strict=True)
+        return {name: [slot, contig, base, waiting] for name, (slot, contig, base, waiting) in zip(self.names, rows, strict=True)}
 
     def cursors(self) -> dict[str, DeviceCursor]:
         return {name: self.cursor(number) for number, name in enumerate(self.names)}

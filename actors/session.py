@@ -378,10 +378,7 @@ class SessionState:
             "participants": self.participants,
             "active": self.active[:n].tobytes(),
             "cols": {name: arr[:n].tobytes() for name, arr in self._cols.items()},
-            "devices": {
-                d: [c.slot, c.contig, c.ts_contig, [[s, t, p] for s, (t, p) in c.pending.items()]]
-                for d, c in self.device_table.cursors().items()
-            },
+            "devices": self.device_table.to_lists(),
             "totals": self.totals,
             "tags": self.tags,  # optional: checkpoints written before tags have none
         }

@@ -107,6 +107,10 @@ def test_columnar_apply_equals_the_per_sample_apply(ticks: list[list[DeviceBatch
         assert_same(new, old)
     restored = SessionState.from_checkpoint(new.to_checkpoint())
     assert restored.snapshot() == new.snapshot() and restored.board() == new.board()
+    assert restored.devices == new.devices
+    # the checkpoint layout did not change: the old code restores the new one's and vice versa
+    assert reference.SessionState.from_checkpoint(new.to_checkpoint()).applied_seqs() == new.applied_seqs()
+    assert SessionState.from_checkpoint(old.to_checkpoint()).devices == new.devices
 
 
 @settings(max_examples=300, deadline=None)
