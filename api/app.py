@@ -223,7 +223,7 @@ def create_app(settings: Settings) -> FastAPI:
         await client.aclose()
         await gate.aclose()
 
-    app = FastAPI(title="pulseline edge", version="1", lifespan=lifespan)
+    app = FastAPI(title="pulseline edge", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)  # /docs: api.pages (offline assets)
     app.state.gate = gate
     install_handlers(app)
     app.add_middleware(HttpGuard, max_body_bytes=settings.max_http_body_bytes, deadline_s=settings.http_deadline_s)

@@ -439,6 +439,8 @@ def dev_token(settings: Settings, *, kind: TokenKind | str, ttl_s: float | None 
         raise InsecureSettings("development tokens are refused outside development mode")
     if TokenKind(kind) is TokenKind.VIEWER:  # view links are short-lived whatever is asked
         ttl_s = min(settings.view_token_max_ttl_s, settings.view_token_ttl_s if ttl_s is None else ttl_s)
+        if claims.get("sessions") and not claims.get("subject"):
+            claims["subject"] = f"viewer:{sorted(claims['sessions'])[0]}"
     return mint_token(
         dev_secret(settings), kind=kind, audience=settings.auth_audience,
         ttl_s=settings.dev_token_ttl_s if ttl_s is None else ttl_s, **claims,

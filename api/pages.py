@@ -3,7 +3,13 @@
 * ``GET /v1/sessions/{id}/view``: the live class board (``static/view.html`` + ``view.js``
   + ``view.css``). The page is the same static file for every id, known or not, so it
   tells nobody which sessions exist; the board's WebSocket decides access.
-* ``GET /static/{name}``: the page's script and style sheet (a closed set of files).
+* ``GET /``: a landing page (what is here; in development, the classes running now with
+  a view link each, from ``GET /v1/dev/live``, loopback only).
+* ``GET /static/{name}``: the pages' scripts and style sheets (a closed set of files), and
+  ``/static/swagger/*``: Swagger UI and ReDoc from the ``fastapi-offline`` package, so
+  ``/docs`` and ``/redoc`` work offline (no CDN).
+* ``GET /v1/sessions/{id}/card``: the class's title, phase and creation time, for anyone
+  who may watch its board (the page's header).
 * ``POST /v1/sessions/{id}/view-links``: a short-lived, view-only token for one session and
   the link that carries it in the URL fragment (never sent to a server, so never in access
   logs or ``Referer``). Operators and participants of the session may ask for one.
@@ -23,12 +29,15 @@ from urllib.parse import quote
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.auth import TokenKind, dev_token
-from api.scopes import Member, authorise_read, peer_of, roster_of
+from api.errors import Forbidden
+from api.scopes import Caller, Member, authorise_read, peer_of, roster_of
+from cluster.session_records import SessionRecords
 
 STATIC_DIR = Path(__file__).parent / "static"
 PAGE_CSP = (
@@ -36,8 +45,17 @@ PAGE_CSP = (
     "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
 API_CSP = "default-src 'none'; frame-ancestors 'none'"
-_STATIC_TYPES = {"view.js": "text/javascript; charset=utf-8", "view.css": "text/css; charset=utf-8"}
-_NO_CSP_PATHS = ("/docs", "/redoc")
+_STATIC_TYPES = {
+    "view.js": "text/javascript; charset=utf-8", "view.css": "text/css; charset=utf-8",
+    "index.js": "text/javascript; charset=utf-8",
+}
+_SWAGGER_TYPES = {
+    "swagger-ui-bundle.js": "text/javascript; charset=utf-8", "swagger-ui.css": "text/css; charset=utf-8",
+    "redoc.standalone.js": "text/javascript; charset=utf-8", "favicon.png": "image/png",
+}
+_NO_CSP_PATHS = ("/docs", "/redoc")  # their pages start them with inline scripts
+LIVE_PHASES = ("scheduled", "lobby", "live", "cooldown")
+MAX_LIVE_LISTED = 20
 _ALWAYS = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer")]
 
 
@@ -74,9 +92,55 @@ class ViewLinkRequest(BaseModel):
     ttl_s: float | None = Field(default=None, gt=0, description="lifetime; at most the edge's view_token_max_ttl_s")
 
 
+def _swagger_assets() -> dict[str, bytes]:
+    """Swagger UI 5 and ReDoc as shipped in the ``fastapi-offline`` wheel (its files only)."""
+    try:
+        from importlib.resources import files
+
+        static = files("fastapi_offline") / "static"
+        return {name: (static / name).read_bytes() for name in _SWAGGER_TYPES}
+    except (ImportError, OSError):  # pragma: no cover - a dependency; /docs then shows no UI
+        return {}
+
+
 def install(app: FastAPI, settings: Any) -> None:
+    """The pages, their assets, ``/docs`` (create the app with ``docs_url=None``) and the card."""
     page = (STATIC_DIR / "view.html").read_text(encoding="utf-8")
+    index = (STATIC_DIR / "index.html").read_text(encoding="utf-8")
     assets = {name: (STATIC_DIR / name).read_bytes() for name in _STATIC_TYPES}
+    swagger = _swagger_assets()
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def landing() -> HTMLResponse:
+        return HTMLResponse(index, headers=_page_headers())
+
+    @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json", title="pulseline edge: API",
+            swagger_js_url="/static/swagger/swagger-ui-bundle.js", swagger_css_url="/static/swagger/swagger-ui.css",
+            swagger_favicon_url="/static/swagger/favicon.png",
+        )
+
+    @app.get("/redoc", response_class=HTMLResponse, include_in_schema=False)
+    async def redoc() -> HTMLResponse:
+        return get_redoc_html(openapi_url="/openapi.json", title="pulseline edge: API",
+                              redoc_js_url="/static/swagger/redoc.standalone.js",
+                              redoc_favicon_url="/static/swagger/favicon.png", with_google_fonts=False)
+
+    @app.get("/static/swagger/{name}", include_in_schema=False)
+    async def swagger_asset(name: str) -> Response:
+        body = swagger.get(name)
+        if body is None:
+            return Response("not found", status_code=404, media_type="text/plain")
+        return Response(body, media_type=_SWAGGER_TYPES[name], headers={"Cache-Control": "max-age=86400"})
+
+    @app.get("/v1/sessions/{session_id}/card")
+    async def card(session_id: str, who: Caller, request: Request) -> dict[str, Any]:
+        """Title, phase and creation time of a class: for whoever may watch its board."""
+        edge = request.app.state.edge
+        await edge.authorise_read(who, session_id, where=f"GET {request.url.path}", peer=peer_of(request), board=True)
+        return _card(session_id, await edge.directory.meta(session_id))
 
     @app.get("/v1/sessions/{session_id}/view", response_class=HTMLResponse, include_in_schema=False)
     async def view_page(session_id: str) -> HTMLResponse:
@@ -91,6 +155,32 @@ def install(app: FastAPI, settings: Any) -> None:
 
     if settings.auth_mode == "development":
         _install_view_links(app)
+        _install_live_list(app)
+
+
+def _card(session_id: str, meta: dict[str, str]) -> dict[str, Any]:
+    created = meta.get("created_at")
+    return {"id": session_id, "title": meta.get("title") or None, "phase": meta.get("phase", "lobby"),
+            "created_at": float(created) if created else None}
+
+
+def _install_live_list(app: FastAPI) -> None:
+    @app.get("/v1/dev/live", include_in_schema=False)
+    async def live(request: Request) -> dict[str, Any]:
+        """Development, loopback only (like ``/v1/dev/tokens``, which can mint the same
+        links): the classes not ended yet, newest first, each with a view link."""
+        if peer_of(request) not in ("127.0.0.1", "::1"):
+            raise Forbidden("loopback_only", "the live list is for loopback clients only")
+        edge = request.app.state.edge
+        page = await SessionRecords(edge.directory.redis, prefix=edge.directory.prefix).page(phase=None, limit=500, after=None)
+        running = [m for m in page.sessions if m.get("phase", "lobby") in LIVE_PHASES][-MAX_LIVE_LISTED:]
+        classes = []
+        for meta in reversed(running):
+            sid = meta.get("id") or ""
+            if sid:
+                link = view_path(sid, view_token(edge.settings, sid, ttl_s=edge.settings.view_token_ttl_s))
+                classes.append({**_card(sid, meta), "view": link})
+        return {"classes": classes}
 
 
 def _install_view_links(app: FastAPI) -> None:
@@ -113,9 +203,11 @@ def _install_view_links(app: FastAPI) -> None:
         return {"token": token, "expires_at": int(time.time() + ttl_s), "url": view_path(session_id, token)}
 
 
-def view_path(session_id: str, token: str) -> str:
-    """The page's path with ``token`` in the fragment (kept out of requests and logs)."""
-    return f"/v1/sessions/{quote(session_id, safe='')}/view#token={token}"
+def view_path(session_id: str, token: str, *, participant: str | None = None) -> str:
+    """The page's path with ``token`` in the fragment (kept out of requests and logs), and
+    ``participant``'s row highlighted if given."""
+    mine = "" if participant is None else f"?participant={quote(participant, safe='')}"
+    return f"/v1/sessions/{quote(session_id, safe='')}/view{mine}#token={token}"
 
 
 def view_token(settings: Any, session_id: str, *, ttl_s: float) -> str:

@@ -68,7 +68,7 @@ def parser() -> argparse.ArgumentParser:
     _swarm_args(swarm, 2, 20, 20.0, 10.0)
     demo = sub.add_parser("demo", help="up + a small swarm, then keep serving")
     _serve_args(demo)
-    _swarm_args(demo, 2, 20, 20.0, 10.0)
+    _swarm_args(demo, 2, 20, 180.0, 10.0)
     demo.add_argument("--once", action="store_true", help="stop after the swarm")
     bridge = sub.add_parser("bridge", help="BLE bridge: scan, connect sensors, forward to an edge", add_help=False)
     bridge.add_argument("bridge_args", nargs=argparse.REMAINDER)
@@ -193,28 +193,57 @@ def _run_stack(args: argparse.Namespace, after_start: Any = None) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from api.pages import view_path
     from sims.swarm import run_swarm
 
     async def after_start(server: Any) -> None:
         url = f"http://{server.config.host}:{server.config.port}"
-        print(f"pulseline: running a {args.devices}-device class for {args.seconds:g}s ...", file=sys.stderr, flush=True)
-        result = await run_swarm(_swarm_config(args, url))
+        config = _swarm_config(args, url)
+        sessions = [f"{config.session_prefix}-{i}" for i in range(config.sessions)]
+        await _create_demo_classes(args, url, sessions)
+        _print_where_to_look(args, url, sessions)
+        print(f"pulseline: the class runs for {args.seconds:g} s ({args.devices} simulated riders); Ctrl-C stops everything",
+              file=sys.stderr, flush=True)
+        result = await run_swarm(config)
         _emit(result, args.report)
-        sid = result["session_ids"][0]
-        link = view_path(sid, _mint(args, kind="viewer", sessions=[sid]))  # view-only, never an operator token
-        print(
-            f"\nwhere to look:\n  board (live, browser): {url}{link}\n"
-            f"  session state (JSON): {url}/v1/sessions/{sid}\n  metrics: {url}/metrics\n"
-            f"  API docs: {url}/docs",
-            file=sys.stderr, flush=True,
-        )
         if args.once:
             server.should_exit = True
         else:
-            print("pulseline: still serving; Ctrl-C to stop", file=sys.stderr, flush=True)
+            print(f"pulseline: the class is over (accounting above); still serving on {url}, Ctrl-C to stop",
+                  file=sys.stderr, flush=True)
 
     return _run_stack(args, after_start)
+
+
+async def _create_demo_classes(args: argparse.Namespace, url: str, sessions: list[str]) -> None:
+    """The demo's classes, created before the swarm (which then finds them) so they have titles."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {_mint(args, kind='operator')}"}
+    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=60) as http:
+        for n, sid in enumerate(sessions, 1):
+            (await http.post("/v1/sessions", json={"id": sid, "title": f"Demo ride {n}"})).raise_for_status()
+
+
+def _print_where_to_look(args: argparse.Namespace, url: str, sessions: list[str]) -> None:
+    """Links that open in a browser as they are: view-only tokens in the fragment, never an
+    operator token in a URL; the operator routes are shown as commands with a header."""
+    from api.pages import view_path
+
+    sid = sessions[0]
+    viewer = _mint(args, kind="viewer", sessions=[sid])
+    data_dir = Path(_settings(args).data_dir).resolve()
+    token_cmd = f"$(.venv/bin/pulseline token --kind operator --data-dir {data_dir})"
+    print(
+        "\nwhere to look (open in a browser):\n"
+        f"  the live class:       {url}{view_path(sid, viewer)}\n"
+        f"  one rider's view:     {url}{view_path(sid, viewer, participant=f'{sid}-p0')}\n"
+        f"  every class running:  {url}/\n"
+        f"  API docs:             {url}/docs\n"
+        "with an operator token (in a header, as the API wants it):\n"
+        f"  curl -H \"Authorization: Bearer {token_cmd}\" {url}/v1/sessions/{sid}\n"
+        f"  curl -H \"Authorization: Bearer {token_cmd}\" {url}/metrics\n",
+        file=sys.stderr, flush=True,
+    )
 
 
 def _bench(args: argparse.Namespace) -> int:

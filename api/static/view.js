@@ -1,16 +1,18 @@
-// The live class board. Everything a client supplied (rider names, tags) is set with
-// textContent: text, never HTML. The page's only credential is a view token that arrives
-// in the URL fragment (#token=..., never sent to a server), is kept in sessionStorage for
-// this tab, removed from the address bar at once, and offered to the WebSocket as a
-// subprotocol, never in a URL. Served with a strict Content-Security-Policy (api/pages.py).
+// The live class board. Everything a client supplied (rider names, tags, titles) is set
+// with textContent: text, never HTML. The page's only credential is a view token that
+// arrives in the URL fragment (#token=..., never sent to a server), is kept in
+// sessionStorage for this tab, removed from the address bar at once, and offered to the
+// WebSocket as a subprotocol, never in a URL. Served with a strict Content-Security-Policy
+// (api/pages.py): no inline script, nothing from other origins.
 "use strict";
 (() => {
   const LABELS = {
-    participant: "Rider", rank: "#", energy_kj: "Output (kJ)", hr_bpm: "Heart rate",
-    power_w: "Power (W)", cadence_rpm: "Cadence (rpm)", speed_mps: "Speed (km/h)",
-    distance_m: "Distance (km)", samples: "Samples",
+    rank: "#", participant: "Rider", energy_kj: "Output (kJ)", power_w: "Power (W)", hr_bpm: "Heart rate",
+    cadence_rpm: "Cadence (rpm)", speed_mps: "Speed (km/h)", distance_m: "Distance (km)", samples: "Samples",
   };
-  const HIDDEN = new Set(["last_ts"]);
+  const ORDER = ["rank", "participant", "energy_kj", "power_w", "hr_bpm", "cadence_rpm", "speed_mps", "distance_m"];
+  const AWAY_S = 15;        // a rider whose newest sample is older than this is marked away
+  const CHART_S = 120;      // the chart shows the class's average power over this window
   const TERMINAL = {
     4401: "This link has expired or is not valid: ask for a new one.",
     4403: "This link does not give access to this class.",
@@ -22,6 +24,8 @@
   const storeKey = "pulseline.view." + sid;
   const query = new URLSearchParams(location.search);
   const you = query.get("participant");
+  const history_ = [];      // [board ts, class average power]
+  let lastVersion = -1;
 
   function takeToken() {
     const fragment = new URLSearchParams(location.hash.replace(/^#/, ""));
@@ -42,7 +46,7 @@
     if (col === "speed_mps") return (value * 3.6).toFixed(1);
     if (col === "distance_m") return (value / 1000).toFixed(2);
     if (col === "energy_kj") return value.toFixed(1);
-    return Number.isInteger(value) ? String(value) : value.toFixed(1);
+    return String(Math.round(value));
   }
 
   function cell(tag, text, className) {
@@ -52,22 +56,68 @@
     return el;
   }
 
-  let shownCols = "";
+  function renderHead(cols) {
+    if ($("head").childElementCount) return;
+    $("head").replaceChildren(...cols.map((c) => cell("th", LABELS[c] || c, "col-" + c)));
+  }
+
+  function renderYou(row, at, n) {
+    if (!row) { $("you").hidden = true; return; }
+    const parts = [
+      document.createTextNode("You: "), cell("strong", `#${row[at.rank]}`), document.createTextNode(` of ${n} · `),
+      cell("strong", format("energy_kj", row[at.energy_kj])), document.createTextNode(" kJ"),
+      document.createTextNode(` · ${format("power_w", row[at.power_w])} W · ${format("hr_bpm", row[at.hr_bpm])} bpm`),
+    ];
+    $("you").replaceChildren(...parts);
+    $("you").hidden = false;
+  }
+
+  function drawChart() {
+    const canvas = $("chart");
+    const ctx = canvas.getContext("2d");
+    const w = canvas.width = canvas.clientWidth || 600;
+    const h = canvas.height;
+    ctx.clearRect(0, 0, w, h);
+    if (history_.length < 2) return;
+    const end = history_[history_.length - 1][0];
+    const span = Math.min(CHART_S, Math.max(10, end - history_[0][0]));  // fill the width from the start
+    const max = 1.25 * Math.max(100, ...history_.map((p) => p[1]));  // headroom above the line
+    ctx.strokeStyle = "#c0392b";
+    ctx.lineWidth = 2;
+    ctx.beginPath();
+    history_.forEach(([t, v], i) => {
+      const x = w - ((end - t) / span) * w;
+      const y = h - 4 - (v / max) * (h - 8);
+      if (i === 0) ctx.moveTo(x, y); else ctx.lineTo(x, y);
+    });
+    ctx.stroke();
+    ctx.fillStyle = "#555";
+    ctx.font = "12px system-ui, sans-serif";
+    ctx.fillText(`class average ${Math.round(history_[history_.length - 1][1])} W`, 6, 14);
+  }
+
   function render(board) {
-    const cols = board.cols.filter((c) => !HIDDEN.has(c));
-    const order = ["rank", "participant", ...cols.filter((c) => c !== "rank" && c !== "participant")];
-    if (order.join() !== shownCols) {
-      $("head").replaceChildren(...order.map((c) => cell("th", LABELS[c] || c)));
-      shownCols = order.join();
-    }
-    const index = Object.fromEntries(board.cols.map((c, i) => [c, i]));
+    const at = Object.fromEntries(board.cols.map((c, i) => [c, i]));
+    const cols = ORDER.filter((c) => c in at);
+    renderHead(cols);
     const rows = board.rows || board.top || [];
+    let mine = null;
     $("body").replaceChildren(...rows.map((row) => {
       const tr = document.createElement("tr");
-      if (you !== null && row[index.participant] === you) tr.className = "you";
-      tr.append(...order.map((c) => cell("td", format(c, row[index[c]]), c === "participant" ? "name" : "")));
+      if (you !== null && row[at.participant] === you) { tr.classList.add("you"); mine = row; }
+      if (at.last_ts !== undefined && row[at.last_ts] !== null && board.ts - row[at.last_ts] > AWAY_S) tr.classList.add("away");
+      tr.append(...cols.map((c) => cell("td", format(c, row[at[c]]), (c === "participant" ? "name " : "") + "col-" + c)));
       return tr;
     }));
+    renderYou(mine || (you !== null ? board.you : null), at, board.n);
+    const powers = rows.map((r) => r[at.power_w]).filter((v) => typeof v === "number");
+    if (board.version !== lastVersion) {
+      lastVersion = board.version;
+      history_.push([board.ts, powers.length ? powers.reduce((a, b) => a + b, 0) / powers.length : 0]);
+      while (history_.length && board.ts - history_[0][0] > CHART_S) history_.shift();
+      drawChart();
+    }
+    $("results").hidden = board.phase !== "ended";
     $("meta").textContent = `${board.phase} · ${board.n} riders · updated ${new Date(board.ts * 1000).toLocaleTimeString()}`;
   }
 
@@ -75,6 +125,18 @@
     $("note").textContent = message;
     $("note").hidden = false;
     $("meta").textContent = "not connected";
+  }
+
+  async function loadCard(token) {
+    try {
+      const reply = await fetch(`/v1/sessions/${encodeURIComponent(sid)}/card`, { headers: { Authorization: "Bearer " + token } });
+      if (!reply.ok) return;
+      const card = await reply.json();
+      if (card.title) {
+        $("title").textContent = card.title;
+        document.title = `${card.title} · pulseline`;
+      }
+    } catch (e) { /* the board still works without its title */ }
   }
 
   const token = takeToken();
@@ -86,7 +148,7 @@
     const params = new URLSearchParams({ rate: "2", view: "all", format: "json" });
     if (you !== null) params.set("participant", you);
     const url = `${proto}://${location.host}/v1/sessions/${encodeURIComponent(sid)}/board?${params}`;
-    const ws = new WebSocket(url, token ? ["pulseline.v1", "bearer." + token] : ["pulseline.v1"]);
+    const ws = new WebSocket(url, ["pulseline.v1", "bearer." + token]);
     ws.onopen = () => { delay = 1000; $("note").hidden = true; };
     ws.onmessage = (ev) => {
       let board;
@@ -101,6 +163,10 @@
     };
   }
 
-  if (!token) stop("Open this page with a view link (…/view#token=…): ask the instructor or the app for one.");
-  else connect();
+  if (!token) {
+    stop("Open this page with a view link (…/view#token=…): ask the instructor or the app for one.");
+  } else {
+    loadCard(token);
+    connect();
+  }
 })();
