@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -31,20 +32,35 @@ from typing import Any
 log = logging.getLogger("pulseline")
 
 
+class _DefaultsHelp(argparse.HelpFormatter):
+    """Help with each flag's default, unless the help already says where it comes from."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.option_strings and action.default not in (None, False, argparse.SUPPRESS) and "%(default)" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
 def _serve_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--host", default=None)
-    p.add_argument("--port", type=int, default=None)
-    p.add_argument("--data-dir", default=None)
+    p.add_argument("--host", default=None, help="address the edge listens on (default PULSELINE_HOST or 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="the edge's port (default PULSELINE_PORT or 8000)")
+    _data_dir_arg(p)
+
+
+def _data_dir_arg(p: argparse.ArgumentParser, what: str = "Redis AOF, dev secret, spool, lock") -> None:
+    p.add_argument("--data-dir", default=None,
+                   help=f"the stack's data directory: {what} (default PULSELINE_DATA_DIR or ./.pulseline)")
 
 
 def _swarm_args(p: argparse.ArgumentParser, sessions: int, devices: int, seconds: float, board_hz: float) -> None:
-    p.add_argument("--sessions", type=int, default=sessions)
-    p.add_argument("--devices", type=int, default=devices)
-    p.add_argument("--seconds", type=float, default=seconds)
-    p.add_argument("--board-hz", type=float, default=board_hz)
+    p.add_argument("--sessions", type=int, default=sessions, help="classes to run")
+    p.add_argument("--devices", type=int, default=devices, help="simulated riders in all, spread over the classes")
+    p.add_argument("--seconds", type=float, default=seconds, help="length of the class")
+    p.add_argument("--board-hz", type=float, default=board_hz, help="rate of each class's latency-probe viewer (1-10)")
     p.add_argument("--hub-size", type=int, default=1, help="devices per connection (1 = phones)")
-    p.add_argument("--dup-rate", type=float, default=0.0)
-    p.add_argument("--bad-rate", type=float, default=0.0)
+    p.add_argument("--dup-rate", type=float, default=0.0, help="fraction of sample frames sent twice (0-1)")
+    p.add_argument("--bad-rate", type=float, default=0.0, help="fraction of samples with out-of-range values (0-1)")
     p.add_argument("--report", default=None, help="also write the JSON here")
     p.add_argument("--session-prefix", default=None, help="session ids are PREFIX-0..S-1 (default: a fresh random prefix)")
 
@@ -59,10 +75,10 @@ def parser() -> argparse.ArgumentParser:
     _serve_args(sub.add_parser("edge", help="an edge only, attached to RAY_ADDRESS and REDIS_URL"))
     status = sub.add_parser("status", help="nodes, session slots, sessions per node, autoscaler demand")
     status.add_argument("--json", action="store_true", help="print the full status as JSON")
-    status.add_argument("--namespace", default=None)
+    status.add_argument("--namespace", default=None, help="Ray namespace of the sessions (default PULSELINE_NAMESPACE)")
     status.add_argument("--data-dir", default=None, help="also show the supervisor of the stack on this data dir")
     swarm = sub.add_parser("swarm", help="run a simulated class against an edge")
-    swarm.add_argument("--url", default="http://127.0.0.1:8000")
+    swarm.add_argument("--url", default="http://127.0.0.1:8000", help="the edge to drive")
     swarm.add_argument("scenario", nargs="?", default=None, help="a scenario file (sims/scenarios/*.toml)")
     swarm.add_argument("--out", default=None, help="write report.json and PNG plots into this directory")
     _swarm_args(swarm, 2, 20, 20.0, 10.0)
@@ -76,14 +92,16 @@ def parser() -> argparse.ArgumentParser:
     token.add_argument("--kind", required=True, choices=["device", "hub", "participant", "operator", "viewer"],
                        help="viewer: view-only, one --session, short-lived (PULSELINE_VIEW_TOKEN_TTL_S)")
     token.add_argument("--session", action="append", default=None, help="a session the token is for (repeatable)")
-    token.add_argument("--participant", default=None)
+    token.add_argument("--participant", default=None, help="the rider (device and participant tokens)")
     token.add_argument("--device", action="append", default=None, help="device (device token) or registered device (hub; repeatable)")
-    token.add_argument("--hub", default=None)
+    token.add_argument("--hub", default=None, help="the hub's name (hub tokens)")
     token.add_argument("--ttl-s", type=float, default=None, help="lifetime (default PULSELINE_DEV_TOKEN_TTL_S)")
-    token.add_argument("--data-dir", default=None)
+    _data_dir_arg(token, "where the running stack keeps its dev-secret")
     bench = sub.add_parser("bench", help="up + a large swarm with process stats")
     _serve_args(bench)
     _swarm_args(bench, 10, 1000, 60.0, 10.0)
+    for command in sub.choices.values():  # every flag shows its default in --help
+        command.formatter_class = _DefaultsHelp
     return root
 
 
@@ -168,6 +186,13 @@ def _run_stack(args: argparse.Namespace, after_start: Any = None) -> int:
     except InsecureSettings as exc:
         print(f"pulseline: refusing to start: {exc}", file=sys.stderr, flush=True)
         return 2
+    problem = _port_problem(settings.host, settings.port)
+    lock = None
+    if problem is None and args.command != "edge":
+        lock, problem = _lock_data_dir(Path(settings.data_dir))
+    if problem is not None:
+        print(f"pulseline: refusing to start: {problem}", file=sys.stderr, flush=True)
+        return 2
     stack = Stack(settings).start()
     extra = EdgeProcesses(settings)
     supervisor = None
@@ -188,8 +213,52 @@ def _run_stack(args: argparse.Namespace, after_start: Any = None) -> int:
             supervisor.stop()  # first: nothing is restarted while the stack stops
         extra.stop()
         stack.stop()
+        if lock is not None:
+            lock.close()
         print("pulseline: stopped", file=sys.stderr, flush=True)
     return 0
+
+
+def _port_problem(host: str, port: int) -> str | None:
+    """Why the edge could not listen on ``host:port``, found before anything is started."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        return f"cannot resolve --host {host!r}: {exc.strerror or exc}"
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            return (f"port {port} on {host} is not available ({exc.strerror or exc}): another pulseline up or "
+                    "another server is listening there; pass --port (or PULSELINE_PORT) or stop it")
+    return None
+
+
+def _lock_data_dir(data_dir: Path) -> tuple[Any, str | None]:
+    """Hold ``data_dir/pulseline.lock`` while this stack runs: a second stack on the same
+    data dir would start a second redis-server on the same append-only file."""
+    import fcntl
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / "pulseline.lock"
+    handle = open(path, "a+")  # noqa: SIM115 - held open for the stack's lifetime
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "?"
+        handle.close()
+        return None, (f"data dir {data_dir.resolve()} is in use by another pulseline stack (pid {holder}); "
+                      "stop it, or pass another --data-dir (or PULSELINE_DATA_DIR)")
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle, None
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -308,12 +377,45 @@ def _token(args: argparse.Namespace) -> int:
         claims["devices"] = devices
     elif devices:
         claims["device"] = devices[0]
+    problem = _token_problem(args)
+    if problem is not None:
+        print(f"pulseline token: {problem}", file=sys.stderr, flush=True)
+        return 2
     try:
         print(_mint(args, **claims), flush=True)
     except (InsecureSettings, ValueError) as exc:
-        print(f"pulseline token: {exc}", file=sys.stderr, flush=True)
+        print(f"pulseline token: {_flag_names(str(exc))}", file=sys.stderr, flush=True)
         return 2
     return 0
+
+
+_CLAIM_FLAGS = {"'sessions'": "--session", "'participant'": "--participant", "'device'": "--device",
+                "'devices'": "--device", "'hub'": "--hub"}
+
+
+def _flag_names(message: str) -> str:
+    """A claim's name in an error replaced by the flag that sets it."""
+    for claim, flag in _CLAIM_FLAGS.items():
+        message = message.replace(f"claim {claim}", flag)
+    return message
+
+
+def _token_problem(args: argparse.Namespace) -> str | None:
+    """Refuse what would mint a token no edge accepts: missing flags, or a data dir without
+    the stack's secret (a new secret would be generated, and its tokens refused)."""
+    needs = {"device": ("session", "participant", "device"), "hub": ("hub", "device"),
+             "participant": ("participant",), "viewer": ("session",)}
+    missing = [f"--{name}" for name in needs.get(args.kind, ()) if not getattr(args, name)]
+    if missing:
+        return f"--kind {args.kind} needs {' and '.join(missing)}"
+    if args.kind == "viewer" and len(args.session) != 1:
+        return "--kind viewer takes exactly one --session"
+    settings = _settings(args)
+    secret = Path(settings.data_dir) / "dev-secret"
+    if settings.auth_secret is None and not secret.exists():
+        return (f"no development secret at {secret.resolve()}: point --data-dir (or PULSELINE_DATA_DIR) at the "
+                "data dir of the running `pulseline up` (default .pulseline in the directory it was started from)")
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
