@@ -171,9 +171,30 @@ async def _prepare(args: argparse.Namespace, config: BridgeConfig, tokens: Token
     if tokens is not None:
         headers["Authorization"] = f"Bearer {await tokens(kind='operator')}"
     async with httpx.AsyncClient(base_url=config.urls[0].replace("ws", "http", 1), timeout=30, headers=headers) as http:
-        response = await http.post("/v1/sessions", json={"id": config.session})
+        try:
+            response = await http.post("/v1/sessions", json={"id": config.session})
+        except httpx.HTTPError as exc:
+            raise ConfigError(f"cannot reach the edge at {config.urls[0]} to create session {config.session}: "
+                              f"{type(exc).__name__}") from None
         if response.status_code >= 400:
             raise ConfigError(f"cannot create session {config.session}: HTTP {response.status_code} {response.text}")
+    await _set_phase(config, tokens, "live")  # the class runs while the bridge feeds it
+
+
+async def _set_phase(config: BridgeConfig, tokens: TokenMinter | None, phase: str) -> None:
+    """Move the session the bridge created (``--create-session``) to ``phase``; a refusal
+    (e.g. already past it) is logged, not fatal: the samples matter more."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {await tokens(kind='operator')}"} if tokens is not None else {}
+    async with httpx.AsyncClient(base_url=config.urls[0].replace("ws", "http", 1), timeout=30, headers=headers) as http:
+        try:
+            response = await http.post(f"/v1/sessions/{config.session}/phase", json={"phase": phase})
+        except httpx.HTTPError as exc:
+            log.warning("bridge: could not set session %s to %s: %s", config.session, phase, type(exc).__name__)
+            return
+        if response.status_code >= 400:
+            log.warning("bridge: session %s stays %s: HTTP %s", config.session, phase, response.status_code)
 
 
 # -- commands ----------------------------------------------------------------------------
@@ -197,9 +218,11 @@ async def _scan(args: argparse.Namespace) -> int:
 async def _run(args: argparse.Namespace, config: BridgeConfig) -> int:
     if not config.assignments:
         raise ConfigError("no sensors: pass --device, --named, --all-of or a config file with [[sensors]]")
+    link = BleakLink()
+    await link.scan([], 0.5)  # a missing adapter or BlueZ is an error now (ScanFailed: exit 2), not a warning every 10 s
     tokens = _tokens(config)
     await _prepare(args, config, tokens)
-    bridge = Bridge(config, BleakLink(), tokens=tokens)
+    bridge = Bridge(config, link, tokens=tokens)
     stop = asyncio.Event()
     _on_signals(stop.set)
     await bridge.start()
@@ -207,7 +230,12 @@ async def _run(args: argparse.Namespace, config: BridgeConfig) -> int:
         await asyncio.wait_for(stop.wait(), args.seconds)
     except TimeoutError:
         pass
-    return await _finish(bridge, args.drain_timeout_s, {})
+    rc = await _finish(bridge, args.drain_timeout_s, {})
+    if bridge.totals()["emitted_total"] == 0:
+        print("pulseline bridge: nothing was read from any sensor (none found, or none sent data): "
+              "check `pulseline bridge scan`", file=sys.stderr)
+        return 1
+    return rc
 
 
 async def _replay(args: argparse.Namespace, config: BridgeConfig, recording: Recording) -> int:
@@ -230,7 +258,11 @@ async def _replay(args: argparse.Namespace, config: BridgeConfig, recording: Rec
     ended.cancel()
     extra = {"recording": {"files": [str(f) for f in args.files], "duration_s": recording.duration_s,
                            "speed": args.speed, "notifications": len(recording.notifications)}}
-    return await _finish(bridge, args.drain_timeout_s, extra)
+    rc = await _finish(bridge, args.drain_timeout_s, extra)
+    if args.create_session:  # the class it created is over
+        for phase in ("cooldown", "ended"):
+            await _set_phase(config, tokens, phase)
+    return rc
 
 
 async def _finish(bridge: Bridge, drain_timeout_s: float, extra: dict[str, Any]) -> int:

@@ -235,6 +235,26 @@ class ScanFailed(LinkError):
     """The radio could not scan (adapter off, permission, backend error)."""
 
 
+_SCAN_HINTS = (  # (what the error says, what it means on Linux/BlueZ and what to do)
+    ("No such file or directory", "no D-Bus system bus (is dbus running? in a container, mount "
+                                  "/run/dbus/system_bus_socket)"),
+    ("ServiceUnknown", "BlueZ is not running: start bluetoothd (systemctl start bluetooth)"),
+    ("org.bluez.Error.NotReady", "the Bluetooth adapter is off: bluetoothctl power on"),
+    ("No Bluetooth adapters found", "no Bluetooth adapter: plug one in, or check that the kernel sees it (hciconfig / bluetoothctl list)"),
+    ("AccessDenied", "no permission to use Bluetooth over D-Bus: run as a user in the 'bluetooth' group, or as root"),
+    ("NotAuthorized", "no permission to use Bluetooth over D-Bus: run as a user in the 'bluetooth' group, or as root"),
+)
+
+
+def explain_scan_error(exc: BaseException) -> str:
+    """One line for an operator: the likely cause of a failed scan, then the raw error."""
+    raw = f"{type(exc).__name__}: {exc}"
+    for marker, hint in _SCAN_HINTS:
+        if marker in raw:
+            return f"{hint} ({raw})"
+    return raw
+
+
 class ConnectFailed(LinkError):
     """A sensor could not be connected or subscribed (out of range, refused, timeout)."""
 
@@ -336,7 +356,7 @@ class BleakLink:
                 timeout=timeout_s, return_adv=True, service_uuids=[k.service for k in wanted]
             )
         except Exception as exc:  # bleak raises BleakError, OSError, dbus errors...
-            raise ScanFailed(f"scan failed: {type(exc).__name__}: {exc}") from exc
+            raise ScanFailed(f"scan failed: {explain_scan_error(exc)}") from exc
         adverts = [a for a in (_advert(d, adv) for d, adv in found.values()) if a.kinds]
         adverts = [a for a in adverts if set(a.kinds) & set(wanted)]
         if self.read_battery_on_scan:

@@ -43,6 +43,7 @@ def _replay(edge: Any, name: str, session: str, spool: Path, capsys: Any) -> tup
     summary = json.loads(out[out.index('{\n  "bridge"'):])  # Ray may print warnings to stdout too
     assert code == 0, summary
     snap = httpx.get(f"{edge.url}/v1/sessions/{session}", headers=auth).json()
+    assert snap["phase"] == "ended"  # --create-session drove the class: live while it played, then over
     server = {p["participant"]: p for p in snap["participants"]}
     return summary, server[RECORDINGS[name].participant]
 
