@@ -139,7 +139,11 @@ def bench_after_start(args: Any, swarm_config: Callable[[Any, str], Any], emit: 
             cmd += ["--session-prefix", args.session_prefix]
         started = time.monotonic()
         proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.DEVNULL)
-        sampler = ProcessSampler(os.getpid(), proc.pid)
+        # Only our own processes (this edge's tree: its Ray, its Redis; and the swarm): other
+        # stacks on a shared host are not ours. Attached to an external Ray, its workers are
+        # not our children, so every process on the host is looked at (and the report says so).
+        own_tree = not os.environ.get("RAY_ADDRESS")
+        sampler = ProcessSampler(os.getpid(), proc.pid, only_descendants=own_tree)
         while proc.returncode is None:
             sampler.sample()
             try:
@@ -159,7 +163,8 @@ def bench_after_start(args: Any, swarm_config: Callable[[Any, str], Any], emit: 
                 actors[sid] = {"participants": n, "state_bytes": snap["state_bytes"], "bytes_per_participant": round(snap["state_bytes"] / n, 1), "checkpoints_written": snap["checkpoints_written"]}
         result["processes"] = sampler.report(wall)
         result["actors"] = actors
-        result["config"] = {"devices": args.devices, "sessions": args.sessions, "seconds": args.seconds, "board_hz": args.board_hz, "hub_size": args.hub_size, "cpus": os.cpu_count()}
+        result["config"] = {"devices": args.devices, "sessions": args.sessions, "seconds": args.seconds, "board_hz": args.board_hz, "hub_size": args.hub_size, "cpus": os.cpu_count(),
+                            "processes_counted": "this stack's process tree and the swarm" if own_tree else "every process on the host"}
         emit(result, args.report)
         server.should_exit = True
 
