@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -86,3 +87,18 @@ def test_a_swarm_whose_edge_never_comes_back_still_reports(second_edge: Any, run
     assert unverified["sessions"] == [f"gone-{unique_id}-0"] and unverified["sent"] > 0
     assert unverified["not_acknowledged"] > 0  # said, not hidden: what the server never confirmed
     assert result["verified"] is False and result["sent"] == 0  # the server-checked numbers cover no session
+
+
+@pytest.mark.timeout(60)
+def test_the_token_provider_and_the_bridge_take_several_edges(edge: Any, run: Any) -> None:
+    from devices.bridge import BridgeConfig
+    from devices.client import DevTokens
+
+    dead = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    tokens = DevTokens([dead, edge.url], timeout_s=5)
+    assert run(tokens(kind="operator")).count(".") == 2  # a JWT, from the second edge
+    assert tokens.base_url == edge.url  # and it stays there
+
+    config = BridgeConfig(url=f"{dead}, {edge.url}/", session="s", assignments=(), spool_path=Path("unused"))
+    assert config.ws_urls == [f"{dead.replace('http', 'ws')}/v1/devices", f"{edge.ws_url}/v1/devices"]
+    assert config.ws_url == config.ws_urls[0]
