@@ -129,7 +129,7 @@ class Rider:
         await self.client.close()
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(480)
 def test_up_restarts_a_killed_redis_and_a_killed_edge_and_loses_no_ack(tmp_path: Path) -> None:
     port = _two_free_ports()
     data = tmp_path / "data"
@@ -168,7 +168,7 @@ def test_up_restarts_a_killed_redis_and_a_killed_edge_and_loses_no_ack(tmp_path:
             await asyncio.gather(*senders)
             return one, two
 
-        one, two = asyncio.run(asyncio.wait_for(scenario(), 260))
+        one, two = asyncio.run(asyncio.wait_for(scenario(), 330))
         for rider in (one, two):
             sent = rider.stream.next_seq - 1
             assert sent > 30 and rider.stream.acked == sent, (rider.stream.device, rider.stream.acked, sent)
