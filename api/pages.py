@@ -130,10 +130,7 @@ def install(app: FastAPI, settings: Any) -> None:
 
     @app.get("/static/swagger/{name}", include_in_schema=False)
     async def swagger_asset(name: str) -> Response:
-        body = swagger.get(name)
-        if body is None:
-            return Response("not found", status_code=404, media_type="text/plain")
-        return Response(body, media_type=_SWAGGER_TYPES[name], headers={"Cache-Control": "max-age=86400"})
+        return _asset(swagger, _SWAGGER_TYPES, name, cache="max-age=86400")  # versioned with the wheel
 
     @app.get("/v1/sessions/{session_id}/card")
     async def card(session_id: str, who: Caller, request: Request) -> dict[str, Any]:
@@ -148,14 +145,19 @@ def install(app: FastAPI, settings: Any) -> None:
 
     @app.get("/static/{name}", include_in_schema=False)
     async def static(name: str) -> Response:
-        body = assets.get(name)
-        if body is None:
-            return Response("not found", status_code=404, media_type="text/plain")
-        return Response(body, media_type=_STATIC_TYPES[name], headers={"Cache-Control": "no-cache"})
+        return _asset(assets, _STATIC_TYPES, name, cache="no-cache")  # changes with the edge
 
     if settings.auth_mode == "development":
         _install_view_links(app)
         _install_live_list(app)
+
+
+def _asset(files: dict[str, bytes], types: dict[str, str], name: str, *, cache: str) -> Response:
+    """One file of a closed set (no paths: an unknown name is a 404)."""
+    body = files.get(name)
+    if body is None:
+        return Response("not found", status_code=404, media_type="text/plain")
+    return Response(body, media_type=types[name], headers={"Cache-Control": cache})
 
 
 def _card(session_id: str, meta: dict[str, str]) -> dict[str, Any]:

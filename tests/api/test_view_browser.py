@@ -9,9 +9,7 @@ saying so, on a machine without it.
 from __future__ import annotations
 
 import asyncio
-import shutil
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -27,11 +25,6 @@ except ImportError:  # pragma: no cover - the test extra installs it
 
 pytestmark = pytest.mark.integration
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]
 # Each would set window.__pwned (or open a dialog) if it ever became markup or a URL.
 PLANTED = [
     '<img src=x onerror="window.__pwned=1">',
@@ -45,18 +38,6 @@ PLANTED = [
     "<iframe src=\"javascript:alert(9)\"></iframe>",
     "Zoë & <b>Ann</b>",
 ]
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if CHROMIUM is None:
-        pytest.skip("no chromium on this machine (apt-get install chromium; .ci/run does)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True)
-        yield chromium
-        chromium.close()
 
 
 def _plant(edge: Any, tokens: Any, sid: str, names: list[str]) -> None:
