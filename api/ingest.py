@@ -69,7 +69,7 @@ from devices.protocol import (
 )
 
 if TYPE_CHECKING:
-    from api.app import Edge
+    from api.edge import Edge
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,137 @@
+"""The board WebSocket, ``/v1/sessions/{id}/board``: latest-wins boards for a viewer.
+
+``install(app, settings)`` adds the route. A viewer authenticates (header, ``bearer.``
+subprotocol or ``?token=``), must be allowed to watch the session (``api.scopes``), picks a
+rate, a view (``top`` or ``all``), a format (msgpack or JSON) and optionally its own
+participant row; it may only send ``auth`` frames (renewal) and is closed with 4401 when its
+token expires unrenewed. (Protocol v1.1 devices get their board on their own connection:
+``api.ingest``.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from fastapi import FastAPI, Query, WebSocket
+from starlette.websockets import WebSocketDisconnect
+
+from api.auth import Principal
+from api.directws import channel_of
+from api.edge import Edge, edge_of
+from api.errors import AuthError, BadRequest, Forbidden, Unauthorised, Unavailable, UnknownSession
+from api.limits import FrameRate, Verdict
+from api.outbox import Outbox, close_reason
+from api.scopes import ScopeReason, bearer_token, chosen_subprotocol, peer_of
+from api.viewer import board_encoder
+from cluster.settings import Settings
+from devices.protocol import Auth, CloseCode, ProtocolError, decode_device_frame
+
+
+def install(app: FastAPI, settings: Settings) -> None:
+    @app.websocket("/v1/sessions/{session_id}/board")
+    async def board(
+        ws: WebSocket,
+        session_id: str,
+        rate: float = Query(default=1.0),
+        participant: str | None = Query(default=None),
+        view: str = Query(default="top"),
+        format: str = Query(default="msgpack"),
+    ) -> None:
+        await ws.accept(subprotocol=chosen_subprotocol(ws))
+        peer = peer_of(ws)
+        if not edge_of(ws).connections.by_address.acquire(peer):
+            await ws.close(CloseCode.THROTTLED, "too many open connections from this address")
+            return
+        try:
+            who = await _board_principal(ws, edge_of(ws), session_id, peer)
+            if who is None:
+                return
+            if not 1.0 <= rate <= settings.max_board_rate_hz or view not in ("top", "all") or format not in ("msgpack", "json"):
+                await ws.close(CloseCode.PROTOCOL, f"rate must be 1-{settings.max_board_rate_hz:g} Hz, view top|all, format msgpack|json")
+                return
+            if not edge_of(ws).connections.acquire_token(who):
+                await ws.close(CloseCode.THROTTLED, "too many open connections with this token")
+                return
+            try:
+                outbox = Outbox(
+                    ws,
+                    max_frames=settings.send_queue_frames,
+                    board_interval_s=1.0 / rate,
+                    encode_board=board_encoder(participant, everyone=view == "all", as_json=format == "json"),
+                    channel=channel_of(ws, settings.direct_ws),
+                )
+                await _serve_board(ws, edge_of(ws), session_id, outbox, who)
+            finally:
+                edge_of(ws).connections.release_token(who)
+        finally:
+            edge_of(ws).connections.by_address.release(peer)
+
+
+async def _board_principal(ws: WebSocket, edge: Edge, session_id: str, peer: str) -> Principal | None:
+    """Authenticate and authorise a board viewer, or close the socket and return None."""
+    try:
+        who = await edge.gate.authenticate(bearer_token(ws), where="ws board", peer=peer)
+        await edge.authorise_read(who, session_id, where="ws board", peer=peer, board=True)
+        return who
+    except AuthError as exc:
+        code = CloseCode.UNAUTHORISED if isinstance(exc, Unauthorised) else CloseCode.FORBIDDEN
+        await ws.close(code, close_reason(f"{exc.reason.value}: {exc.message}"))
+    except (UnknownSession, BadRequest) as exc:
+        await ws.close(CloseCode.UNKNOWN_SESSION, close_reason(exc.message))
+    except Unavailable as exc:
+        await ws.close(CloseCode.TRY_AGAIN, close_reason(exc.message))
+    return None
+
+
+async def _serve_board(ws: WebSocket, edge: Edge, session_id: str, outbox: Outbox, who: Principal) -> None:
+    """Push boards until the viewer leaves; the viewer may only send ``auth`` frames (renewal),
+    at a bounded rate, and is closed with 4401 when its token expires unrenewed."""
+    pump = edge.pump(session_id)
+    pump.add_viewer(outbox)
+    writer = asyncio.create_task(outbox.run())
+    rate = FrameRate.from_settings(edge.settings)
+    try:
+        while not outbox.closed:
+            expires_in = who.expires_at + edge.settings.auth_leeway_s - time.time()
+            try:
+                message = await asyncio.wait_for(ws.receive(), max(0.0, expires_in))
+            except TimeoutError:
+                outbox.close(CloseCode.UNAUTHORISED, "token expired: reconnect with a fresh token")
+                break
+            if message["type"] == "websocket.disconnect":
+                break
+            verdict = rate.admit(None, time.monotonic()).verdict
+            if verdict is Verdict.DISCONNECT:
+                outbox.close(CloseCode.THROTTLED, "too many frames from a viewer")
+            elif verdict is Verdict.ACCEPT:
+                who = await _renew_viewer(ws, edge, message, who)
+    except WebSocketDisconnect:
+        pass
+    finally:
+        pump.remove_viewer(outbox)
+        if not outbox.closed:
+            outbox.closed = True
+            writer.cancel()
+        await asyncio.gather(writer, return_exceptions=True)
+
+
+async def _renew_viewer(ws: WebSocket, edge: Edge, message: Mapping[str, Any], who: Principal) -> Principal:
+    """A viewer's ``auth`` frame: a fresh token for the same subject extends the connection."""
+    data = message.get("bytes") or message.get("text") or b""
+    try:
+        frame = decode_device_frame(data)
+        if not isinstance(frame, Auth):
+            return who
+        fresh = await edge.gate.authenticate(frame.token, where="ws board auth", peer=peer_of(ws))
+    except (ProtocolError, AuthError, Unavailable):
+        return who  # a viewer's bad frame changes nothing; the old token still expires
+    if (fresh.kind, fresh.subject) != (who.kind, who.subject):
+        edge.gate.refused(Forbidden(ScopeReason.NOT_SAME_PRINCIPAL, "a renewed token must be for the same subject"),
+                          where="ws board auth", who=who.describe(), peer=peer_of(ws))
+        return who
+    return fresh
+
+

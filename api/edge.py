@@ -1,0 +1,106 @@
+"""``Edge``: what the edge's routes and sockets share — the session directory, one pump per
+active session, the tick channel to the session actors, the auth gate and the connection
+counters — and the Redis client it is built on (``api.app`` creates one per process)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import Any
+
+import redis.asyncio as aioredis
+from fastapi import Request
+from redis.asyncio.retry import Retry
+from redis.backoff import ConstantBackoff
+
+from api.auth import Principal, TokenKind
+from api.errors import Forbidden, UnknownSession
+from api.limits import ConnectionLimits
+from api.pump import SessionPump
+from api.scopes import Gate, authorise_board, authorise_read, roster_of
+from api.session_stream import tick_channel
+from cluster.directory import SessionDirectory
+from cluster.settings import Settings
+
+SESSION_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")  # the edge's session (and HTTP participant) id rule
+_ID = SESSION_ID
+
+
+class Edge:
+    """What the routes and sockets share (see the module docstring); one per edge process."""
+
+    def __init__(self, settings: Settings, directory: SessionDirectory, gate: Gate) -> None:
+        self.settings = settings
+        self.directory = directory
+        self.gate = gate
+        self.connections = ConnectionLimits(settings)
+        self.pumps: dict[str, SessionPump] = {}
+        self.ticks = tick_channel(settings.session_transport, directory, timeout_s=settings.session_stream_timeout_s)
+
+    def pump(self, session_id: str) -> SessionPump:
+        pump = self.pumps.get(session_id)
+        if pump is None:
+            pump = self.pumps[session_id] = SessionPump(
+                session_id,
+                self.directory,
+                tick_interval_s=self.settings.tick_interval_s,
+                idle_poll_s=1.0 / self.settings.max_board_rate_hz,
+                max_pending=self.settings.max_pending_samples_per_session,
+                ack_interval_s=self.settings.ack_interval_s,
+                channel=self.ticks,
+            )
+            pump.start()
+        return pump
+
+    async def require(self, session_id: str) -> None:
+        if not _ID.match(session_id) or not await self.directory.exists(session_id):
+            raise UnknownSession(f"no session {session_id!r}")
+
+    async def call(self, session_id: str, method: str, **kwargs: Any) -> Any:
+        """One session actor call, bounded by ``ray_call_timeout_s`` (a timed-out call may
+        still run: every session method is idempotent); errors are mapped by ``api.errors``."""
+        await self.require(session_id)
+        timeout_s = self.settings.ray_call_timeout_s
+        handle = await asyncio.wait_for(self.directory.handle(session_id), timeout_s)
+        return await asyncio.wait_for(getattr(handle, method).remote(**kwargs), timeout_s)
+
+    async def authorise_read(
+        self, who: Principal, session_id: str, *, where: str, peer: str, board: bool = False
+    ) -> dict[str, Any] | None:
+        """Check ``who`` may read ``session_id`` (its board only, with ``board``: viewer
+        tokens too); returns the snapshot when one was needed."""
+        if who.kind is TokenKind.OPERATOR or (board and self._may_watch(who, session_id, where=where, peer=peer)):
+            await self.require(session_id)
+            return None
+        snapshot: dict[str, Any] = await self.call(session_id, "snapshot")
+        self.gate.check(who, authorise_read, session_id, roster_of(snapshot), where=where, peer=peer)
+        return snapshot
+
+    def _may_watch(self, who: Principal, session_id: str, *, where: str, peer: str) -> bool:
+        try:
+            return authorise_board(who, session_id)
+        except Forbidden as exc:
+            raise self.gate.refused(exc, where=where, who=who.describe(), peer=peer) from None
+
+    async def close(self) -> None:
+        await asyncio.gather(*(p.stop() for p in self.pumps.values()))
+        await self.ticks.close()
+
+
+def redis_client(settings: Settings) -> aioredis.Redis:
+    """The edge's Redis client: every command bounded by ``redis_timeout_s`` (connect and
+    reply), retried once after 50 ms, so a stopped or dead Redis costs a request at most
+    ~2 x that before it is answered 503 (``api.errors``)."""
+    return aioredis.Redis.from_url(
+        settings.redis_url or "", socket_timeout=settings.redis_timeout_s,
+        socket_connect_timeout=settings.redis_timeout_s, retry=Retry(ConstantBackoff(0.05), 1),
+    )
+
+
+def edge_of(conn: Any) -> Edge:
+    """The edge of the app serving ``conn`` (an HTTP request or a WebSocket)."""
+    return conn.app.state.edge  # type: ignore[no-any-return]
+
+
+def where_of(request: Request) -> str:
+    return f"{request.method} {request.url.path}"

@@ -1,0 +1,102 @@
+"""The edge's HTTP routes for sessions: create, read, join and leave, phase, flush.
+
+``install(app, settings)`` adds them. Who may call which is ``api.scopes``' business;
+errors (unknown session 404, bad phase 409, a dependency down 503) map in ``api.errors``.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from pydantic import BaseModel, Field, field_validator
+
+from actors.session import MAX_TAGS, check_tags
+from api.edge import SESSION_ID as _ID
+from api.edge import edge_of, where_of
+from api.scopes import Caller, Operator, authorise_membership, operator, peer_of
+from cluster.session_records import SessionRecords
+from cluster.settings import Settings
+from devices.text import clean_text
+
+log = logging.getLogger(__name__)
+
+
+class CreateSession(BaseModel):
+    id: str | None = Field(default=None, pattern=_ID.pattern)
+    title: str | None = Field(default=None, max_length=200)
+    board_size: int | None = Field(default=None, ge=1, le=100)
+
+    @field_validator("title")
+    @classmethod
+    def _clean_title(cls, title: str | None) -> str | None:
+        return None if title is None else clean_text(title, "title")  # TextError is a ValueError: 422
+
+
+class JoinRequest(BaseModel):
+    """``tags``: the participant's cohort values (``{"age": "30-39"}``), checked by
+    ``actors.session.check_tags``; omitted keeps the tags it has, ``{}`` clears them."""
+
+    participant: str = Field(pattern=_ID.pattern)
+    tags: dict[str, str] | None = Field(default=None, max_length=MAX_TAGS)
+
+    @field_validator("tags")
+    @classmethod
+    def _valid_tags(cls, tags: dict[str, str] | None) -> dict[str, str] | None:
+        return None if tags is None else check_tags(tags)  # TagError is a ValueError: 422
+
+
+class PhaseRequest(BaseModel):
+    phase: str = Field(pattern=r"^(scheduled|lobby|live|cooldown|ended)$")
+
+
+def install(app: FastAPI, settings: Settings) -> None:
+    @app.post("/v1/sessions", status_code=201)
+    async def create_session(body: CreateSession, who: Operator, request: Request) -> dict[str, Any]:
+        edge = edge_of(request)
+        session_id = body.id or uuid.uuid4().hex[:12]
+        created = await edge.directory.create(session_id, title=body.title, board_size=body.board_size)
+        if created:
+            await SessionRecords(edge.directory.redis, prefix=settings.prefix).indexed(session_id)
+        if body.board_size is not None:
+            log.info("session %s board_size %s", session_id, body.board_size)
+        await edge.directory.handle(session_id)  # start the actor now, not on the first sample
+        return {"id": session_id, "created": created}
+
+    @app.get("/v1/sessions/{session_id}")
+    async def get_session(session_id: str, who: Caller, request: Request) -> dict[str, Any]:
+        edge = edge_of(request)
+        snap = await edge.authorise_read(who, session_id, where=where_of(request), peer=peer_of(request))
+        if snap is None:
+            snap = await edge.call(session_id, "snapshot")
+        snap["meta"] = await edge.directory.meta(session_id)
+        return snap
+
+    @app.post("/v1/sessions/{session_id}/participants", status_code=201)
+    async def join(session_id: str, body: JoinRequest, who: Caller, request: Request) -> dict[str, Any]:
+        edge = edge_of(request)
+        edge.gate.check(who, authorise_membership, session_id, body.participant, where=where_of(request), peer=peer_of(request))
+        extra = {} if body.tags is None else {"tags": body.tags}  # old actors take no tags
+        slot = await edge.call(session_id, "join", participant=body.participant, **extra)
+        return {"participant": body.participant, "slot": slot}
+
+    @app.delete("/v1/sessions/{session_id}/participants/{participant}")
+    async def leave(session_id: str, participant: str, who: Caller, request: Request) -> dict[str, Any]:
+        edge = edge_of(request)
+        edge.gate.check(who, authorise_membership, session_id, participant, where=where_of(request), peer=peer_of(request))
+        left = await edge.call(session_id, "leave", participant=participant)
+        return {"participant": participant, "left": left}
+
+    @app.post("/v1/sessions/{session_id}/phase", dependencies=[Depends(operator)])
+    async def set_phase(session_id: str, body: PhaseRequest, request: Request) -> dict[str, Any]:
+        edge = edge_of(request)
+        phase = await edge.call(session_id, "set_phase", phase=body.phase)  # PhaseError: 409 (api.errors)
+        await SessionRecords(edge.directory.redis, prefix=settings.prefix).record_phase(
+            session_id, body.phase, retention_s=settings.ended_retention_s)  # ended: its keys start to expire
+        return {"phase": phase}
+
+    @app.post("/v1/sessions/{session_id}/flush", dependencies=[Depends(operator)])
+    async def flush(session_id: str, request: Request) -> dict[str, Any]:
+        return {"durable": await edge_of(request).call(session_id, "flush")}
