@@ -27,7 +27,7 @@ import time
 from typing import Any
 
 from tests.cluster.scenarios.harness import (
-    EdgeThread, edge_settings, emit, new_ids, operator_headers, scratch_dir, setup_process,
+    EdgeThread, edge_settings, emit, new_ids, operator_headers, patient_client, scratch_dir, setup_process,
 )
 
 
@@ -120,10 +120,8 @@ async def prescale(http: Any, lead_s: float, release_s: float) -> dict[str, Any]
 
 
 async def scenario(edge: EdgeThread, address: str, args: argparse.Namespace) -> dict[str, Any]:
-    import httpx
-
     sessions = [f"as-{i}" for i in range(5)]
-    async with httpx.AsyncClient(base_url=edge.url, headers=operator_headers(edge.settings), timeout=60) as http:
+    async with patient_client(edge.url, operator_headers(edge.settings)) as http:
         _, initial = await wait_nodes(lambda n: True, 0)
         up = await scale_up(http, sessions)
         cli = await asyncio.to_thread(status_cli, address, edge.settings.namespace)

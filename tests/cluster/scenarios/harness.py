@@ -82,6 +82,30 @@ def device_token(settings: Any, stream: DeviceStream) -> str:
                      device=stream.device)
 
 
+
+class PatientTransport(httpx.AsyncHTTPTransport):
+    """Retries a request the edge answered 503 (a dependency is busy: an actor being placed
+    or restarted, a Ray call past its time-out) after its ``Retry-After``, for up to
+    ``patience_s``, as a well-behaved client does. Requests here are idempotent."""
+
+    def __init__(self, patience_s: float = 120.0) -> None:
+        super().__init__()
+        self.patience_s = patience_s
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        deadline = time.monotonic() + self.patience_s
+        while True:
+            response = await super().handle_async_request(request)
+            if response.status_code != 503 or time.monotonic() > deadline:
+                return response
+            await response.aread()
+            await response.aclose()
+            await asyncio.sleep(min(2.0, float(response.headers.get("retry-after", "1"))))
+
+
+def patient_client(url: str, headers: dict[str, str]) -> httpx.AsyncClient:
+    return httpx.AsyncClient(base_url=url, headers=headers, timeout=60, transport=PatientTransport())
+
 @dataclass
 class BoardLog:
     """Every board a viewer on one edge received: version -> rows (with their ranks)."""

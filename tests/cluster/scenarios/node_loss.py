@@ -18,7 +18,7 @@ import time
 from typing import Any
 
 from tests.cluster.scenarios.harness import (
-    EdgeThread, Riders, edge_settings, emit, new_ids, operator_headers, scratch_dir, setup_process,
+    EdgeThread, Riders, edge_settings, emit, new_ids, operator_headers, patient_client, scratch_dir, setup_process,
 )
 
 SYSTEM_CONFIG = {"health_check_period_ms": 500, "health_check_timeout_ms": 1000, "health_check_failure_threshold": 3}
@@ -50,13 +50,11 @@ async def _probe(http: Any, sessions: list[str], seconds: float) -> float:
 
 
 async def scenario(cluster: Any, workers: list[Any], edge: EdgeThread, args: argparse.Namespace) -> dict[str, Any]:
-    import httpx
-
     from cluster.placement import read_placement
 
     ns = edge.settings.namespace
     sessions = [f"nl-{i}" for i in range(args.sessions)]
-    async with httpx.AsyncClient(base_url=edge.url, headers=operator_headers(edge.settings), timeout=60) as http:
+    async with patient_client(edge.url, operator_headers(edge.settings)) as http:
         for sid in sessions:
             (await http.post("/v1/sessions", json={"id": sid})).raise_for_status()
         epochs = {sid: (await http.get(f"/v1/sessions/{sid}")).json()["epoch"] for sid in sessions}

@@ -22,7 +22,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from tests.cluster.scenarios.harness import (
-    BoardLog, Riders, edge_settings, emit, new_ids, operator_headers, record_boards, scratch_dir,
+    BoardLog, Riders, edge_settings, emit, new_ids, operator_headers, patient_client, record_boards, scratch_dir,
     setup_process,
 )
 
@@ -68,13 +68,11 @@ def compare(logs: list[BoardLog]) -> dict[str, Any]:
 
 
 async def scenario(edges: list[Any], args: argparse.Namespace) -> dict[str, Any]:
-    import httpx
-
     from api.auth import dev_token
 
     sid = "two-edges"
     first, second = edges
-    async with httpx.AsyncClient(base_url=first.url, headers=operator_headers(first.settings), timeout=60) as http:
+    async with patient_client(first.url, operator_headers(first.settings)) as http:
         (await http.post("/v1/sessions", json={"id": sid})).raise_for_status()
         stop = asyncio.Event()
         logs = [BoardLog(e.url) for e in edges]
@@ -91,7 +89,7 @@ async def scenario(edges: list[Any], args: argparse.Namespace) -> dict[str, Any]
         stop.set()
         await asyncio.gather(*viewers)
         await riders.close()
-    async with httpx.AsyncClient(base_url=second.url, headers=operator_headers(second.settings), timeout=60) as other:
+    async with patient_client(second.url, operator_headers(second.settings)) as other:
         accounting = await riders.accounting(other, drained)  # read back through the *other* edge
         snap = (await other.get(f"/v1/sessions/{sid}")).json()
     by_edge = {e.url: sum(1 for i in range(args.devices) if edges[i % 2] is e) for e in edges}
