@@ -47,7 +47,7 @@ def swarm_command(args: Any, swarm_config: Callable[[Any, str], Any],
         config = scenario.swarm_config(args.url, progress=True)
     else:
         config = swarm_config(args, args.url)
-        config.progress = sys.stderr.isatty()
+        config.progress = True  # a bar on a terminal, a plain line every 10 s otherwise (sims.progress)
     swarm = Swarm(config)
     summary = asyncio.run(swarm.run())
     emit(summary, args.report)

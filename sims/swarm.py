@@ -568,8 +568,10 @@ class Swarm:
                 bar.update(min(second, cfg.seconds), self._status(up))
 
     def _status(self, up: int) -> str:
-        sent = sum(self.per_second["sent"].values())
-        acked = sum(self.per_second["acked"].values())
+        """The progress line: ``sent`` and ``acked`` count the same samples (late uploads
+        included); acked means settled by the server (acknowledged, or rejected with a reason)."""
+        sent = sum(r.stream.sent for r in self.riders)
+        acked = sent - sum(len(r.stream.unacked) for r in self.riders)
         hist = LatencyHistogram()
         for v in self.viewers.values():
             hist.merge(v.histogram)
