@@ -219,6 +219,21 @@ def _run_stack(args: argparse.Namespace, after_start: Any = None) -> int:
     return 0
 
 
+def _ray_problem(address: str) -> str | None:
+    """Why the GCS at ``host:port`` cannot be reached (checked before ``ray.init``, which
+    would retry for minutes); None for ``auto`` and ``ray://`` addresses or a GCS that answers."""
+    import socket
+
+    if address == "auto" or "://" in address or ":" not in address:
+        return None
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=3):
+            return None
+    except (OSError, ValueError) as exc:
+        return f"nothing answers there ({getattr(exc, 'strerror', None) or exc})"
+
+
 def _port_problem(host: str, port: int) -> str | None:
     """Why the edge could not listen on ``host:port``, found before anything is started."""
     import socket
@@ -348,8 +363,17 @@ def _status(args: argparse.Namespace) -> int:
 
     from cluster.status import cluster_status, format_status
 
-    ray.init(address=address, namespace=settings.namespace, log_to_driver=False,
-             logging_level=logging.WARNING)
+    problem = _ray_problem(address)
+    if problem is None:
+        try:
+            ray.init(address=address, namespace=settings.namespace, log_to_driver=False,
+                     logging_level=logging.WARNING)
+        except Exception as exc:  # Ray raises ConnectionError, RuntimeError, auth errors...
+            problem = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    if problem is not None:
+        print(f"pulseline status: cannot attach to Ray at {address}: {problem}; start a stack (pulseline up), "
+              "or point RAY_ADDRESS (or --data-dir) at a running one", file=sys.stderr, flush=True)
+        return 2
     try:
         status = cluster_status(args.namespace or settings.namespace)
     finally:

@@ -75,3 +75,16 @@ def test_token_with_the_stacks_data_dir_is_signed_with_its_secret(tmp_path: Path
     assert done.returncode == 0, done.stderr
     claims = jwt.decode(done.stdout.strip(), "s" * 48, algorithms=["HS256"], audience="pulseline")
     assert claims["kind"] == "viewer" and claims["sessions"] == ["spin"] and claims["sub"] == "viewer:spin"
+
+
+def test_status_with_a_wrong_ray_address_is_one_line_not_minutes_of_retries(tmp_path: Path) -> None:
+    """(ray.init would retry for minutes: the subprocess time-out is what fails a hang.)"""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    env_address = f"127.0.0.1:{port}"
+    done = subprocess.run([sys.executable, "-m", "cluster.cli", "status", "--data-dir", str(tmp_path)], capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "RAY_ADDRESS": env_address,
+                                                      "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    assert done.returncode == 2, done.stderr
+    assert f"cannot attach to Ray at {env_address}: nothing answers there" in done.stderr and "Traceback" not in done.stderr
