@@ -60,9 +60,8 @@ def install(app: FastAPI, settings: Settings) -> None:
         created = await edge.directory.create(session_id, title=body.title, board_size=body.board_size)
         if created:
             await SessionRecords(edge.directory.redis, prefix=settings.prefix).indexed(session_id)
-        if body.board_size is not None:
-            log.info("session %s board_size %s", session_id, body.board_size)
-        await edge.directory.handle(session_id)  # start the actor now, not on the first sample
+        overrides = {} if body.board_size is None else {"board_size": body.board_size}
+        await edge.directory.handle(session_id, overrides=overrides)  # the actor starts now, not on the first sample
         return {"id": session_id, "created": created}
 
     @app.get("/v1/sessions/{session_id}")

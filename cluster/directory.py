@@ -118,14 +118,17 @@ class SessionDirectory:
         raw = await self.redis.hgetall(self.meta_key(session_id))
         return {_text(k): _text(v) for k, v in raw.items()}
 
-    async def handle(self, session_id: str) -> SessionHandle:
+    async def handle(self, session_id: str, *, overrides: dict[str, Any] | None = None) -> SessionHandle:
+        """The session's actor, created if it does not exist. ``overrides`` (e.g. the class's
+        ``board_size``) reach a new actor's settings only: an existing or restored actor
+        keeps what its checkpoint says."""
         handle = self._handles.get(session_id)
         if handle is None:
-            actor = await asyncio.to_thread(self._get_or_create, session_id)
+            actor = await asyncio.to_thread(self._get_or_create, session_id, overrides or {})
             handle = self._handles[session_id] = SessionHandle(self, session_id, actor)
         return handle
 
-    def _get_or_create(self, session_id: str) -> Any:
+    def _get_or_create(self, session_id: str, overrides: dict[str, Any] | None = None) -> Any:
         return SessionActor.options(  # type: ignore[attr-defined]
             name=actor_name(session_id),
             namespace=self.namespace,
@@ -133,7 +136,7 @@ class SessionDirectory:
             lifetime="detached",
             resources=self.resources,
             scheduling_strategy=self.scheduling_strategy,
-        ).remote(session_id, self.actor_settings)
+        ).remote(session_id, {**self.actor_settings, **(overrides or {})})
 
     def forget(self, session_id: str) -> None:
         self._handles.pop(session_id, None)
