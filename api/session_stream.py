@@ -26,6 +26,7 @@ import asyncio
 import dataclasses
 import itertools
 import logging
+from collections.abc import Callable
 from typing import Protocol, cast
 
 from actors.wire import (
@@ -89,8 +90,10 @@ class StreamConnection(asyncio.Protocol):
     """One connection to one actor process's stream server."""
 
     def __init__(self, endpoint: Endpoint, *, timeout_s: float, max_inflight: int,
-                 max_frame_bytes: int = MAX_FRAME_BYTES) -> None:
+                 max_frame_bytes: int = MAX_FRAME_BYTES,
+                 on_lost: Callable[[StreamConnection], None] | None = None) -> None:
         self.endpoint = endpoint
+        self.on_lost = on_lost
         self.timeout_s = timeout_s
         self.max_inflight = max_inflight
         self.frames = FrameBuffer(max_frame_bytes)
@@ -114,6 +117,8 @@ class StreamConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._fail_all(SessionStreamError(f"stream to {self._where()} lost: {exc or 'closed by the actor'}"))
+        if self.on_lost is not None:
+            self.on_lost(self)
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -181,11 +186,14 @@ class StreamConnection(asyncio.Protocol):
 
 
 class StreamPool:
-    """One open connection per actor process endpoint."""
+    """One open connection per actor process endpoint; a lost one is forgotten at once (and
+    ``on_lost`` told), so the pool holds only live connections."""
 
-    def __init__(self, *, timeout_s: float, max_inflight: int) -> None:
+    def __init__(self, *, timeout_s: float, max_inflight: int,
+                 on_lost: Callable[[Endpoint], None] | None = None) -> None:
         self.timeout_s = timeout_s
         self.max_inflight = max_inflight
+        self.on_lost = on_lost
         self.connections: dict[tuple[str, int, str], StreamConnection] = {}
         self.opened = 0
         self._opening: dict[tuple[str, int, str], asyncio.Future[StreamConnection]] = {}
@@ -201,8 +209,8 @@ class StreamPool:
         future: asyncio.Future[StreamConnection] = asyncio.get_running_loop().create_future()
         self._opening[key] = future
         try:
-            connection = await StreamConnection(endpoint, timeout_s=self.timeout_s,
-                                                max_inflight=self.max_inflight).open()
+            connection = await StreamConnection(endpoint, timeout_s=self.timeout_s, max_inflight=self.max_inflight,
+                                                on_lost=self._lost).open()
         except (OSError, TimeoutError) as exc:
             error = SessionStreamError(f"cannot connect to {endpoint.host}:{endpoint.port}: {exc!r}")
             future.set_exception(error)
@@ -214,6 +222,13 @@ class StreamPool:
         self.connections[key] = connection
         future.set_result(connection)
         return connection
+
+    def _lost(self, connection: StreamConnection) -> None:
+        key = connection.endpoint.address
+        if self.connections.get(key) is connection:
+            del self.connections[key]
+        if self.on_lost is not None:
+            self.on_lost(connection.endpoint)
 
     def drop(self, endpoint: Endpoint) -> None:
         connection = self.connections.pop(endpoint.address, None)
@@ -231,8 +246,8 @@ class StreamTicks:
 
     def __init__(self, directory: SessionDirectory, *, timeout_s: float = 5.0, max_inflight: int = 4096) -> None:
         self.directory = directory
-        self.pool = StreamPool(timeout_s=timeout_s, max_inflight=max_inflight)
-        self.endpoints: dict[str, Endpoint] = {}
+        self.pool = StreamPool(timeout_s=timeout_s, max_inflight=max_inflight, on_lost=self._endpoint_lost)
+        self.endpoints: dict[str, Endpoint] = {}  # only endpoints of live connections (or not yet connected)
         self.resolved = 0  # endpoint() calls made through Ray
         self.failures = 0
 
@@ -265,6 +280,13 @@ class StreamTicks:
     def forget(self, session_id: str) -> None:
         self.endpoints.pop(session_id, None)
         self.directory.forget(session_id)
+
+    def _endpoint_lost(self, endpoint: Endpoint) -> None:
+        """A process went away: forget its sessions' endpoints (ended and passivated
+        classes do not leave entries behind)."""
+        for session_id, known in list(self.endpoints.items()):
+            if known.address == endpoint.address:
+                del self.endpoints[session_id]
 
     async def close(self) -> None:
         await self.pool.close()

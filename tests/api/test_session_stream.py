@@ -141,6 +141,9 @@ def test_a_session_actor_killed_while_the_edge_streams_to_it_loses_nothing(edge:
     before, after = seen["before"], seen["after"]
     assert after["pid"] != before["pid"] and after["epoch"] > before["epoch"]
     assert after["stream_port"] is not None
+    ticks = edge.config.app.state.edge.ticks  # the edge's StreamTicks: nothing left of the dead process
+    assert before["pid"] not in {c.endpoint.pid for c in list(ticks.pool.connections.values())}
+    assert before["pid"] not in {e.pid for e in list(ticks.endpoints.values())}
     assert result["server_frames"]["welcome"] > config.devices  # devices were asked to resume
 
 
