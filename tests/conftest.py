@@ -68,6 +68,7 @@ def edge_settings(redis_server: Any, ray_instance: Any, tmp_path_factory: pytest
         namespace="pulseline-test",
         data_dir=Path(tmp_path_factory.mktemp("data")),
         handshake_timeout_s=5.0,  # short for the handshake test, not so short that a busy CI box trips it
+        ray_call_timeout_s=30.0,  # (default 10 s) the shared test Ray runs hundreds of actors; tests of the bound set their own
     )
 
 
