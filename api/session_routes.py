@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field, field_validator
 from actors.session import MAX_TAGS, check_tags
 from api.edge import SESSION_ID as _ID
 from api.edge import edge_of, where_of
+from api.auth import TokenKind
 from api.scopes import Caller, Operator, authorise_membership, operator, peer_of
 from cluster.session_records import SessionRecords
 from cluster.settings import Settings
@@ -52,6 +53,17 @@ class PhaseRequest(BaseModel):
     phase: str = Field(pattern=r"^(scheduled|lobby|live|cooldown|ended)$")
 
 
+# What a participant sees of the other riders of its class (its own entry is whole): their
+# output, not their heart rate, tags, latest values or devices (operators see everything).
+PUBLIC_FIELDS = ("participant", "energy_kj", "distance_m", "power_avg", "cadence_avg", "speed_max", "samples")
+
+
+def _as_seen_by(snapshot: dict[str, Any], participant: str | None) -> dict[str, Any]:
+    rows = [row if row.get("participant") == participant else {k: row.get(k) for k in PUBLIC_FIELDS}
+            for row in snapshot.get("participants", [])]
+    return {**{k: v for k, v in snapshot.items() if k != "devices"}, "participants": rows}
+
+
 def install(app: FastAPI, settings: Settings) -> None:
     @app.post("/v1/sessions", status_code=201)
     async def create_session(body: CreateSession, who: Operator, request: Request) -> dict[str, Any]:
@@ -71,6 +83,8 @@ def install(app: FastAPI, settings: Settings) -> None:
         if snap is None:
             snap = await edge.call(session_id, "snapshot")
         snap["meta"] = await edge.directory.meta(session_id)
+        if who.kind is TokenKind.PARTICIPANT:
+            snap = _as_seen_by(snap, who.participant)
         return snap
 
     @app.post("/v1/sessions/{session_id}/participants", status_code=201)

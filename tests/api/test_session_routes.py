@@ -49,3 +49,18 @@ def test_a_phase_change_reaches_an_idle_pumps_board(edge: Any, tokens: Any, uniq
     for phase in ("live", "cooldown", "ended"):
         httpx.post(f"{edge.url}/v1/sessions/{sid}/phase", json={"phase": phase}, headers=tokens.headers()).raise_for_status()
     assert pump.board["phase"] == "ended"
+
+
+def test_a_participant_sees_the_others_output_not_their_heart_rate_or_tags(edge: Any, tokens: Any, unique_id: str) -> None:
+    sid = f"privacy-{unique_id}"
+    httpx.post(f"{edge.url}/v1/sessions", json={"id": sid}, headers=tokens.headers()).raise_for_status()
+    for who in ("ann", "bob"):
+        httpx.post(f"{edge.url}/v1/sessions/{sid}/participants", json={"participant": who, "tags": {"age": "30-39"}},
+                   headers=tokens.headers()).raise_for_status()
+    ann = httpx.get(f"{edge.url}/v1/sessions/{sid}", headers=tokens.headers("participant", participant="ann", sessions=[sid])).json()
+    rows = {r["participant"]: r for r in ann["participants"]}
+    assert rows["ann"]["tags"] == {"age": "30-39"} and "hr_avg" in rows["ann"]  # its own entry is whole
+    assert set(rows["bob"]) == {"participant", "energy_kj", "distance_m", "power_avg", "cadence_avg", "speed_max", "samples"}
+    assert "devices" not in ann
+    operator = httpx.get(f"{edge.url}/v1/sessions/{sid}", headers=tokens.headers()).json()
+    assert {r["participant"]: r for r in operator["participants"]}["bob"]["tags"] == {"age": "30-39"} and "devices" in operator
