@@ -194,6 +194,14 @@ class DeviceConnection:
         self._lost = True
         self._ready.set()
 
+    def _rearm_timer(self) -> None:
+        """Direct path: re-arm the connection's one timer for its new nearest deadline (the
+        ASGI path recomputes its wait on every receive)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+            self._arm_timer()
+
     def _arm_timer(self) -> None:
         """One timer per connection for the handshake, idle and token deadlines."""
         if self.outbox.closed or self._lost:
@@ -355,6 +363,7 @@ class DeviceConnection:
                 self.outbox.close(CloseCode.UNKNOWN_SESSION, "no known session in hello")
             return
         self.state = LinkState.STREAMING
+        self._rearm_timer()  # the deadlines changed: the token's expiry notice may come before the handshake's
         if hello.board is not None:
             self._subscribe(hello.board)
 
@@ -445,6 +454,7 @@ class DeviceConnection:
                 return
         self.principal = new
         self.expiry_noticed = False
+        self._rearm_timer()
         self.outbox.send(encode({"t": "auth_ok", "expires_at": new.expires_at}))
 
     # -- samples ------------------------------------------------------------------------------
