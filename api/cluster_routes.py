@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -30,6 +29,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from api.edge import SESSION_ID
 from api.errors import BadRequest
 from api.scopes import operator
 from cluster.placement import Passivator, is_active, passivate
@@ -37,7 +37,6 @@ from cluster.prescale import PrescaleBook, PrescalePolicy, Prescaler, ScheduledC
 from cluster.status import cluster_status
 
 log = logging.getLogger(__name__)
-_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")  # the edge's session id rule (api.app)
 
 
 class ClusterPolicySettings(BaseSettings):
@@ -160,7 +159,7 @@ def install(app: FastAPI) -> None:
         loops = _loops(request)
         if body.start_at < time.time() - loops.settings.prescale_release_after_s:
             raise BadRequest("start_at is in the past")
-        if not _ID.match(session_id):
+        if not SESSION_ID.match(session_id):
             raise BadRequest(f"bad session id {session_id!r}")
         await loops.edge.directory.create(session_id)
         policy = loops.prescaler.policy

@@ -23,7 +23,6 @@ from cluster.directory import SessionDirectory
 from cluster.settings import Settings
 
 SESSION_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")  # the edge's session (and HTTP participant) id rule
-_ID = SESSION_ID
 
 
 class Edge:
@@ -53,7 +52,7 @@ class Edge:
         return pump
 
     async def require(self, session_id: str) -> None:
-        if not _ID.match(session_id) or not await self.directory.exists(session_id):
+        if not SESSION_ID.match(session_id) or not await self.directory.exists(session_id):
             raise UnknownSession(f"no session {session_id!r}")
 
     async def call(self, session_id: str, method: str, **kwargs: Any) -> Any:

@@ -36,7 +36,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.auth import TokenKind, dev_token
 from api.errors import Forbidden
-from api.scopes import Caller, Member, authorise_read, peer_of, roster_of
+from api.scopes import Caller, Member, peer_of
 from cluster.session_records import SessionRecords
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -191,12 +191,7 @@ def _install_view_links(app: FastAPI) -> None:
         """A view-only token for this session's board, and the page link that carries it
         (operators, and participants of the session; development mode signs it)."""
         edge = request.app.state.edge
-        if who.kind is TokenKind.OPERATOR:
-            await edge.require(session_id)
-        else:
-            snapshot = await edge.call(session_id, "snapshot")
-            edge.gate.check(who, authorise_read, session_id, roster_of(snapshot),
-                            where=f"{request.method} {request.url.path}", peer=peer_of(request))
+        await edge.authorise_read(who, session_id, where=f"{request.method} {request.url.path}", peer=peer_of(request))
         wanted = edge.settings.view_token_ttl_s if body is None or body.ttl_s is None else body.ttl_s
         ttl_s = min(edge.settings.view_token_max_ttl_s, wanted)
         if who.kind is not TokenKind.OPERATOR:  # a participant never extends its own access

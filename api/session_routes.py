@@ -14,7 +14,7 @@ from fastapi import Depends, FastAPI, Request
 from pydantic import BaseModel, Field, field_validator
 
 from actors.session import MAX_TAGS, check_tags
-from api.edge import SESSION_ID as _ID
+from api.edge import SESSION_ID
 from api.edge import edge_of, where_of
 from api.auth import TokenKind
 from api.scopes import Caller, Operator, authorise_membership, operator, peer_of
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 
 class CreateSession(BaseModel):
-    id: str | None = Field(default=None, pattern=_ID.pattern)
+    id: str | None = Field(default=None, pattern=SESSION_ID.pattern)
     title: str | None = Field(default=None, max_length=200)
     board_size: int | None = Field(default=None, ge=1, le=100)
 
@@ -40,7 +40,7 @@ class JoinRequest(BaseModel):
     """``tags``: the participant's cohort values (``{"age": "30-39"}``), checked by
     ``actors.session.check_tags``; omitted keeps the tags it has, ``{}`` clears them."""
 
-    participant: str = Field(pattern=_ID.pattern)
+    participant: str = Field(pattern=SESSION_ID.pattern)
     tags: dict[str, str] | None = Field(default=None, max_length=MAX_TAGS)
 
     @field_validator("tags")

@@ -56,11 +56,3 @@ def clean_id(value: Any, what: str, *, max_chars: int = MAX_ID_CHARS) -> str:
     if value != value.strip():
         raise TextError(f"{what} must not start or end with white space")
     return value
-
-
-def is_clean_id(value: Any, *, max_chars: int = MAX_ID_CHARS) -> bool:
-    """Whether ``value`` is already an acceptable id in its normal form."""
-    try:
-        return clean_id(value, "id", max_chars=max_chars) == value
-    except TextError:
-        return False
