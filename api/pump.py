@@ -118,6 +118,13 @@ class SessionPump:
             outbox.set_board(self.board)
         self._wake.set()
 
+    def note_phase(self, phase: str) -> None:
+        """The class moved to ``phase`` (a control call). A pump with nobody attached does not
+        tick, so its last board would keep the old phase, and passivation, which reads it,
+        would wait for "ended" forever. The copy drops the old board's cached encodings."""
+        if self.board is not None and self.board.get("phase") != phase:
+            self.board = {k: v for k, v in self.board.items() if not k.startswith("_")} | {"phase": phase}
+
     def remove_viewer(self, outbox: Outbox) -> None:
         self.viewers.discard(outbox)
 

@@ -107,10 +107,8 @@ def install(app: FastAPI, settings: Settings) -> None:
         edge = edge_of(request)
         phase = await edge.call(session_id, "set_phase", phase=body.phase)  # PhaseError: 409 (api.errors)
         pump = edge.pumps.get(session_id)
-        if pump is not None and pump.board is not None:
-            # A pump with nobody attached does not tick, so its last board would keep the old
-            # phase, and passivation (which reads it) would wait for an "ended" forever.
-            pump.board = {k: v for k, v in pump.board.items() if not k.startswith("_")} | {"phase": phase}
+        if pump is not None:
+            pump.note_phase(phase)
         await SessionRecords(edge.directory.redis, prefix=settings.prefix).record_phase(
             session_id, body.phase, retention_s=settings.ended_retention_s)  # ended: its keys start to expire
         return {"phase": phase}

@@ -98,8 +98,10 @@ def _me_row(board: dict[str, Any], participant: str) -> list[Any] | None:
     row = own_row(board, participant)
     if row is None:
         return None
-    cols = board["cols"]
-    rank, energy, power, hr, cadence, samples, last_ts = (row[cols.index(c)] for c in _ME_COLUMNS)
+    at = board.get("_me_at")
+    if at is None:  # once per board, not per rider
+        at = board["_me_at"] = [board["cols"].index(c) for c in _ME_COLUMNS]
+    rank, energy, power, hr, cadence, samples, last_ts = (row[i] for i in at)
     return [rank, _tenths(energy), _whole(power), _whole(hr), _whole(cadence), samples, last_ts]
 
 
