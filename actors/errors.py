@@ -4,6 +4,7 @@
     ``PhaseError``        an illegal phase transition (carries both phases)
     ``StaleInstance``     this actor instance was fenced off by a newer epoch
     ``CheckpointError``   a checkpoint could not be decoded
+    ``NotReplicated``     a checkpoint write reached fewer replicas than the Redis URL asks
 """
 
 from __future__ import annotations
@@ -35,3 +36,16 @@ class StaleInstance(ActorError):
 
 class CheckpointError(ActorError):
     pass
+
+
+class NotReplicated(ActorError):
+    """A write is on the primary but fewer than ``wanted`` replicas confirmed it in time
+    (``wait_replicas`` in the Redis URL): not durable yet, so nothing is acknowledged on it."""
+
+    def __init__(self, wanted: int, acked: int) -> None:
+        super().__init__(f"write confirmed by {acked} of the {wanted} replicas asked for")
+        self.wanted = wanted
+        self.acked = acked
+
+    def __reduce__(self) -> tuple[type, tuple[int, int]]:
+        return (type(self), (self.wanted, self.acked))

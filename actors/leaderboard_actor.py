@@ -8,7 +8,8 @@ Durability: a write-ahead log plus snapshots, both fenced by the epoch of
 ``actors.checkpoint.CheckpointStore(kind="lbshard")``.
 
 * Every write batch is applied in memory, then appended (msgpack of its columns) to the Redis list
-  ``{p}:lbshard:{board}:{gen}:{shard}:log`` by a Lua script that refuses the append if a newer
+  ``{p}:lbshard:{{board:gen:shard}}:log`` (one Redis Cluster hash tag for every key of a
+  shard, so the fenced scripts stay on one slot) by a Lua script that refuses the append if a newer
   instance took the epoch. Only then does ``write`` return: an acknowledged write is durable.
 * When the log holds more writes than ``max(snapshot_min_writes, records / 2)``, a background
   task writes ``to_checkpoint()`` to ``...:ckpt`` and trims the log entries it covers, in one
@@ -42,10 +43,9 @@ from typing import Any
 import msgpack
 import numpy as np
 import ray
-import redis
 from ray.exceptions import RayError
 
-from actors.checkpoint import CheckpointStore
+from actors.checkpoint import CheckpointStore, key_base
 from actors.errors import StaleInstance
 from actors.lbpeers import PeerMessage, PeerReplica, PeerSnapshot
 from actors.leaderboard import (
@@ -120,7 +120,7 @@ def store_ident(board: str, shard: int, generation: int = 0) -> str:
 
 def shard_keys(prefix: str, board: str, shard: int, generation: int = 0) -> list[str]:
     """Every Redis key a shard owns (for cleanup after a reshard)."""
-    base = f"{prefix}:lbshard:{store_ident(board, shard, generation)}"
+    base = key_base(prefix, "lbshard", store_ident(board, shard, generation))
     return [f"{base}:{suffix}" for suffix in ("epoch", "ckpt", "ckpt_epoch", "log")]
 
 
@@ -176,7 +176,7 @@ class LeaderboardShardActor:
         return LeaderboardShard.from_checkpoint(wrapper["shard"])
 
     def _replay_log(self) -> tuple[int, int]:
-        with redis.Redis.from_url(self.store.redis_url) as client:
+        with self.store.sync_client() as client:
             entries: list[bytes] = client.lrange(self.log_key, 0, -1)  # type: ignore[assignment]
         writes = 0
         for raw in entries:
@@ -283,11 +283,10 @@ class LeaderboardShardActor:
 
     async def _append(self, kind: str, body: Any, count: int) -> None:
         payload = msgpack.packb([kind, body], use_bin_type=True)
-        client = self.store._client()
-        result = await client.eval(  # type: ignore[misc]
-            _FENCED_PUSH, 2, self.store.epoch_key, self.log_key, self.store.epoch, payload
+        result = await self.store.fenced_eval(
+            _FENCED_PUSH, (self.store.epoch_key, self.log_key), (self.store.epoch, payload)
         )
-        if int(result) != -1:
+        if result != -1:
             self.fenced = True
             raise StaleInstance(self.store.epoch, int(result))
         self.log_entries += 1
@@ -318,11 +317,12 @@ class LeaderboardShardActor:
                 {"v": _SNAPSHOT_FORMAT, "frozen_for": self.frozen_for, "shard": self.shard.to_checkpoint()},
                 use_bin_type=True,
             )
-            result = await self.store._client().eval(  # type: ignore[misc]
-                _FENCED_SNAPSHOT, 4, self.store.epoch_key, self.store.ckpt_key,
-                self.store.ckpt_epoch_key, self.log_key, self.store.epoch, data, covered,
+            result = await self.store.fenced_eval(
+                _FENCED_SNAPSHOT,
+                (self.store.epoch_key, self.store.ckpt_key, self.store.ckpt_epoch_key, self.log_key),
+                (self.store.epoch, data, covered),
             )
-            if int(result) != -1:
+            if result != -1:
                 self.fenced = True
                 raise StaleInstance(self.store.epoch, int(result))
             self.log_entries -= covered  # 0: appends take the same lock

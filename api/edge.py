@@ -8,11 +8,11 @@ import asyncio
 import re
 from typing import Any
 
-import redis.asyncio as aioredis
 from fastapi import Request
 from redis.asyncio.retry import Retry
 from redis.backoff import ConstantBackoff
 
+from actors.redis_url import AsyncRedis, connect
 from api.auth import Principal, TokenKind
 from api.errors import Forbidden, UnknownSession
 from api.limits import ConnectionLimits
@@ -86,11 +86,12 @@ class Edge:
         await self.ticks.close()
 
 
-def redis_client(settings: Settings) -> aioredis.Redis:
-    """The edge's Redis client: every command bounded by ``redis_timeout_s`` (connect and
+def redis_client(settings: Settings) -> AsyncRedis:
+    """The edge's Redis client (one server, a cluster or a Sentinel master, as the URL says:
+    ``actors.redis_url``): every command bounded by ``redis_timeout_s`` (connect and
     reply), retried once after 50 ms, so a stopped or dead Redis costs a request at most
     ~2 x that before it is answered 503 (``api.errors``)."""
-    return aioredis.Redis.from_url(
+    return connect(
         settings.redis_url or "", socket_timeout=settings.redis_timeout_s,
         socket_connect_timeout=settings.redis_timeout_s, retry=Retry(ConstantBackoff(0.05), 1),
     )

@@ -36,7 +36,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from ray import exceptions as ray_errors
 
-from actors.errors import ActorError, CheckpointError, PhaseError, StaleInstance
+from actors.errors import ActorError, CheckpointError, NotReplicated, PhaseError, StaleInstance
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +149,9 @@ _REDIS_UNAVAILABLE = (
     redis_errors.ReadOnlyError,
     redis_errors.TryAgainError,
     redis_errors.MaxConnectionsError,
+    redis_errors.ClusterDownError,  # a primary failing over, slots not covered yet
+    redis_errors.SlotNotCoveredError,
+    redis_errors.RedisClusterException,  # e.g. no node of the cluster answers
 )
 _RAY_UNAVAILABLE = (
     ray_errors.RayActorError,  # ActorDiedError, ActorUnavailableError
@@ -195,6 +198,8 @@ def classify(exc: BaseException) -> EdgeError:
         return Unavailable("the session's actor is unavailable or slow (restarting?); try again shortly")
     if isinstance(inner, (TimeoutError, asyncio.TimeoutError)):
         return Unavailable("a dependency did not answer in time; try again shortly")
+    if isinstance(inner, NotReplicated):
+        return Unavailable("storage (Redis) could not replicate in time; try again shortly")
     if isinstance(inner, StaleInstance):  # the actor was just replaced by a newer instance
         return Unavailable("the session moved to a new instance; try again shortly", retry_after_s=1)
     if isinstance(inner, ActorError) and not isinstance(inner, CheckpointError):

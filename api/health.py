@@ -26,13 +26,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis.asyncio as aioredis
 import redis.exceptions as redis_errors
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from redis.backoff import NoBackoff
 from redis.asyncio.retry import Retry
 
+from actors.redis_url import AsyncRedis, connect
 from api.errors import RETRY_AFTER_S
 from cluster.settings import Settings
 
@@ -54,7 +54,7 @@ class Readiness:
         self.settings = settings
         self.started = started
         self.timeout_s = settings.readiness_timeout_s
-        self._redis: aioredis.Redis | None = None
+        self._redis: AsyncRedis | None = None
         self._ray_probe: asyncio.Task[dict[str, float]] | None = None
         self._cached: tuple[float, dict[str, Check]] | None = None
         self._answered_at: dict[str, float] = {}
@@ -70,9 +70,9 @@ class Readiness:
             return Check(True, f"slow: {detail}; answered {ago:.1f} s ago")
         return Check(False, detail)
 
-    def _client(self) -> aioredis.Redis:
+    def _client(self) -> AsyncRedis:
         if self._redis is None:
-            self._redis = aioredis.Redis.from_url(
+            self._redis = connect(
                 self.settings.redis_url or "", socket_timeout=self.timeout_s,
                 socket_connect_timeout=self.timeout_s, retry=Retry(NoBackoff(), 0),
             )

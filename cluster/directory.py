@@ -11,8 +11,9 @@ and calls again (at most ``REFRESH_ATTEMPTS`` times). Every session actor method
 idempotent, so the repeat is safe. Node loss does not need this: Ray restarts the actor
 (``max_restarts=-1``) elsewhere and retries the call (``max_task_retries=-1``).
 
-Redis key owned here: ``{prefix}:session:{id}:meta`` (hash: created_at, board_size,
-title) — a session exists iff this key exists.
+Redis key owned here: ``{prefix}:session:{{id}}:meta`` (hash: created_at, board_size,
+title; ``{id}`` is the session's Redis Cluster hash tag, ``actors.checkpoint.key_base``) —
+a session exists iff this key exists.
 """
 
 from __future__ import annotations
@@ -23,10 +24,11 @@ import time
 from typing import Any
 
 import ray
-import redis.asyncio as aioredis
 from ray.exceptions import ActorDiedError
 from redis.typing import EncodableT, FieldT
 
+from actors.checkpoint import key_base
+from actors.redis_url import AsyncRedis
 from actors.session_actor import SessionActor, actor_name
 
 log = logging.getLogger(__name__)
@@ -74,7 +76,7 @@ class SessionHandle:
 class SessionDirectory:
     def __init__(
         self,
-        redis_client: aioredis.Redis,
+        redis_client: AsyncRedis,
         *,
         prefix: str,
         namespace: str,
@@ -94,7 +96,7 @@ class SessionDirectory:
         self._known: set[str] = set()
 
     def meta_key(self, session_id: str) -> str:
-        return f"{self.prefix}:session:{session_id}:meta"
+        return f"{key_base(self.prefix, 'session', session_id)}:meta"
 
     async def create(self, session_id: str, **meta: Any) -> bool:
         """Record a session; False if it already existed (creation is idempotent)."""

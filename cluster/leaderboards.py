@@ -25,7 +25,9 @@ Redis keys (prefix ``p``, default ``pl``) owned here:
 ``{p}:lb:boards``           set     names of every board
 ==========================  ======  ==================================================
 
-Shard actors own ``{p}:lbshard:{name}:{g}:{shard}:{epoch,ckpt,ckpt_epoch,log}``.
+Shard actors own ``{p}:lbshard:{{name:g:shard}}:{epoch,ckpt,ckpt_epoch,log}`` (one Redis
+Cluster hash tag per shard). No command here spans keys of two slots: a retired board's keys
+are deleted shard by shard.
 
 Errors: ``LeaderboardsError`` (``UnknownBoard``, ``BoardConflict``, ``BadCursor``,
 ``BoardUnavailable``) from here; ``actors.leaderboard.LeaderboardError`` subclasses
@@ -48,7 +50,6 @@ from typing import Any, NamedTuple, TypeVar
 import msgpack
 import numpy as np
 import ray
-import redis.asyncio as aioredis
 from ray.exceptions import RayActorError, RayError, RayTaskError
 
 from actors.leaderboard import (
@@ -73,6 +74,7 @@ from actors.leaderboard import (
 )
 from actors.lbcore import check_users, user_bytes
 from actors.leaderboard_actor import LeaderboardShardActor, actor_name, shard_keys
+from actors.redis_url import AsyncRedis, connect
 
 __all__ = [
     "AroundAnswer",
@@ -276,7 +278,7 @@ class Leaderboards:
 
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: AsyncRedis,
         *,
         redis_url: str,
         prefix: str = "pl",
@@ -300,7 +302,7 @@ class Leaderboards:
 
     @classmethod
     def connect(cls, redis_url: str, **kwargs: Any) -> Leaderboards:
-        client = cls(aioredis.Redis.from_url(redis_url), redis_url=redis_url, **kwargs)
+        client = cls(connect(redis_url), redis_url=redis_url, **kwargs)
         client._owns_redis = True
         return client
 
@@ -706,9 +708,8 @@ class Leaderboards:
         self._forget(board)
         for handle in handles:
             ray.kill(handle, no_restart=True)
-        keys = [k for s in range(board.spec.shard_count)
-                for k in shard_keys(self.prefix, board.spec.name, s, board.generation)]
-        await self.redis.delete(*keys)
+        for s in range(board.spec.shard_count):  # one slot per shard: one DEL each
+            await self.redis.delete(*shard_keys(self.prefix, board.spec.name, s, board.generation))
 
     async def drop(self, name: str) -> None:
         """Delete a board: its actors and every Redis key (tests and operators)."""

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import redis.asyncio as aioredis
+from actors.redis_url import AsyncRedis
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def bundles(used_slots: float, upcoming_slots: int) -> list[dict[str, float]]:
 class PrescaleBook:
     """The scheduled classes, in Redis (see the module docstring for the key)."""
 
-    def __init__(self, redis_client: aioredis.Redis, *, prefix: str) -> None:
+    def __init__(self, redis_client: AsyncRedis, *, prefix: str) -> None:
         self.redis = redis_client
         self.key = f"{prefix}:prescale"
 

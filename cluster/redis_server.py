@@ -24,6 +24,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -58,12 +59,18 @@ def free_port() -> int:
 class EmbeddedRedis:
     """One redis-server process owned by this object."""
 
-    def __init__(self, data_dir: str | Path, port: int | None = None, *, appendfsync: str = "everysec") -> None:
+    def __init__(
+        self, data_dir: str | Path, port: int | None = None, *, appendfsync: str = "everysec",
+        extra_args: Sequence[str] = (),
+    ) -> None:
+        """``extra_args`` are more redis-server options (``cluster.redis_cluster`` makes
+        cluster nodes and replicas with them)."""
         if appendfsync not in ("always", "everysec"):
             raise ValueError(f"appendfsync must be 'always' or 'everysec', not {appendfsync!r}")
         self.data_dir = Path(data_dir).resolve()  # redis-server chdirs into --dir first
         self.port = port or free_port()
         self.appendfsync = appendfsync
+        self.extra_args = list(extra_args)
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -87,6 +94,7 @@ class EmbeddedRedis:
             "--protected-mode", "yes",
             "--daemonize", "no",
             "--logfile", str(self.data_dir / "redis.log"),
+            *self.extra_args,
         ]
         self._proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self._wait_ready(timeout_s)

@@ -10,12 +10,15 @@ key                             type    meaning
                                         ``"{created_at:017.6f}|{id}"``: lexical order is
                                         creation order, so ``ZRANGEBYLEX`` pages by a
                                         keyset cursor that neither skips nor repeats
-``{p}:session:{id}:meta``       hash    (``cluster.directory``) plus ``phase``, written
+``{p}:session:{{id}}:meta``     hash    (``cluster.directory``) plus ``phase``, written
                                         here on every phase change made through the edge
 ==============================  ======  ==================================================
 
 A session's own keys are ``session_keys(prefix, id)``: its meta hash, its checkpoint, the
-checkpoint's epoch and the instance epoch (``actors.checkpoint``). When a class ends
+checkpoint's epoch and the instance epoch (``actors.checkpoint``), all under one Redis
+Cluster hash tag (``{id}``), so the pipelines and the ``DEL`` below stay on one slot. The
+index is one key of its own; a listing reads the metas of many sessions with a
+non-transactional pipeline, which a cluster client splits per node. When a class ends
 (``record_phase(..., "ended")``) they get a TTL of ``retention_s``: checkpoint writes keep
 it (``SET ... KEEPTTL``), so late data merged after the end does not extend it; when it
 runs out, the session is gone (``GET`` 404) and drops out of the index lazily. A session
@@ -28,7 +31,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-import redis.asyncio as aioredis
+from actors.checkpoint import key_base
+from actors.redis_url import AsyncRedis
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +41,7 @@ MAX_SCAN = 1000  # index entries read per listing request, whatever the filter
 
 
 def session_keys(prefix: str, session_id: str) -> list[str]:
-    base = f"{prefix}:session:{session_id}"
+    base = key_base(prefix, "session", session_id)
     return [f"{base}:meta", f"{base}:ckpt", f"{base}:ckpt_epoch", f"{base}:epoch"]
 
 
@@ -56,13 +60,13 @@ class Page:
 
 
 class SessionRecords:
-    def __init__(self, redis: aioredis.Redis, *, prefix: str) -> None:
+    def __init__(self, redis: AsyncRedis, *, prefix: str) -> None:
         self.redis = redis
         self.prefix = prefix
         self.index_key = f"{prefix}:sessions"
 
     def meta_key(self, session_id: str) -> str:
-        return f"{self.prefix}:session:{session_id}:meta"
+        return session_keys(self.prefix, session_id)[0]
 
     async def indexed(self, session_id: str) -> None:
         """Add a session (its meta must exist) to the index; idempotent."""

@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from actors.redis_url import parse
 
 
 DEFAULT_RESULTS_SINK = "cluster.leaderboards:publish_from_session"
@@ -18,7 +20,9 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="PULSELINE_", extra="ignore")
 
-    redis_url: str | None = None  # REDIS_URL: attach instead of starting embedded Redis
+    # REDIS_URL: attach instead of starting embedded Redis; redis://, redis+cluster:// or
+    # redis+sentinel:// (actors.redis_url, docs/cluster.md)
+    redis_url: str | None = None
     ray_address: str | None = None  # RAY_ADDRESS: attach instead of starting local Ray
     data_dir: Path = Path(".pulseline")
     host: str = "127.0.0.1"
@@ -102,6 +106,13 @@ class Settings(BaseSettings):
     # An ended class's Redis keys expire this long after it ended (0 = keep for ever);
     # cluster/session_records.py. Results published to leaderboards are not affected.
     ended_retention_s: float = 7 * 24 * 3600.0
+
+    @field_validator("redis_url")
+    @classmethod
+    def _usable_redis_url(cls, url: str | None) -> str | None:
+        if url:
+            parse(url)  # RedisUrlError (a ValueError) says what is wrong
+        return url
 
     def actor_settings(self) -> dict[str, Any]:
         assert self.redis_url, "redis_url is resolved before actors are created"

@@ -38,6 +38,8 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlparse
 
+from actors.redis_url import parse
+
 from prometheus_client import Counter, Gauge
 
 log = logging.getLogger(__name__)
@@ -104,15 +106,20 @@ class ExternalRedis:
     since: float = field(default_factory=time.time)
 
     def probe(self, timeout_s: float = 1.0) -> bool:
-        parsed = urlparse(self.url)
-        try:
-            with socket.create_connection((parsed.hostname or "127.0.0.1", parsed.port or 6379), timeout=timeout_s) as s:
-                s.settimeout(timeout_s)
-                s.sendall(b"PING\r\n")
-                reply = s.recv(64)
-        except OSError:
-            return False
-        return reply.startswith(b"+PONG") or reply.startswith(b"-NOAUTH")  # answering is reachable
+        """Reachable when one of the URL's addresses answers (the server, a cluster seed or
+        a sentinel: ``actors.redis_url``); a cluster's redis-py client finds the rest."""
+        return any(_answers(address, timeout_s) for address in parse(self.url).addresses)
+
+
+def _answers(address: tuple[str, int], timeout_s: float) -> bool:
+    try:
+        with socket.create_connection(address, timeout=timeout_s) as s:
+            s.settimeout(timeout_s)
+            s.sendall(b"PING\r\n")
+            reply = s.recv(64)
+    except OSError:
+        return False
+    return reply.startswith(b"+PONG") or reply.startswith(b"-NOAUTH")  # answering is reachable
 
 
 class Supervisor:

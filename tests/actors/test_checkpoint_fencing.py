@@ -58,7 +58,7 @@ def test_old_actor_instance_cannot_overwrite_newer_checkpoint(
     assert isinstance(refused.value.cause, StaleInstance)
     ray.get(new.join.remote(participant="late"))
     client = redis.Redis.from_url(redis_server.url)
-    stored = SessionState.from_checkpoint(client.get(f"fence:session:{unique_id}:ckpt"))
+    stored = SessionState.from_checkpoint(client.get(f"fence:session:{{{unique_id}}}:ckpt"))
     assert stored.participants == ["early", "late"]
     assert ray.get(old.info.remote())["fenced"] is True
     for actor in (old, new):

@@ -259,7 +259,7 @@ def test_reshard_two_to_five_through_actors_keeps_every_entry_and_rank(
             assert len({i["pid"] for i in await lb.shard_infos(name)}) == 5
             with pytest.raises(ValueError):
                 ray.get_actor(actor_name(name, 0), namespace=NS)
-            keys = redis.Redis.from_url(redis_server.url).keys(f"{prefix}:lbshard:{name}:0:*")
+            keys = redis.Redis.from_url(redis_server.url).keys(f"{prefix}:lbshard:{{{name}:0:*")
             assert keys == []
         finally:
             await drop_all(lb, [name])
