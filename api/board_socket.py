@@ -4,7 +4,10 @@
 subprotocol or ``?token=``), must be allowed to watch the session (``api.scopes``), picks a
 rate, a view (``top`` or ``all``), a format (msgpack or JSON) and optionally its own
 participant row; it may only send ``auth`` frames (renewal) and is closed with 4401 when its
-token expires unrenewed. (Protocol v1.1 devices get their board on their own connection:
+token expires unrenewed. Privacy: a participant's token may name only its own row, and its
+boards (``top`` and ``view=all`` alike) carry no other rider's heart rate
+(``api.viewer.public_board``); operators and the screens they issue viewer tokens for see
+everything. (Protocol v1.1 devices get their board on their own connection:
 ``api.ingest``.)
 """
 
@@ -18,7 +21,7 @@ from typing import Any
 from fastapi import FastAPI, Query, WebSocket
 from starlette.websockets import WebSocketDisconnect
 
-from api.auth import Principal
+from api.auth import Principal, TokenKind
 from api.directws import channel_of
 from api.edge import Edge, edge_of
 from api.errors import AuthError, BadRequest, Forbidden, Unauthorised, Unavailable, UnknownSession
@@ -49,6 +52,11 @@ def install(app: FastAPI, settings: Settings) -> None:
             who = await _board_principal(ws, edge_of(ws), session_id, peer)
             if who is None:
                 return
+            private = who.kind is TokenKind.PARTICIPANT
+            if private and participant is not None and participant != who.participant:
+                await ws.close(CloseCode.FORBIDDEN, close_reason(
+                    f"{ScopeReason.WRONG_PARTICIPANT.value}: a participant's token shows only its own row"))
+                return
             if not 1.0 <= rate <= settings.max_board_rate_hz or view not in ("top", "all") or format not in ("msgpack", "json"):
                 await ws.close(CloseCode.PROTOCOL, f"rate must be 1-{settings.max_board_rate_hz:g} Hz, view top|all, format msgpack|json")
                 return
@@ -60,7 +68,8 @@ def install(app: FastAPI, settings: Settings) -> None:
                     ws,
                     max_frames=settings.send_queue_frames,
                     board_interval_s=1.0 / rate,
-                    encode_board=board_encoder(participant, everyone=view == "all", as_json=format == "json"),
+                    encode_board=board_encoder(participant, everyone=view == "all", as_json=format == "json",
+                                               private=private),
                     channel=channel_of(ws, settings.direct_ws),
                 )
                 await _serve_board(ws, edge_of(ws), session_id, outbox, who)

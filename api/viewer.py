@@ -3,7 +3,9 @@
 The session actor returns one board per version (top-N plus every participant's row);
 each viewer gets ``top`` and, when it names a participant, ``you`` (its own rank and
 values); a ``view=all`` viewer (a studio screen, the swarm's latency probe) gets every
-row. Encoded lazily at send time, so boards a slow viewer skips cost nothing.
+row. Encoded lazily at send time, so boards a slow viewer skips cost nothing. A
+participant's token gets the ``public_board``: other riders' ``PRIVATE_COLUMNS`` blanked in
+``top`` and ``rows`` (its own row whole in ``you``).
 """
 
 from __future__ import annotations
@@ -54,10 +56,32 @@ _YOU_KEY = encode_value("you")
 _ROWS_KEY = encode_value("rows")
 
 
+PRIVATE_COLUMNS = ("hr_bpm",)  # what only the rider, instructors and screens see
+
+
+def public_board(board: dict[str, Any]) -> dict[str, Any]:
+    """The board with every rider's private columns blanked, built once per board; its
+    ``_index`` keeps the whole rows, so ``own_row`` (``you``) stays whole."""
+    public = board.get("_public")
+    if public is None:
+        hidden = [i for i, c in enumerate(board["cols"]) if c in PRIVATE_COLUMNS]
+
+        def blank(row: list[Any]) -> list[Any]:
+            return [None if i in hidden else v for i, v in enumerate(row)]
+
+        public = board["_public"] = {k: board[k] for k in _SHARED if k in board}
+        public.update(top=[blank(r) for r in board["top"]], rows=[blank(r) for r in board["rows"]],
+                      _index={row[0]: row for row in board["rows"]})
+    return public  # type: ignore[no-any-return]
+
+
 def board_encoder(
-    participant: str | None, *, everyone: bool, as_json: bool = False
+    participant: str | None, *, everyone: bool, as_json: bool = False, private: bool = False
 ) -> Callable[[dict[str, Any]], bytes | str]:
-    def encode_board(board: dict[str, Any]) -> bytes | str:
+    """``private``: the viewer's token is a participant's (``public_board``)."""
+
+    def encode_board(whole: dict[str, Any]) -> bytes | str:
+        board = public_board(whole) if private else whole
         if not as_json:
             return _msgpack_frame(board, participant, everyone)
         frame: dict[str, Any] = {"t": "board", **{k: board[k] for k in _SHARED if k in board}}
