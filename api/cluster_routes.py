@@ -96,6 +96,7 @@ class ClusterLoops:
         if pump is None or not pump.idle:
             return  # someone came back while it was being passivated: keep serving
         del self.edge.pumps[session_id]
+        self.edge.directory.forget_session(session_id)  # its handle and that it exists: re-read on demand
         self.passivator.passivated.discard(session_id)
         self.released += 1
         await pump.stop()
