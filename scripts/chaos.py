@@ -5,8 +5,8 @@ SIGKILLed at random; it ends with the accounting, every recovery time and memory
 
 It starts ``pulseline up --edges 2`` (its own data dir, ports, local Ray and embedded
 Redis; stopped by pid at the end) and runs a swarm in this process against both edges
-(``--url a,b``: every client fails over). The victims, one per round, in turn then at
-random:
+(``--url a,b``: every client fails over). The victims, one per round, in turn (the order
+of ``--victims``) then at random:
 
 * ``redis-server`` — the supervisor restarts it on the same port and data dir;
   recovered (seconds from the SIGKILL) once the supervisor reports it restarted and
@@ -142,8 +142,8 @@ class Chaos:
                 pass
 
     async def kill_loop(self, stop: asyncio.Event, sessions: list[str]) -> None:
-        order = list(VICTIMS)
-        while not stop.is_set():
+        order = list(self.args.victims)
+        while not stop.is_set() and not (self.args.rounds and len(self.kills) >= self.args.rounds):
             try:
                 await asyncio.wait_for(stop.wait(), self.args.every_s)
                 return
@@ -236,6 +236,14 @@ def _cmdline(p: psutil.Process) -> str:
         return ""
 
 
+def _victims(text: str) -> list[str]:
+    names = [v.strip() for v in text.split(",") if v.strip()]
+    unknown = [v for v in names if v not in VICTIMS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"victims are {', '.join(VICTIMS)}; not {', '.join(unknown) or 'none'}")
+    return names
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=30.0)
@@ -245,6 +253,9 @@ def main() -> int:
     parser.add_argument("--sample-s", type=float, default=10.0)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--keep", action="store_true", help="keep the work dir (logs, AOF)")
+    parser.add_argument("--rounds", type=int, default=0, help="stop killing after this many rounds (0: never)")
+    parser.add_argument("--victims", type=_victims, default=list(VICTIMS),
+                        help=f"the first rounds' victims in order, comma-separated (default {','.join(VICTIMS)})")
     parser.add_argument("--report", default=None)
     args = parser.parse_args()
     chaos = Chaos(args)
