@@ -64,7 +64,9 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         client = redis_client(settings)
         directory = SessionDirectory(
-            client, prefix=settings.prefix, namespace=settings.namespace, actor_settings=settings.actor_settings()
+            client, prefix=settings.prefix, namespace=settings.namespace, actor_settings=settings.actor_settings(),
+            dense_hosts=settings.dense_hosts, dense_max_riders=settings.dense_max_riders,
+            default_placement=settings.default_placement,
         )
         app.state.edge = Edge(settings, directory, gate)
         # Everything alive now (Ray, FastAPI, imported modules: ~200k objects) lives as long

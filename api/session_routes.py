@@ -18,6 +18,7 @@ from api.edge import SESSION_ID
 from api.edge import edge_of, where_of
 from api.auth import TokenKind
 from api.scopes import Caller, Operator, authorise_membership, operator, peer_of
+from cluster.directory import Placement
 from cluster.session_records import SessionRecords
 from cluster.settings import Settings
 from devices.text import clean_text
@@ -29,6 +30,10 @@ class CreateSession(BaseModel):
     id: str | None = Field(default=None, pattern=SESSION_ID.pattern)
     title: str | None = Field(default=None, max_length=200)
     board_size: int | None = Field(default=None, ge=1, le=100)
+    # How many riders the class expects: small classes may share a process (dense mode,
+    # PULSELINE_DENSE_MAX_RIDERS); ``placement`` forces one or the other.
+    expected_riders: int | None = Field(default=None, ge=1, le=1_000_000)
+    placement: Placement | None = None
 
     @field_validator("title")
     @classmethod
@@ -69,7 +74,8 @@ def install(app: FastAPI, settings: Settings) -> None:
     async def create_session(body: CreateSession, who: Operator, request: Request) -> dict[str, Any]:
         edge = edge_of(request)
         session_id = body.id or uuid.uuid4().hex[:12]
-        created = await edge.directory.create(session_id, title=body.title, board_size=body.board_size)
+        created = await edge.directory.create(session_id, title=body.title, board_size=body.board_size,
+                                              expected_riders=body.expected_riders, placement=body.placement)
         if created:
             await SessionRecords(edge.directory.redis, prefix=settings.prefix).indexed(session_id)
         overrides = {} if body.board_size is None else {"board_size": body.board_size}

@@ -11,16 +11,28 @@ and calls again (at most ``REFRESH_ATTEMPTS`` times). Every session actor method
 idempotent, so the repeat is safe. Node loss does not need this: Ray restarts the actor
 (``max_restarts=-1``) elsewhere and retries the call (``max_task_retries=-1``).
 
+Placement, chosen per class when it is created (``create``): a class runs either in its own
+``SessionActor`` process (*dedicated*, the default) or as one of many small classes in a
+``SessionHost`` process (*dense*, ``actors/session_host.py``): a class whose expected size
+(``expected_riders``) is at most ``dense_max_riders`` goes dense, or any class created with
+``placement="dense"``; a class of unknown size goes where ``default_placement`` says. A
+dense class's host is the actor ``host:{prefix}.{n}`` with ``n = crc32(id) % dense_hosts``,
+recorded in the session's meta (field ``host``) so every edge finds the same one whatever
+its own settings; its handle adds ``session=`` (and the class's settings from its meta) to
+every call, so callers cannot tell the two apart.
+
 Redis key owned here: ``{prefix}:session:{{id}}:meta`` (hash: created_at, board_size,
-title; ``{id}`` is the session's Redis Cluster hash tag, ``actors.checkpoint.key_base``) —
-a session exists iff this key exists.
+title, host, expected_riders; ``{id}`` is the session's Redis Cluster hash tag,
+``actors.checkpoint.key_base``) — a session exists iff this key exists.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import time
+import zlib
 from typing import Any
 
 import ray
@@ -30,11 +42,17 @@ from redis.typing import EncodableT, FieldT
 from actors.checkpoint import key_base
 from actors.redis_url import AsyncRedis
 from actors.session_actor import SessionActor, actor_name
+from actors.session_host import SessionHost, host_name
 
 log = logging.getLogger(__name__)
 
 
 REFRESH_ATTEMPTS = 3
+
+
+class Placement(str, enum.Enum):
+    DEDICATED = "dedicated"  # one actor process for the class
+    DENSE = "dense"  # one of many small classes in a shared host process
 
 
 class _Method:
@@ -49,10 +67,17 @@ class _Method:
 class SessionHandle:
     """A session actor's handle that refreshes itself when the actor died for good."""
 
-    def __init__(self, directory: SessionDirectory, session_id: str, actor: Any) -> None:
+    def __init__(self, directory: SessionDirectory, session_id: str, actor: Any,
+                 host: str | None = None, overrides: dict[str, Any] | None = None) -> None:
         self.directory = directory
         self.session_id = session_id
         self.actor = actor
+        self.host = host  # dense: the host's number (every call then names the class)
+        self.extra: dict[str, Any] = {} if host is None else {"session": session_id, "overrides": overrides or {}}
+
+    @property
+    def hosted(self) -> bool:
+        return self.host is not None
 
     def __getattr__(self, name: str) -> _Method:
         if name.startswith("_"):
@@ -62,7 +87,7 @@ class SessionHandle:
     async def call(self, method: str, **kwargs: Any) -> Any:
         for attempt in range(REFRESH_ATTEMPTS):
             try:
-                return await getattr(self.actor, method).remote(**kwargs)
+                return await getattr(self.actor, method).remote(**self.extra, **kwargs)
             except ActorDiedError:
                 if attempt == REFRESH_ATTEMPTS - 1:
                     raise
@@ -83,6 +108,9 @@ class SessionDirectory:
         actor_settings: dict[str, Any],
         resources: dict[str, float] | None = None,
         scheduling_strategy: str = "SPREAD",
+        dense_hosts: int = 4,
+        dense_max_riders: int = 0,
+        default_placement: str = "dedicated",
     ) -> None:
         self.redis = redis_client
         self.prefix = prefix
@@ -92,16 +120,38 @@ class SessionDirectory:
         # SPREAD: sessions go to the least-loaded node that has a free slot, so losing a
         # node loses as few sessions as possible (Ray's default packs nodes up to 50% first).
         self.scheduling_strategy = scheduling_strategy
+        self.dense_hosts = max(1, dense_hosts)
+        self.dense_max_riders = dense_max_riders  # 0: only classes created with placement="dense"
+        self.default_placement = Placement(default_placement)  # a class of unknown size
         self._handles: dict[str, SessionHandle] = {}
         self._known: set[str] = set()
 
     def meta_key(self, session_id: str) -> str:
         return f"{key_base(self.prefix, 'session', session_id)}:meta"
 
-    async def create(self, session_id: str, **meta: Any) -> bool:
-        """Record a session; False if it already existed (creation is idempotent)."""
+    def placement_for(self, expected_riders: int | None, placement: Placement | str | None = None) -> Placement:
+        """Dense for a class asked to be, or expected to stay small; dedicated otherwise."""
+        if placement is not None:
+            return Placement(placement)
+        if expected_riders is None:
+            return self.default_placement
+        if 0 < self.dense_max_riders and expected_riders <= self.dense_max_riders:
+            return Placement.DENSE
+        return Placement.DEDICATED
+
+    def host_for(self, session_id: str) -> str:
+        return f"{self.prefix}.{zlib.crc32(session_id.encode()) % self.dense_hosts}"
+
+    async def create(self, session_id: str, *, expected_riders: int | None = None,
+                     placement: Placement | str | None = None, **meta: Any) -> bool:
+        """Record a session and where it runs; False if it already existed (creation is
+        idempotent, and an existing class keeps its placement)."""
         fields: dict[FieldT, EncodableT] = {"created_at": time.time()}
         fields.update((k, v) for k, v in meta.items() if v is not None)
+        if expected_riders is not None:
+            fields["expected_riders"] = expected_riders
+        if self.placement_for(expected_riders, placement) is Placement.DENSE:
+            fields["host"] = self.host_for(session_id)
         created = await self.redis.hsetnx(self.meta_key(session_id), "created_at", fields["created_at"])
         if created:
             await self.redis.hset(self.meta_key(session_id), mapping=fields)
@@ -126,9 +176,35 @@ class SessionDirectory:
         keeps what its checkpoint says."""
         handle = self._handles.get(session_id)
         if handle is None:
-            actor = await asyncio.to_thread(self._get_or_create, session_id, overrides or {})
-            handle = self._handles[session_id] = SessionHandle(self, session_id, actor)
+            host, board_size = await self.redis.hmget(self.meta_key(session_id), ["host", "board_size"])
+            if host is not None:
+                hosted = {"board_size": int(board_size)} if board_size is not None else {}
+                hosted.update(overrides or {})
+                actor = await asyncio.to_thread(self._get_or_create_host, _text(host))
+                handle = SessionHandle(self, session_id, actor, host=_text(host), overrides=hosted)
+            else:
+                actor = await asyncio.to_thread(self._get_or_create, session_id, overrides or {})
+                handle = SessionHandle(self, session_id, actor)
+            handle = self._handles.setdefault(session_id, handle)
         return handle
+
+    async def host_of(self, session_id: str) -> str | None:
+        """The dense host of the class (None: it has its own actor)."""
+        handle = self._handles.get(session_id)
+        if handle is not None:
+            return handle.host
+        host = await self.redis.hget(self.meta_key(session_id), "host")
+        return None if host is None else _text(host)
+
+    def _get_or_create_host(self, host: str) -> Any:
+        return SessionHost.options(  # type: ignore[attr-defined]
+            name=host_name(host),
+            namespace=self.namespace,
+            get_if_exists=True,
+            lifetime="detached",
+            resources=self.resources,
+            scheduling_strategy=self.scheduling_strategy,
+        ).remote(host, dict(self.actor_settings))
 
     def _get_or_create(self, session_id: str, overrides: dict[str, Any] | None = None) -> Any:
         return SessionActor.options(  # type: ignore[attr-defined]
@@ -149,7 +225,8 @@ class SessionDirectory:
         self._known.discard(session_id)
 
     def kill(self, session_id: str) -> None:
-        """Passivate: stop the actor for good (its state stays in Redis)."""
+        """Passivate a dedicated class: stop its actor for good (its state stays in Redis).
+        A dense class is passivated by its host (``release``, ``cluster.placement.passivate``)."""
         self._handles.pop(session_id, None)
         try:
             actor = ray.get_actor(actor_name(session_id), namespace=self.namespace)

@@ -169,6 +169,14 @@ async def passivate(directory: SessionDirectory, session_id: str, *, flush_timeo
     recreate the actor from its checkpoint (on whichever node has a free slot); devices
     then get a fresh ``welcome`` because the epoch changed.
     """
+    host = await directory.host_of(session_id)
+    if host is not None:  # dense: the host drops this class only (after a checkpoint)
+        handle = await directory.handle(session_id)
+        released = bool(await asyncio.wait_for(handle.release.remote(), flush_timeout_s))
+        directory.forget(session_id)
+        if released:
+            log.info("session %s passivated on host %s", session_id, host)
+        return released
     if not await asyncio.to_thread(is_active, session_id, directory.namespace):
         directory.forget(session_id)
         return False

@@ -31,9 +31,12 @@ class Settings(BaseSettings):
     prefix: str = "pl"
     namespace: str = "pulseline"
     local_session_slots: int = 256
-    # One actor call per session per tick. At the top board rate (10 Hz) a tick lands just
-    # before every viewer is due, so a sample waits at most one tick (see docs/benchmarks.md).
+    # The fastest a class ticks (one tick per class per interval carries its samples to its
+    # actor and its board back): what a 10 Hz viewer needs (see docs/benchmarks.md).
     tick_interval_s: float = 0.1
+    # The slowest a class ticks (a class whose viewers all ask 1 board/s ticks every 0.5 s;
+    # each class ticks twice per period of its fastest viewer, api/pump.py).
+    max_tick_interval_s: float = Field(default=0.5, gt=0, le=5.0)
     # How ticks reach session actors: "stream" (a direct connection per actor process, Ray
     # only for control) or "ray" (one actor call per session per tick, as before the stream).
     session_transport: Literal["stream", "ray"] = "stream"
@@ -45,6 +48,13 @@ class Settings(BaseSettings):
     # used only with session_leaderboards. PULSELINE_RESULTS_SINK overrides the default.
     results_sink: str = Field(default=DEFAULT_RESULTS_SINK, pattern=r"^([A-Za-z_][\w.]*:[A-Za-z_][\w.]*)?$")
     checkpoint_interval_s: float = 0.25
+    # Dense mode (actors/session_host.py): classes created with ``expected_riders`` at most
+    # this many share host processes (0: only classes created with placement "dense");
+    # ``dense_hosts`` host processes take them, by a hash of the class id.
+    dense_max_riders: int = Field(default=0, ge=0)
+    dense_hosts: int = Field(default=2, ge=1, le=4096)
+    # Where a class created without an expected size (or placement) runs.
+    default_placement: Literal["dedicated", "dense"] = "dedicated"
     board_size: int = 10
     max_gap_s: float = 5.0
     max_board_rate_hz: float = 10.0

@@ -127,6 +127,9 @@ class SwarmConfig:
     # acks inside the boards); "1": a second socket per rider on /v1/sessions/{id}/board
     board_protocol: str = "1.1"
     phases: bool = True  # drive lobby -> live -> cooldown -> ended
+    # where the server runs each class: None lets it choose by the expected size (the
+    # riders per class are sent as ``expected_riders``); "dense" or "dedicated" forces it
+    placement: str | None = None
     progress: bool = False
     ready_timeout_s: float = 60.0
     # async (**claims) -> JWT; default: development tokens from the edge (DevTokens)
@@ -373,8 +376,11 @@ class Swarm:
     async def _create_sessions(self, http: EdgeHttp) -> None:
         n_late = round(self.config.devices * self.fault_config.late_sync.fraction)
         late_ids = [f"{self.config.session_prefix}-late-{k}" for k in range(max(1, math.ceil(n_late / 100)))] if n_late else []
+        body: dict[str, Any] = {"expected_riders": max(1, math.ceil(self.config.devices / max(1, len(self.sessions))))}
+        if self.config.placement is not None:
+            body["placement"] = self.config.placement
         for sid in self.sessions + late_ids:
-            response = await http.request("POST", "/v1/sessions", json={"id": sid})
+            response = await http.request("POST", "/v1/sessions", json={"id": sid, **body})
             if response is None:
                 raise SwarmUnavailable(f"no edge of {self.config.urls} could create session {sid}")
             response.raise_for_status()

@@ -1,0 +1,215 @@
+"""``SessionCell``: one live class as a process hosts it — state, checkpoints, fencing.
+
+A cell is everything a class needs besides Ray: one ``SessionState``, its
+``CheckpointStore`` (its own Redis keys and fencing epoch), the durable seqs that may be
+acknowledged, and the publishing of results. Two Ray shells host cells:
+
+* ``SessionActor`` (``actors/session_actor.py``): one cell per actor process — the default,
+  for classes that may grow large;
+* ``SessionHost`` (``actors/session_host.py``): many small classes in one actor process (the
+  *dense mode*), each cell still with its own name, state, checkpoints, epoch and restart.
+
+The shell owns the event loop's tasks (checkpointing, the stream server); the cell is driven
+by it. Opening a cell takes a new epoch and restores the last checkpoint, so every (re)open
+fences off older instances of the same class, wherever they run. A cell that finds itself
+fenced off (a checkpoint write refused) calls ``on_fenced`` and refuses every later call
+with ``StaleInstance``; its shell stops serving it.
+
+Results: once the class is ended (and again after late data changes it), the snapshot is
+handed to the *results sink* named in ``settings["results_sink"]``, an import path
+``"package.module:function"`` of a callable ``async (settings, snapshot) -> Any`` (an edge
+with session leaderboards names the leaderboards' publisher there, see
+docs/leaderboards.md). It is resolved with importlib when results are published, so
+``actors`` imports nothing above itself; a sink that fails to import or raises is logged
+and never fails a session call. No sink, or no ``settings["leaderboards"]``: nothing is
+published.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from actors.checkpoint import CheckpointStore
+from actors.errors import StaleInstance
+from actors.session import DeviceBatch, Phase, SessionState
+from actors.wire import TickRequest, TickResult
+
+log = logging.getLogger(__name__)
+
+ResultsSink = Callable[[Mapping[str, Any], Mapping[str, Any]], Awaitable[Any]]
+
+
+def resolve_sink(path: str) -> ResultsSink:
+    """Import ``"package.module:function"`` and return the function; raise ``ValueError``
+    for a malformed path or a target that is not callable (import errors pass through)."""
+    module_name, sep, attr = path.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"results sink {path!r} is not 'package.module:function'")
+    target: Any = importlib.import_module(module_name)
+    for part in attr.split("."):
+        target = getattr(target, part)
+    if not callable(target):
+        raise ValueError(f"results sink {path!r} is not callable")
+    return target  # type: ignore[no-any-return]
+
+
+class SessionCell:
+    def __init__(self, session_id: str, settings: Mapping[str, Any],
+                 *, on_fenced: Callable[[SessionCell], None] | None = None) -> None:
+        self.session_id = session_id
+        self.settings = dict(settings)
+        self.on_fenced = on_fenced
+        self.store = CheckpointStore(
+            settings["redis_url"], prefix=settings.get("prefix", "pl"), kind="session", ident=session_id
+        )
+        data = self.store.acquire()  # (blocking: one Redis round trip; shells call it off their loop)
+        if data is not None:
+            self.state = SessionState.from_checkpoint(data)
+        else:
+            self.state = SessionState(
+                session_id,
+                board_size=int(settings.get("board_size", 10)),
+                max_gap_s=float(settings.get("max_gap_s", 5.0)),
+            )
+        self.restored = data is not None
+        self.durable: dict[str, int] = self.state.applied_seqs() if data is not None else {}
+        self.checkpointed_version = self.state.version if data is not None else -1
+        self.fenced = False
+        self.checkpoints_written = 0
+        self._write_lock = asyncio.Lock()
+        # Leaderboards fed with this class's results once it ends (board names; default none),
+        # through the results sink (an import path; default none: see the module docstring).
+        self.leaderboards = [str(b) for b in settings.get("leaderboards") or ()]
+        self.results_sink = str(settings.get("results_sink") or "")
+        self.publish_failures = 0
+        self._publish_task: asyncio.Task[None] | None = None
+        self._republish = False
+
+    @property
+    def epoch(self) -> int:
+        return self.store.epoch
+
+    def check(self) -> None:
+        """Raise ``StaleInstance`` once a newer instance of this class exists."""
+        if self.fenced:
+            raise StaleInstance(self.store.epoch, None)
+
+    # -- checkpoints ----------------------------------------------------------------------
+    @property
+    def dirty(self) -> bool:
+        return not self.fenced and self.state.version != self.checkpointed_version
+
+    async def checkpoint(self) -> None:
+        """Write the state if it changed; a refused write fences this cell off (and raises)."""
+        async with self._write_lock:
+            if self.state.version == self.checkpointed_version:
+                return
+            version = self.state.version
+            seqs = self.state.applied_seqs()  # taken together with the bytes, no await between
+            data = self.state.to_checkpoint()
+            try:
+                await self.store.write(data)
+            except StaleInstance:
+                self.fence()
+                raise
+            self.checkpointed_version = version
+            self.durable = seqs
+            self.checkpoints_written += 1
+
+    def fence(self) -> None:
+        """A newer instance exists: refuse every later call and tell the shell (once)."""
+        if not self.fenced:
+            self.fenced = True
+            log.error("session %s epoch %s fenced off; stopping", self.session_id, self.store.epoch)
+            if self.on_fenced is not None:
+                self.on_fenced(self)
+
+    async def close(self) -> None:
+        await self.store.close()
+
+    # -- the hot path -------------------------------------------------------------------
+    def tick(self, request: TickRequest) -> TickResult:
+        """Apply one micro-batch; the board comes back only if newer than ``known_version``."""
+        self.check()
+        return self._result(request, self.state.apply_tick(request))
+
+    def _result(self, request: TickRequest, result: Any) -> TickResult:
+        if result.applied and self.state.phase is Phase.ENDED:
+            self._publish_results()  # late data: the corrected results replace the earlier ones
+        version = self.state.version
+        return TickResult(
+            session=self.session_id, epoch=self.store.epoch, version=version,
+            board=self.state.board() if version != request.known_version else None,
+            durable={d: self.durable.get(d, 0) for d in request.want_durable},
+            applied=result.applied, duplicates=result.duplicates, id=request.id,
+        )
+
+    def tick_batches(self, batches: list[tuple[str, str, list[list[Any]], list[int]]],
+                     want_durable: list[str], known_version: int) -> dict[str, Any]:
+        """Apply device batches (the Ray call of the first protocol; kept for tools and tests)."""
+        self.check()
+        request = TickRequest(self.session_id, want_durable=tuple(want_durable), known_version=known_version)
+        result = self._result(request, self.state.apply(DeviceBatch(d, p, rows, rej) for d, p, rows, rej in batches))
+        return {
+            "epoch": result.epoch, "version": result.version, "board": result.board,
+            "durable": result.durable, "applied": result.applied, "duplicates": result.duplicates,
+        }
+
+    # -- control --------------------------------------------------------------------------
+    async def flush(self) -> dict[str, int]:
+        """Checkpoint now; returns the durable seq of every device."""
+        self.check()
+        await self.checkpoint()
+        return dict(self.durable)
+
+    async def join(self, participant: str, tags: dict[str, str] | None = None) -> int:
+        self.check()
+        slot = self.state.join(participant, tags)
+        await self.checkpoint()
+        return slot
+
+    async def leave(self, participant: str) -> bool:
+        self.check()
+        left = self.state.leave(participant)
+        await self.checkpoint()
+        return left
+
+    async def set_phase(self, phase: str) -> str:
+        self.check()
+        self.state.set_phase(Phase(phase))
+        await self.checkpoint()
+        if self.state.phase is Phase.ENDED:
+            self._publish_results()
+        return self.state.phase.value
+
+    def _publish_results(self) -> None:
+        """Hand the results to the sink in the background; never fails a call."""
+        if not self.leaderboards or not self.results_sink:
+            return
+        self._republish = True
+        if self._publish_task is None or self._publish_task.done():
+            self._publish_task = asyncio.get_running_loop().create_task(self._publish_loop())
+
+    async def _publish_loop(self) -> None:
+        while self._republish:
+            self._republish = False
+            try:
+                sink = resolve_sink(self.results_sink)
+                await sink(self.settings, self.state.snapshot())
+            except Exception:  # results are re-published on the next late data or phase call
+                self.publish_failures += 1
+                log.exception("session %s: results sink %r failed", self.session_id, self.results_sink)
+
+    def snapshot(self) -> dict[str, Any]:
+        self.check()
+        snap = self.state.snapshot()
+        snap["epoch"] = self.store.epoch
+        snap["durable"] = dict(self.durable)
+        snap["checkpoints_written"] = self.checkpoints_written
+        snap["state_bytes"] = self.state.nbytes()
+        snap["publish_failures"] = self.publish_failures
+        return snap
