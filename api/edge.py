@@ -43,7 +43,7 @@ class Edge:
                 session_id,
                 self.directory,
                 tick_interval_s=self.settings.tick_interval_s,
-                idle_poll_s=1.0 / self.settings.max_board_rate_hz,
+                max_tick_interval_s=self.settings.max_tick_interval_s,
                 max_pending=self.settings.max_pending_samples_per_session,
                 ack_interval_s=self.settings.ack_interval_s,
                 channel=self.ticks,

@@ -3,18 +3,23 @@
 A connection never makes server memory grow: control frames (welcome, ack, error,
 throttle) go through a bounded deque — a client that lets it fill up is closed as too
 slow — and boards are kept one deep (a newer board replaces an unsent one), sent at the
-rate the viewer asked for: the next board may go one period after the last one, less a
-slack of at most 10 ms (so boards produced at exactly the viewer's rate do not slip a
-whole tick), so a viewer asking 1 board/s gets 1 board/s.
+rate the viewer asked for.
+
+With a :class:`~api.directws.DirectChannel` (the edge's default under uvicorn) frames are
+written to the transport at once, from the caller, and boards are sent by the session's
+pump, which ticks at least twice per period of its fastest viewer and, each tick, offers
+the new board to every viewer (``offer``) or lets waiting ones go (``flush_due``): a board
+goes when the viewer's slot has come, the slot being one period after the last board less
+half a tick (at most a quarter of the period), so boards go on the first tick of each
+period and a viewer asking 1 board/s gets 1 board/s. No timer and no task per connection.
+The bounded queue is used only while the transport is paused (the client reads slower
+than we write), with the same close when it fills.
 
 Protocol v1.1 (``carries_acks``): a device connection that also receives its board gets
 its acks inside the board frames — one frame per board period when nothing else happens.
-Acks that find no board by the next slot (a class with nothing new) go alone as ``ack``.
+Acks that found no board for a whole period (a class with nothing new) go alone as ``ack``.
 
-With a :class:`~api.directws.DirectChannel` (the edge's default under uvicorn) frames are
-written to the transport at once, from the caller, and a due board is written from a
-timer: no task wakes per frame. The bounded queue is then used only while the transport
-is paused (the client reads slower than we write), with the same close when it fills.
+Without a channel (plain ASGI) a writer task sends the frames and the boards itself.
 """
 
 from __future__ import annotations
@@ -35,11 +40,10 @@ from devices.protocol import CloseCode, encode
 log = logging.getLogger(__name__)
 
 BoardEncoder = Callable[..., bytes | str]  # (board) or, carrying acks, (board, acks)
-SLOT_SLACK_S = 0.01  # a board may go this much before its period is up (at most 10% of it)
-ACK_GRACE_S = 0.05  # how long past a board slot acks wait for a board before going alone
+SLOT_SLACK_S = 0.01  # ASGI path: a board may go this much before its period is up (at most 10% of it)
+ACK_GRACE_S = 0.05  # how long past a board period acks wait for a board before going alone
 FLUSH_TIMEOUT_S = 2.0  # what a closing connection may spend sending its last frames
-MAX_REASON_BYTES = 120
-TIMER_SLACK_S = 0.002  # a board due this soon is sent now rather than from a timer  # a close reason may carry at most 123 bytes of UTF-8
+MAX_REASON_BYTES = 120  # a close reason may carry at most 123 bytes of UTF-8
 
 
 def close_reason(text: str) -> str:
@@ -67,10 +71,9 @@ class Outbox:
         self.boards_sent = 0
         self.boards_skipped = 0
         self._next_slot = 0.0  # monotonic time the next board may go
-        self._board_timer: asyncio.TimerHandle | None = None
         self.carries_acks = False  # v1.1: acks ride in board frames (``encode_board(board, acks)``)
         self.acks: dict[str, int] = {}
-        self._ack_timer: asyncio.TimerHandle | None = None
+        self._acks_since = 0.0  # monotonic time the oldest waiting ack came
         self._wake = asyncio.Event()
         self.closed = False
         self.close_reason: tuple[int, str] | None = None
@@ -98,27 +101,43 @@ class Outbox:
         if not self.carries_acks or self.channel is None:
             self.send(encode({"t": "ack", "acks": seqs}))
             return
+        if not self.acks:
+            self._acks_since = time.monotonic()
         self.acks.update(seqs)
-        if self._ack_timer is None:
-            wait = max(0.0, self._board_wait_s()) + ACK_GRACE_S
-            self._ack_timer = asyncio.get_running_loop().call_later(wait, self._ack_timer_fired)
-
-    def _ack_timer_fired(self) -> None:
-        self._ack_timer = None
-        if self.acks and self._board_timer is None:
-            self._board_due()  # a waiting board takes them along
-        if self.acks and self._board_timer is None and not self.closed:
-            acks, self.acks = self.acks, {}
-            self.send(encode({"t": "ack", "acks": acks}))
 
     def set_board(self, board: dict[str, Any]) -> None:
+        """A board for this viewer (its first, or a phase change): sent as soon as its slot allows."""
+        self.offer(board, time.monotonic(), 0.0)
+
+    def offer(self, board: dict[str, Any], now: float, slack_s: float) -> None:
+        """The pump's newest board (latest wins); sent now if this viewer's slot has come.
+        ``slack_s``: how much earlier than a whole period the next board may go (half the
+        pump's tick, so the tick that ends a period sends it)."""
         if self.board is not None:
             self.boards_skipped += 1
         self.board = board
         if self.channel is not None:
-            self._board_due()
+            self.flush_due(now, slack_s)
         else:
             self._wake.set()
+
+    def flush_due(self, now: float, slack_s: float) -> None:
+        """Direct path, every pump tick: send the waiting board if its slot has come, and
+        acks that waited a whole period without a board."""
+        channel = self.channel
+        if self.closed or channel is None or not channel.open:
+            return  # (a closing channel never becomes writable again: do not wake the writer)
+        if self.frames or not channel.can_write:
+            if self.board is not None or self.acks:
+                self._wake.set()  # the writer sends them once the queue has drained
+            return
+        if self.board is not None and now >= self._next_slot:
+            frame = self._take_board(now, slack_s)
+            if frame is not None:
+                channel.write(frame)  # (open and writable: checked above)
+        elif self.acks and now - self._acks_since >= self.board_interval_s + ACK_GRACE_S:
+            acks, self.acks = self.acks, {}
+            channel.write(encode({"t": "ack", "acks": acks}))
 
     def close(self, code: int, reason: str, *, flush: bool = True) -> None:
         """Close after sending what is queued (the error frame that explains the close),
@@ -128,12 +147,6 @@ class Outbox:
             self.close_reason = (code, close_reason(reason))
             if not flush:
                 self.frames.clear()
-            if self._board_timer is not None:
-                self._board_timer.cancel()
-                self._board_timer = None
-            if self._ack_timer is not None:
-                self._ack_timer.cancel()
-                self._ack_timer = None
             self._wake.set()
             if self.channel is not None:
                 self._finish_direct(self.channel)  # now: the writer may be waiting on a paused transport
@@ -170,7 +183,7 @@ class Outbox:
             while self.frames and channel.can_write and not self.closed:
                 channel.write(self.frames.popleft())
             if not self.frames and not self.closed:
-                self._board_due()
+                self.flush_due(time.monotonic(), 0.0)
         self._finish_direct(channel)
 
     def _finish_direct(self, channel: DirectChannel) -> None:
@@ -182,26 +195,6 @@ class Outbox:
                 pass
             channel.close(*self.close_reason)
 
-    def _board_due(self) -> None:
-        """Write the waiting board now if the viewer's rate allows, else at the right time."""
-        channel = self.channel
-        if self.closed or self.board is None or self._board_timer is not None or channel is None or not channel.open:
-            return  # (a closing channel never becomes writable again: do not wake the writer)
-        if self.frames or not channel.can_write:
-            self._wake.set()  # the writer sends it once the queue has drained
-            return
-        wait = self._board_wait_s()
-        if wait > TIMER_SLACK_S:  # (uvloop's timers have 1 ms steps and may fire that early)
-            self._board_timer = asyncio.get_running_loop().call_later(wait, self._board_timer_fired)
-            return
-        frame = self._take_board()
-        if frame is not None:
-            channel.write(frame)  # (open and writable: checked above)
-
-    def _board_timer_fired(self) -> None:
-        self._board_timer = None
-        self._board_due()
-
     async def _flush(self) -> None:
         while self.frames:
             await self.ws.send_bytes(self.frames.popleft())
@@ -210,13 +203,17 @@ class Outbox:
         """Seconds until the viewer's next board slot."""
         return self._next_slot - time.monotonic()
 
-    def _take_board(self) -> bytes | str | None:
-        """The waiting board, encoded for this viewer, and counted as sent (None: nothing to send)."""
+    def _take_board(self, now: float | None = None, slack_s: float | None = None) -> bytes | str | None:
+        """The waiting board, encoded for this viewer, and counted as sent (None: nothing to
+        send); the next slot is one period later, less ``slack_s`` (at most a quarter of the
+        period; default, the ASGI writer's: 10% of it, at most 10 ms)."""
         board, self.board = self.board, None
         if board is None or self.encode_board is None:
             return None
         interval = self.board_interval_s
-        self._next_slot = time.monotonic() + interval - min(0.1 * interval, SLOT_SLACK_S)
+        now = time.monotonic() if now is None else now
+        slack = min(0.1 * interval, SLOT_SLACK_S) if slack_s is None else min(0.25 * interval, slack_s)
+        self._next_slot = now + interval - slack
         self.boards_sent += 1
         BOARDS_OUT.inc()
         if self.carries_acks:

@@ -1,12 +1,18 @@
 """``SessionPump``: the edge's per-session micro-batcher.
 
 Samples from every connection of one session are gathered and sent to the session in one
-tick (``actors.wire.TickRequest``, samples as columns) per ``tick_interval_s`` through the
-edge's ``TickChannel`` (``api/session_stream.py``: the direct stream to the actor's
+tick (``actors.wire.TickRequest``, samples as columns) through the edge's ``TickChannel`` (``api/session_stream.py``: the direct stream to the actor's
 process by default, one Ray call per tick behind ``PULSELINE_SESSION_TRANSPORT=ray``). The
 result carries the board (when newer than the one this edge has), which is handed to
-every local viewer (latest wins), and the durable seqs of local devices, which become
-``ack`` frames. When the actor's epoch changes (it restarted from its checkpoint), or a
+every local viewer (latest wins; each sends it when its slot has come, ``api/outbox.py``),
+and the durable seqs of local devices, which become ``ack`` frames.
+
+How often: twice per period of the fastest local viewer (a 10 Hz viewer: every 0.1 s, a
+class of 1 board/s riders: every 0.5 s), never faster than ``tick_interval_s`` nor slower
+than ``max_tick_interval_s``, which is also the pace of a class with devices and no viewer
+(its acks). A board therefore leaves the edge on the tick that brings it, and one tick
+costs the same whatever the number of samples in it, so a class pays for the boards its
+viewers asked for, not for a fixed 10 Hz. When the actor's epoch changes (it restarted from its checkpoint), or a
 tick fails (stream lost, stale instance), every local device is sent a fresh ``welcome``
 so it resends what was not durable, and the channel re-resolves the actor through Ray.
 
@@ -19,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,20 +70,22 @@ class SessionPump:
         directory: SessionDirectory,
         *,
         tick_interval_s: float,
-        idle_poll_s: float,
         max_pending: int,
         ack_interval_s: float = 0.0,
         channel: TickChannel | None = None,
+        max_tick_interval_s: float | None = None,
     ) -> None:
         self.session_id = session_id
         self.ack_interval_s = ack_interval_s
         self.directory = directory
         self.channel: TickChannel = channel if channel is not None else RayTicks(directory)
         self.tick_interval_s = tick_interval_s
-        self.idle_poll_s = idle_poll_s
+        self.max_tick_interval_s = max(tick_interval_s, max_tick_interval_s if max_tick_interval_s is not None else tick_interval_s)
         self.max_pending = max_pending
         self.links: dict[str, DeviceLink] = {}
         self.viewers: set[Outbox] = set()
+        self._periods: Counter[float] = Counter()  # the viewers' board periods (the fastest sets the pace)
+        self._period_of: dict[Outbox, float] = {}
         self.pending: dict[str, _Pending] = {}
         self.pending_count = 0
         self.known_version = -1
@@ -113,7 +121,10 @@ class SessionPump:
             del self.links[link.device]
 
     def add_viewer(self, outbox: Outbox) -> None:
+        self.remove_viewer(outbox)
         self.viewers.add(outbox)
+        self._period_of[outbox] = outbox.board_interval_s
+        self._periods[outbox.board_interval_s] += 1
         if self.board is not None:
             outbox.set_board(self.board)
         self._wake.set()
@@ -127,6 +138,17 @@ class SessionPump:
 
     def remove_viewer(self, outbox: Outbox) -> None:
         self.viewers.discard(outbox)
+        period = self._period_of.pop(outbox, None)
+        if period is not None:
+            self._periods[period] -= 1
+            if not self._periods[period]:
+                del self._periods[period]
+
+    @property
+    def interval_s(self) -> float:
+        """Seconds between ticks: half the fastest viewer's period, within the bounds."""
+        fastest = min(self._periods) if self._periods else self.max_tick_interval_s * 2
+        return min(self.max_tick_interval_s, max(self.tick_interval_s, fastest / 2))
 
     @property
     def idle(self) -> bool:
@@ -167,14 +189,13 @@ class SessionPump:
                 self.channel.forget(self.session_id)
                 self._resync_all()
                 await asyncio.sleep(0.5)
-            delay = self.tick_interval_s if self._has_work() else self.idle_poll_s
             if not self._has_work() and not self.viewers:
                 self._wake.clear()
                 if not self._has_work():
                     await self._wake.wait()
                     await asyncio.sleep(self.tick_interval_s)  # gather a tick's worth
                 continue
-            await asyncio.sleep(max(0.0, delay - (time.monotonic() - started)))
+            await asyncio.sleep(max(0.0, self.interval_s - (time.monotonic() - started)))
 
     def _resync_all(self) -> None:
         for link in self.links.values():
@@ -199,13 +220,18 @@ class SessionPump:
             RESYNCS.inc()
         self.epoch = result.epoch
         self._dispatch_acks(result.durable)
+        now = time.monotonic()
+        slack = self.interval_s / 2
         board = result.board
         if board is not None:
             self.known_version = result.version
             board["ts"] = time.time()
             self.board = board
             for viewer in self.viewers:
-                viewer.set_board(board)
+                viewer.offer(board, now, slack)
+        else:
+            for viewer in self.viewers:
+                viewer.flush_due(now, slack)
 
     def _dispatch_acks(self, durable: dict[str, int]) -> None:
         """Welcome new devices; ack the others at most every ``ack_interval_s`` (acks are
