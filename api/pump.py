@@ -12,7 +12,8 @@ class of 1 board/s riders: every 0.5 s), never faster than ``tick_interval_s`` n
 than ``max_tick_interval_s``, which is also the pace of a class with devices and no viewer
 (its acks). A board therefore leaves the edge on the tick that brings it, and one tick
 costs the same whatever the number of samples in it, so a class pays for the boards its
-viewers asked for, not for a fixed 10 Hz. When the actor's epoch changes (it restarted from its checkpoint), or a
+viewers asked for, not for a fixed 10 Hz. A class with nothing new backs off to one tick per
+period of its fastest viewer, and the next sample wakes it. When the actor's epoch changes (it restarted from its checkpoint), or a
 tick fails (stream lost, stale instance), every local device is sent a fresh ``welcome``
 so it resends what was not durable, and the channel re-resolves the actor through Ray.
 
@@ -94,6 +95,7 @@ class SessionPump:
         self.ticks = 0
         self.tick_errors = 0
         self._wake = asyncio.Event()
+        self._quiet = 0  # ticks in a row that brought nothing new
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
 
@@ -147,8 +149,21 @@ class SessionPump:
     @property
     def interval_s(self) -> float:
         """Seconds between ticks: half the fastest viewer's period, within the bounds."""
-        fastest = min(self._periods) if self._periods else self.max_tick_interval_s * 2
-        return min(self.max_tick_interval_s, max(self.tick_interval_s, fastest / 2))
+        return min(self.max_tick_interval_s, max(self.tick_interval_s, self._fastest_period() / 2))
+
+    def _fastest_period(self) -> float:
+        return min(self._periods) if self._periods else self.max_tick_interval_s * 2
+
+    def _pace(self, news: bool) -> float:
+        """Seconds until the next tick. A class with nothing new (no board, no sample, no ack
+        due) backs off, doubling up to its fastest viewer's period (a board is then at most
+        one period late, e.g. from samples through another edge); a sample wakes it at once."""
+        interval = self.interval_s
+        if news or self._has_work():
+            self._quiet = 0
+            return interval
+        self._quiet = min(self._quiet + 1, 8)
+        return min(max(interval, self._fastest_period()), interval * 2 ** self._quiet)
 
     @property
     def idle(self) -> bool:
@@ -179,9 +194,10 @@ class SessionPump:
     async def _run(self) -> None:
         while not self._stopping:
             started = time.monotonic()
+            news = False
             try:
                 if self._has_work() or self.viewers:
-                    await self._tick()
+                    news = await self._tick()
             except Exception:  # the loop never dies; devices resend what was not acked
                 self.tick_errors += 1
                 TICK_ERRORS.inc()
@@ -195,13 +211,22 @@ class SessionPump:
                     await self._wake.wait()
                     await asyncio.sleep(self.tick_interval_s)  # gather a tick's worth
                 continue
-            await asyncio.sleep(max(0.0, self.interval_s - (time.monotonic() - started)))
+            wait = max(0.0, self._pace(news) - (time.monotonic() - started))
+            if self._quiet:  # backing off: a sample ends the wait
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), wait)
+                except TimeoutError:
+                    pass
+            else:
+                await asyncio.sleep(wait)
 
     def _resync_all(self) -> None:
         for link in self.links.values():
             link.needs_welcome = True
 
-    async def _tick(self) -> None:
+    async def _tick(self) -> bool:
+        """One round trip to the class; True if it brought something new (a board, samples sent)."""
         pending, self.pending, self.pending_count = self.pending, {}, 0
         want = [d for d, l in self.links.items() if l.needs_welcome or l.sent > l.acked]
         request = TickRequest.from_batches(
@@ -232,6 +257,7 @@ class SessionPump:
         else:
             for viewer in self.viewers:
                 viewer.flush_due(now, slack)
+        return board is not None or bool(pending)
 
     def _dispatch_acks(self, durable: dict[str, int]) -> None:
         """Welcome new devices; ack the others at most every ``ack_interval_s`` (acks are

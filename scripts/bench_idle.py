@@ -1,6 +1,7 @@
 """Idle costs and memory density of a real stack (issue 12, points 6 and 7: the measuring half).
 
-    .venv/bin/python scripts/bench_idle.py [--seconds 20] [--classes 10] [--riders 20] [--report bench-idle.json]
+    .venv/bin/python scripts/bench_idle.py [--seconds 20] [--classes 10] [--riders 20] [--placement dense]
+                                           [--report bench-idle.json]
 
 Starts ``pulseline up`` (local Ray + embedded Redis + the edge) on a free loopback port in a
 new session, then measures from ``/proc`` (utime+stime, RSS and USS of every process of
@@ -14,7 +15,9 @@ that session):
 4. memory per rider and per edge connection: ``--riders`` device connections per class,
    each a phone that says hello and sends one sample (edge USS and actor USS deltas).
 
-Prints JSON (``--report`` writes it too). The stack is stopped with SIGTERM, then anything
+With ``--placement dense`` the classes are created dense (``actors/session_host.py``: many
+classes per actor process, ``PULSELINE_DENSE_HOSTS`` processes), and the per-class figures
+are the hosts' memory divided by the classes. Prints JSON (``--report`` writes it too). The stack is stopped with SIGTERM, then anything
 left of its session is killed by pid. Loopback only; every wait is bounded.
 """
 
@@ -102,7 +105,7 @@ def role(pid: int) -> str:
     cmd = _cmdline(pid)
     if "redis-server" in cmd:
         return "redis"
-    if "SessionActor" in cmd or "ray::SessionActor" in cmd:
+    if "SessionActor" in cmd or "SessionHost" in cmd:
         return "session_actor"
     if "pulseline" in cmd and "up" in cmd:
         return "edge"
@@ -158,7 +161,8 @@ class Stack:
         self.run_dir = Path(tempfile.mkdtemp(prefix="plidle-", dir="/tmp"))
         self.data_dir = self.run_dir / "data"
         env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "RAY_ADDRESS")}
-        env.update(RAY_TMPDIR=str(self.run_dir), RAY_USAGE_STATS_ENABLED="0", PULSELINE_MAX_CONNECTIONS_PER_ADDRESS="100000")
+        env.update(RAY_TMPDIR=str(self.run_dir), RAY_USAGE_STATS_ENABLED="0", PULSELINE_MAX_CONNECTIONS_PER_ADDRESS="100000",
+                   PULSELINE_DENSE_HOSTS=str(args.dense_hosts))
         exe = str(Path(sys.executable).with_name("pulseline"))
         self.log = open(self.run_dir / "stack.log", "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen([exe, "up", "--host", "127.0.0.1", "--port", str(self.port), "--data-dir",
@@ -236,6 +240,58 @@ async def _riders(stack: Stack, sessions: list[str], riders: int) -> list[Any]:
     return conns
 
 
+async def _hubs(stack: Stack, sessions: list[str], riders: int) -> list[Any]:
+    """One hub connection per class carrying its ``riders`` devices, subscribed to the
+    class's board (protocol v1.1, 1 board/s); one sample per device sent now."""
+    from websockets.asyncio.client import connect
+
+    conns = []
+    for sid in sessions:
+        devices = [{"device": f"{sid}-d{i}", "participant": f"{sid}-r{i}", "session": sid} for i in range(riders)]
+        token = stack.token("hub", hub=f"{sid}-hub", devices=[d["device"] for d in devices], sessions=[sid])
+        ws = await connect(f"ws://127.0.0.1:{stack.port}/v1/devices", additional_headers={"Authorization": f"Bearer {token}"},
+                           max_size=2**20)
+        await ws.send(msgpack.packb({"t": "hello", "v": 1.1, "hub": f"{sid}-hub", "devices": devices,
+                                     "board": {"rate": 1, "session": sid}}))
+        conns.append((ws, [d["device"] for d in devices]))
+    return conns
+
+
+async def _flow(conns: list[Any], seconds: float, period_s: float) -> dict[str, Any]:
+    """Every ``period_s`` one sample per device of every hub; count the boards each hub receives."""
+    boards = [0] * len(conns)
+    acked = [0] * len(conns)
+    seq = 0
+
+    async def reader(k: int, ws: Any) -> None:
+        async for message in ws:
+            frame = msgpack.unpackb(message)
+            if frame.get("t") == "board":
+                boards[k] += 1
+                acked[k] += len(frame.get("acks") or {})
+
+    readers = [asyncio.create_task(reader(k, ws)) for k, (ws, _) in enumerate(conns)]
+    deadline = time.monotonic() + seconds
+    sent = 0
+    while time.monotonic() < deadline:
+        seq += 1
+        now = time.time()
+        for ws, devices in conns:
+            for device in devices:
+                await ws.send(msgpack.packb({"t": "samples", "device": device, "samples": [[seq, now, 140.0, 200.0, 85.0]]}))
+                sent += 1
+        await asyncio.sleep(max(0.0, period_s - (time.time() - now)))
+    await asyncio.sleep(2.0)
+    for task in readers:
+        task.cancel()
+    await asyncio.gather(*readers, return_exceptions=True)
+    rounds = int(seconds / period_s)
+    flowing = sum(1 for b in boards if b >= rounds)  # a board (at least) after every round of samples
+    return {"seconds": seconds, "sample_period_s": period_s, "rounds": rounds, "samples_sent": sent, "boards": sum(boards),
+            "classes_with_boards_flowing": flowing, "boards_per_class_per_s": round(sum(boards) / len(conns) / seconds, 3),
+            "ack_frames": sum(acked)}
+
+
 async def _close(conns: list[Any]) -> None:
     await asyncio.gather(*(c.close() for c in conns), return_exceptions=True)
 
@@ -254,32 +310,47 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                                     for p, r in idle["roles"].items())}
         operator = {"Authorization": f"Bearer {stack.token('operator')}"}
         sessions = [f"idle-{i}" for i in range(args.classes)]
-        httpx.post(f"{stack.url}/v1/sessions", json={"id": sessions[0]}, headers=operator, timeout=60).raise_for_status()
+        body = {"expected_riders": args.riders, **({"placement": args.placement} if args.placement else {})}
+        result["placement"] = args.placement or "default"
+        httpx.post(f"{stack.url}/v1/sessions", json={"id": sessions[0], **body}, headers=operator, timeout=60).raise_for_status()
         (actor,) = _wait_actors(sid, 1)
         time.sleep(args.settle)
         one = measure_cpu(sid, args.seconds)
         result["idle_class"] = {"actor_cores": round(one["per_pid_cores"].get(actor, 0.0), 4), "stack_cores": one["cores"],
                                 "by_role_cores": one["by_role_cores"]}
-        for s in sessions[1:]:
-            httpx.post(f"{stack.url}/v1/sessions", json={"id": s}, headers=operator, timeout=60).raise_for_status()
-        _wait_actors(sid, args.classes)
+        with httpx.Client(base_url=stack.url, headers=operator, timeout=60) as http:
+            for s in sessions[1:]:
+                http.post("/v1/sessions", json={"id": s, **body}).raise_for_status()
+                if args.placement == "dense":  # a dense class opens on its first call
+                    http.get(f"/v1/sessions/{s}").raise_for_status()
+        _wait_actors(sid, min(args.classes, args.dense_hosts) if args.placement == "dense" else args.classes)
         time.sleep(args.settle)
         before_riders = memory(sid)
         actors = before_riders["by_role"].get("session_actor", {"procs": 0, "rss_kib": 0, "uss_kib": 0})
         result["per_class"] = {
-            "actor_rss_mib": round(actors["rss_kib"] / 1024 / max(1, actors["procs"]), 1),
-            "actor_uss_mib": round(actors["uss_kib"] / 1024 / max(1, actors["procs"]), 1),
+            "actor_processes": actors["procs"],
+            "actor_rss_mib": round(actors["rss_kib"] / 1024 / max(1, args.classes), 2),
+            "actor_uss_mib": round(actors["uss_kib"] / 1024 / max(1, args.classes), 2),
             "stack_uss_mib_per_class": round((before_riders["uss_kib"] - result["idle_stack"]["memory"]["uss_kib"]) / 1024 / args.classes, 1),
         }
         loop = asyncio.new_event_loop()
-        conns = loop.run_until_complete(_riders(stack, sessions, args.riders))
+        if args.hubs:
+            hubs = loop.run_until_complete(_hubs(stack, sessions, args.riders))
+            conns = [ws for ws, _ in hubs]
+            result["flow"] = loop.run_until_complete(_flow(hubs, args.flow_seconds, args.sample_period))
+            cpu = measure_cpu(sid, min(args.seconds, 10.0))  # after the flow: the stack with every class open
+            result["flow"]["cores_after"] = cpu["by_role_cores"]
+            n = len(conns) * args.riders
+        else:
+            conns = loop.run_until_complete(_riders(stack, sessions, args.riders))
+            n = len(conns)
         after = memory(sid)
-        n = len(conns)
         edge_delta = after["by_role"]["edge"]["uss_kib"] - before_riders["by_role"]["edge"]["uss_kib"]
         actor_delta = after["by_role"]["session_actor"]["uss_kib"] - actors["uss_kib"]
         result["per_rider"] = {
             "riders": n,
-            "edge_uss_kib_per_connection": round(edge_delta / n, 2),
+            "connections": len(conns),
+            "edge_uss_kib_per_connection": round(edge_delta / len(conns), 2),
             "actor_uss_kib_per_rider": round(actor_delta / n, 2),
             "stack_uss_kib_per_rider": round((after["uss_kib"] - before_riders["uss_kib"]) / n, 2),
         }
@@ -298,6 +369,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--settle", type=float, default=5.0)
     p.add_argument("--classes", type=int, default=10)
     p.add_argument("--riders", type=int, default=20)
+    p.add_argument("--placement", choices=("dense", "dedicated"), default=None,
+                   help="where the classes run (default: the server's default placement)")
+    p.add_argument("--dense-hosts", type=int, default=2, help="PULSELINE_DENSE_HOSTS for the stack (default 2)")
+    p.add_argument("--hubs", action="store_true",
+                   help="each class's riders on one hub connection subscribed to its board, then samples flow")
+    p.add_argument("--flow-seconds", type=float, default=30.0, help="with --hubs: how long samples flow")
+    p.add_argument("--sample-period", type=float, default=5.0, help="with --hubs: seconds between a device's samples")
     p.add_argument("--report", default=None)
     args = p.parse_args(argv)
     text = json.dumps(run(args), indent=2)
