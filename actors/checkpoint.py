@@ -57,7 +57,10 @@ def key_base(prefix: str, kind: str, ident: str) -> str:
 class CheckpointStore:
     """Epoch acquisition (sync, for actor constructors) and fenced writes (async)."""
 
-    def __init__(self, redis_url: str, *, prefix: str, kind: str, ident: str) -> None:
+    def __init__(self, redis_url: str, *, prefix: str, kind: str, ident: str,
+                 client: AsyncRedis | None = None) -> None:
+        """``client``: an async client to share (a dense host's classes share one; made by
+        ``client_for``); not closed by ``close``. Default: the store makes its own."""
         base = key_base(prefix, kind, ident)
         self.epoch_key = f"{base}:epoch"
         self.ckpt_key = f"{base}:ckpt"
@@ -65,7 +68,8 @@ class CheckpointStore:
         self.redis_url = redis_url
         self.target: RedisTarget = parse(redis_url)
         self.epoch = 0
-        self._aio: AsyncRedis | None = None
+        self._aio: AsyncRedis | None = client
+        self._owns_client = client is None
 
     def acquire(self) -> bytes | None:
         """Take a new epoch (fencing off every older instance) and read the last checkpoint."""
@@ -88,13 +92,13 @@ class CheckpointStore:
 
     def _client(self) -> AsyncRedis:
         if self._aio is None:
-            # A cluster pipeline retried inside redis-py could send the WAIT on another
-            # connection than the write (a false "replicated"): fail instead, the caller retries.
-            options: dict[str, Any] = {}
-            if self.target.topology is Topology.CLUSTER and self.target.wait_replicas:
-                options["retry"] = Retry(NoBackoff(), 0)
-            self._aio = connect(self.target, **options)
+            self._aio = client_for(self.target)
         return self._aio
+
+    async def close(self) -> None:
+        if self._aio is not None and self._owns_client:
+            await self._aio.aclose()
+        self._aio = None if self._owns_client else self._aio
 
     async def fenced_eval(self, script: str, keys: Sequence[str], args: Sequence[Any]) -> int:
         """Run a fencing script (it returns -1 when it wrote, else the current epoch); with
@@ -129,10 +133,6 @@ class CheckpointStore:
     async def read(self) -> bytes | None:
         return _checkpoint_bytes(await self._client().get(self.ckpt_key))
 
-    async def close(self) -> None:
-        if self._aio is not None:
-            await self._aio.aclose()
-            self._aio = None
 
 
 def _node_client(client: SyncRedis, key: str) -> redis.Redis:
@@ -149,3 +149,15 @@ def _checkpoint_bytes(data: object) -> bytes | None:
     if data is None or isinstance(data, bytes):
         return data
     raise TypeError(f"a checkpoint read returned {type(data).__name__}, not bytes")
+
+
+def client_for(target: RedisTarget | str) -> AsyncRedis:
+    """An async client for checkpoint stores of ``target`` (a URL or a parsed one)."""
+    if isinstance(target, str):
+        target = parse(target)
+    # A cluster pipeline retried inside redis-py could send the WAIT on another
+    # connection than the write (a false "replicated"): fail instead, the caller retries.
+    options: dict[str, Any] = {}
+    if target.topology is Topology.CLUSTER and target.wait_replicas:
+        options["retry"] = Retry(NoBackoff(), 0)
+    return connect(target, **options)

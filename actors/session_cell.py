@@ -35,6 +35,7 @@ from typing import Any
 
 from actors.checkpoint import CheckpointStore
 from actors.errors import StaleInstance
+from actors.redis_url import AsyncRedis
 from actors.session import DeviceBatch, Phase, SessionState
 from actors.wire import TickRequest, TickResult
 
@@ -59,12 +60,14 @@ def resolve_sink(path: str) -> ResultsSink:
 
 class SessionCell:
     def __init__(self, session_id: str, settings: Mapping[str, Any],
-                 *, on_fenced: Callable[[SessionCell], None] | None = None) -> None:
+                 *, on_fenced: Callable[[SessionCell], None] | None = None, redis: AsyncRedis | None = None) -> None:
+        """``redis``: an async client to share with other cells of the process (a dense
+        host's); default, the cell's store makes its own."""
         self.session_id = session_id
         self.settings = dict(settings)
         self.on_fenced = on_fenced
         self.store = CheckpointStore(
-            settings["redis_url"], prefix=settings.get("prefix", "pl"), kind="session", ident=session_id
+            settings["redis_url"], prefix=settings.get("prefix", "pl"), kind="session", ident=session_id, client=redis
         )
         data = self.store.acquire()  # (blocking: one Redis round trip; shells call it off their loop)
         if data is not None:

@@ -6,7 +6,7 @@ a studio chain's thousands of 20-rider classes. A ``SessionHost`` is one detache
 restartable actor (named ``host:{name}``) that hosts many classes, each one a
 ``SessionCell`` (``actors/session_cell.py``) with its own name, state, checkpoint keys,
 fencing epoch and restart; they share the process, one checkpoint loop and one stream
-server (edges keep one connection to it for all its classes).
+server (edges keep one connection to it for all its classes), and one Redis client.
 
 Which classes go here is chosen per class when it is created (``cluster/directory.py``:
 by expected size), and recorded in the session's meta, so every edge finds the same host.
@@ -28,6 +28,8 @@ from typing import Any
 
 import ray
 
+from actors.checkpoint import client_for
+from actors.redis_url import AsyncRedis
 from actors.session_actor import checkpoint_loop
 from actors.session_cell import SessionCell
 from actors.stream import StreamServer
@@ -52,6 +54,7 @@ class SessionHost:
         self.host = ray.util.get_node_ip_address()
         self.stream: StreamServer | None = None
         self._opening: dict[str, asyncio.Future[SessionCell]] = {}
+        self._redis: AsyncRedis | None = None  # one client (connection pool) for every class here
         self._loop: asyncio.Task[None] | None = None
         log.info("session host %s up (pid %s)", name, os.getpid())
 
@@ -71,7 +74,9 @@ class SessionHost:
         self._opening[session] = future
         try:
             settings = {**self.settings, **(overrides or {})}
-            cell = await asyncio.to_thread(SessionCell, session, settings, on_fenced=self._fenced)
+            if self._redis is None:
+                self._redis = client_for(self.settings["redis_url"])
+            cell = await asyncio.to_thread(SessionCell, session, settings, on_fenced=self._fenced, redis=self._redis)
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # retrieved: waiters get it through shield
