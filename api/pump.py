@@ -240,7 +240,10 @@ class SessionPump:
         if self.epoch is not None and result.epoch < self.epoch:  # an instance older than one seen: fenced
             raise StaleResult(f"session {self.session_id}: epoch {result.epoch} answered after epoch {self.epoch}")
         if self.epoch is not None and result.epoch != self.epoch:
-            log.warning("session %s restarted (epoch %s -> %s): resyncing devices", self.session_id, self.epoch, result.epoch)
+            # INFO: a class passivated by another edge, or moved, comes back this way too (a
+            # crash is logged where it happened: the actor, Ray)
+            log.info("session %s came back with a new epoch (%s -> %s): devices resume from their durable seqs",
+                     self.session_id, self.epoch, result.epoch)
             self._resync_all()
             RESYNCS.inc()
         self.epoch = result.epoch
