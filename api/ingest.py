@@ -74,6 +74,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_BACKLOG = 16  # frames waiting for the task before reading pauses (direct path)
+_FRAME_COUNTERS = {kind: FRAMES_BY_TYPE[kind.__name__.lower()] for kind in (Hello, Samples, Bye, Auth)}
 
 
 class LinkState(enum.Enum):
@@ -267,7 +268,7 @@ class DeviceConnection:
             return None
         if not self._admit(frame.device if isinstance(frame, Samples) else None):
             return None
-        FRAMES_BY_TYPE[type(frame).__name__.lower()].inc()
+        _FRAME_COUNTERS[type(frame)].inc()
         return frame
 
     async def _dispatch(self, frame: DeviceFrame) -> None:
@@ -475,7 +476,7 @@ class DeviceConnection:
         SAMPLES_ACCEPTED.inc(len(valid))
         if rejected:
             SAMPLES_REJECTED.inc(len(rejected))
-        self._report_rejections(frame.device, rejected)
+            self._report_rejections(frame.device, rejected)
 
     def _validate(self, frame: Samples) -> tuple[list[list[Any]], list[tuple[int, ErrorCode]]]:
         now = time.time()

@@ -101,6 +101,9 @@ class Admission:
     retry_after_s: float = 0.0
 
 
+_ACCEPTED = Admission(Verdict.ACCEPT)  # (shared: admitting a frame allocates nothing)
+
+
 @dataclass(slots=True)
 class _Pause:
     until: float = 0.0
@@ -160,7 +163,7 @@ class FrameRate:
             self.connection.take()
             if bucket is not None:
                 bucket.take()
-            return Admission(Verdict.ACCEPT)
+            return _ACCEPTED
         pause_s = max(wait, MIN_PAUSE_S)
         self.pauses[key] = _Pause(until=now + pause_s)
         return Admission(Verdict.THROTTLE, pause_s)

@@ -180,8 +180,10 @@ class SessionPump:
         entry.rows.extend(rows)
         entry.rejected.extend(rejected)
         self.pending_count += len(rows) + len(rejected)
-        if rows:
-            link.sent = max(link.sent, max(int(r[0]) for r in rows))
+        if rows:  # (validated: every seq is an int)
+            top = rows[0][0] if len(rows) == 1 else max(r[0] for r in rows)
+            if top > link.sent:
+                link.sent = top
         if rejected:
             link.sent = max(link.sent, max(rejected))
         self._wake.set()
