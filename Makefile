@@ -20,11 +20,12 @@ test: $(STAMP)
 	@$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "no tests were collected: failing" >&2; exit 1; fi; exit $$rc
 
-LINT_PATHS := actors api cluster devices sims
+LINT_PATHS := actors api cluster devices leaderboards sims
 
 lint: $(STAMP)
 	$(BIN)/mypy --ignore-missing-imports --follow-imports=silent $(LINT_PATHS)
 	$(BIN)/python -m pyflakes $(LINT_PATHS) scripts tests
+	$(BIN)/lint-imports
 
 bench-slice: $(STAMP)
 	$(BIN)/pulseline bench --devices 1000 --sessions 10 --seconds 60 --board-hz 10 --report bench-slice.json

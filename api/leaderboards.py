@@ -37,7 +37,7 @@ from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from actors.leaderboard import (
+from leaderboards.shard import (
     LeaderboardError,
     LeaderboardSpec,
     Problem,
@@ -47,7 +47,7 @@ from actors.leaderboard import (
     WriteError,
 )
 from api.scopes import member, operator  # writes: operator tokens; reads: any token but a viewer
-from cluster.leaderboards import (
+from leaderboards.router import (
     BadCursor,
     BoardConflict,
     BoardUnavailable,

@@ -11,7 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from actors.redis_url import parse
 
 
-DEFAULT_RESULTS_SINK = "cluster.leaderboards:publish_from_session"
+DEFAULT_RESULTS_SINK = "leaderboards.results:publish_from_session"
 
 
 class Settings(BaseSettings):

@@ -7,7 +7,7 @@ Run: ``make bench-leaderboard`` or
 Starts its own local Ray (``resources={"session_slot": 64}``) and two embedded
 redis-servers (one for the shards' logs and snapshots, one holding the sorted set, so that
 memory is measured apart). For every size it loads N entries, then measures, for pulseline
-through ``cluster.leaderboards.Leaderboards`` (Ray calls included) and for Redis through
+through ``leaderboards.router.Leaderboards`` (Ray calls included) and for Redis through
 redis-py (ZADD / ZREVRANK / ZREVRANGE, pipelined and not): batched updates/s (as
 ``WriteBatch`` columns and as ``Write`` rows), exact-rank queries single (exact now in two
 rounds, and in one call from the peer replicas, at most ``--max-stale-ms`` old) and batched,
@@ -33,8 +33,8 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from actors.leaderboard import LeaderboardSpec, Write, WriteBatch  # noqa: E402
-from cluster.leaderboards import Leaderboards  # noqa: E402
+from leaderboards.shard import LeaderboardSpec, Write, WriteBatch  # noqa: E402
+from leaderboards.router import Leaderboards  # noqa: E402
 from cluster.redis_server import EmbeddedRedis  # noqa: E402
 
 T0 = 1.7e9

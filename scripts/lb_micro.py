@@ -16,8 +16,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from actors.lbindex import RankIndex
-from actors.leaderboard import LeaderboardShard, LeaderboardSpec, Write, WriteBatch, memory_per_entry, shards_of
+from leaderboards.rank_index import RankIndex
+from leaderboards.shard import LeaderboardShard, LeaderboardSpec, Write, WriteBatch, memory_per_entry, shards_of
 
 
 def rate(label: str, ops: int, fn: Callable[[], object], repeat: int = 1) -> float:

@@ -11,7 +11,7 @@ import redis
 import redis.asyncio as aioredis
 
 from actors.checkpoint import CheckpointStore, key_base
-from actors.leaderboard_actor import shard_keys
+from leaderboards.shard_actor import shard_keys
 from actors.redis_url import RedisUrlError, Topology, connect, connect_sync, parse, redact
 from cluster.session_records import session_keys
 from cluster.settings import Settings

@@ -10,13 +10,14 @@ from typing import Any
 
 import pytest
 
-from actors.leaderboard import CLASS_TAG, LeaderboardSpec, Write
-from cluster.leaderboards import Leaderboards, UnknownBoard, session_writes
+from leaderboards.shard import CLASS_TAG, LeaderboardSpec, Write
+from leaderboards.results import session_writes
+from leaderboards.router import Leaderboards, UnknownBoard
 
 pytestmark = pytest.mark.integration
 NS = "pulseline-test"
 T0 = 1_795_000_000.0
-SINK = "cluster.leaderboards:publish_from_session"
+SINK = "leaderboards.results:publish_from_session"
 
 
 def rows(start: int, n: int, *, power: float) -> list[list[float]]:
@@ -161,7 +162,7 @@ def test_actor_settings_name_the_sink_only_with_boards(monkeypatch: pytest.Monke
     from pydantic import ValidationError
 
     from actors.session_actor import resolve_sink
-    from cluster.leaderboards import publish_from_session
+    from leaderboards.results import publish_from_session
     from cluster.settings import Settings
 
     assert "results_sink" not in Settings(redis_url="redis://x").actor_settings()

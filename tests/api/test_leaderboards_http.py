@@ -34,7 +34,7 @@ def board(http: httpx.Client, edge: Any, unique_id: str) -> Iterator[str]:
 
 def drop(edge: Any, name: str) -> None:
     """Retire a board's actors and keys (detached actors outlive the test otherwise)."""
-    from cluster.leaderboards import Leaderboards
+    from leaderboards.router import Leaderboards
 
     async def run() -> None:
         s = edge.settings

@@ -1,13 +1,13 @@
 """Leaderboard logic: one shard of one board. No Ray, no Redis.
 
-This module re-exports what callers need from its neighbours: ``actors/lbcore.py`` (errors,
-``Write``, ``WriteBatch``, shard hashing), ``actors/lbspec.py`` (``LeaderboardSpec``, periods,
-value types, merges, checks against a spec) and ``actors/lbrecords.py`` (the record columns).
+This module re-exports what callers need from its neighbours: ``leaderboards/writes.py`` (errors,
+``Write``, ``WriteBatch``, shard hashing), ``leaderboards/spec.py`` (``LeaderboardSpec``, periods,
+value types, merges, checks against a spec) and ``leaderboards/records.py`` (the record columns).
 
 A board is split into ``spec.shard_count`` shards by ``shard_of(user)``; each shard is a
 ``LeaderboardShard`` that the Ray actor shell wraps. The shard owns, for every period of its
 board, the raw records of its users and rank indexes over their entries (see
-``actors/lbindex.py``), so that cross-shard questions reduce to per-shard O(log N) answers:
+``leaderboards/rank_index.py``), so that cross-shard questions reduce to per-shard O(log N) answers:
 
 * global rank of a key  = 1 + sum over shards of ``count_better(key)``;
 * global top / a page    = ``merge_top`` of every shard's ``top(n, after=cursor)``;
@@ -48,7 +48,7 @@ import numpy as np
 import numpy.typing as npt
 
 from actors.errors import CheckpointError
-from actors.lbcore import (
+from leaderboards.writes import (
     CLASS_TAG,
     MAX_USER_ID_BYTES,
     LeaderboardError,
@@ -65,9 +65,9 @@ from actors.lbcore import (
     shards_of,
     user_bytes,
 )
-from actors.lbindex import RankIndex
-from actors.lbpeers import Change
-from actors.lbrecords import (
+from leaderboards.rank_index import RankIndex
+from leaderboards.peers import Change
+from leaderboards.records import (
     Board,
     CohortOf,
     Names,
@@ -75,7 +75,7 @@ from actors.lbrecords import (
     aggregate,
     latest_record,
 )
-from actors.lbspec import (
+from leaderboards.spec import (
     Around,
     Entry,
     Located,
@@ -196,7 +196,7 @@ class LeaderboardShard:
         self._changes = []
 
     def take_changes(self) -> list[Change]:
-        """Main-index changes since the last call (see ``actors/lbpeers.py``), oldest first."""
+        """Main-index changes since the last call (see ``leaderboards/peers.py``), oldest first."""
         changes, self._changes = self._changes or [], [] if self._changes is not None else None
         return changes
 

@@ -1,8 +1,8 @@
 """The Ray shell around ``LeaderboardShard``: one detached, restartable actor per (board, shard).
 
-Owns: one ``LeaderboardShard`` (all the logic; see ``actors/leaderboard.py``) and its Redis
+Owns: one ``LeaderboardShard`` (all the logic; see ``leaderboards/shard.py``) and its Redis
 state. Named ``lb:{board}:{shard}`` (generation 0) or ``lb:{board}:g{gen}:{shard}`` after a
-reshard, in the pulseline namespace; created on demand by ``cluster.leaderboards``.
+reshard, in the pulseline namespace; created on demand by ``leaderboards.router``.
 
 Durability: a write-ahead log plus snapshots, both fenced by the epoch of
 ``actors.checkpoint.CheckpointStore(kind="lbshard")``.
@@ -47,8 +47,8 @@ from ray.exceptions import RayError
 
 from actors.checkpoint import CheckpointStore, key_base
 from actors.errors import StaleInstance
-from actors.lbpeers import PeerMessage, PeerReplica, PeerSnapshot
-from actors.leaderboard import (
+from leaderboards.peers import PeerMessage, PeerReplica, PeerSnapshot
+from leaderboards.shard import (
     Around,
     LeaderboardShard,
     LeaderboardSpec,
@@ -208,7 +208,7 @@ class LeaderboardShardActor:
             self._lock = asyncio.Lock()
         self._ensure_peers()
 
-    # -- peers (see actors/lbpeers.py) ----------------------------------------------------
+    # -- peers (see leaderboards/peers.py) ----------------------------------------------------
 
     def _ensure_peers(self) -> None:
         if self.replica is not None and self._peer_task is None:

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from actors.lbindex import RankIndex
+from leaderboards.rank_index import RankIndex
 
 __all__ = ["Change", "PeerMessage", "PeerReplica", "PeerSnapshot"]
 

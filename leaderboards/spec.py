@@ -1,6 +1,6 @@
 """Leaderboard specs, periods, value types and validation against a spec. No Ray, no Redis.
 
-Split out of ``actors/leaderboard.py`` (which re-exports everything here): a board's
+Split out of ``leaderboards/shard.py`` (which re-exports everything here): a board's
 ``LeaderboardSpec`` and its periods (``period_key`` / ``next_reset``), the value types that
 cross process boundaries (``Record``, ``SortKey``, ``Entry``, ``Page``, ``Located``,
 ``Around``, ``MemoryReport``), the merges of per-shard answers (``merge_top``,
@@ -23,7 +23,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import numpy as np
 import numpy.typing as npt
 
-from actors.lbcore import (
+from leaderboards.writes import (
     CLASS_TAG,
     Problem,
     QueryError,

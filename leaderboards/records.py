@@ -1,6 +1,6 @@
 """A shard's records per period, as columns: what ``LeaderboardShard`` keeps besides indexes.
 
-Split out of ``actors/leaderboard.py``: ``Records`` (one row per ``(user, source)``, chained
+Split out of ``leaderboards/shard.py``: ``Records`` (one row per ``(user, source)``, chained
 per user, with vectorised ``put_many`` / ``find_many`` / ``chains``), ``Names`` (user ids by
 index, out of the GC's sight), ``CohortOf`` (each user's cohort value set), ``Board`` (records
 and indexes of one period) and ``aggregate`` (a user's entry from its records, one by one).
@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from actors.lbcore import Tags
-from actors.lbindex import RankIndex
-from actors.lbspec import LeaderboardSpec, Operator, Rec
+from leaderboards.writes import Tags
+from leaderboards.rank_index import RankIndex
+from leaderboards.spec import LeaderboardSpec, Operator, Rec
 
 
 # -- per-period board --------------------------------------------------------------------

@@ -1,7 +1,8 @@
-"""What every leaderboard layer shares: errors, the write types, validation, shard hashing.
+"""What every leaderboard layer shares: the write types, validation, shard hashing (and the
+errors of ``leaderboards/errors.py``, re-exported).
 
-``actors/leaderboard.py`` (the shard logic), ``actors/leaderboard_actor.py`` (its Ray shell)
-and ``cluster/leaderboards.py`` (the router) all take writes in one of two shapes:
+``leaderboards/shard.py`` (the shard logic), ``leaderboards/shard_actor.py`` (its Ray shell)
+and ``leaderboards/router.py`` (the router) all take writes in one of two shapes:
 
 * ``Write`` rows, one NamedTuple per write — convenient, and what HTTP integrations send;
 * a ``WriteBatch``: the same writes as columns (a list of user ids, numpy arrays of scores and
@@ -18,7 +19,6 @@ shard holds exactly the users that hash to it, so it must never change for exist
 
 from __future__ import annotations
 
-import enum
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from actors.errors import ActorError
+from leaderboards.errors import LeaderboardError, Problem, QueryError, SpecError, WriteError
 
 __all__ = [
     "CLASS_TAG",
@@ -49,53 +49,6 @@ CLASS_TAG = "class_id"
 MAX_USER_ID_BYTES = 128
 
 Tags = tuple[tuple[str, str], ...]
-
-
-# -- errors ------------------------------------------------------------------------------
-
-
-class Problem(enum.Enum):
-    """Why a leaderboard call was refused."""
-
-    BAD_NAME = "bad_name"
-    BAD_ENUM = "bad_enum"
-    BAD_TIMEZONE = "bad_timezone"
-    BAD_COHORT_KEYS = "bad_cohort_keys"
-    BAD_SHARDING = "bad_sharding"
-    BAD_USER = "bad_user"
-    BAD_SOURCE = "bad_source"
-    BAD_NUMBER = "bad_number"
-    BAD_TAGS = "bad_tags"
-    BAD_WRITE = "bad_write"
-    MISSING_CLASS = "missing_class"
-    WRONG_SHARD = "wrong_shard"
-    PERIOD_REQUIRED = "period_required"
-    COHORT_NOT_INDEXED = "cohort_not_indexed"
-    BAD_CHECKPOINT = "bad_checkpoint"
-    MOVED = "moved"
-
-
-class LeaderboardError(ActorError):
-    """Root of every leaderboard error; ``problem`` says why, ``str()`` says it for humans."""
-
-    def __init__(self, problem: Problem, message: str) -> None:
-        super().__init__(message)
-        self.problem = problem
-
-    def __reduce__(self) -> tuple[type, tuple[Problem, str]]:  # crosses process boundaries (Ray)
-        return (type(self), (self.problem, str(self)))
-
-
-class SpecError(LeaderboardError):
-    """The ``LeaderboardSpec`` (or shard configuration) is invalid."""
-
-
-class WriteError(LeaderboardError):
-    """A write was rejected; no write of its batch was applied."""
-
-
-class QueryError(LeaderboardError):
-    """A query names no period where one is required, or a cohort the spec does not index."""
 
 
 # -- one write ---------------------------------------------------------------------------
@@ -246,7 +199,7 @@ class WriteBatch:
     ``sources`` has one str per write (a one-source batch repeats one str object, which costs
     nothing to pickle). ``tags`` is None when no write carries tags, else one normalised
     ``Tags`` per write. Everything that does not depend on a board's spec is checked here;
-    ``actors.leaderboard.batch_periods`` checks the rest (class tags) and files each write in
+    ``leaderboards.shard.batch_periods`` checks the rest (class tags) and files each write in
     its period.
     """
 

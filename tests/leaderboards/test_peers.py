@@ -1,4 +1,4 @@
-"""Peer replicas (actors/lbpeers.py): counts equal the owners' own, whatever the delivery.
+"""Peer replicas (leaderboards/peers.py): counts equal the owners' own, whatever the delivery.
 
 Three plain ``LeaderboardShard``s feed the replica of a fourth point of view (shard 0) with
 their recorded changes; the replica's count of entries beating a key must equal the sum of the
@@ -12,8 +12,8 @@ import random
 
 import pytest
 
-from actors.lbpeers import PeerMessage, PeerReplica, PeerSnapshot
-from actors.leaderboard import LeaderboardShard, LeaderboardSpec, Write, shard_of
+from leaderboards.peers import PeerMessage, PeerReplica, PeerSnapshot
+from leaderboards.shard import LeaderboardShard, LeaderboardSpec, Write, shard_of
 
 COUNT = 3
 

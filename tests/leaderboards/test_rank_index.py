@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from actors.lbindex import RankIndex
+from leaderboards.rank_index import RankIndex
 
 SCORES = st.sampled_from([0.0, -0.0, 1.0, 2.5, -3.0, 7.0, 1e300, -1e300, 5e-324])
 TIMES = st.sampled_from([0.0, 1.0, 2.0, 1.7e9, -5.0])

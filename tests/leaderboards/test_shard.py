@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from actors.errors import ActorError, CheckpointError
-from actors.leaderboard import (
+from leaderboards.shard import (
     CLASS_TAG,
     Entry,
     LeaderboardError,
@@ -467,13 +467,13 @@ def test_shard_of_is_stable_and_merge_top_merges_by_sort_key() -> None:
 
 
 def test_public_surface_is_curated() -> None:
-    import actors.lbindex
-    import actors.leaderboard
+    import leaderboards.rank_index
+    import leaderboards.shard
 
-    for module in (actors.leaderboard, actors.lbindex):
+    for module in (leaderboards.shard, leaderboards.rank_index):
         assert sorted(module.__all__) == sorted(set(module.__all__))
         assert all(hasattr(module, name) for name in module.__all__)
-    assert "LeaderboardShard" in actors.leaderboard.__all__ and "RankIndex" in actors.lbindex.__all__
+    assert "LeaderboardShard" in leaderboards.shard.__all__ and "RankIndex" in leaderboards.rank_index.__all__
 
 
 # -- columnar batches --------------------------------------------------------------------

@@ -20,9 +20,10 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from actors.leaderboard import CLASS_TAG, LeaderboardSpec, Write
-from actors.leaderboard_actor import actor_name
-from cluster.leaderboards import Leaderboards, UnknownBoard, session_writes
+from leaderboards.shard import CLASS_TAG, LeaderboardSpec, Write
+from leaderboards.shard_actor import actor_name
+from leaderboards.results import session_writes
+from leaderboards.router import Leaderboards, UnknownBoard
 
 pytestmark = pytest.mark.integration
 NS = "pulseline-test"
@@ -199,7 +200,7 @@ def test_stale_shard_instance_cannot_append_after_a_newer_one_started(
     import ray
 
     from actors.errors import StaleInstance
-    from actors.leaderboard_actor import LeaderboardShardActor
+    from leaderboards.shard_actor import LeaderboardShardActor
 
     settings_ = {"redis_url": redis_server.url, "prefix": f"lbf{unique_id}"}
     spec = LeaderboardSpec("fenced", "m").to_dict()
@@ -341,7 +342,7 @@ def test_ended_session_publishes_results_and_late_data_replaces_them(
     async def scenario() -> None:
         lb = client(redis_server, prefix)
         settings_ = {"redis_url": redis_server.url, "prefix": prefix, "leaderboards": [name, "no-such-board"],
-                     "results_sink": "cluster.leaderboards:publish_from_session"}
+                     "results_sink": "leaderboards.results:publish_from_session"}
         session = SessionActor.options(name=f"s-{unique_id}", namespace=NS, resources={"session_slot": 1}).remote(unique_id, settings_)
         try:
             await lb.create(LeaderboardSpec(name, "energy_kj", operator="sum", shard_count=2))

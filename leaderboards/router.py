@@ -2,7 +2,7 @@
 
 ``Leaderboards`` is the Python API (the edge's HTTP routes and session actors use it). It is
 async throughout (no blocking call on the event loop) and holds no board state of its own:
-every board is ``spec.shard_count`` ``LeaderboardShardActor``s (``actors/leaderboard_actor.py``)
+every board is ``spec.shard_count`` ``LeaderboardShardActor``s (``leaderboards/shard_actor.py``)
 found by name, plus its spec in Redis.
 
 Queries, with S shards:
@@ -30,7 +30,7 @@ Cluster hash tag per shard). No command here spans keys of two slots: a retired 
 are deleted shard by shard.
 
 Errors: ``LeaderboardsError`` (``UnknownBoard``, ``BoardConflict``, ``BadCursor``,
-``BoardUnavailable``) from here; ``actors.leaderboard.LeaderboardError`` subclasses
+``BoardUnavailable``) from here; ``leaderboards.shard.LeaderboardError`` subclasses
 (``SpecError``, ``WriteError``, ``QueryError``) pass through unwrapped from the actors.
 """
 
@@ -52,12 +52,10 @@ import numpy as np
 import ray
 from ray.exceptions import RayActorError, RayError, RayTaskError
 
-from actors.leaderboard import (
-    CLASS_TAG,
+from leaderboards.shard import (
     Entry,
     LeaderboardError,
     LeaderboardSpec,
-    Period,
     Problem,
     QueryError,
     Record,
@@ -72,8 +70,8 @@ from actors.leaderboard import (
     shard_of,
     shards_of,
 )
-from actors.lbcore import check_users, user_bytes
-from actors.leaderboard_actor import LeaderboardShardActor, actor_name, shard_keys
+from leaderboards.writes import check_users, user_bytes
+from leaderboards.shard_actor import LeaderboardShardActor, actor_name, shard_keys
 from actors.redis_url import AsyncRedis, connect
 
 __all__ = [
@@ -88,9 +86,6 @@ __all__ = [
     "TopPage",
     "UnknownBoard",
     "WriteResult",
-    "publish_session_results",
-    "publish_from_session",
-    "session_writes",
 ]
 
 log = logging.getLogger(__name__)
@@ -469,7 +464,7 @@ class Leaderboards:
         Exact now by default: two rounds of one small call each, the owner shard's
         ``locate_one`` then every other shard's ``count_better_one`` in parallel. With
         ``max_stale_ms`` (and no cohort), one call: the owner adds its peer replica's count
-        (``actors/lbpeers.py``) if that view is at most ``max_stale_ms`` old, and the answer's
+        (``leaderboards/peers.py``) if that view is at most ``max_stale_ms`` old, and the answer's
         ``stale_ms`` says how old it is; otherwise the second round runs as usual.
         """
         if max_stale_ms is not None and (not math.isfinite(max_stale_ms) or max_stale_ms < 0):
@@ -717,77 +712,3 @@ class Leaderboards:
         await self._retire(board)
         await self.redis.delete(self._spec_key(name))
         await self.redis.srem(f"{self.prefix}:lb:boards", name)
-
-
-# -- results of a class ------------------------------------------------------------------
-
-
-def session_writes(
-    spec: LeaderboardSpec, snapshot: Mapping[str, Any], *, now: Callable[[], float] = time.time
-) -> list[Write]:
-    """One write per participant with a result in ``spec.metric`` (a field of the session's
-    participant summary: ``energy_kj``, ``distance_m``, ``power_avg``, ``samples``, …).
-
-    ``source = "session:{id}"``, so a re-publish (late data) replaces the session's earlier
-    value instead of adding to it. ``achieved_at`` is the participant's last device
-    timestamp (a correction never moves it backwards, so it replaces). ``tags`` are the
-    participant's join tags (its cohort values), plus ``class_id`` on per-class boards (the
-    class wins over a participant tag of that name). Participants without samples or without
-    a finite value are skipped.
-    """
-    session = str(snapshot["session"])
-    writes = []
-    for p in snapshot.get("participants") or ():
-        if not p or not p.get("samples"):
-            continue
-        value = p.get(spec.metric)
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            continue
-        at = p.get("last_ts")
-        at = float(at) if isinstance(at, int | float) and math.isfinite(at) else now()
-        joined = p.get("tags")
-        joined = joined if isinstance(joined, Mapping) else {}
-        tags = {k: v for k, v in joined.items() if type(k) is str and type(v) is str}
-        if spec.period is Period.CLASS:
-            tags[CLASS_TAG] = session
-        writes.append(Write(str(p["participant"]), f"session:{session}", float(value), at, tags))
-    return writes
-
-
-async def publish_session_results(
-    client: Leaderboards, snapshot: Mapping[str, Any], boards: Iterable[str]
-) -> dict[str, int]:
-    """Write a session's per-participant results to ``boards``; return writes per board.
-
-    Idempotent: call it again after late data changed the session, it replaces.
-    An unknown board is logged and skipped (a session never fails because of a board).
-    """
-    written: dict[str, int] = {}
-    for name in boards:
-        try:
-            spec = await client.spec(name)
-        except UnknownBoard:
-            log.warning("session %s: no leaderboard %r to publish to", snapshot.get("session"), name)
-            continue
-        writes = session_writes(spec, snapshot, now=client.now)
-        if writes:
-            await client.write(name, writes)
-        written[name] = len(writes)
-    return written
-
-
-async def publish_from_session(settings: Mapping[str, Any], snapshot: Mapping[str, Any]) -> dict[str, int]:
-    """What a session actor calls when its class ended: ``settings`` is its settings dict
-    (``redis_url``, ``prefix``, ``leaderboards``: board names); the namespace is its own."""
-    boards = [str(b) for b in settings.get("leaderboards") or ()]
-    if not boards:
-        return {}
-    client = Leaderboards.connect(
-        settings["redis_url"],
-        prefix=settings.get("prefix", "pl"),
-        namespace=ray.get_runtime_context().namespace,
-    )
-    try:
-        return await publish_session_results(client, snapshot, boards)
-    finally:
-        await client.aclose()
