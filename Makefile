@@ -20,7 +20,7 @@ test: $(STAMP)
 	@$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "no tests were collected: failing" >&2; exit 1; fi; exit $$rc
 
-LINT_PATHS := actors api cluster devices leaderboards sims
+LINT_PATHS := actors api cluster devices launch leaderboards sims
 
 lint: $(STAMP)
 	$(BIN)/mypy --ignore-missing-imports --follow-imports=silent $(LINT_PATHS)
@@ -31,7 +31,7 @@ bench-slice: $(STAMP)
 	$(BIN)/pulseline bench --devices 1000 --sessions 10 --seconds 60 --board-hz 10 --report bench-slice.json
 
 bench: $(STAMP)
-	$(BIN)/python -m sims.capacity --shapes phones,hubs --out bench-capacity.json
+	$(BIN)/python -m launch.capacity --shapes phones,hubs --out bench-capacity.json
 
 bench-ws: $(STAMP)
 	$(BIN)/python scripts/bench_ws.py --clients 500 --seconds 10 --report bench-ws.json

@@ -1,7 +1,7 @@
 """The FastAPI edge: HTTP for sessions and participants, WebSockets for devices and boards.
 
 ``create_app(settings)`` builds the app; Ray must already be initialised in this process
-and ``settings.redis_url`` resolved (``cluster.runtime`` does both). It raises
+and ``settings.redis_url`` resolved (``launch.stack`` does both). It raises
 ``api.auth.InsecureSettings`` (and so refuses to start) when production settings lack an
 issuer or carry a shared secret.
 

@@ -122,7 +122,7 @@ async def _serve_board(ws: WebSocket, edge: Edge, session_id: str, outbox: Outbo
     finally:
         pump.remove_viewer(outbox)
         if not outbox.closed:
-            outbox.closed = True
+            outbox.abandon()
             writer.cancel()
         await asyncio.gather(writer, return_exceptions=True)
 

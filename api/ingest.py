@@ -136,7 +136,7 @@ class DeviceConnection:
             if self.board_pump is not None:
                 self.board_pump.remove_viewer(self.outbox)
             if not self.outbox.closed or self.channel is not None:  # (direct: all written already)
-                self.outbox.closed = True
+                self.outbox.abandon()
                 writer.cancel()
             await asyncio.gather(writer, return_exceptions=True)
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import enum
 import logging
 import time
 from collections.abc import Callable
@@ -44,6 +45,12 @@ SLOT_SLACK_S = 0.01  # ASGI path: a board may go this much before its period is 
 ACK_GRACE_S = 0.05  # how long past a board period acks wait for a board before going alone
 FLUSH_TIMEOUT_S = 2.0  # what a closing connection may spend sending its last frames
 MAX_REASON_BYTES = 120  # a close reason may carry at most 123 bytes of UTF-8
+
+
+class OutboxState(enum.Enum):
+    OPEN = "open"  # frames and boards go out
+    CLOSING = "closing"  # closed for new frames; what is queued and the close frame are still to go
+    CLOSED = "closed"  # the close frame went (or the connection went away): nothing more
 
 
 def close_reason(text: str) -> str:
@@ -75,10 +82,18 @@ class Outbox:
         self.acks: dict[str, int] = {}
         self._acks_since = 0.0  # monotonic time the oldest waiting ack came
         self._wake = asyncio.Event()
-        self.closed = False
+        self.state = OutboxState.OPEN
         self.close_reason: tuple[int, str] | None = None
         self.on_close: Callable[[], None] | None = None  # called once, when the outbox closes
-        self._finished = False
+
+    @property
+    def closed(self) -> bool:
+        """No new frame is accepted (closing or closed)."""
+        return self.state is not OutboxState.OPEN
+
+    def abandon(self) -> None:
+        """The connection is gone: accept nothing more and send nothing more."""
+        self.state = OutboxState.CLOSED
 
     def send(self, frame: bytes) -> None:
         if self.closed:
@@ -143,7 +158,7 @@ class Outbox:
         """Close after sending what is queued (the error frame that explains the close),
         unless ``flush`` is False (a client that does not read gets nothing more)."""
         if not self.closed:
-            self.closed = True
+            self.state = OutboxState.CLOSING
             self.close_reason = (code, close_reason(reason))
             if not flush:
                 self.frames.clear()
@@ -189,8 +204,8 @@ class Outbox:
     def _finish_direct(self, channel: DirectChannel) -> None:
         """Write what is queued (bounded by ``max_frames``; the transport buffers it even
         while paused) and the close frame, once."""
-        if self.close_reason and not self._finished:
-            self._finished = True
+        if self.close_reason and self.state is not OutboxState.CLOSED:
+            self.state = OutboxState.CLOSED
             while self.frames and channel.write(self.frames.popleft()):
                 pass
             channel.close(*self.close_reason)

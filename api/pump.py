@@ -24,6 +24,7 @@ and the connection throttles the device (the device keeps and resends its sample
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import time
 from collections import Counter, defaultdict
@@ -38,6 +39,12 @@ from cluster.directory import SessionDirectory
 from devices.protocol import encode
 
 log = logging.getLogger(__name__)
+
+
+class PumpState(enum.Enum):
+    IDLE = "idle"  # created, not started
+    RUNNING = "running"  # ticking (or waiting for work)
+    STOPPING = "stopping"  # asked to stop: the loop ends after its current tick
 
 
 class StaleResult(Exception):
@@ -97,15 +104,16 @@ class SessionPump:
         self._wake = asyncio.Event()
         self._quiet = 0  # ticks in a row that brought nothing new
         self._task: asyncio.Task[None] | None = None
-        self._stopping = False
+        self.state = PumpState.IDLE
 
     # -- registration -----------------------------------------------------------------
     def start(self) -> None:
         if self._task is None:
+            self.state = PumpState.RUNNING
             self._task = asyncio.get_running_loop().create_task(self._run(), name=f"pump:{self.session_id}")
 
     async def stop(self) -> None:
-        self._stopping = True
+        self.state = PumpState.STOPPING
         self._wake.set()
         if self._task is not None:
             try:
@@ -194,7 +202,7 @@ class SessionPump:
         return bool(self.pending) or any(l.needs_welcome or l.sent > l.acked for l in self.links.values())
 
     async def _run(self) -> None:
-        while not self._stopping:
+        while self.state is PumpState.RUNNING:
             started = time.monotonic()
             news = False
             try:

@@ -27,10 +27,12 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from cluster.errors import ClusterError
+
 log = logging.getLogger(__name__)
 
 
-class RedisStartError(RuntimeError):
+class RedisStartError(ClusterError, RuntimeError):
     """The embedded redis-server did not come up."""
 
 

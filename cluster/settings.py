@@ -24,13 +24,14 @@ class Settings(BaseSettings):
     # redis+sentinel:// (actors.redis_url, docs/cluster.md)
     redis_url: str | None = None
     ray_address: str | None = None  # RAY_ADDRESS: attach instead of starting local Ray
+    # the stack's directory: Redis AOF, the development secret, the lock, supervisor state
     data_dir: Path = Path(".pulseline")
-    host: str = "127.0.0.1"
+    host: str = "127.0.0.1"  # the address the edge listens on
     event_loop: str = "uvloop"  # the edge's loop: "uvloop" (when installed) or "asyncio"
-    port: int = 8000
-    prefix: str = "pl"
-    namespace: str = "pulseline"
-    local_session_slots: int = 256
+    port: int = 8000  # the edge's port (extra edges of `up --edges N` take the next ones)
+    prefix: str = "pl"  # every Redis key starts with it (several stacks can share one Redis)
+    namespace: str = "pulseline"  # the Ray namespace of the session and leaderboard actors
+    local_session_slots: int = 256  # session actors a local Ray may hold (its `session_slot` resource)
     # The fastest a class ticks (one tick per class per interval carries its samples to its
     # actor and its board back): what a 10 Hz viewer needs (see docs/benchmarks.md).
     tick_interval_s: float = 0.1
@@ -47,21 +48,21 @@ class Settings(BaseSettings):
     # Where an ended class's results go ("package.module:function", async (settings, snapshot));
     # used only with session_leaderboards. PULSELINE_RESULTS_SINK overrides the default.
     results_sink: str = Field(default=DEFAULT_RESULTS_SINK, pattern=r"^([A-Za-z_][\w.]*:[A-Za-z_][\w.]*)?$")
-    checkpoint_interval_s: float = 0.25
+    checkpoint_interval_s: float = 0.25  # a changed class is checkpointed at most this often (acks wait for it)
     # Dense mode (actors/session_host.py): classes created with ``expected_riders`` at most
     # this many share host processes (0: only classes created with placement "dense");
     # ``dense_hosts`` host processes take them, by a hash of the class id.
     dense_max_riders: int = Field(default=0, ge=0)
-    dense_hosts: int = Field(default=2, ge=1, le=4096)
+    dense_hosts: int = Field(default=2, ge=1, le=4096)  # host processes that dense classes are spread over
     # Where a class created without an expected size (or placement) runs.
     default_placement: Literal["dedicated", "dense"] = "dedicated"
-    board_size: int = 10
-    max_gap_s: float = 5.0
-    max_board_rate_hz: float = 10.0
-    max_pending_samples_per_session: int = 50_000
-    max_unacked_per_device: int = 3_600
-    handshake_timeout_s: float = 10.0
-    send_queue_frames: int = 256
+    board_size: int = 10  # the top-N rows of a class board (a class may set its own)
+    max_gap_s: float = 5.0  # a longer gap between two samples of a device adds no energy
+    max_board_rate_hz: float = 10.0  # the fastest board rate a viewer may ask
+    max_pending_samples_per_session: int = 50_000  # samples waiting for a tick per class; beyond, devices are throttled
+    max_unacked_per_device: int = 3_600  # samples in flight per device; beyond, it is throttled
+    handshake_timeout_s: float = 10.0  # a device connection must say hello within this
+    send_queue_frames: int = 256  # frames queued for a slow client before it is closed (4429)
 
     # -- authentication (api/auth.py, docs/security.md) ----------------------------------
     # development: HS256 tokens signed with a shared secret (``auth_secret`` or one generated
@@ -69,34 +70,34 @@ class Settings(BaseSettings):
     # production: RS256/ES256 tokens from an OpenID Connect issuer, checked against its JWKS;
     # the edge refuses to start without an issuer or with a shared secret.
     auth_mode: Literal["development", "production"] = "development"
-    auth_secret: SecretStr | None = None
+    auth_secret: SecretStr | None = None  # development mode's HS256 secret (default: generated into the data dir)
     auth_issuer: str | None = None  # e.g. https://login.example.com/realms/gym
     auth_jwks_url: str | None = None  # default: discovered from the issuer's openid-configuration
-    auth_audience: str = "pulseline"
+    auth_audience: str = "pulseline"  # the `aud` every token must carry
     auth_leeway_s: float = 30.0  # clock skew tolerated on exp / nbf / iat
     auth_jwks_cache_s: float = 3600.0  # refetch keys at least this often
     auth_jwks_min_refetch_s: float = 10.0  # an unknown kid refetches at most this often
     auth_expiry_notice_s: float = 60.0  # warn a connection this long before its token expires
-    dev_token_ttl_s: float = 12 * 3600.0
+    dev_token_ttl_s: float = 12 * 3600.0  # lifetime of development tokens
     # view-only single-session tokens for the class page (POST .../view-links, the demo's link)
     view_token_ttl_s: float = 2 * 3600.0
-    view_token_max_ttl_s: float = 12 * 3600.0
+    view_token_max_ttl_s: float = 12 * 3600.0  # the longest a view link may be asked to last
     public_metrics: bool = False  # /metrics without an operator token (scrapers on a private net)
 
     # -- limits (api/limits.py; every one documented in docs/security.md) ------------------
-    max_frame_bytes: int = 64 * 1024
+    max_frame_bytes: int = 64 * 1024  # a device frame larger than this gets `too_large`
     max_ws_message_bytes: int = 1 << 20  # transport limit: larger messages close with 1009
-    max_samples_per_frame: int = 1000
+    max_samples_per_frame: int = 1000  # samples in one `samples` frame
     max_devices_per_hub: int = 1024  # devices bound on one connection (hellos carry <= 256 each)
-    max_frames_per_s_per_connection: float = 200.0
-    max_frames_per_s_per_device: float = 20.0
+    max_frames_per_s_per_connection: float = 200.0  # frame rate of one connection (over it: `throttle`)
+    max_frames_per_s_per_device: float = 20.0  # frame rate of one device
     rate_burst_s: float = 2.0  # a bucket holds this many seconds of its rate
     max_throttle_strikes: int = 20  # frames sent while throttled before the close (4429)
-    max_connections_per_token: int = 4
-    max_connections_per_address: int = 4096
+    max_connections_per_token: int = 4  # open connections with one token (operators: unlimited)
+    max_connections_per_address: int = 4096  # open connections from one client address
     idle_timeout_s: float = 300.0  # no frame at all from a device connection for this long
-    ws_ping_interval_s: float = 20.0
-    ws_ping_timeout_s: float = 20.0
+    ws_ping_interval_s: float = 20.0  # WebSocket keepalive pings
+    ws_ping_timeout_s: float = 20.0  # a connection that does not answer a ping by then is closed
     # Device and board frames bypass the ASGI queue (api/directws.py); false = plain ASGI.
     direct_ws: bool = True
 
@@ -112,7 +113,7 @@ class Settings(BaseSettings):
     # may lose the last ~1-2 s of acks (docs/cluster.md, "Durability").
     redis_appendfsync: Literal["always", "everysec"] = "everysec"
     restart_backoff_min_s: float = 0.5  # the supervisor's first restart delay (doubles, jittered)
-    restart_backoff_max_s: float = 30.0
+    restart_backoff_max_s: float = 30.0  # the supervisor's longest restart delay
     # An ended class's Redis keys expire this long after it ended (0 = keep for ever);
     # cluster/session_records.py. Results published to leaderboards are not affected.
     ended_retention_s: float = 7 * 24 * 3600.0

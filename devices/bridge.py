@@ -58,6 +58,7 @@ from devices.links import (
 )
 from devices.normalise import Normaliser, Source
 from devices.spool import DEFAULT_MAX_ROWS, Spool, SpooledStream, SpoolFull, StreamRecord
+from devices.errors import DevicesError
 
 __all__ = ["Assignment", "Bridge", "BridgeConfig", "BridgeError", "Sensor", "SensorState", "device_id", "slug"]
 
@@ -92,7 +93,7 @@ async def _to_completion(job: Awaitable[T]) -> T:
     return task.result()
 
 
-class BridgeError(Exception):
+class BridgeError(DevicesError):
     """Root of the bridge's own errors (links raise ``LinkError``, the spool ``SpoolError``)."""
 
 

@@ -33,6 +33,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from devices.protocol import MAX_DEVICES_PER_HELLO, encode
+from devices.errors import DevicesError
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +138,7 @@ def stream_token_source(tokens: Callable[..., Awaitable[str]], streams: list[Dev
     return lambda: tokens(kind="hub", hub=hub or f"hub-{devices[0]}", devices=devices, sessions=sessions)
 
 
-class TokenUnavailable(Exception):
+class TokenUnavailable(DevicesError):
     """The token provider failed; the client backs off and asks again."""
 
 

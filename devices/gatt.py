@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Final, TypeAlias, TypedDict
 
 from devices.rates import RevolutionRate
+from devices.errors import DevicesError
 
 __all__ = [
     "BatteryLevel",
@@ -88,7 +89,7 @@ class DecodeFailure(enum.Enum):
     INVALID_VALUE = "invalid_value"
 
 
-class DecodeError(ValueError):
+class DecodeError(DevicesError, ValueError):
     """A notification that cannot be decoded; ``reason`` is machine-readable."""
 
     def __init__(

@@ -30,6 +30,7 @@ from typing import Any, Final, Protocol, TypeAlias
 
 from devices.gatt import Characteristic, DecodeError, decode
 from devices.normalise import Source
+from devices.errors import DevicesError
 
 __all__ = [
     "Advert",
@@ -223,7 +224,7 @@ LinkEvent: TypeAlias = Notification | Disconnected
 EventSink: TypeAlias = Callable[[LinkEvent], None]
 
 
-class LinkError(Exception):
+class LinkError(DevicesError):
     """Root of the link errors; ``address`` names the sensor when there is one."""
 
     def __init__(self, message: str, *, address: str | None = None) -> None:

@@ -28,6 +28,7 @@ import msgpack
 
 from devices.sample import BOUNDS, METRICS
 from devices.text import TextError, clean_id
+from devices.errors import DevicesError
 
 log = logging.getLogger(__name__)
 _short = reprlib.Repr()
@@ -93,7 +94,7 @@ class CloseCode(enum.IntEnum):
     TRY_AGAIN = 1013
 
 
-class ProtocolError(ValueError):
+class ProtocolError(DevicesError, ValueError):
     """A frame that breaks protocol v1; ``fatal`` frames close the connection."""
 
     def __init__(self, code: ErrorCode, message: str, *, fatal: bool = False) -> None:

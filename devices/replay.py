@@ -46,6 +46,7 @@ from devices.links import (
     ScaledClock,
     SensorKind,
 )
+from devices.errors import DevicesError
 
 __all__ = ["FORMAT", "RecordedDevice", "RecordedNotification", "Recording", "RecordingError", "ReplayLink"]
 
@@ -59,7 +60,7 @@ _KIND_OF: Final = {
 }
 
 
-class RecordingError(ValueError):
+class RecordingError(DevicesError, ValueError):
     """A recording file that cannot be read; the message names the line."""
 
 

@@ -38,6 +38,7 @@ from typing import Any, Final
 import msgpack
 
 from devices.client import DeviceStream
+from devices.errors import DevicesError
 
 __all__ = ["DEFAULT_MAX_ROWS", "SpoolError", "SpoolFull", "Spool", "SpooledStream", "StreamRecord"]
 
@@ -60,7 +61,7 @@ CREATE TABLE IF NOT EXISTS samples (
 """
 
 
-class SpoolError(Exception):
+class SpoolError(DevicesError):
     """Root of the spool's errors."""
 
 

@@ -24,11 +24,13 @@ from __future__ import annotations
 import unicodedata
 from typing import Any
 
+from devices.errors import DevicesError
+
 MAX_ID_CHARS = 128
 MAX_TEXT_CHARS = 200
 
 
-class TextError(ValueError):
+class TextError(DevicesError, ValueError):
     """A client-supplied string breaks the text rules; ``str(exc)`` says which and is safe
     to send back (it quotes none of the offending text)."""
 

@@ -99,7 +99,7 @@ class Chaos:
         env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "RAY_ADDRESS")}
         env["PULSELINE_RESTART_BACKOFF_MIN_S"] = "0.5"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cluster.cli", "up", "--edges", "2", "--port", str(self.port),
+            [sys.executable, "-m", "launch.cli", "up", "--edges", "2", "--port", str(self.port),
              "--data-dir", str(self.data)],
             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=open(self.work / "up.log", "w"),
         )

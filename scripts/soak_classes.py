@@ -87,7 +87,7 @@ class Soak:
         env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "RAY_ADDRESS")}
         env.update(PULSELINE_PASSIVATE_IDLE_S=str(self.args.passivate_s), PULSELINE_PASSIVATE_INTERVAL_S="0.5")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cluster.cli", "up", "--port", str(self.port), "--data-dir", str(self.work / "data")],
+            [sys.executable, "-m", "launch.cli", "up", "--port", str(self.port), "--data-dir", str(self.work / "data")],
             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=open(self.work / "up.log", "w"),
         )
 

@@ -70,6 +70,7 @@ from typing import Any
 from sims.faults import FaultConfig, LateSync, ReconnectStorm
 from sims.load import Surge
 from sims.swarm import DEVICE_KINDS as _KINDS
+from sims.errors import SimsError
 
 __all__ = ["Scenario", "ScenarioError", "load", "parse"]
 
@@ -78,7 +79,7 @@ _TOP = {"name", "description", "seed", "mode", "ble", "sessions", "riders", "con
 MODES = ("protocol", "ble")
 
 
-class ScenarioError(ValueError):
+class ScenarioError(SimsError, ValueError):
     """A scenario file that cannot be run; ``field`` is the dotted path of the culprit."""
 
     def __init__(self, field_path: str, message: str, *, source: str | None = None) -> None:

@@ -46,6 +46,7 @@ from sims.load import Surge, rate_at
 from sims.physiology import ClassPlan, Reading, RiderModel, random_profile, standard_plan
 from sims.progress import Progress
 from sims.viewers import ParticipantViewer, Viewer, watch
+from sims.errors import SimsError
 
 __all__ = ["DEVICE_KINDS", "Rider", "Swarm", "SwarmConfig", "Viewer", "run_swarm"]
 
@@ -63,7 +64,7 @@ DEVICE_KINDS: dict[str, tuple[bool, bool, bool, bool, bool]] = {
 }
 
 
-class SwarmUnavailable(Exception):
+class SwarmUnavailable(SimsError):
     """No edge answered the swarm's set-up calls (creating its sessions)."""
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import grimp
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("actors", "api", "cluster", "devices", "leaderboards", "sims")
+PACKAGES = ("actors", "api", "cluster", "devices", "launch", "leaderboards", "sims")
 
 
 def test_the_import_contracts_hold() -> None:
@@ -33,3 +33,15 @@ def test_no_import_cycles() -> None:
                 cycles.append(" -> ".join((module, *back)))
     assert len(graph.modules) > 50  # (the graph really holds the project)
     assert not cycles, "import cycles:\n" + "\n".join(cycles)
+
+
+def test_the_settings_page_is_generated_from_the_code() -> None:
+    """docs/settings.md is what ``python -m cluster.settings_doc`` prints (regenerate it when
+    a setting changes), and it lists every setting."""
+    from cluster.settings import Settings
+    from cluster.settings_doc import table
+
+    page = (ROOT / "docs" / "settings.md").read_text()
+    assert page == table(), "docs/settings.md is stale: python -m cluster.settings_doc > docs/settings.md"
+    for name in Settings.model_fields:
+        assert f"`PULSELINE_{name.upper()}`" in page

@@ -152,7 +152,7 @@ def _start_edge(settings: Any, log: Path) -> subprocess.Popen[bytes]:
     env = dict(os.environ, RAY_ADDRESS=ray.get_runtime_context().gcs_address, REDIS_URL=settings.redis_url,
                PULSELINE_NAMESPACE=settings.namespace, PULSELINE_PREFIX=settings.prefix)
     return subprocess.Popen(
-        [sys.executable, "-m", "cluster.cli", "edge", "--port", str(settings.port), "--data-dir",
+        [sys.executable, "-m", "launch.cli", "edge", "--port", str(settings.port), "--data-dir",
          str(settings.data_dir)],
         env=env, stdout=subprocess.DEVNULL, stderr=open(log, "ab"),
     )

@@ -12,13 +12,13 @@ from pathlib import Path
 import jwt
 import pytest
 
-from cluster.cli import _lock_data_dir
+from launch.cli import _lock_data_dir
 
 
 def pulseline(*args: str, cwd: Path | None = None, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PULSELINE_") and k not in ("REDIS_URL", "RAY_ADDRESS")}
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
-    return subprocess.run([sys.executable, "-m", "cluster.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "launch.cli", *args], capture_output=True, text=True,
                           timeout=timeout, cwd=cwd, env=env)
 
 
@@ -83,7 +83,7 @@ def test_status_with_a_wrong_ray_address_is_one_line_not_minutes_of_retries(tmp_
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed again: nothing listens there
     env_address = f"127.0.0.1:{port}"
-    done = subprocess.run([sys.executable, "-m", "cluster.cli", "status", "--data-dir", str(tmp_path)], capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "launch.cli", "status", "--data-dir", str(tmp_path)], capture_output=True,
                           text=True, timeout=60, env={**os.environ, "RAY_ADDRESS": env_address,
                                                       "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
     assert done.returncode == 2, done.stderr

@@ -23,7 +23,7 @@ import httpx
 import psutil
 import pytest
 
-from cluster.runtime import EdgeProcess
+from launch.stack import EdgeProcess
 from cluster.supervisor import ChildState, Supervisor, read_state
 from devices.client import DevTokens, DeviceStream, HubClient, stream_token_source
 from tests.cluster.helpers import operator_headers
@@ -137,7 +137,7 @@ def test_up_restarts_a_killed_redis_and_a_killed_edge_and_loses_no_ack(tmp_path:
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "RAY_ADDRESS")}
     env["PULSELINE_RESTART_BACKOFF_MIN_S"] = "0.2"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cluster.cli", "up", "--edges", "2", "--port", str(port), "--data-dir", str(data)],
+        [sys.executable, "-m", "launch.cli", "up", "--edges", "2", "--port", str(port), "--data-dir", str(data)],
         stdout=subprocess.DEVNULL, stderr=open(log, "w"), env=env,
     )
     first, second = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port + 1}"
@@ -180,7 +180,7 @@ def test_up_restarts_a_killed_redis_and_a_killed_edge_and_loses_no_ack(tmp_path:
         metrics = httpx.get(f"{first}/metrics", headers=ops, timeout=30).text
         assert 'pulseline_supervised_restarts_total{process="redis-server"} 1.0' in metrics
         assert f'pulseline_supervised_up{{process="{edge_name}"}} 1.0' in metrics
-        status = subprocess.run([sys.executable, "-m", "cluster.cli", "status", "--data-dir", str(data)],
+        status = subprocess.run([sys.executable, "-m", "launch.cli", "status", "--data-dir", str(data)],
                                 capture_output=True, text=True, timeout=120, env=env)
         assert status.returncode == 0, status.stderr
         assert "redis-server" in status.stdout and "restarts 1" in status.stdout, status.stdout
@@ -207,7 +207,7 @@ def test_up_on_an_external_redis_reports_it_down_and_does_not_restart_it(tmp_pat
     log = tmp_path / "up.log"
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "RAY_ADDRESS")}
     env["REDIS_URL"] = redis.url
-    proc = subprocess.Popen([sys.executable, "-m", "cluster.cli", "up", "--port", str(port), "--data-dir", str(data)],
+    proc = subprocess.Popen([sys.executable, "-m", "launch.cli", "up", "--port", str(port), "--data-dir", str(data)],
                             stdout=subprocess.DEVNULL, stderr=open(log, "w"), env=env)
     url = f"http://127.0.0.1:{port}"
     try:

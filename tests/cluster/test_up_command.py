@@ -30,7 +30,7 @@ class Up:
         self.port = _free_port()
         self.log = data_dir.parent / f"up-{self.port}.log"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cluster.cli", "up", "--port", str(self.port), "--data-dir", str(data_dir)],
+            [sys.executable, "-m", "launch.cli", "up", "--port", str(self.port), "--data-dir", str(data_dir)],
             stdout=subprocess.DEVNULL, stderr=open(self.log, "w"),
             env={**{k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "RAY_ADDRESS")}, **(env or {})},
         )

@@ -52,7 +52,7 @@ def test_up_with_two_edges_serves_one_session_from_both(tmp_path: Path) -> None:
     log = tmp_path / "up.log"
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "RAY_ADDRESS")}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cluster.cli", "up", "--edges", "2", "--port", str(port), "--data-dir", str(tmp_path)],
+        [sys.executable, "-m", "launch.cli", "up", "--edges", "2", "--port", str(port), "--data-dir", str(tmp_path)],
         stdout=subprocess.DEVNULL, stderr=open(log, "w"), env=env,
     )
     first, second = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port + 1}"

@@ -59,7 +59,7 @@ async def serving_after(http: Any, sid: str, began: float, timeout_s: float = 18
 
 def status_cli(address: str, namespace: str) -> str:
     env = dict(os.environ, RAY_ADDRESS=address, PULSELINE_NAMESPACE=namespace)
-    done = subprocess.run([sys.executable, "-m", "cluster.cli", "status"], env=env, capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "launch.cli", "status"], env=env, capture_output=True,
                           text=True, timeout=120)
     return done.stdout
 

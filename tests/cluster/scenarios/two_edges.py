@@ -32,7 +32,7 @@ def start_edge(address: str, redis_url: str, work: Path, ns: str, prefix: str) -
     env = dict(os.environ, RAY_ADDRESS=address, REDIS_URL=redis_url, PULSELINE_NAMESPACE=ns, PULSELINE_PREFIX=prefix)
     log = open(work / f"edge-{settings.port}.log", "wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cluster.cli", "edge", "--port", str(settings.port), "--data-dir", str(work)],
+        [sys.executable, "-m", "launch.cli", "edge", "--port", str(settings.port), "--data-dir", str(work)],
         env=env, stdout=log, stderr=subprocess.STDOUT,
     )
     return proc, SimpleNamespace(url=f"http://127.0.0.1:{settings.port}", settings=settings, proc=proc)

@@ -131,7 +131,7 @@ def bench_after_start(args: Any, swarm_config: Callable[[Any, str], Any], emit: 
         url = f"http://{server.config.host}:{server.config.port}"
         report = tempfile.NamedTemporaryFile(suffix=".json", delete=False).name
         cmd = [
-            sys.executable, "-m", "cluster.cli", "swarm", "--url", url, "--sessions", str(args.sessions),
+            sys.executable, "-m", "launch.cli", "swarm", "--url", url, "--sessions", str(args.sessions),
             "--devices", str(args.devices), "--seconds", str(args.seconds), "--board-hz", str(args.board_hz),
             "--hub-size", str(args.hub_size), "--report", report,
         ]

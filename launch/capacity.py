@@ -16,8 +16,8 @@ stepping of a shape stops at its first failing step. The result (stdout, and
 its latency, accounting and CPU figures (edge, swarm, session actors, Redis, Ray system),
 and the edge's CPU cost per device-second.
 
-``python -m sims.capacity worker SCENARIO.json URL OUT.json`` is the swarm process;
-``python -m sims.capacity table capacity.json`` prints a result as a Markdown table.
+``python -m launch.capacity worker SCENARIO.json URL OUT.json`` is the swarm process;
+``python -m launch.capacity table capacity.json`` prints a result as a Markdown table.
 """
 
 from __future__ import annotations
@@ -151,7 +151,7 @@ class CapacityBench:
         return max(1, math.ceil(devices / 1500))
 
     async def run_step(self, shape: str, devices: int) -> dict[str, Any]:
-        from sims.bench import ProcessSampler
+        from launch.bench import ProcessSampler
         from sims.report import merge_reports
 
         prefix = f"cap-{uuid.uuid4().hex[:5]}"
@@ -166,7 +166,7 @@ class CapacityBench:
             out = self.workdir / f"{prefix}-{k}.report.json"
             outs.append(out)
             procs.append(await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "sims.capacity", "worker", str(path), self.url, str(out),
+                sys.executable, "-m", "launch.capacity", "worker", str(path), self.url, str(out),
                 stdout=asyncio.subprocess.DEVNULL))
         sampler = ProcessSampler(os.getpid(), {p.pid for p in procs}, only_descendants=True)
         # CPU over the class only: from when the class runs (after connecting) to its end
@@ -293,7 +293,7 @@ async def _serve_and_bench(args: argparse.Namespace, settings: Any) -> dict[str,
 
 
 def bench_main(args: argparse.Namespace) -> int:
-    from cluster.runtime import Stack
+    from launch.stack import Stack
     from cluster.settings import from_environment
 
     settings = from_environment(port=args.port, data_dir=Path(args.data_dir).resolve())  # redis needs absolute
@@ -370,7 +370,7 @@ def markdown_table(result: dict[str, Any]) -> str:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m sims.capacity", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m launch.capacity", description=__doc__.splitlines()[0])
     p.add_argument("--shapes", default="phones,hubs")
     p.add_argument("--steps", default=",".join(str(s) for s in DEFAULT_STEPS), help="device counts, ascending")
     p.add_argument("--step-seconds", type=float, default=30.0)

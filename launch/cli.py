@@ -176,7 +176,7 @@ def run_event_loop(choice: str, main: Any) -> Any:
 
 
 def _run_stack(args: argparse.Namespace, after_start: Any = None) -> int:
-    from cluster.runtime import EdgeProcesses, Stack, supervise
+    from launch.stack import EdgeProcesses, Stack, supervise
 
     from api.auth import InsecureSettings, check_settings
 
@@ -331,7 +331,7 @@ def _print_where_to_look(args: argparse.Namespace, url: str, sessions: list[str]
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from sims.bench import bench_after_start
+    from launch.bench import bench_after_start
 
     return _run_stack(args, bench_after_start(args, _swarm_config, _emit))
 
