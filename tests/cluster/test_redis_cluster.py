@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import redis
 
@@ -86,7 +87,7 @@ def _exact(result: dict[str, Any]) -> None:
 
 @pytest.mark.timeout(240)
 def test_a_class_runs_exact_on_a_redis_cluster(redis_cluster: EmbeddedRedisCluster, edge_on: Any, run: Any,
-                                               unique_id: str) -> None:
+                                               tokens: Any, unique_id: str) -> None:
     edge = edge_on(redis_cluster.url)
     result = run(Swarm(_class(edge, f"rc-{unique_id}")).run(), timeout=200)
     _exact(result)
@@ -98,7 +99,46 @@ def test_a_class_runs_exact_on_a_redis_cluster(redis_cluster: EmbeddedRedisClust
         assert client.exists(*keys) == 4  # meta, checkpoint, its epoch, the instance epoch: one slot
         homes.add(client.get_node_from_key(keys[0]).port)
     assert homes <= {n.port for n in redis_cluster.nodes[:3]}
+
+    ops = tokens.headers()  # listing reads metas on several slots; purging deletes one slot's keys
+    listed = httpx.get(f"{edge.url}/v1/sessions?state=ended&limit=2", headers=ops, timeout=30).json()
+    following = httpx.get(f"{edge.url}/v1/sessions?state=ended&limit=2&after={listed['next']}", headers=ops,
+                          timeout=30).json()
+    assert sorted(m["id"] for m in listed["sessions"] + following["sessions"]) == [f"rc-{unique_id}-{i}" for i in range(3)]
+    assert httpx.delete(f"{edge.url}/v1/sessions/rc-{unique_id}-0", headers=ops, timeout=30).status_code == 200
+    assert client.exists(*session_keys(edge.settings.prefix, f"rc-{unique_id}-0")) == 0
     client.close()
+
+
+@pytest.mark.timeout(180)
+def test_a_sharded_leaderboard_lives_on_the_cluster_and_reshards(redis_cluster: EmbeddedRedisCluster, edge_on: Any,
+                                                                 tokens: Any, run: Any, unique_id: str) -> None:
+    from leaderboards import Leaderboards
+
+    edge = edge_on(redis_cluster.url)
+    name = f"rclb-{unique_id}"
+    with httpx.Client(base_url=edge.url, timeout=60, headers=tokens.headers()) as http:
+        assert http.post("/v1/leaderboards", json={"name": name, "metric": "kj", "operator": "sum",
+                                                   "shard_count": 2}).status_code == 201
+        scores = [{"user": f"u{i}", "source": "c1", "score": float(i), "achieved_at": 1.8e9} for i in range(40)]
+        assert http.post(f"/v1/leaderboards/{name}/scores", json={"scores": scores}).status_code == 200
+        assert http.post(f"/v1/leaderboards/{name}/reshard", json={"shard_count": 3}).json()["moved"] == 40
+        assert http.get(f"/v1/leaderboards/{name}/users/u39/rank").json()["rank"] == 1
+        assert [e["user"] for e in http.get(f"/v1/leaderboards/{name}/top?n=3").json()["entries"]] == ["u39", "u38", "u37"]
+    client = connect_sync(redis_cluster.url)
+    prefix = edge.settings.prefix
+    assert client.exists(*(f"{prefix}:lbshard:{{{name}:0:{s}}}:epoch" for s in range(2))) == 0  # the old shards: gone
+    assert client.exists(*(f"{prefix}:lbshard:{{{name}:1:{s}}}:epoch" for s in range(3))) == 3
+    client.close()
+
+    async def drop() -> None:
+        lb = Leaderboards.connect(redis_cluster.url, prefix=prefix, namespace=edge.settings.namespace)
+        try:
+            await lb.drop(name)
+        finally:
+            await lb.aclose()
+
+    run(drop())
 
 
 @pytest.mark.timeout(60)
