@@ -32,6 +32,7 @@ import ray
 
 from actors.errors import StaleInstance
 from actors.session_cell import SessionCell, resolve_sink
+from actors.settings import ActorSettings
 from actors.stream import StreamServer
 from actors.wire import Endpoint, TickRequest, decode_message, encode_message
 
@@ -65,8 +66,9 @@ class SessionActor:
     def __init__(self, session_id: str, settings: dict[str, Any]) -> None:
         logging.basicConfig(level=logging.INFO)
         self.session_id = session_id
-        self.interval_s = float(settings.get("checkpoint_interval_s", 0.25))
-        self.cell = SessionCell(session_id, settings, on_fenced=self._fenced)
+        typed = ActorSettings.of(settings)  # (read once, here: the cell gets the typed form)
+        self.interval_s = typed.checkpoint_interval_s
+        self.cell = SessionCell(session_id, typed, on_fenced=self._fenced)
         self._loop: asyncio.Task[None] | None = None
         self.host = ray.util.get_node_ip_address()
         self.stream: StreamServer | None = None

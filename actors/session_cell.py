@@ -16,12 +16,12 @@ fenced off (a checkpoint write refused) calls ``on_fenced`` and refuses every la
 with ``StaleInstance``; its shell stops serving it.
 
 Results: once the class is ended (and again after late data changes it), the snapshot is
-handed to the *results sink* named in ``settings["results_sink"]``, an import path
+handed to the *results sink* named in ``settings.results_sink``, an import path
 ``"package.module:function"`` of a callable ``async (settings, snapshot) -> Any`` (an edge
 with session leaderboards names the leaderboards' publisher there, see
 docs/leaderboards.md). It is resolved with importlib when results are published, so
 ``actors`` imports nothing above itself; a sink that fails to import or raises is logged
-and never fails a session call. No sink, or no ``settings["leaderboards"]``: nothing is
+and never fails a session call. No sink, or no ``settings.leaderboards``: nothing is
 published.
 """
 
@@ -37,6 +37,7 @@ from actors.checkpoint import CheckpointStore
 from actors.errors import StaleInstance
 from actors.redis_url import AsyncRedis
 from actors.session import DeviceBatch, Phase, SessionState
+from actors.settings import ActorSettings
 from actors.wire import TickRequest, TickResult
 
 log = logging.getLogger(__name__)
@@ -59,15 +60,15 @@ def resolve_sink(path: str) -> ResultsSink:
 
 
 class SessionCell:
-    def __init__(self, session_id: str, settings: Mapping[str, Any],
+    def __init__(self, session_id: str, settings: ActorSettings | Mapping[str, Any],
                  *, on_fenced: Callable[[SessionCell], None] | None = None, redis: AsyncRedis | None = None) -> None:
         """``redis``: an async client to share with other cells of the process (a dense
         host's); default, the cell's store makes its own."""
         self.session_id = session_id
-        self.settings = dict(settings)
+        self.settings = settings = ActorSettings.of(settings)
         self.on_fenced = on_fenced
         self.store = CheckpointStore(
-            settings["redis_url"], prefix=settings.get("prefix", "pl"), kind="session", ident=session_id, client=redis
+            settings.redis_url, prefix=settings.prefix, kind="session", ident=session_id, client=redis
         )
         data = self.store.acquire()  # (blocking: one Redis round trip; shells call it off their loop)
         if data is not None:
@@ -75,8 +76,8 @@ class SessionCell:
         else:
             self.state = SessionState(
                 session_id,
-                board_size=int(settings.get("board_size", 10)),
-                max_gap_s=float(settings.get("max_gap_s", 5.0)),
+                board_size=settings.board_size,
+                max_gap_s=settings.max_gap_s,
             )
         self.restored = data is not None
         self.durable: dict[str, int] = self.state.applied_seqs() if data is not None else {}
@@ -86,8 +87,8 @@ class SessionCell:
         self._write_lock = asyncio.Lock()
         # Leaderboards fed with this class's results once it ends (board names; default none),
         # through the results sink (an import path; default none: see the module docstring).
-        self.leaderboards = [str(b) for b in settings.get("leaderboards") or ()]
-        self.results_sink = str(settings.get("results_sink") or "")
+        self.leaderboards = list(settings.leaderboards)
+        self.results_sink = settings.results_sink
         self.publish_failures = 0
         self._publish_task: asyncio.Task[None] | None = None
         self._republish = False
@@ -202,7 +203,7 @@ class SessionCell:
             self._republish = False
             try:
                 sink = resolve_sink(self.results_sink)
-                await sink(self.settings, self.state.snapshot())
+                await sink(self.settings.as_dict(), self.state.snapshot())
             except Exception:  # results are re-published on the next late data or phase call
                 self.publish_failures += 1
                 log.exception("session %s: results sink %r failed", self.session_id, self.results_sink)

@@ -32,6 +32,7 @@ from actors.checkpoint import client_for
 from actors.redis_url import AsyncRedis
 from actors.session_actor import checkpoint_loop
 from actors.session_cell import SessionCell
+from actors.settings import ActorSettings
 from actors.stream import StreamServer
 from actors.wire import Endpoint, TickRequest, decode_message, encode_message
 
@@ -47,8 +48,8 @@ class SessionHost:
     def __init__(self, name: str, settings: dict[str, Any]) -> None:
         logging.basicConfig(level=logging.INFO)
         self.name = name
-        self.settings = settings
-        self.interval_s = float(settings.get("checkpoint_interval_s", 0.25))
+        self.settings = ActorSettings.of(settings)  # read once, here
+        self.interval_s = self.settings.checkpoint_interval_s
         self.cells: dict[str, SessionCell] = {}
         self.opened = 0
         self.host = ray.util.get_node_ip_address()
@@ -73,9 +74,9 @@ class SessionHost:
         future: asyncio.Future[SessionCell] = asyncio.get_running_loop().create_future()
         self._opening[session] = future
         try:
-            settings = {**self.settings, **(overrides or {})}
+            settings = ActorSettings.of(self.settings, **(overrides or {}))
             if self._redis is None:
-                self._redis = client_for(self.settings["redis_url"])
+                self._redis = client_for(self.settings.redis_url)
             cell = await asyncio.to_thread(SessionCell, session, settings, on_fenced=self._fenced, redis=self._redis)
         except BaseException as exc:
             future.set_exception(exc)

@@ -197,24 +197,21 @@ class SessionDirectory:
         return None if host is None else _text(host)
 
     def _get_or_create_host(self, host: str) -> Any:
-        return SessionHost.options(  # type: ignore[attr-defined]
-            name=host_name(host),
-            namespace=self.namespace,
-            get_if_exists=True,
-            lifetime="detached",
-            resources=self.resources,
-            scheduling_strategy=self.scheduling_strategy,
-        ).remote(host, dict(self.actor_settings))
+        return self._named(SessionHost, host_name(host), host, dict(self.actor_settings))
 
     def _get_or_create(self, session_id: str, overrides: dict[str, Any] | None = None) -> Any:
-        return SessionActor.options(  # type: ignore[attr-defined]
-            name=actor_name(session_id),
+        return self._named(SessionActor, actor_name(session_id), session_id, {**self.actor_settings, **(overrides or {})})
+
+    def _named(self, actor_class: Any, name: str, *args: Any) -> Any:
+        """The detached actor ``name``, created with ``args`` if it does not exist yet."""
+        return actor_class.options(
+            name=name,
             namespace=self.namespace,
             get_if_exists=True,
             lifetime="detached",
             resources=self.resources,
             scheduling_strategy=self.scheduling_strategy,
-        ).remote(session_id, {**self.actor_settings, **(overrides or {})})
+        ).remote(*args)
 
     def forget(self, session_id: str) -> None:
         self._handles.pop(session_id, None)

@@ -1,0 +1,48 @@
+"""``ActorSettings``: what a session actor (or host) process is configured with.
+
+Built by the edge from its own settings (``cluster.settings.Settings.actor_settings``) and
+passed to the actor when it is created, through Ray, as a plain mapping (so actors created
+by an older edge, and tests, may pass a dict); ``ActorSettings.of`` reads it, once, in the
+actor, with the defaults below. The results sink gets ``as_dict()`` (``redis_url``,
+``prefix``, ``leaderboards``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class ActorSettings:
+    redis_url: str
+    prefix: str = "pl"
+    board_size: int = 10  # top-N rows of a class board (a class's own overrides it)
+    checkpoint_interval_s: float = 0.25  # a changed class is checkpointed at most this often
+    max_gap_s: float = 5.0  # a longer gap between two samples of a device adds no energy
+    leaderboards: tuple[str, ...] = ()  # boards an ended class publishes its results to
+    results_sink: str = ""  # "package.module:function" that publishes them (empty: none)
+
+    @classmethod
+    def of(cls, raw: ActorSettings | Mapping[str, Any], **overrides: Any) -> ActorSettings:
+        """Typed settings from ``raw`` (unknown keys are ignored), with ``overrides`` on top."""
+        if isinstance(raw, ActorSettings):
+            if not overrides:
+                return raw
+            raw = raw.as_dict()
+        values = {**raw, **overrides}
+        names = {f.name for f in dataclasses.fields(cls)}
+        known = {k: v for k, v in values.items() if k in names}
+        if "redis_url" not in known:
+            raise ValueError("actor settings need a redis_url")
+        if "leaderboards" in known:
+            known["leaderboards"] = tuple(str(b) for b in known["leaderboards"] or ())
+        for name, kind in (("board_size", int), ("checkpoint_interval_s", float), ("max_gap_s", float)):
+            if name in known:
+                known[name] = kind(known[name])
+        return cls(**known)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "leaderboards": list(self.leaderboards)}
