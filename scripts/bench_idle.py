@@ -268,7 +268,9 @@ async def _flow(conns: list[Any], seconds: float, period_s: float) -> dict[str, 
             frame = msgpack.unpackb(message)
             if frame.get("t") == "board":
                 boards[k] += 1
-                acked[k] += len(frame.get("acks") or {})
+                acked[k] += len(frame.get("acks") or {})  # v1.1: acks ride in boards when one is due
+            elif frame.get("t") == "ack":
+                acked[k] += len(frame.get("acks") or {})  # ... and go alone when none came
 
     readers = [asyncio.create_task(reader(k, ws)) for k, (ws, _) in enumerate(conns)]
     deadline = time.monotonic() + seconds
@@ -289,7 +291,7 @@ async def _flow(conns: list[Any], seconds: float, period_s: float) -> dict[str, 
     flowing = sum(1 for b in boards if b >= rounds)  # a board (at least) after every round of samples
     return {"seconds": seconds, "sample_period_s": period_s, "rounds": rounds, "samples_sent": sent, "boards": sum(boards),
             "classes_with_boards_flowing": flowing, "boards_per_class_per_s": round(sum(boards) / len(conns) / seconds, 3),
-            "ack_frames": sum(acked)}
+            "device_acks": sum(acked)}
 
 
 async def _close(conns: list[Any]) -> None:
