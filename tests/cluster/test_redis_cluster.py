@@ -48,9 +48,9 @@ def edge_on(edge_settings: Any) -> Iterator[Callable[[str], EdgeServer]]:
     """An edge of this test's own on the given Redis URL; its session actors die with it."""
     started: list[EdgeServer] = []
 
-    def make(url: str) -> EdgeServer:
+    def make(url: str, **overrides: Any) -> EdgeServer:
         settings = edge_settings.model_copy(update={
-            "port": _free_port(), "redis_url": url, "prefix": f"rc{uuid.uuid4().hex[:6]}",
+            "port": _free_port(), "redis_url": url, "prefix": f"rc{uuid.uuid4().hex[:6]}", **overrides,
         })
         server = EdgeServer(settings).start()
         started.append(server)
@@ -66,11 +66,15 @@ def _kill_sessions(server: EdgeServer) -> None:
     import ray
 
     from actors.session_actor import actor_name
+    from actors.session_host import host_name
 
     edge = server.config.app.state.edge  # type: ignore[union-attr]
-    for sid in list(edge.pumps) + list(edge.directory._known):
+    names = [actor_name(sid) for sid in list(edge.pumps) + list(edge.directory._known)]
+    if server.settings.default_placement == "dense":
+        names += [host_name(f"{server.settings.prefix}.{i}") for i in range(server.settings.dense_hosts)]
+    for name in names:
         try:
-            ray.kill(ray.get_actor(actor_name(sid), namespace=server.settings.namespace), no_restart=True)
+            ray.kill(ray.get_actor(name, namespace=server.settings.namespace), no_restart=True)
         except ValueError:
             pass
 
@@ -86,9 +90,12 @@ def _exact(result: dict[str, Any]) -> None:
 
 
 @pytest.mark.timeout(240)
+@pytest.mark.parametrize("placement", ["dedicated", "dense"])
 def test_a_class_runs_exact_on_a_redis_cluster(redis_cluster: EmbeddedRedisCluster, edge_on: Any, run: Any,
-                                               tokens: Any, unique_id: str) -> None:
-    edge = edge_on(redis_cluster.url)
+                                               tokens: Any, unique_id: str, placement: str) -> None:
+    """Each class in its own actor, or (dense) several classes in one host actor sharing one
+    cluster client."""
+    edge = edge_on(redis_cluster.url, default_placement=placement, namespace=f"rc-{unique_id}")
     result = run(Swarm(_class(edge, f"rc-{unique_id}")).run(), timeout=200)
     _exact(result)
     client = connect_sync(redis_cluster.url)
