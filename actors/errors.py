@@ -2,16 +2,20 @@
 
 ``ActorError``
     ``PhaseError``        an illegal phase transition (carries both phases)
-    ``StaleInstance``     this actor instance was fenced off by a newer epoch
-    ``CheckpointError``   a checkpoint could not be decoded
-    ``NotReplicated``     a checkpoint write reached fewer replicas than the Redis URL asks
+
+A session's checkpoint errors are the storage package's (``storage.errors``:
+``StaleInstance``, ``CheckpointError``, ``NotReplicated``), re-exported here.
 """
 
 from __future__ import annotations
 
+from storage.errors import CheckpointError, NotReplicated, StaleInstance
+
+__all__ = ["ActorError", "CheckpointError", "NotReplicated", "PhaseError", "StaleInstance"]
+
 
 class ActorError(Exception):
-    """Root of every error raised by session and leaderboard logic."""
+    """Root of every error raised by session logic."""
 
 
 class PhaseError(ActorError):
@@ -22,30 +26,3 @@ class PhaseError(ActorError):
 
     def __reduce__(self) -> tuple[type, tuple[str, str]]:  # crosses process boundaries (Ray)
         return (type(self), (self.current, self.requested))
-
-
-class StaleInstance(ActorError):
-    def __init__(self, epoch: int, current: int | None) -> None:
-        super().__init__(f"instance epoch {epoch} fenced off by epoch {current}")
-        self.epoch = epoch
-        self.current = current
-
-    def __reduce__(self) -> tuple[type, tuple[int, int | None]]:
-        return (type(self), (self.epoch, self.current))
-
-
-class CheckpointError(ActorError):
-    pass
-
-
-class NotReplicated(ActorError):
-    """A write is on the primary but fewer than ``wanted`` replicas confirmed it in time
-    (``wait_replicas`` in the Redis URL): not durable yet, so nothing is acknowledged on it."""
-
-    def __init__(self, wanted: int, acked: int) -> None:
-        super().__init__(f"write confirmed by {acked} of the {wanted} replicas asked for")
-        self.wanted = wanted
-        self.acked = acked
-
-    def __reduce__(self) -> tuple[type, tuple[int, int]]:
-        return (type(self), (self.wanted, self.acked))

@@ -33,9 +33,9 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from actors.checkpoint import CheckpointStore
+from storage.checkpoint import CheckpointStore
 from actors.errors import StaleInstance
-from actors.redis_url import AsyncRedis
+from storage.redis_url import AsyncRedis
 from actors.session import DeviceBatch, Phase, SessionState
 from actors.settings import ActorSettings
 from actors.wire import TickRequest, TickResult

@@ -28,8 +28,8 @@ from typing import Any
 
 import ray
 
-from actors.checkpoint import client_for
-from actors.redis_url import AsyncRedis
+from storage.checkpoint import client_for
+from storage.redis_url import AsyncRedis
 from actors.session_actor import checkpoint_loop
 from actors.session_cell import SessionCell
 from actors.settings import ActorSettings

@@ -12,7 +12,7 @@ from fastapi import Request
 from redis.asyncio.retry import Retry
 from redis.backoff import ConstantBackoff
 
-from actors.redis_url import AsyncRedis, connect
+from storage.redis_url import AsyncRedis, connect
 from api.auth import Principal, TokenKind
 from api.errors import Forbidden, UnknownSession
 from api.limits import ConnectionLimits
@@ -88,7 +88,7 @@ class Edge:
 
 def redis_client(settings: Settings) -> AsyncRedis:
     """The edge's Redis client (one server, a cluster or a Sentinel master, as the URL says:
-    ``actors.redis_url``): every command bounded by ``redis_timeout_s`` (connect and
+    ``storage.redis_url``): every command bounded by ``redis_timeout_s`` (connect and
     reply), retried once after 50 ms, so a stopped or dead Redis costs a request at most
     ~2 x that before it is answered 503 (``api.errors``)."""
     return connect(

@@ -32,7 +32,7 @@ from fastapi.responses import JSONResponse
 from redis.backoff import NoBackoff
 from redis.asyncio.retry import Retry
 
-from actors.redis_url import AsyncRedis, connect
+from storage.redis_url import AsyncRedis, connect
 from api.errors import RETRY_AFTER_S
 from cluster.settings import Settings
 

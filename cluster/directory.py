@@ -23,7 +23,7 @@ every call, so callers cannot tell the two apart.
 
 Redis key owned here: ``{prefix}:session:{{id}}:meta`` (hash: created_at, board_size,
 title, host, expected_riders; ``{id}`` is the session's Redis Cluster hash tag,
-``actors.checkpoint.key_base``) — a session exists iff this key exists.
+``storage.checkpoint.key_base``) — a session exists iff this key exists.
 """
 
 from __future__ import annotations
@@ -39,8 +39,8 @@ import ray
 from ray.exceptions import ActorDiedError
 from redis.typing import EncodableT, FieldT
 
-from actors.checkpoint import key_base
-from actors.redis_url import AsyncRedis
+from storage.checkpoint import key_base
+from storage.redis_url import AsyncRedis
 from actors.session_actor import SessionActor, actor_name
 from actors.session_host import SessionHost, host_name
 

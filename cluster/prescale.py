@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from actors.redis_url import AsyncRedis
+from storage.redis_url import AsyncRedis
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ key                             type    meaning
 ==============================  ======  ==================================================
 
 A session's own keys are ``session_keys(prefix, id)``: its meta hash, its checkpoint, the
-checkpoint's epoch and the instance epoch (``actors.checkpoint``), all under one Redis
+checkpoint's epoch and the instance epoch (``storage.checkpoint``), all under one Redis
 Cluster hash tag (``{id}``), so the pipelines and the ``DEL`` below stay on one slot. The
 index is one key of its own; a listing reads the metas of many sessions with a
 non-transactional pipeline, which a cluster client splits per node. When a class ends
@@ -31,8 +31,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from actors.checkpoint import key_base
-from actors.redis_url import AsyncRedis
+from storage.checkpoint import key_base
+from storage.redis_url import AsyncRedis
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from actors.redis_url import parse
+from storage.redis_url import parse
 
 
 DEFAULT_RESULTS_SINK = "leaderboards.results:publish_from_session"
@@ -21,7 +21,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PULSELINE_", extra="ignore")
 
     # REDIS_URL: attach instead of starting embedded Redis; redis://, redis+cluster:// or
-    # redis+sentinel:// (actors.redis_url, docs/cluster.md)
+    # redis+sentinel:// (storage.redis_url, docs/cluster.md)
     redis_url: str | None = None
     ray_address: str | None = None  # RAY_ADDRESS: attach instead of starting local Ray
     # the stack's directory: Redis AOF, the development secret, the lock, supervisor state

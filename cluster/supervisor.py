@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlparse
 
-from actors.redis_url import parse
+from storage.redis_url import parse
 
 from prometheus_client import Counter, Gauge
 
@@ -107,7 +107,7 @@ class ExternalRedis:
 
     def probe(self, timeout_s: float = 1.0) -> bool:
         """Reachable when one of the URL's addresses answers (the server, a cluster seed or
-        a sentinel: ``actors.redis_url``); a cluster's redis-py client finds the rest."""
+        a sentinel: ``storage.redis_url``); a cluster's redis-py client finds the rest."""
         return any(_answers(address, timeout_s) for address in parse(self.url).addresses)
 
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import enum
 
-from actors.errors import ActorError
-
 __all__ = ["LeaderboardError", "Problem", "QueryError", "SpecError", "WriteError"]
 
 
@@ -36,7 +34,7 @@ class Problem(enum.Enum):
     MOVED = "moved"
 
 
-class LeaderboardError(ActorError):
+class LeaderboardError(Exception):
     """Root of every leaderboard error; ``problem`` says why, ``str()`` says it for humans."""
 
     def __init__(self, problem: Problem, message: str) -> None:

@@ -72,7 +72,7 @@ from leaderboards.shard import (
 )
 from leaderboards.writes import check_users, user_bytes
 from leaderboards.shard_actor import LeaderboardShardActor, actor_name, shard_keys
-from actors.redis_url import AsyncRedis, connect
+from storage.redis_url import AsyncRedis, connect
 
 __all__ = [
     "AroundAnswer",

@@ -26,10 +26,10 @@ period of their ``achieved_at``; queries default to the period that contains ``n
 What survives a restart: everything in ``to_checkpoint()`` — spec, records, entry versions
 (so that pagination cursors stay valid). Indexes are rebuilt on ``from_checkpoint``.
 
-Errors: every exception is a ``LeaderboardError`` (an ``actors.errors.ActorError``) carrying a
+Errors: every exception is a ``LeaderboardError`` (``leaderboards/errors.py``) carrying a
 ``Problem``; ``SpecError`` for bad specs, ``WriteError`` for rejected writes (a batch is
 validated before anything is applied), ``QueryError`` for unanswerable queries and
-``LeaderboardCheckpointError`` (also an ``actors.errors.CheckpointError``) for bad checkpoints.
+``LeaderboardCheckpointError`` (also a ``storage.errors.CheckpointError``) for bad checkpoints.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ import msgpack
 import numpy as np
 import numpy.typing as npt
 
-from actors.errors import CheckpointError
+from storage.errors import CheckpointError
 from leaderboards.writes import (
     CLASS_TAG,
     MAX_USER_ID_BYTES,
@@ -140,7 +140,7 @@ _SCAN_CHUNK = 256
 
 
 class LeaderboardCheckpointError(LeaderboardError, CheckpointError):
-    """A leaderboard checkpoint could not be decoded (also an ``actors.errors.CheckpointError``)."""
+    """A leaderboard checkpoint could not be decoded (also a ``storage.errors.CheckpointError``)."""
 
 
 # -- the shard ---------------------------------------------------------------------------

@@ -5,7 +5,7 @@ state. Named ``lb:{board}:{shard}`` (generation 0) or ``lb:{board}:g{gen}:{shard
 reshard, in the pulseline namespace; created on demand by ``leaderboards.router``.
 
 Durability: a write-ahead log plus snapshots, both fenced by the epoch of
-``actors.checkpoint.CheckpointStore(kind="lbshard")``.
+``storage.checkpoint.CheckpointStore(kind="lbshard")``.
 
 * Every write batch is applied in memory, then appended (msgpack of its columns) to the Redis list
   ``{p}:lbshard:{{board:gen:shard}}:log`` (one Redis Cluster hash tag for every key of a
@@ -45,8 +45,8 @@ import numpy as np
 import ray
 from ray.exceptions import RayError
 
-from actors.checkpoint import CheckpointStore, key_base
-from actors.errors import StaleInstance
+from storage.checkpoint import CheckpointStore, key_base
+from storage.errors import StaleInstance
 from leaderboards.peers import PeerMessage, PeerReplica, PeerSnapshot
 from leaderboards.shard import (
     Around,

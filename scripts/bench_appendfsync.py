@@ -4,7 +4,7 @@
 
 For each policy it starts an embedded redis-server (``cluster.redis_server.EmbeddedRedis``)
 with its AOF in ``--dir`` (put it on the disk the data dir will use: the cost is the
-disk's fsync) and measures the session checkpoint write (``actors.checkpoint.
+disk's fsync) and measures the session checkpoint write (``storage.checkpoint.
 CheckpointStore.write``: the epoch-fenced Lua compare-and-set, which is what every ack
 waits for):
 
@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from actors.checkpoint import CheckpointStore
+from storage.checkpoint import CheckpointStore
 from cluster.redis_server import EmbeddedRedis
 
 

@@ -26,7 +26,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from actors.checkpoint import CheckpointStore  # noqa: E402
+from storage.checkpoint import CheckpointStore  # noqa: E402
 from cluster.redis_cluster import EmbeddedRedisCluster  # noqa: E402
 
 

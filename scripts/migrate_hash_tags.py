@@ -21,8 +21,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from actors.checkpoint import key_base  # noqa: E402
-from actors.redis_url import Topology, connect_sync, parse  # noqa: E402
+from storage.checkpoint import key_base  # noqa: E402
+from storage.redis_url import Topology, connect_sync, parse  # noqa: E402
 
 SUFFIXES = {"session": ("meta", "ckpt", "ckpt_epoch", "epoch"), "lbshard": ("epoch", "ckpt", "ckpt_epoch", "log")}
 

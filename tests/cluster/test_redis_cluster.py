@@ -18,9 +18,9 @@ import httpx
 import pytest
 import redis
 
-from actors.checkpoint import CheckpointStore, key_base
+from storage.checkpoint import CheckpointStore, key_base
 from actors.errors import NotReplicated
-from actors.redis_url import connect_sync
+from storage.redis_url import connect_sync
 from cluster.redis_cluster import EmbeddedRedisCluster, EmbeddedSentinels
 from cluster.session_records import session_keys
 from sims.swarm import Swarm, SwarmConfig

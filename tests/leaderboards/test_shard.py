@@ -13,7 +13,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from actors.errors import ActorError, CheckpointError
 from leaderboards.shard import (
     CLASS_TAG,
     Entry,
@@ -36,6 +35,7 @@ from leaderboards.shard import (
     period_key,
     shard_of,
 )
+from storage.errors import CheckpointError
 
 BERLIN = ZoneInfo("Europe/Berlin")
 
@@ -403,7 +403,7 @@ def test_checkpoint_round_trip_keeps_entries_versions_and_long_ids() -> None:
     restored.write_many([("u3", "c9", 1000, clock.t)])
     assert restored.top(10, after=page.next_after, as_of=page.as_of) == shard.top(10, after=page.next_after, as_of=page.as_of)
     assert restored.count_better(6, clock.t, long_id) == shard.count_better(6, clock.t, long_id)
-    with pytest.raises(CheckpointError) as info:  # the actors package's checkpoint error
+    with pytest.raises(CheckpointError) as info:  # the storage package's checkpoint error
         LeaderboardShard.from_checkpoint(b"\x93garbage")
     assert isinstance(info.value, LeaderboardError)
     assert info.value.problem is Problem.BAD_CHECKPOINT  # type: ignore[attr-defined]
@@ -412,7 +412,7 @@ def test_checkpoint_round_trip_keeps_entries_versions_and_long_ids() -> None:
 def test_errors_share_the_actors_root_and_survive_pickling() -> None:
     error = WriteError(Problem.WRONG_SHARD, "user 'x' belongs to another shard")
     clone = pickle.loads(pickle.dumps(error))
-    assert isinstance(clone, WriteError) and isinstance(clone, ActorError)
+    assert isinstance(clone, WriteError) and isinstance(clone, LeaderboardError)
     assert clone.problem is Problem.WRONG_SHARD and str(clone) == str(error)
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import redis
 
-from actors.checkpoint import CheckpointStore
+from storage.checkpoint import CheckpointStore
 from actors.errors import StaleInstance
 from actors.session import SessionState
 

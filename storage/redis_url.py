@@ -17,7 +17,7 @@ URL                                                                 client
 ``rediss+cluster://`` and ``rediss+sentinel://`` are the TLS forms. Query options read here
 (and removed before redis-py sees the URL):
 
-* ``wait_replicas=N`` (default 0): a fenced checkpoint write (``actors.checkpoint``) is
+* ``wait_replicas=N`` (default 0): a fenced checkpoint write (``storage.checkpoint``) is
   only durable once ``N`` replicas of its primary have it (Redis ``WAIT``, on the same
   connection as the write); with ``N >= 1`` a primary killed right after an ack cannot take
   the acknowledged data with it when a replica is promoted.

@@ -10,9 +10,9 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from actors.checkpoint import CheckpointStore, key_base
+from storage.checkpoint import CheckpointStore, key_base
 from leaderboards.shard_actor import shard_keys
-from actors.redis_url import RedisUrlError, Topology, connect, connect_sync, parse, redact
+from storage.redis_url import RedisUrlError, Topology, connect, connect_sync, parse, redact
 from cluster.session_records import session_keys
 from cluster.settings import Settings
 

@@ -17,7 +17,7 @@ is still the current one (compare-and-set in a Lua script, atomic in Redis); a r
 write raises ``StaleInstance``. Writes keep a key's TTL (``KEEPTTL``, Redis >= 6): an ended
 session's retention (``cluster.session_records``) is not reset by late data.
 
-The client comes from the Redis URL (``actors.redis_url``: one server, a cluster or a
+The client comes from the Redis URL (``storage.redis_url``: one server, a cluster or a
 Sentinel master). With ``wait_replicas=N`` in the URL a fenced write (and the epoch taken
 at start) counts only once ``N`` replicas have it: Redis ``WAIT`` on the connection that
 wrote, else ``NotReplicated`` — the write is then not durable yet and nothing is
@@ -34,8 +34,8 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from actors.errors import NotReplicated, StaleInstance
-from actors.redis_url import AsyncRedis, RedisTarget, SyncRedis, Topology, connect, connect_sync, parse
+from storage.errors import NotReplicated, StaleInstance
+from storage.redis_url import AsyncRedis, RedisTarget, SyncRedis, Topology, connect, connect_sync, parse
 
 _FENCED_SET = """
 local current = tonumber(redis.call('GET', KEYS[1]) or '0')
