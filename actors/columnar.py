@@ -58,6 +58,9 @@ class ApplyResult:
     applied: int = 0
     duplicates: int = 0
     rejected: int = 0
+    # the applied samples: their participant slots and value rows (for ``actors.metrics``)
+    slot: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64), compare=False, repr=False)
+    values: np.ndarray = field(default_factory=lambda: np.zeros((0, 6)), compare=False, repr=False)
 
 
 class DeviceTable:
@@ -188,7 +191,9 @@ def apply_tick(cols: dict[str, np.ndarray], table: DeviceTable, tick: TickColumn
     won_rows = winner[m:]
     values = tick.values[won_rows]
     if result.applied:
-        _record(cols, table.slot[dev[m:][won_rows]], pos[m:][won_rows], values, size)
+        result.slot = table.slot[dev[m:][won_rows]]
+        result.values = values
+        _record(cols, result.slot, pos[m:][won_rows], values, size)
     ts = np.concatenate([np.full(int(won_rejected.sum()), np.nan), values[:, 0]])
     power = np.concatenate([np.zeros(int(won_rejected.sum())), np.nan_to_num(values[:, 2], nan=0.0)])
     _place(cols, table, np.concatenate([dev[:m][won_rejected], dev[m:][won_rows]]),

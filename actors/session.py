@@ -15,7 +15,13 @@ Contracts
   moving ``ts_prev``. The first sample of a device only sets the baseline.
 * Participant tags (cohort values such as ``{"age": "30-39"}``, see ``check_tags``) are
   per participant, set by ``join`` and never touched by ``apply``.
-* Everything survives a restart through ``to_checkpoint`` / ``from_checkpoint``.
+* Each participant's profile (``actors.profile``: what the rider set, estimates for the
+  rest) is set by ``set_profile`` when they join (the shell reads it from Redis) and kept
+  here and in checkpoints; live metrics (NP, IF, TSS, zones, calories: ``actors.metrics``)
+  are updated from the applied samples of every tick, as columns.
+* Everything survives a restart through ``to_checkpoint`` / ``from_checkpoint``; a
+  checkpoint written before profiles and metrics restores with default profiles and
+  metrics counted from then on.
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ import numpy as np
 
 from actors.columnar import ApplyResult, DeviceCursor, DeviceTable, TickColumns, apply_tick
 from actors.errors import ActorError, CheckpointError, PhaseError
+from actors.metrics import METRIC_BOARD_COLUMNS, RiderMetrics
+from actors.profile import Profile, check_profile
 from actors.wire import SampleColumns, TickRequest
 from devices.text import TextError, clean_text
 
@@ -39,6 +47,7 @@ CHECKPOINT_VERSION = 1
 BOARD_COLUMNS = (
     "participant", "rank", "energy_kj", "hr_bpm", "power_w", "cadence_rpm",
     "speed_mps", "distance_m", "last_ts", "samples",
+    *METRIC_BOARD_COLUMNS,  # (added later: trailing, so clients reading by position keep working)
 )
 
 
@@ -65,6 +74,7 @@ _FLOAT_COLUMNS = (
 _INT_COLUMNS = ("hr_n", "power_n", "cadence_n", "samples", "rejected")
 _LATEST = ("hr_bpm", "power_w", "cadence_rpm", "speed_mps")
 _BOARD_VALUES = (("hr_bpm", 3), ("power_w", 3), ("cadence_rpm", 3), ("speed_mps", 3), ("distance_m", 3), ("last_ts", 6))
+_METRIC_DIGITS = {"power_zone": 0, "hr_zone": 0, "np_w": 1, "kcal": 1, "if": 3, "tss": 1}
 
 MAX_TAGS = 8
 MAX_TAG_VALUE_CHARS = 64
@@ -131,6 +141,8 @@ class SessionState:
         self.device_table = DeviceTable()
         self.tags: dict[str, dict[str, str]] = {}  # participant -> its tags (absent: none)
         self.totals = {"applied": 0, "duplicates": 0, "rejected": 0}
+        self.profiles: dict[str, Profile] = {}  # participant -> what it set (absent: not read yet)
+        self.metrics = RiderMetrics(0)
         self._cols: dict[str, np.ndarray] = {}
         self._allocate(16)
         self._board_cache: tuple[int, dict[str, Any]] | None = None
@@ -153,6 +165,7 @@ class SessionState:
         active = np.zeros(capacity, dtype=bool)
         active[: len(self.active)] = self.active[:capacity]
         self.active = active
+        self.metrics.grow(capacity, n)
 
     def join(self, participant: str, tags: Mapping[str, str] | None = None) -> int:
         """Add (or re-activate) a participant; returns its slot. Idempotent.
@@ -182,6 +195,20 @@ class SessionState:
         else:
             self.tags.pop(participant, None)
         self._touch()
+
+    def set_profile(self, participant: str, profile: Profile | None) -> None:
+        """Take a joined participant's profile (``None``: it has none, estimates only).
+        Metrics from then on use it; what was counted before stays."""
+        slot = self.slots[participant]
+        profile = profile or Profile()
+        if self.profiles.get(participant) == profile:
+            return
+        self.profiles[participant] = profile
+        self.metrics.set_profile(slot, profile.effective(self._year()))
+        self._touch()
+
+    def _year(self) -> int:
+        return time.gmtime(self.clock()).tm_year
 
     def leave(self, participant: str) -> bool:
         """Hide a participant from the board; its numbers are kept. Idempotent."""
@@ -244,6 +271,7 @@ class SessionState:
                             max_pending=self.max_pending_per_device)
         for key in ("applied", "duplicates", "rejected"):
             self.totals[key] += getattr(result, key)
+        self.metrics.update(result.slot, result.values, self.max_gap_s)
         if result.applied or result.rejected:
             self._touch()
         return result
@@ -294,6 +322,16 @@ class SessionState:
             column[np.isnan(values)] = None
             table[:, j] = column
         table[:, 9] = c["samples"][order].astype(object)
+        metrics = self.metrics.board_columns(order, power_w=c["power_w"], hr_bpm=c["hr_bpm"],
+                                             energy_kj=c["energy_kj"], has_power=c["power_n"] > 0)
+        for j, name in enumerate(METRIC_BOARD_COLUMNS, start=10):
+            values = metrics[name]
+            digits = _METRIC_DIGITS[name]
+            column = (np.round(values) if digits == 0 else np.round(values, digits)).astype(object)
+            if digits == 0:
+                column[~np.isnan(values)] = values[~np.isnan(values)].astype(np.int64).astype(object)
+            column[np.isnan(values)] = None
+            table[:, j] = column
         return table.tolist()  # type: ignore[no-any-return]
 
     def ranking(self) -> np.ndarray:
@@ -350,7 +388,16 @@ class SessionState:
             "distance_m": num("distance_m"),
             "latest": {k: num(k) for k in _LATEST},
             "last_ts": num("last_ts"),
+            "profile": self._profile_view(participant),
+            "metrics": self.metrics.summary(slot, power_w=c["power_w"], hr_bpm=c["hr_bpm"],
+                                            energy_kj=c["energy_kj"], has_power=c["power_n"] > 0),
         }
+
+    def _profile_view(self, participant: str) -> dict[str, Any]:
+        """What the rider set and what the class computes with (``estimated`` names the guesses)."""
+        profile = self.profiles.get(participant) or Profile()
+        return {"set": profile.as_dict(), "effective": profile.effective(self._year()).as_dict(),
+                "loaded": participant in self.profiles}
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -363,7 +410,7 @@ class SessionState:
         }
 
     def nbytes(self) -> int:
-        return int(sum(a.nbytes for a in self._cols.values()) + self.active.nbytes)
+        return int(sum(a.nbytes for a in self._cols.values()) + self.active.nbytes + self.metrics.nbytes())
 
     # -- checkpoints ----------------------------------------------------------------
     def to_checkpoint(self) -> bytes:
@@ -381,6 +428,8 @@ class SessionState:
             "devices": self.device_table.to_lists(),
             "totals": self.totals,
             "tags": self.tags,  # optional: checkpoints written before tags have none
+            "metrics": self.metrics.to_checkpoint(n),  # optional too (before issue 16)
+            "profiles": {p: profile.as_dict() for p, profile in self.profiles.items()},
         }
         return msgpack.packb(payload, use_bin_type=True)  # type: ignore[no-any-return]
 
@@ -414,6 +463,9 @@ class SessionState:
             self.device_table.restore(device, slot, contig, ts, [(s, t, p) for s, t, p in pending])
         self.totals = dict(raw["totals"])
         self.tags = {str(p): dict(t) for p, t in (raw.get("tags") or {}).items() if t and p in self.slots}
+        self.metrics.restore(raw.get("metrics") or {}, n)
+        self.profiles = {str(p): check_profile(v, year=self._year()) for p, v in (raw.get("profiles") or {}).items()
+                         if p in self.slots}
 
 
 def _positions(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:

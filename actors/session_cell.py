@@ -15,6 +15,12 @@ fences off older instances of the same class, wherever they run. A cell that fin
 fenced off (a checkpoint write refused) calls ``on_fenced`` and refuses every later call
 with ``StaleInstance``; its shell stops serving it.
 
+Profiles: a rider's profile (``actors.profile``) is read from Redis when it joins through
+``join`` (before the call returns), and in the background for riders that first appear in a
+tick (their device's first samples) or were restored from a checkpoint written before
+profiles; metrics use estimates until it arrives (milliseconds). A failed read is logged and
+retried every ``PROFILE_RETRY_S``; it never fails a call.
+
 Results: once the class is ended (and again after late data changes it), the snapshot is
 handed to the *results sink* named in ``settings.results_sink``, an import path
 ``"package.module:function"`` of a callable ``async (settings, snapshot) -> Any`` (an edge
@@ -35,12 +41,15 @@ from typing import Any
 
 from storage.checkpoint import CheckpointStore
 from actors.errors import StaleInstance
+from actors.profile import ProfileStore
 from storage.redis_url import AsyncRedis
 from actors.session import DeviceBatch, Phase, SessionState
 from actors.settings import ActorSettings
 from actors.wire import TickRequest, TickResult
 
 log = logging.getLogger(__name__)
+
+PROFILE_RETRY_S = 1.0
 
 ResultsSink = Callable[[Mapping[str, Any], Mapping[str, Any]], Awaitable[Any]]
 
@@ -92,6 +101,10 @@ class SessionCell:
         self.publish_failures = 0
         self._publish_task: asyncio.Task[None] | None = None
         self._republish = False
+        self.profile_store = ProfileStore(self.store.client(), prefix=settings.get("prefix", "pl"))
+        self._unprofiled = {p for p in self.state.participants if p not in self.state.profiles}
+        self._roster_seen = len(self.state.participants)
+        self._profile_task: asyncio.Task[None] | None = None
 
     @property
     def epoch(self) -> int:
@@ -133,7 +146,37 @@ class SessionCell:
                 self.on_fenced(self)
 
     async def close(self) -> None:
+        if self._profile_task is not None:
+            self._profile_task.cancel()
         await self.store.close()
+
+    # -- profiles ---------------------------------------------------------------------------
+    def _want_profiles(self) -> None:
+        """Note riders new since the last call; start the background read if any lack a profile."""
+        roster = self.state.participants
+        if len(roster) > self._roster_seen:
+            self._unprofiled.update(p for p in roster[self._roster_seen:] if p not in self.state.profiles)
+            self._roster_seen = len(roster)
+        if self._unprofiled and (self._profile_task is None or self._profile_task.done()):
+            self._profile_task = asyncio.get_running_loop().create_task(self._profile_loop())
+
+    async def _profile_loop(self) -> None:
+        while self._unprofiled and not self.fenced:
+            riders = sorted(self._unprofiled)
+            if not await self._load_profiles(riders):
+                await asyncio.sleep(PROFILE_RETRY_S)
+
+    async def _load_profiles(self, riders: list[str]) -> bool:
+        """Read and set the profiles of ``riders``; False (logged) when Redis failed."""
+        try:
+            found = await self.profile_store.get_many(riders)
+        except Exception as exc:  # estimates meanwhile; the loop retries
+            log.warning("session %s: reading %d rider profile(s) failed: %r", self.session_id, len(riders), exc)
+            return False
+        for rider in riders:
+            self.state.set_profile(rider, found.get(rider))
+            self._unprofiled.discard(rider)
+        return True
 
     # -- the hot path -------------------------------------------------------------------
     def tick(self, request: TickRequest) -> TickResult:
@@ -142,6 +185,7 @@ class SessionCell:
         return self._result(request, self.state.apply_tick(request))
 
     def _result(self, request: TickRequest, result: Any) -> TickResult:
+        self._want_profiles()
         if result.applied and self.state.phase is Phase.ENDED:
             self._publish_results()  # late data: the corrected results replace the earlier ones
         version = self.state.version
@@ -173,6 +217,9 @@ class SessionCell:
     async def join(self, participant: str, tags: dict[str, str] | None = None) -> int:
         self.check()
         slot = self.state.join(participant, tags)
+        if not await self._load_profiles([participant]):  # (a join refreshes the profile)
+            self._unprofiled.add(participant)
+            self._want_profiles()
         await self.checkpoint()
         return slot
 

@@ -9,9 +9,10 @@ device         write its own ``device`` for its own ``participant`` in its ``ses
 hub            write for the ``devices`` registered to it (the token's ``devices`` claim),
                any participant, in its ``sessions`` (every session when the claim is absent)
 participant    join / leave itself; read the board and state of sessions it has joined
-               (it is on the roster), within its ``sessions`` when the claim is present
+               (it is on the roster), within its ``sessions`` when the claim is present;
+               read and set its own rider profile
 operator       create sessions, change phase (end them), flush, join/leave anyone, read any
-               board and state, leaderboards and cluster status
+               board and state, leaderboards and cluster status, read and set any profile
 =============  ==========================================================================
 
 Everything else raises ``Forbidden`` with a ``ScopeReason``. ``Gate`` authenticates
@@ -93,6 +94,16 @@ def authorise_membership(p: Principal, session: str, participant: str) -> None:
     if participant != p.participant:
         raise _forbid(ScopeReason.WRONG_PARTICIPANT, f"token is for participant {p.participant!r}")
     _check_session(p, session)
+
+
+def authorise_profile(p: Principal, rider: str) -> None:
+    """Read or set ``rider``'s profile: operators, or the rider's own participant token."""
+    if p.kind is TokenKind.OPERATOR:
+        return
+    if p.kind is not TokenKind.PARTICIPANT:
+        raise _forbid(ScopeReason.WRONG_KIND, f"a {p.kind.value} token cannot read or set rider profiles")
+    if rider != p.participant:
+        raise _forbid(ScopeReason.WRONG_PARTICIPANT, f"token is for participant {p.participant!r}")
 
 
 def authorise_board(p: Principal, session: str) -> bool:

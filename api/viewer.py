@@ -56,7 +56,9 @@ _YOU_KEY = encode_value("you")
 _ROWS_KEY = encode_value("rows")
 
 
-PRIVATE_COLUMNS = ("hr_bpm",)  # what only the rider, instructors and screens see
+# What only the rider, instructors and screens see: heart rate, and what the rider's
+# profile (FTP, heart-rate range, weight) shows through (zones, calories, IF, TSS).
+PRIVATE_COLUMNS = ("hr_bpm", "hr_zone", "power_zone", "kcal", "if", "tss")
 
 
 def public_board(board: dict[str, Any]) -> dict[str, Any]:
@@ -97,6 +99,7 @@ def board_encoder(
 # -- protocol v1.1: the compact board on a device connection ---------------------------------
 _COMPACT_SHARED = ("session", "version", "phase", "n", "ts")
 _ME_COLUMNS = ("rank", "energy_kj", "power_w", "hr_bpm", "cadence_rpm", "samples", "last_ts")
+_ME_METRICS = ("power_zone", "hr_zone", "np_w", "kcal")  # trailing, on boards that carry them
 
 
 def _tenths(kj: float | None) -> int:
@@ -124,9 +127,12 @@ def _me_row(board: dict[str, Any], participant: str) -> list[Any] | None:
         return None
     at = board.get("_me_at")
     if at is None:  # once per board, not per rider
-        at = board["_me_at"] = [board["cols"].index(c) for c in _ME_COLUMNS]
-    rank, energy, power, hr, cadence, samples, last_ts = (row[i] for i in at)
-    return [rank, _tenths(energy), _whole(power), _whole(hr), _whole(cadence), samples, last_ts]
+        cols = board["cols"]
+        at = board["_me_at"] = ([cols.index(c) for c in _ME_COLUMNS], [cols.index(c) for c in _ME_METRICS if c in cols])
+    base, metrics = at
+    rank, energy, power, hr, cadence, samples, last_ts = (row[i] for i in base)
+    return [rank, _tenths(energy), _whole(power), _whole(hr), _whole(cadence), samples, last_ts,
+            *(_whole(row[i]) for i in metrics)]
 
 
 _ME_KEY = encode_value("me")
@@ -136,7 +142,8 @@ _ACKS_KEY = encode_value("acks")
 class CompactBoard:
     """Protocol v1.1 board frames for one rider: the class's top N as ``[participant,
     output]``, the rider's own ``me`` row ``[rank, output, power_w, hr_bpm, cadence_rpm,
-    samples, last_ts]``, ``sum``, ``n``, ``ts``, and the acks that are due (``acks``).
+    samples, last_ts, power_zone, hr_zone, np_w, kcal]`` (the last four since issue 16,
+    whole numbers, None while unknown), ``sum``, ``n``, ``ts``, and the acks that are due (``acks``).
     Output is in tenths of a kJ (integers pack small). About 250-280 B for a 100-rider
     class at N = 10 (measured in ``tests/api/test_protocol_v11.py``)."""
 

@@ -95,6 +95,11 @@ class CheckpointStore:
             self._aio = client_for(self.target)
         return self._aio
 
+    def client(self) -> AsyncRedis:
+        """The async client this store writes with (for other reads of the same class,
+        e.g. rider profiles: one connection pool per class, not two)."""
+        return self._client()
+
     async def close(self) -> None:
         if self._aio is not None and self._owns_client:
             await self._aio.aclose()
