@@ -19,6 +19,9 @@ Contracts
   rest) is set by ``set_profile`` when they join (the shell reads it from Redis) and kept
   here and in checkpoints; live metrics (NP, IF, TSS, zones, calories: ``actors.metrics``)
   are updated from the applied samples of every tick, as columns.
+* Presence (``actors.presence``): each rider is ``active``, ``reconnecting`` or ``left``,
+  from when its samples or join last arrived; ``age_presence`` (called from the tick path)
+  moves riders along and takes those gone for the grace period off the board.
 * Everything survives a restart through ``to_checkpoint`` / ``from_checkpoint``; a
   checkpoint written before profiles and metrics restores with default profiles and
   metrics counted from then on.
@@ -39,6 +42,7 @@ import numpy as np
 from actors.columnar import ApplyResult, DeviceCursor, DeviceTable, TickColumns, apply_tick
 from actors.errors import ActorError, CheckpointError, PhaseError
 from actors.metrics import METRIC_BOARD_COLUMNS, RiderMetrics
+from actors.presence import DEFAULT_GRACE_S, DEFAULT_QUIET_S, LEFT, PresenceTable
 from actors.profile import Profile, check_profile
 from actors.wire import SampleColumns, TickRequest
 from devices.text import TextError, clean_text
@@ -48,6 +52,7 @@ BOARD_COLUMNS = (
     "participant", "rank", "energy_kj", "hr_bpm", "power_w", "cadence_rpm",
     "speed_mps", "distance_m", "last_ts", "samples",
     *METRIC_BOARD_COLUMNS,  # (added later: trailing, so clients reading by position keep working)
+    "presence",
 )
 
 
@@ -126,6 +131,8 @@ class SessionState:
         board_size: int = 10,
         max_gap_s: float = 5.0,
         max_pending_per_device: int = 4096,
+        presence_grace_s: float = DEFAULT_GRACE_S,
+        presence_quiet_s: float = DEFAULT_QUIET_S,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.session_id = session_id
@@ -143,6 +150,7 @@ class SessionState:
         self.totals = {"applied": 0, "duplicates": 0, "rejected": 0}
         self.profiles: dict[str, Profile] = {}  # participant -> what it set (absent: not read yet)
         self.metrics = RiderMetrics(0)
+        self.presence = PresenceTable(quiet_s=presence_quiet_s, grace_s=presence_grace_s)
         self._cols: dict[str, np.ndarray] = {}
         self._allocate(16)
         self._board_cache: tuple[int, dict[str, Any]] | None = None
@@ -166,6 +174,7 @@ class SessionState:
         active[: len(self.active)] = self.active[:capacity]
         self.active = active
         self.metrics.grow(capacity, n)
+        self.presence.grow(capacity, n)
 
     def join(self, participant: str, tags: Mapping[str, str] | None = None) -> int:
         """Add (or re-activate) a participant; returns its slot. Idempotent.
@@ -182,8 +191,9 @@ class SessionState:
                 self._allocate(2 * len(self.active))
             self.participants.append(participant)
             self.slots[participant] = slot
-        if not self.active[slot]:
-            self.active[slot] = True
+        back = not self.active[slot]
+        self.active[slot] = True
+        if self.presence.seen(slot, self.clock()) or back:
             self._touch()
         return slot
 
@@ -216,6 +226,7 @@ class SessionState:
         if slot is None or not self.active[slot]:
             return False
         self.active[slot] = False
+        self.presence.leave(slot)
         self._touch()
         return True
 
@@ -224,8 +235,24 @@ class SessionState:
             return
         if not self.phase.can_go_to(phase):
             raise PhaseError(self.phase.value, phase.value)
+        if phase is Phase.LIVE:  # the grace of riders quiet in the lobby starts now
+            self.presence.restart(len(self.participants), self.clock())
         self.phase = phase
         self._touch()
+
+    def age_presence(self, *, force: bool = False) -> bool:
+        """Move quiet riders to ``reconnecting`` and, after the grace period, off the board
+        (``left``); only while live or in cooldown. At most every ``AGE_INTERVAL_S`` unless
+        ``force``. True if a rider's presence changed."""
+        now = self.clock()
+        if self.phase not in (Phase.LIVE, Phase.COOLDOWN) or not (force or self.presence.due(now)):
+            return False
+        changed = self.presence.age(self.active, len(self.participants), now)
+        if changed is None:
+            return False
+        self.active[changed[self.presence.code[changed] == LEFT]] = False
+        self._touch()
+        return True
 
     def _touch(self) -> None:
         self.version += 1
@@ -260,6 +287,8 @@ class SessionState:
     ) -> ApplyResult:
         """Apply columns (``actors.wire``) as numpy, no Python per sample (``actors.columnar``)."""
         numbers = self._device_numbers(devices)
+        if len(numbers) and self.presence.seen(self.device_table.slot[numbers], self.clock()):
+            self._touch()
         m = len(rejected_seq)
         tick = TickColumns(
             sample_device=numbers[samples.device], seq=samples.seq, values=samples.values,
@@ -332,6 +361,7 @@ class SessionState:
                 column[~np.isnan(values)] = values[~np.isnan(values)].astype(np.int64).astype(object)
             column[np.isnan(values)] = None
             table[:, j] = column
+        table[:, -1] = self.presence.labels(order)
         return table.tolist()  # type: ignore[no-any-return]
 
     def ranking(self) -> np.ndarray:
@@ -375,6 +405,7 @@ class SessionState:
         return {
             "participant": participant,
             "active": bool(self.active[slot]),
+            "presence": self.presence.label(slot),
             "tags": dict(self.tags.get(participant, {})),
             "energy_kj": float(c["energy_kj"][slot]),
             "samples": int(c["samples"][slot]),
@@ -405,6 +436,7 @@ class SessionState:
             "phase": self.phase.value,
             "version": self.version,
             "totals": dict(self.totals),
+            "presence": self.presence.counts(len(self.participants)),
             "participants": [self.summary(p) for p in self.participants],
             "devices": self.applied_seqs(),
         }
@@ -456,6 +488,8 @@ class SessionState:
         self.participants = participants
         self.slots = {p: i for i, p in enumerate(participants)}
         self.active[:n] = np.frombuffer(raw["active"], dtype=bool)
+        self.presence.code[:n] = np.where(self.active[:n], 0, LEFT)  # (reconnecting riders: active again,
+        self.presence.restart(n, self.clock())                       # with a fresh grace)
         for name, buf in raw["cols"].items():
             arr = self._cols[name]
             arr[:n] = np.frombuffer(buf, dtype=arr.dtype)

@@ -41,6 +41,7 @@ from typing import Any
 
 from storage.checkpoint import CheckpointStore
 from actors.errors import StaleInstance
+from actors.presence import DEFAULT_GRACE_S
 from actors.profile import ProfileStore
 from storage.redis_url import AsyncRedis
 from actors.session import DeviceBatch, Phase, SessionState
@@ -68,6 +69,12 @@ def resolve_sink(path: str) -> ResultsSink:
     return target  # type: ignore[no-any-return]
 
 
+def _setting(settings: Any, name: str, default: float) -> float:
+    """A number from the actor settings (a mapping, or typed settings with attributes)."""
+    value = settings.get(name) if isinstance(settings, Mapping) else getattr(settings, name, None)
+    return float(default if value is None else value)
+
+
 class SessionCell:
     def __init__(self, session_id: str, settings: ActorSettings | Mapping[str, Any],
                  *, on_fenced: Callable[[SessionCell], None] | None = None, redis: AsyncRedis | None = None) -> None:
@@ -88,6 +95,7 @@ class SessionCell:
                 board_size=settings.board_size,
                 max_gap_s=settings.max_gap_s,
             )
+        self.state.presence.grace_s = _setting(settings, "presence_grace_s", DEFAULT_GRACE_S)
         self.restored = data is not None
         self.durable: dict[str, int] = self.state.applied_seqs() if data is not None else {}
         self.checkpointed_version = self.state.version if data is not None else -1
@@ -101,7 +109,7 @@ class SessionCell:
         self.publish_failures = 0
         self._publish_task: asyncio.Task[None] | None = None
         self._republish = False
-        self.profile_store = ProfileStore(self.store.client(), prefix=settings.get("prefix", "pl"))
+        self.profile_store = ProfileStore(self.store.client(), prefix=self.store.prefix)
         self._unprofiled = {p for p in self.state.participants if p not in self.state.profiles}
         self._roster_seen = len(self.state.participants)
         self._profile_task: asyncio.Task[None] | None = None
@@ -186,6 +194,7 @@ class SessionCell:
 
     def _result(self, request: TickRequest, result: Any) -> TickResult:
         self._want_profiles()
+        self.state.age_presence()
         if result.applied and self.state.phase is Phase.ENDED:
             self._publish_results()  # late data: the corrected results replace the earlier ones
         version = self.state.version
@@ -257,6 +266,7 @@ class SessionCell:
 
     def snapshot(self) -> dict[str, Any]:
         self.check()
+        self.state.age_presence(force=True)
         snap = self.state.snapshot()
         snap["epoch"] = self.store.epoch
         snap["durable"] = dict(self.durable)

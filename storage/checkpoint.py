@@ -62,6 +62,7 @@ class CheckpointStore:
         """``client``: an async client to share (a dense host's classes share one; made by
         ``client_for``); not closed by ``close``. Default: the store makes its own."""
         base = key_base(prefix, kind, ident)
+        self.prefix = prefix
         self.epoch_key = f"{base}:epoch"
         self.ckpt_key = f"{base}:ckpt"
         self.ckpt_epoch_key = f"{base}:ckpt_epoch"
