@@ -41,7 +41,6 @@ from typing import Any
 
 from storage.checkpoint import CheckpointStore
 from actors.errors import StaleInstance
-from actors.presence import DEFAULT_GRACE_S
 from actors.profile import ProfileStore
 from storage.redis_url import AsyncRedis
 from actors.session import DeviceBatch, Phase, SessionState
@@ -69,12 +68,6 @@ def resolve_sink(path: str) -> ResultsSink:
     return target  # type: ignore[no-any-return]
 
 
-def _setting(settings: Any, name: str, default: float) -> float:
-    """A number from the actor settings (a mapping, or typed settings with attributes)."""
-    value = settings.get(name) if isinstance(settings, Mapping) else getattr(settings, name, None)
-    return float(default if value is None else value)
-
-
 class SessionCell:
     def __init__(self, session_id: str, settings: ActorSettings | Mapping[str, Any],
                  *, on_fenced: Callable[[SessionCell], None] | None = None, redis: AsyncRedis | None = None) -> None:
@@ -95,7 +88,7 @@ class SessionCell:
                 board_size=settings.board_size,
                 max_gap_s=settings.max_gap_s,
             )
-        self.state.presence.grace_s = _setting(settings, "presence_grace_s", DEFAULT_GRACE_S)
+        self.state.presence.grace_s = settings.presence_grace_s
         self.restored = data is not None
         self.durable: dict[str, int] = self.state.applied_seqs() if data is not None else {}
         self.checkpointed_version = self.state.version if data is not None else -1
