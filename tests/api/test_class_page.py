@@ -86,12 +86,12 @@ def test_the_board_updates_while_riders_ride_and_the_own_row_is_highlighted(brow
         path, fragment = link["url"].split("#", 1)
         page.goto(f"{edge.url}{path}?participant=Bob#{fragment}")
         expect(page.locator("#body tr")).to_have_count(4, timeout=20000)
-        expect(page.locator("#title")).to_have_text("Tuesday Climb")
-        expect(page.locator("#meta")).to_contain_text("live · 4 riders")
+        expect(page.locator("#title")).to_have_text("Tuesday Climb", timeout=20000)
+        expect(page.locator("#meta")).to_contain_text("live · 4 riders", timeout=20000)
         own = page.locator("#body tr.you")
-        expect(own).to_have_count(1)
-        expect(own.locator("td.name")).to_have_text("Bob")
-        expect(page.locator("#you")).to_contain_text("of 4")
+        expect(own).to_have_count(1, timeout=20000)
+        expect(own.locator("td.name")).to_have_text("Bob", timeout=20000)
+        expect(page.locator("#you")).to_contain_text("of 4", timeout=20000)
         first = float(own.locator("td.col-energy_kj").text_content() or "0")
         expect(own.locator("td.col-energy_kj")).not_to_have_text(f"{first:.1f}", timeout=15000)  # it moves
         assert float(own.locator("td.col-energy_kj").text_content() or "0") > first
