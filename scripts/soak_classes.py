@@ -11,6 +11,7 @@ edge holds no pump and no session actor of the wave is left, then samples:
 
 * ``edge_rss_mib`` — the ``pulseline up`` process (the edge, its supervisor, the Ray driver);
 * ``session_actors`` and ``actors_rss_mib`` — ``ray::SessionActor`` processes and their RSS;
+  ``host_processes`` and ``hosts_rss_mib`` — the dense hosts (``--placement dense``), which stay;
 * ``tree_rss_mib`` — the whole process tree (raylet, GCS, workers, redis-server);
 * ``pumps`` — pumps the edge holds (``GET /v1/cluster/status``);
 * ``redis_used_mib`` and ``redis_keys`` — what Redis holds (ended classes stay there for
@@ -142,9 +143,11 @@ class Soak:
     def sample(self, wave: int, classes: int, settled: bool, pumps: int | None) -> dict[str, Any]:
         tree = self._tree()
         actors = [p for p in tree if _cmdline(p).startswith("ray::SessionActor")]
+        hosts = [p for p in tree if _cmdline(p).startswith("ray::SessionHost")]
         return {
             "wave": wave, "classes": classes, "t_s": round(time.monotonic() - self.began, 1), "settled": settled,
             "edge_rss_mib": _rss(tree[:1]), "session_actors": len(actors), "actors_rss_mib": _rss(actors),
+            "host_processes": len(hosts), "hosts_rss_mib": _rss(hosts),
             "tree_rss_mib": _rss(tree), "pumps": pumps, **self._redis(tree),
         }
 
@@ -187,7 +190,7 @@ class Soak:
             config = SwarmConfig(
                 base_url=self.url, sessions=count, devices=count * self.args.riders, seconds=self.args.seconds,
                 rate_hz=2.0, board_hz=2.0, session_prefix=f"soak-{os.getpid()}-w{wave}", drain_timeout_s=60,
-                ready_timeout_s=120,
+                ready_timeout_s=120, placement=self.args.placement,
             )
             stop, peak = asyncio.Event(), dict[str, float]()
             sampler = asyncio.create_task(self._peaks(stop, peak))
@@ -215,6 +218,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=3.0, help="each class's live time")
     parser.add_argument("--passivate-s", type=float, default=1.0, help="PULSELINE_PASSIVATE_IDLE_S of the stack")
     parser.add_argument("--settle-timeout-s", type=float, default=120.0)
+    parser.add_argument("--placement", choices=("dense", "dedicated"), default=None,
+                        help="where the classes run (default: the server's; dense: SessionHost processes that stay)")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (logs, AOF)")
     parser.add_argument("--report", default=None)
     args = parser.parse_args()
