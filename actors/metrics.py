@@ -112,6 +112,13 @@ def training_stress(seconds: np.ndarray, np_w: np.ndarray, ftp_w: np.ndarray) ->
     return intensity, seconds * np_w * intensity / (ftp_w * 3600.0) * 100.0
 
 
+def _distinct(keys: np.ndarray) -> bool:
+    if len(keys) < 2:
+        return True
+    ordered = np.sort(keys)
+    return not bool((ordered[1:] == ordered[:-1]).any())
+
+
 # -- the columns -------------------------------------------------------------------------------
 class RiderMetrics:
     """Every rider's profile numbers and metric accumulators (see the module docstring)."""
@@ -144,12 +151,64 @@ class RiderMetrics:
             return
         ts = values[:, 0]
         timed = ~np.isnan(ts)
+        distinct = _distinct(slot)  # the usual tick: each rider at most once (1 Hz devices)
         power = timed & ~np.isnan(values[:, 2])
         if power.any():
-            self._power(slot[power], ts[power], values[power, 2], max_gap_s)
+            args = (slot[power], ts[power], values[power, 2])
+            if not (distinct and self._power_next(*args)):
+                self._power(*args, max_gap_s)
         heart = timed & ~np.isnan(values[:, 1])
         if heart.any():
-            self._heart(slot[heart], ts[heart], values[heart, 1], max_gap_s)
+            args = (slot[heart], ts[heart], values[heart, 1])
+            if distinct:
+                self._heart_distinct(*args, max_gap_s)
+            else:
+                self._heart(*args, max_gap_s)
+
+    def _power_next(self, slot: np.ndarray, ts: np.ndarray, power: np.ndarray) -> bool:
+        """``_power`` for distinct riders whose sample is in their open second, the next
+        one, or their first: at most one second closes per rider, no gap to fill. False
+        (nothing done) when the tick is not like that."""
+        c = self.cols
+        sec = np.floor(ts)
+        step = sec - c["p_sec"][slot]
+        same, first = step == 0, np.isnan(step)
+        after = step == 1
+        if not (same | after | first).all():
+            return False
+        c["p_open_sum"][slot[same]] += power[same]
+        c["p_open_n"][slot[same]] += 1
+        if after.any():
+            closing = slot[after]
+            self._push_one(closing, c["p_open_sum"][closing] / c["p_open_n"][closing])
+        fresh = after | first
+        c["p_sec"][slot[fresh]], c["p_open_sum"][slot[fresh]], c["p_open_n"][slot[fresh]] = sec[fresh], power[fresh], 1
+        return True
+
+    def _push_one(self, slot: np.ndarray, power: np.ndarray) -> None:
+        """``_push`` of one second for each of distinct riders: the new second replaces the
+        oldest in the ring, and the window is the ring's sum."""
+        c = self.cols
+        n = c["p_seconds"][slot]
+        c["p_ring"][slot, n % WINDOW_S] = power
+        counted = n >= WINDOW_S - 1
+        mean = c["p_ring"][slot[counted]].sum(axis=1) / WINDOW_S
+        c["np_p4"][slot[counted]] += np.maximum(mean, 0.0) ** 4
+        c["np_n"][slot[counted]] += 1
+        c["pz_s"][slot, power_zone(power, c["ftp_w"][slot]) - 1] += 1
+        c["p_seconds"][slot] = n + 1
+
+    def _heart_distinct(self, slot: np.ndarray, ts: np.ndarray, hr: np.ndarray, max_gap_s: float) -> None:
+        """``_heart`` for distinct riders (each one sample): no sorting, plain indexing."""
+        c = self.cols
+        previous = c["h_ts"][slot]
+        live = ~(ts <= previous)
+        slot, ts, hr, previous = slot[live], ts[live], hr[live], previous[live]
+        dt = np.nan_to_num(np.clip(ts - previous, 0.0, max_gap_s), nan=0.0)
+        c["hz_s"][slot, hr_zone(hr, c["hr_max_bpm"][slot], c["hr_rest_bpm"][slot]) - 1] += dt
+        rate = keytel_kcal_per_min(hr, c["weight_kg"][slot], c["age_y"][slot], c["sex"][slot])
+        c["kcal_hr"][slot] += rate * dt / 60.0
+        c["h_ts"][slot] = ts
 
     def _power(self, slot: np.ndarray, ts: np.ndarray, power: np.ndarray, max_gap_s: float) -> None:
         c = self.cols

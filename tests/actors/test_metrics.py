@@ -80,10 +80,14 @@ def test_np_is_the_same_sample_by_sample_and_as_one_late_burst(per_tick: int) ->
     NP and seconds in zone agree with the textbook algorithm either way."""
     rng = np.random.default_rng(16)
     watts = list(np.round(rng.gamma(4.0, 55.0, 300), 1))
-    m = metrics_of(ride(watts, per_tick=per_tick))
+    beats = list(np.round(rng.normal(150.0, 20.0, 300)))
+    m = metrics_of(ride(watts, hr=beats, per_tick=per_tick))
     assert m["np_w"] == pytest.approx(textbook_np(watts), rel=1e-9)
     zones = power_zone(np.array(watts), np.full(300, 250.0))
     assert m["power_zone_s"] == [int((zones == z).sum()) for z in range(1, 8)]
+    # heart rate: sample k (k = 1..300, the last one repeated) counts the second before it
+    heart = hr_zone(np.array(beats[1:] + beats[-1:]), np.full(300, 190.0), np.full(300, 50.0))
+    assert m["hr_zone_s"] == [float((heart == z).sum()) for z in range(1, 6)]
 
 
 def test_np_is_unknown_before_30_seconds() -> None:
