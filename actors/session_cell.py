@@ -266,4 +266,5 @@ class SessionCell:
         snap["checkpoints_written"] = self.checkpoints_written
         snap["state_bytes"] = self.state.nbytes()
         snap["publish_failures"] = self.publish_failures
+        snap["metrics_errors"] = self.state.metrics_errors
         return snap

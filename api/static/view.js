@@ -9,8 +9,9 @@
   const LABELS = {
     rank: "#", participant: "Rider", energy_kj: "Output (kJ)", power_w: "Power (W)", hr_bpm: "Heart rate",
     cadence_rpm: "Cadence (rpm)", speed_mps: "Speed (km/h)", distance_m: "Distance (km)", samples: "Samples",
+    np_w: "NP (W)",
   };
-  const ORDER = ["rank", "participant", "energy_kj", "power_w", "hr_bpm", "cadence_rpm", "speed_mps", "distance_m"];
+  const ORDER = ["rank", "participant", "energy_kj", "power_w", "np_w", "hr_bpm", "cadence_rpm", "speed_mps", "distance_m"];
   const AWAY_S = 15;        // a rider whose newest sample is older than this is marked away
   const CHART_S = 120;      // the chart shows the class's average power over this window
   const TERMINAL = {
@@ -68,6 +69,11 @@
       cell("strong", format("energy_kj", row[at.energy_kj])), document.createTextNode(" kJ"),
       document.createTextNode(` · ${format("power_w", row[at.power_w])} W · ${format("hr_bpm", row[at.hr_bpm])} bpm`),
     ];
+    if (at.power_zone !== undefined) {  // boards since issue 16: zones, NP, calories (null while unknown)
+      parts.push(document.createTextNode(` · power zone ${format("power_zone", row[at.power_zone])}` +
+        ` · HR zone ${format("hr_zone", row[at.hr_zone])} · NP ${format("np_w", row[at.np_w])} W` +
+        ` · ${format("kcal", row[at.kcal])} kcal`));
+    }
     $("you").replaceChildren(...parts);
     $("you").hidden = false;
   }
@@ -105,7 +111,8 @@
     $("body").replaceChildren(...rows.map((row) => {
       const tr = document.createElement("tr");
       if (you !== null && row[at.participant] === you) { tr.classList.add("you"); mine = row; }
-      if (at.last_ts !== undefined && row[at.last_ts] !== null && board.ts - row[at.last_ts] > AWAY_S) tr.classList.add("away");
+      if (at.presence !== undefined ? row[at.presence] === "reconnecting"
+        : at.last_ts !== undefined && row[at.last_ts] !== null && board.ts - row[at.last_ts] > AWAY_S) tr.classList.add("away");
       tr.append(...cols.map((c) => cell("td", format(c, row[at[c]]), (c === "participant" ? "name " : "") + "col-" + c)));
       return tr;
     }));
