@@ -697,11 +697,22 @@ class Swarm:
                 "with_own_row": sum(v.with_own_row for v in pv),
                 "reconnects": sum(max(0, v.connects - 1) for v in pv),
             },
+            "presence": self._presence(states),
             "join_s": self._join_times(),
             "reconnects": sum(max(0, c.connects - 1) for c in self.clients),
             "faults_injected": dict(sorted(self.injected.items())),
             "server_frames": dict(self.frames_in),
         }
+
+    def _presence(self, states: dict[str, Any]) -> dict[str, Any]:
+        """Riders the boards showed ``reconnecting`` at some point, and the classes' final
+        presence counts (``GET /v1/sessions/{id}``; servers before presence: empty)."""
+        final: dict[str, int] = defaultdict(int)
+        for state in states.values():
+            for key, count in ((state or {}).get("presence") or {}).items():
+                final[key] += int(count)
+        seen = set().union(*(v.reconnecting for v in self.viewers.values())) if self.viewers else set()
+        return {"seen_reconnecting": len(seen), "final": dict(final)}
 
     def _join_times(self) -> dict[str, Any]:
         """Seconds from each connection's join time to its first welcome."""

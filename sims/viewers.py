@@ -5,7 +5,8 @@
   first board whose ``last_ts`` for that participant reaches the sample's device timestamp
   shows it, and its latency is *board receipt - scheduled send time* — so a swarm that
   fell behind its schedule cannot hide latency (no coordinated omission). Latencies go
-  into one ``LatencyHistogram`` overall and one per second of scheduled time.
+  into one ``LatencyHistogram`` overall and one per second of scheduled time. On boards
+  with a ``presence`` column it also notes every rider it saw ``reconnecting``.
 * ``ParticipantViewer`` — what each rider's phone shows: ``?participant=ID&rate=1``;
   counts boards and whether they carried the rider's own row (``you``).
 
@@ -41,6 +42,7 @@ class Viewer:
     timeline: dict[int, LatencyHistogram] = field(default_factory=dict)
     boards: int = 0
     connects: int = 0
+    reconnecting: set[str] = field(default_factory=set)  # riders a board showed reconnecting
 
     def expect(self, participant: str, device_ts: float, scheduled: float | None = None) -> None:
         heapq.heappush(self.pending.setdefault(participant, []), (device_ts, device_ts if scheduled is None else scheduled))
@@ -49,7 +51,10 @@ class Viewer:
         self.boards += 1
         cols = frame["cols"]
         ip, its = cols.index("participant"), cols.index("last_ts")
+        at = cols.index("presence") if "presence" in cols else None
         for row in frame.get("rows") or ():
+            if at is not None and row[at] == "reconnecting":
+                self.reconnecting.add(row[ip])
             heap = self.pending.get(row[ip])
             last = row[its]
             if not heap or last is None:
