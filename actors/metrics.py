@@ -61,17 +61,22 @@ _COLUMNS: dict[str, tuple[Any, tuple[int, ...], float]] = {
     # power seconds
     "p_sec": (np.float64, (), np.nan),  # the open second (NaN: no power yet)
     "p_open_sum": (np.float64, (), 0.0),
-    "p_open_n": (np.int64, (), 0),
-    "p_seconds": (np.int64, (), 0),  # closed seconds
-    "p_ring": (np.float64, (WINDOW_S,), 0.0),  # the last 30 closed seconds, second k at k % 30
+    "p_open_n": (np.int32, (), 0),
+    "p_seconds": (np.int32, (), 0),  # closed seconds
+    # the last 30 closed seconds, second k at k % 30 (float32: ~7 digits of a watt value are
+    # plenty, and it halves what every checkpoint carries per rider)
+    "p_ring": (np.float32, (WINDOW_S,), 0.0),
     "np_p4": (np.float64, (), 0.0),  # sum of (30 s mean)^4 over seconds 30, 31, ...
-    "np_n": (np.int64, (), 0),
-    "pz_s": (np.int64, (N_POWER_ZONES,), 0),
+    "np_n": (np.int32, (), 0),
+    "pz_s": (np.int32, (N_POWER_ZONES,), 0),
     # heart rate
     "h_ts": (np.float64, (), np.nan),  # the newest heart-rate timestamp
-    "hz_s": (np.float64, (N_HR_ZONES,), 0.0),
+    "hz_s": (np.float32, (N_HR_ZONES,), 0.0),
     "kcal_hr": (np.float64, (), 0.0),
 }
+# Not checkpointed: rebuilt from the class's profiles on restore (``set_profile``).
+PROFILE_COLUMNS = ("ftp_w", "hr_max_bpm", "hr_rest_bpm", "weight_kg", "age_y", "sex")
+CHECKPOINT_LAYOUT = 2  # 1: every column, int64 / float64 (an hour on main; not read back)
 METRIC_BOARD_COLUMNS = ("power_zone", "hr_zone", "np_w", "kcal", "if", "tss")
 
 
@@ -192,7 +197,7 @@ class RiderMetrics:
         n = c["p_seconds"][slot]
         c["p_ring"][slot, n % WINDOW_S] = power
         counted = n >= WINDOW_S - 1
-        mean = c["p_ring"][slot[counted]].sum(axis=1) / WINDOW_S
+        mean = c["p_ring"][slot[counted]].sum(axis=1, dtype=np.float64) / WINDOW_S
         c["np_p4"][slot[counted]] += np.maximum(mean, 0.0) ** 4
         c["np_n"][slot[counted]] += 1
         c["pz_s"][slot, power_zone(power, c["ftp_w"][slot]) - 1] += 1
@@ -259,7 +264,7 @@ class RiderMetrics:
         flat[(block[:, None] + window).ravel()] = history.ravel()
         rank = np.arange(len(slot)) - np.repeat(np.cumsum(m) - m, m)
         at = np.repeat(block + WINDOW_S, m) + rank
-        flat[at] = power
+        flat[at] = power.astype(np.float32)  # (rounded as the ring keeps them: both paths agree)
         running = np.concatenate([[0.0], np.cumsum(flat)])
         mean = (running[at + 1] - running[at + 1 - WINDOW_S]) / WINDOW_S
         counted = np.repeat(n, m) + rank >= WINDOW_S - 1  # the 30th second on
@@ -329,12 +334,16 @@ class RiderMetrics:
         }
 
     # -- checkpoints ----------------------------------------------------------------------------
-    def to_checkpoint(self, n: int) -> dict[str, bytes]:
-        return {name: arr[:n].tobytes() for name, arr in self.cols.items()}
+    def to_checkpoint(self, n: int) -> dict[str, Any]:
+        return {"layout": CHECKPOINT_LAYOUT, "cols": {
+            name: arr[:n].tobytes() for name, arr in self.cols.items() if name not in PROFILE_COLUMNS}}
 
-    def restore(self, raw: dict[str, bytes], n: int) -> None:
-        """Columns from ``to_checkpoint``; a column the checkpoint lacks keeps its default."""
-        for name, buf in raw.items():
+    def restore(self, raw: dict[str, Any], n: int) -> None:
+        """Columns from ``to_checkpoint``; a column the checkpoint lacks keeps its default,
+        and so does everything of another layout (metrics count again from then on)."""
+        if raw.get("layout") != CHECKPOINT_LAYOUT:
+            return
+        for name, buf in raw["cols"].items():
             arr = self.cols.get(name)
             if arr is not None:
                 arr[:n] = np.frombuffer(buf, dtype=arr.dtype).reshape((n, *arr.shape[1:]))

@@ -514,6 +514,8 @@ class SessionState:
         self.metrics.restore(raw.get("metrics") or {}, n)
         self.profiles = {str(p): check_profile(v, year=self._year()) for p, v in (raw.get("profiles") or {}).items()
                          if p in self.slots}
+        for participant, profile in self.profiles.items():  # (once per restore, not per tick)
+            self.metrics.set_profile(self.slots[participant], profile.effective(self._year()))
 
 
 def _positions(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
