@@ -49,6 +49,53 @@ KCAL_PER_KJ = 1.0 / (4.184 * 0.24)  # mechanical kJ -> kcal at 24 % gross effici
 KJ_PER_KCAL = 4.184
 _SEX_CODE = {None: 0.0, Sex.MALE: 1.0, Sex.FEMALE: 2.0}
 
+# -- the formulas on plain numbers (vectorised; also what the tests check) -----------------------
+def power_zone(power_w: np.ndarray, ftp_w: np.ndarray) -> np.ndarray:
+    """Coggan level 1-7 of each power (``0`` where the power is NaN)."""
+    ratio = np.asarray(power_w, float) / np.asarray(ftp_w, float)
+    zone = 1 + (ratio[..., None] > POWER_ZONES).sum(-1)
+    return np.where(np.isnan(ratio), 0, zone)  # type: ignore[no-any-return]
+
+
+def hr_zone(hr_bpm: np.ndarray, hr_max: np.ndarray, hr_rest: np.ndarray) -> np.ndarray:
+    """Karvonen zone 1-5 of each heart rate (``0`` where it is NaN)."""
+    hr = np.asarray(hr_bpm, float)
+    reserve = (hr - hr_rest) / (np.asarray(hr_max, float) - hr_rest)
+    zone = 1 + (reserve[..., None] >= HR_ZONES).sum(-1)
+    return np.where(np.isnan(hr), 0, zone)  # type: ignore[no-any-return]
+
+
+def keytel_line(weight_kg: Any, age_y: Any, sex: Any) -> tuple[Any, Any]:
+    """Keytel et al. (2005) without VO2max as a line in heart rate: (intercept, slope) in
+    kJ/min (sex 1 male, 2 female, 0 the mean of both). Per rider, set with its profile."""
+    male = -55.0969 + 0.1988 * weight_kg + 0.2017 * age_y, 0.6309
+    female = -20.4022 - 0.1263 * weight_kg + 0.074 * age_y, 0.4472
+
+    def pick(m: Any, f: Any) -> Any:
+        return np.where(sex == 1.0, m, np.where(sex == 2.0, f, (m + f) / 2))
+
+    return pick(male[0], female[0]), pick(male[1], female[1])
+
+
+def keytel_kcal_per_min(hr_bpm: np.ndarray, weight_kg: np.ndarray, age_y: np.ndarray,
+                        sex: np.ndarray) -> np.ndarray:
+    """Keytel et al. (2005) energy expenditure in kcal/min (never below 0)."""
+    intercept, slope = keytel_line(weight_kg, age_y, sex)
+    return np.maximum(intercept + slope * hr_bpm, 0.0) / KJ_PER_KCAL  # type: ignore[no-any-return]
+
+
+def normalized_power(p4_sum: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """NP from the running sum of 4th powers (NaN before the 30th second)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, (p4_sum / np.maximum(count, 1)) ** 0.25, np.nan)  # type: ignore[no-any-return]
+
+
+def training_stress(seconds: np.ndarray, np_w: np.ndarray, ftp_w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(IF, TSS) from the duration, NP and FTP (Coggan)."""
+    intensity = np_w / ftp_w
+    return intensity, seconds * np_w * intensity / (ftp_w * 3600.0) * 100.0
+
+
 # name -> (dtype, per-slot shape, fill): every column of ``RiderMetrics``
 _COLUMNS: dict[str, tuple[Any, tuple[int, ...], float]] = {
     # the effective profile (actors.profile)
@@ -58,6 +105,8 @@ _COLUMNS: dict[str, tuple[Any, tuple[int, ...], float]] = {
     "weight_kg": (np.float64, (), DEFAULT.weight_kg),
     "age_y": (np.float64, (), DEFAULT.age_y),
     "sex": (np.float64, (), 0.0),
+    "kj_min_a": (np.float64, (), float(keytel_line(DEFAULT.weight_kg, DEFAULT.age_y, 0.0)[0])),  # Keytel line
+    "kj_min_b": (np.float64, (), float(keytel_line(DEFAULT.weight_kg, DEFAULT.age_y, 0.0)[1])),
     # power seconds
     "p_sec": (np.float64, (), np.nan),  # the open second (NaN: no power yet)
     "p_open_sum": (np.float64, (), 0.0),
@@ -75,46 +124,10 @@ _COLUMNS: dict[str, tuple[Any, tuple[int, ...], float]] = {
     "kcal_hr": (np.float64, (), 0.0),
 }
 # Not checkpointed: rebuilt from the class's profiles on restore (``set_profile``).
-PROFILE_COLUMNS = ("ftp_w", "hr_max_bpm", "hr_rest_bpm", "weight_kg", "age_y", "sex")
+PROFILE_COLUMNS = ("ftp_w", "hr_max_bpm", "hr_rest_bpm", "weight_kg", "age_y", "sex", "kj_min_a", "kj_min_b")
 CHECKPOINT_LAYOUT = 2  # 1: every column, int64 / float64 (an hour on main; not read back)
 METRIC_BOARD_COLUMNS = ("power_zone", "hr_zone", "np_w", "kcal", "if", "tss")
 
-
-# -- the formulas on plain numbers (vectorised; also what the tests check) -----------------------
-def power_zone(power_w: np.ndarray, ftp_w: np.ndarray) -> np.ndarray:
-    """Coggan level 1-7 of each power (``0`` where the power is NaN)."""
-    ratio = np.asarray(power_w, float) / np.asarray(ftp_w, float)
-    zone = 1 + (ratio[..., None] > POWER_ZONES).sum(-1)
-    return np.where(np.isnan(ratio), 0, zone)  # type: ignore[no-any-return]
-
-
-def hr_zone(hr_bpm: np.ndarray, hr_max: np.ndarray, hr_rest: np.ndarray) -> np.ndarray:
-    """Karvonen zone 1-5 of each heart rate (``0`` where it is NaN)."""
-    hr = np.asarray(hr_bpm, float)
-    reserve = (hr - hr_rest) / (np.asarray(hr_max, float) - hr_rest)
-    zone = 1 + (reserve[..., None] >= HR_ZONES).sum(-1)
-    return np.where(np.isnan(hr), 0, zone)  # type: ignore[no-any-return]
-
-
-def keytel_kcal_per_min(hr_bpm: np.ndarray, weight_kg: np.ndarray, age_y: np.ndarray,
-                        sex: np.ndarray) -> np.ndarray:
-    """Keytel et al. (2005) energy expenditure in kcal/min (sex 1 male, 2 female, 0 the mean)."""
-    male = -55.0969 + 0.6309 * hr_bpm + 0.1988 * weight_kg + 0.2017 * age_y
-    female = -20.4022 + 0.4472 * hr_bpm - 0.1263 * weight_kg + 0.074 * age_y
-    kj = np.where(sex == 1.0, male, np.where(sex == 2.0, female, (male + female) / 2))
-    return np.maximum(kj, 0.0) / KJ_PER_KCAL  # type: ignore[no-any-return]
-
-
-def normalized_power(p4_sum: np.ndarray, count: np.ndarray) -> np.ndarray:
-    """NP from the running sum of 4th powers (NaN before the 30th second)."""
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(count > 0, (p4_sum / np.maximum(count, 1)) ** 0.25, np.nan)  # type: ignore[no-any-return]
-
-
-def training_stress(seconds: np.ndarray, np_w: np.ndarray, ftp_w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(IF, TSS) from the duration, NP and FTP (Coggan)."""
-    intensity = np_w / ftp_w
-    return intensity, seconds * np_w * intensity / (ftp_w * 3600.0) * 100.0
 
 
 def _distinct(keys: np.ndarray) -> bool:
@@ -147,6 +160,7 @@ class RiderMetrics:
         c["ftp_w"][slot], c["weight_kg"][slot], c["age_y"][slot] = profile.ftp_w, profile.weight_kg, profile.age_y
         c["hr_max_bpm"][slot], c["hr_rest_bpm"][slot] = profile.hr_max_bpm, profile.hr_rest_bpm
         c["sex"][slot] = _SEX_CODE[profile.sex]
+        c["kj_min_a"][slot], c["kj_min_b"][slot] = keytel_line(profile.weight_kg, profile.age_y, c["sex"][slot])
 
     # -- updating -----------------------------------------------------------------------------
     def update(self, slot: np.ndarray, values: np.ndarray, max_gap_s: float) -> None:
@@ -209,9 +223,9 @@ class RiderMetrics:
         previous = c["h_ts"][slot]
         live = ~(ts <= previous)
         slot, ts, hr, previous = slot[live], ts[live], hr[live], previous[live]
-        dt = np.nan_to_num(np.clip(ts - previous, 0.0, max_gap_s), nan=0.0)
+        dt = np.fmin(np.fmax(ts - previous, 0.0), max_gap_s)  # (fmax: a NaN previous counts 0)
         c["hz_s"][slot, hr_zone(hr, c["hr_max_bpm"][slot], c["hr_rest_bpm"][slot]) - 1] += dt
-        rate = keytel_kcal_per_min(hr, c["weight_kg"][slot], c["age_y"][slot], c["sex"][slot])
+        rate = np.maximum(c["kj_min_a"][slot] + c["kj_min_b"][slot] * hr, 0.0) / KJ_PER_KCAL
         c["kcal_hr"][slot] += rate * dt / 60.0
         c["h_ts"][slot] = ts
 
@@ -292,10 +306,10 @@ class RiderMetrics:
         first = np.ones(len(ts), bool)
         first[1:] = slot[1:] != slot[:-1]
         previous[first] = c["h_ts"][slot[first]]
-        dt = np.nan_to_num(np.clip(ts - previous, 0.0, max_gap_s), nan=0.0)
+        dt = np.fmin(np.fmax(ts - previous, 0.0), max_gap_s)  # (fmax: a NaN previous counts 0)
         zone = hr_zone(hr, c["hr_max_bpm"][slot], c["hr_rest_bpm"][slot]) - 1
         c["hz_s"] += np.bincount(slot * N_HR_ZONES + zone, weights=dt, minlength=size * N_HR_ZONES).reshape(size, -1)
-        rate = keytel_kcal_per_min(hr, c["weight_kg"][slot], c["age_y"][slot], c["sex"][slot])
+        rate = np.maximum(c["kj_min_a"][slot] + c["kj_min_b"][slot] * hr, 0.0) / KJ_PER_KCAL
         c["kcal_hr"] += np.bincount(slot, weights=rate * dt / 60.0, minlength=size)
         np.fmax.at(c["h_ts"], slot, ts)
 
