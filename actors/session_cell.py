@@ -18,8 +18,11 @@ with ``StaleInstance``; its shell stops serving it.
 Profiles: a rider's profile (``actors.profile``) is read from Redis when it joins through
 ``join`` (before the call returns), and in the background for riders that first appear in a
 tick (their device's first samples) or were restored from a checkpoint written before
-profiles; metrics use estimates until it arrives (milliseconds). A failed read is logged and
-retried every ``PROFILE_RETRY_S``; it never fails a call.
+profiles; metrics use estimates until it arrives (milliseconds). Every
+``profile_refresh_s`` (default 60 s; 0: never) of a class that is not ended, every rider's
+profile is read again (one pipelined round trip), so a profile changed mid-class counts
+from then on. A failed read is logged and retried every ``PROFILE_RETRY_S``; it never
+fails a call.
 
 Results: once the class is ended (and again after late data changes it), the snapshot is
 handed to the *results sink* named in ``settings.results_sink``, an import path
@@ -36,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -105,6 +109,8 @@ class SessionCell:
         self.profile_store = ProfileStore(self.store.client(), prefix=self.store.prefix)
         self._unprofiled = {p for p in self.state.participants if p not in self.state.profiles}
         self._roster_seen = len(self.state.participants)
+        self.profile_refresh_s = settings.profile_refresh_s
+        self._profiles_read_at = time.monotonic()
         self._profile_task: asyncio.Task[None] | None = None
 
     @property
@@ -158,6 +164,11 @@ class SessionCell:
         if len(roster) > self._roster_seen:
             self._unprofiled.update(p for p in roster[self._roster_seen:] if p not in self.state.profiles)
             self._roster_seen = len(roster)
+        now = time.monotonic()
+        if self.profile_refresh_s > 0 and now - self._profiles_read_at >= self.profile_refresh_s \
+                and self.state.phase is not Phase.ENDED:  # (a profile changed mid-class reaches it)
+            self._profiles_read_at = now
+            self._unprofiled.update(roster)
         if self._unprofiled and (self._profile_task is None or self._profile_task.done()):
             self._profile_task = asyncio.get_running_loop().create_task(self._profile_loop())
 

@@ -9,7 +9,7 @@
 
 Who: the rider's own participant token, or an operator (``api.scopes.authorise_profile``).
 A class reads the profile when the rider joins it (``POST .../participants``, or its
-device's first samples); a change reaches a class the rider is in at its next join.
+device's first samples) and re-reads it every ``profile_refresh_s`` (60 s) while not ended.
 """
 
 from __future__ import annotations

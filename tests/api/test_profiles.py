@@ -155,3 +155,39 @@ def test_a_rider_who_only_sends_samples_gets_its_profile_too(edge: Any, tokens: 
         time.sleep(0.2)
     assert entry["profile"]["loaded"] is True and entry["profile"]["effective"]["ftp_w"] == 300
     assert entry["profile"]["set"]["weight_kg"] == 80
+
+
+def test_a_profile_changed_mid_class_reaches_the_class(ray_instance: Any, redis_server: Any, unique_id: str,
+                                                       run: Any) -> None:
+    """A real session actor re-reads its riders' profiles every ``profile_refresh_s``."""
+    import ray
+
+    from actors.profile import Profile, ProfileStore
+    from actors.session_actor import SessionActor
+    from storage.redis_url import connect
+
+    prefix = f"prof{unique_id}"
+    settings = {"redis_url": redis_server.url, "prefix": prefix, "profile_refresh_s": 0.5}
+
+    async def put(ftp: float) -> None:
+        client = connect(redis_server.url)
+        await ProfileStore(client, prefix=prefix).put("dan", Profile(ftp_w=ftp))
+        await client.aclose()
+
+    def ftp_in_class() -> float:
+        ray.get(actor.tick.remote(batches=[], want_durable=[], known_version=-1), timeout=60)  # (ticks drive it)
+        snap = ray.get(actor.snapshot.remote(), timeout=60)
+        return float(snap["participants"][0]["profile"]["effective"]["ftp_w"])
+
+    run(put(210.0))
+    actor = SessionActor.options(name=f"refresh-{unique_id}", resources={"session_slot": 1}).remote(unique_id, settings)
+    try:
+        ray.get(actor.join.remote(participant="dan"), timeout=60)
+        assert ftp_in_class() == 210.0  # read at the join
+        run(put(265.0))
+        deadline = time.monotonic() + 30
+        while ftp_in_class() != 265.0 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert ftp_in_class() == 265.0
+    finally:
+        ray.kill(actor)
