@@ -60,8 +60,10 @@ def test_a_killed_child_is_restarted_with_backoff_and_reported(tmp_path: Path) -
         delay = supervisor.snapshot()["processes"]["sleeper"]["next_start_in_s"]
         assert 0.3 < delay <= 0.3 * 2 * 1.2 + 0.05
         _wait(lambda: child.restarts == 2 and child.state is ChildState.RUNNING, 20, "the second restart")
-        state = json.loads(state_file.read_text())
-        assert state["processes"]["sleeper"]["restarts"] == 2 and state["processes"]["sleeper"]["pid"] == sleeper.pid
+        # the state file is written by the supervisor's thread after the restart: wait for it
+        state = _wait(lambda: (lambda st: st if st["processes"]["sleeper"]["restarts"] == 2 else None)(
+            json.loads(state_file.read_text())), 10, "the second restart in the state file")
+        assert state["processes"]["sleeper"]["pid"] == sleeper.pid
         assert read_state(tmp_path)["alive"] is True  # type: ignore[index]
     finally:
         supervisor.stop()
