@@ -94,6 +94,7 @@ class SessionPump:
         self.viewers: set[Outbox] = set()
         self._periods: Counter[float] = Counter()  # the viewers' board periods (the fastest sets the pace)
         self._period_of: dict[Outbox, float] = {}
+        self._interval = self.max_tick_interval_s  # (no viewer yet: the slowest pace)
         self.pending: dict[str, _Pending] = {}
         self.pending_count = 0
         self.known_version = -1
@@ -135,6 +136,7 @@ class SessionPump:
         self.viewers.add(outbox)
         self._period_of[outbox] = outbox.board_interval_s
         self._periods[outbox.board_interval_s] += 1
+        self._periods_changed()
         if self.board is not None:
             outbox.set_board(self.board)
         self._wake.set()
@@ -153,11 +155,16 @@ class SessionPump:
             self._periods[period] -= 1
             if not self._periods[period]:
                 del self._periods[period]
+            self._periods_changed()
 
     @property
     def interval_s(self) -> float:
-        """Seconds between ticks: half the fastest viewer's period, within the bounds."""
-        return min(self.max_tick_interval_s, max(self.tick_interval_s, self._fastest_period() / 2))
+        """Seconds between ticks: half the fastest viewer's period, within the bounds (kept
+        up to date as viewers come and go, not recomputed per tick)."""
+        return self._interval
+
+    def _periods_changed(self) -> None:
+        self._interval = min(self.max_tick_interval_s, max(self.tick_interval_s, self._fastest_period() / 2))
 
     def _fastest_period(self) -> float:
         return min(self._periods) if self._periods else self.max_tick_interval_s * 2
