@@ -43,6 +43,7 @@ import numpy as np
 from actors.columnar import ApplyResult, DeviceCursor, DeviceTable, TickColumns, apply_tick
 from actors.errors import ActorError, CheckpointError, PhaseError
 from actors.metrics import METRIC_BOARD_COLUMNS, RiderMetrics
+from actors.recording import Recording
 from actors.presence import DEFAULT_GRACE_S, DEFAULT_QUIET_S, LEFT, PresenceTable
 from actors.profile import Profile, check_profile
 from actors.wire import SampleColumns, TickRequest
@@ -155,6 +156,8 @@ class SessionState:
         self.metrics = RiderMetrics(0)
         self.metrics_errors = 0
         self.presence = PresenceTable(quiet_s=presence_quiet_s, grace_s=presence_grace_s)
+        self.recording = Recording()
+        self.recording_errors = 0
         self._cols: dict[str, np.ndarray] = {}
         self._allocate(16)
         self._board_cache: tuple[int, dict[str, Any]] | None = None
@@ -305,6 +308,7 @@ class SessionState:
         for key in ("applied", "duplicates", "rejected"):
             self.totals[key] += getattr(result, key)
         self._update_metrics(result)
+        self._record(result)
         if result.applied or result.rejected:
             self._touch()
         return result
@@ -318,6 +322,18 @@ class SessionState:
             self.metrics_errors += 1
             if self.metrics_errors == 1 or self.metrics_errors % 1000 == 0:
                 log.exception("session %s: live metrics failed (%d times)", self.session_id, self.metrics_errors)
+
+    def _record(self, result: ApplyResult) -> None:
+        """The per-second recording, derived like the metrics: a bug there is logged and
+        counted (``recording_errors``), never fails a tick."""
+        if not result.applied:
+            return
+        try:
+            self.recording.add(result.slot, result.values)
+        except Exception:
+            self.recording_errors += 1
+            if self.recording_errors == 1 or self.recording_errors % 1000 == 0:
+                log.exception("session %s: recording failed (%d times)", self.session_id, self.recording_errors)
 
     def _device_numbers(self, devices: Sequence[tuple[str, str]]) -> np.ndarray:
         """Each device's number in the table, adding new devices (and joining their participant)."""
@@ -476,17 +492,24 @@ class SessionState:
             "tags": self.tags,  # optional: checkpoints written before tags have none
             "metrics": self.metrics.to_checkpoint(n),  # optional too (before issue 16)
             "profiles": {p: profile.as_dict() for p, profile in self.profiles.items()},
+            "recording": self.recording.meta(),  # its chunks are written beside (actors.recording)
         }
         return msgpack.packb(payload, use_bin_type=True)  # type: ignore[no-any-return]
 
     @classmethod
-    def from_checkpoint(cls, data: bytes, *, clock: Callable[[], float] = time.time) -> SessionState:
+    def from_checkpoint(cls, data: bytes, *, clock: Callable[[], float] = time.time,
+                        recording: Mapping[bytes, bytes] | Mapping[str, bytes] | None = None) -> SessionState:
+        """``recording``: the recording's chunks as stored beside the checkpoint (a missing
+        chunk is a ``CheckpointError``); ``None``: the recording is not restored (starts
+        empty: for tools and tests of the state alone)."""
         try:
             raw = msgpack.unpackb(data, raw=False, strict_map_key=False)
             if raw.get("v") != CHECKPOINT_VERSION:
                 raise CheckpointError(f"checkpoint version {raw.get('v')!r} unsupported")
             state = cls(raw["session"], board_size=raw["board_size"], max_gap_s=raw["max_gap_s"], clock=clock)
             state._restore(raw)
+            if recording is not None:
+                state.recording = Recording.restore(raw.get("recording"), recording)
         except CheckpointError:
             raise
         except Exception as exc:

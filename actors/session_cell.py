@@ -81,11 +81,12 @@ class SessionCell:
         self.settings = settings = ActorSettings.of(settings)
         self.on_fenced = on_fenced
         self.store = CheckpointStore(
-            settings.redis_url, prefix=settings.prefix, kind="session", ident=session_id, client=redis
+            settings.redis_url, prefix=settings.prefix, kind="session", ident=session_id, client=redis,
+            side="rec",
         )
         data = self.store.acquire()  # (blocking: one Redis round trip; shells call it off their loop)
         if data is not None:
-            self.state = SessionState.from_checkpoint(data)
+            self.state = SessionState.from_checkpoint(data, recording=self.store.side_data)
         else:
             self.state = SessionState(
                 session_id,
@@ -135,10 +136,14 @@ class SessionCell:
             version = self.state.version
             seqs = self.state.applied_seqs()  # taken together with the bytes, no await between
             data = self.state.to_checkpoint()
+            chunks = self.state.recording.take_dirty()
             try:
-                await self.store.write(data)
+                await self.store.write(data, side=chunks)
             except StaleInstance:
                 self.fence()
+                raise
+            except BaseException:
+                self.state.recording.mark_dirty(list(chunks))  # (written with the next checkpoint)
                 raise
             self.checkpointed_version = version
             self.durable = seqs
@@ -278,4 +283,7 @@ class SessionCell:
         snap["state_bytes"] = self.state.nbytes()
         snap["publish_failures"] = self.publish_failures
         snap["metrics_errors"] = self.state.metrics_errors
+        rec = self.state.recording
+        snap["recording"] = {"t0": rec.t0, "riders": rec.used, "chunks": len(rec.chunks), "bytes": rec.nbytes(),
+                             "dropped": rec.dropped, "errors": self.state.recording_errors}
         return snap

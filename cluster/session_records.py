@@ -15,7 +15,8 @@ key                             type    meaning
 ==============================  ======  ==================================================
 
 A session's own keys are ``session_keys(prefix, id)``: its meta hash, its checkpoint, the
-checkpoint's epoch and the instance epoch (``storage.checkpoint``), all under one Redis
+checkpoint's epoch, the instance epoch and its per-second recording (``storage.checkpoint``,
+``actors.recording``), all under one Redis
 Cluster hash tag (``{id}``), so the pipelines and the ``DEL`` below stay on one slot. The
 index is one key of its own; a listing reads the metas of many sessions with a
 non-transactional pipeline, which a cluster client splits per node. When a class ends
@@ -42,7 +43,7 @@ MAX_SCAN = 1000  # index entries read per listing request, whatever the filter
 
 def session_keys(prefix: str, session_id: str) -> list[str]:
     base = key_base(prefix, "session", session_id)
-    return [f"{base}:meta", f"{base}:ckpt", f"{base}:ckpt_epoch", f"{base}:epoch"]
+    return [f"{base}:meta", f"{base}:ckpt", f"{base}:ckpt_epoch", f"{base}:epoch", f"{base}:rec"]
 
 
 def _member(created_at: float, session_id: str) -> str:

@@ -10,6 +10,10 @@ key                               type    meaning
 ``{p}:{kind}:{{id}}:epoch``       string  integer; INCR'd by every instance that starts
 ``{p}:{kind}:{{id}}:ckpt``        string  the latest checkpoint (msgpack bytes)
 ``{p}:{kind}:{{id}}:ckpt_epoch``  string  epoch of the instance that wrote ``ckpt``
+``{p}:{kind}:{{id}}:{side}``      hash    optional (a store made with ``side=``): fields
+                                          written with a checkpoint, in the same fenced
+                                          script (sessions: ``rec``, the per-second
+                                          recording's chunks, ``actors.recording``)
 ================================  ======  ================================================
 
 ``kind`` is ``session`` or ``lbshard``. A write succeeds only while the writer's epoch
@@ -26,7 +30,7 @@ acknowledged on it (the next checkpoint tries again).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import redis
@@ -42,6 +46,7 @@ local current = tonumber(redis.call('GET', KEYS[1]) or '0')
 if current ~= tonumber(ARGV[1]) then return current end
 redis.call('SET', KEYS[2], ARGV[2], 'KEEPTTL')
 redis.call('SET', KEYS[3], ARGV[1], 'KEEPTTL')
+for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[4], ARGV[i], ARGV[i + 1]) end
 return -1
 """
 
@@ -58,14 +63,18 @@ class CheckpointStore:
     """Epoch acquisition (sync, for actor constructors) and fenced writes (async)."""
 
     def __init__(self, redis_url: str, *, prefix: str, kind: str, ident: str,
-                 client: AsyncRedis | None = None) -> None:
+                 client: AsyncRedis | None = None, side: str | None = None) -> None:
         """``client``: an async client to share (a dense host's classes share one; made by
-        ``client_for``); not closed by ``close``. Default: the store makes its own."""
+        ``client_for``); not closed by ``close``. Default: the store makes its own.
+        ``side``: the name of a hash written with every checkpoint (``write(side=...)``) and
+        read back by ``acquire`` into ``side_data``."""
         base = key_base(prefix, kind, ident)
         self.prefix = prefix
         self.epoch_key = f"{base}:epoch"
         self.ckpt_key = f"{base}:ckpt"
         self.ckpt_epoch_key = f"{base}:ckpt_epoch"
+        self.side_key = f"{base}:{side}" if side else None
+        self.side_data: dict[bytes, bytes] = {}
         self.redis_url = redis_url
         self.target: RedisTarget = parse(redis_url)
         self.epoch = 0
@@ -81,7 +90,11 @@ class CheckpointStore:
                 if self.target.wait_replicas:
                     pipe.wait(self.target.wait_replicas, self.target.wait_timeout_ms)
                 pipe.get(self.ckpt_key)
+                if self.side_key:
+                    pipe.hgetall(self.side_key)
                 replies = pipe.execute()
+        if self.side_key:
+            self.side_data = replies.pop()
         if self.target.wait_replicas and int(replies[1]) < self.target.wait_replicas:
             raise NotReplicated(self.target.wait_replicas, int(replies[1]))
         self.epoch = int(replies[0])
@@ -129,10 +142,18 @@ class CheckpointStore:
             raise NotReplicated(wanted, int(acked))
         return int(result)
 
-    async def write(self, data: bytes) -> None:
-        result = await self.fenced_eval(
-            _FENCED_SET, (self.epoch_key, self.ckpt_key, self.ckpt_epoch_key), (self.epoch, data)
-        )
+    async def write(self, data: bytes, *, side: Mapping[str, bytes] | None = None) -> None:
+        """Write ``data`` (and the ``side`` hash fields, atomically with it) if this store's
+        epoch is still the current one, else raise ``StaleInstance``."""
+        keys = [self.epoch_key, self.ckpt_key, self.ckpt_epoch_key]
+        args: list[Any] = [self.epoch, data]
+        if side:
+            if self.side_key is None:
+                raise ValueError("this checkpoint store has no side hash")
+            keys.append(self.side_key)
+            for name, value in side.items():
+                args += [name, value]
+        result = await self.fenced_eval(_FENCED_SET, keys, args)
         if result != -1:
             raise StaleInstance(self.epoch, result)
 

@@ -103,7 +103,7 @@ def test_a_class_runs_exact_on_a_redis_cluster(redis_cluster: EmbeddedRedisClust
     homes = set()
     for i in range(3):
         keys = session_keys(edge.settings.prefix, f"rc-{unique_id}-{i}")
-        assert client.exists(*keys) == 4  # meta, checkpoint, its epoch, the instance epoch: one slot
+        assert client.exists(*keys) == 5  # meta, checkpoint, its epoch, the instance epoch, the recording: one slot
         homes.add(client.get_node_from_key(keys[0]).port)
     assert homes <= {n.port for n in redis_cluster.nodes[:3]}
 
