@@ -22,6 +22,12 @@ Contracts
 * Presence (``actors.presence``): each rider is ``active``, ``reconnecting`` or ``left``,
   from when its samples or join last arrived; ``age_presence`` (called from the tick path)
   moves riders along and takes those gone for the grace period off the board.
+* The class plan (``actors.plan``): ``set_plan`` gives the class a scheduled start and
+  segments; ``advance_plan`` (called from the tick path and the shell's own loop) moves the
+  phase forward to what the plan's clock says (scheduled, lobby, live, ended) and marks the
+  board changed once a second while the class is in the lobby or live, so boards carry
+  the time left; a manual ``set_phase`` still moves it (forward only). Every board has a
+  ``plan`` block and each rider's ``power_target`` / ``cadence_target`` / ``hr_target``.
 * Everything survives a restart through ``to_checkpoint`` / ``from_checkpoint``; a
   checkpoint written before profiles and metrics restores with default profiles and
   metrics counted from then on.
@@ -44,6 +50,7 @@ from actors.columnar import ApplyResult, DeviceCursor, DeviceTable, TickColumns,
 from actors.errors import ActorError, CheckpointError, PhaseError
 from actors.metrics import METRIC_BOARD_COLUMNS, RiderMetrics
 from actors.recording import Recording
+from actors.plan import TARGET_COLUMNS, ClassClock, ClassPlan, PlanError, target_codes, target_labels
 from actors.presence import DEFAULT_GRACE_S, DEFAULT_QUIET_S, LEFT, PresenceTable
 from actors.profile import Profile, check_profile
 from actors.wire import SampleColumns, TickRequest
@@ -57,6 +64,7 @@ BOARD_COLUMNS = (
     "speed_mps", "distance_m", "last_ts", "samples",
     *METRIC_BOARD_COLUMNS,  # (added later: trailing, so clients reading by position keep working)
     "presence",
+    *TARGET_COLUMNS,  # (issue 16's class plan: below / in / above the segment's targets)
 )
 
 
@@ -137,6 +145,7 @@ class SessionState:
         max_pending_per_device: int = 4096,
         presence_grace_s: float = DEFAULT_GRACE_S,
         presence_quiet_s: float = DEFAULT_QUIET_S,
+        lobby_lead_s: float = 300.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.session_id = session_id
@@ -158,6 +167,8 @@ class SessionState:
         self.presence = PresenceTable(quiet_s=presence_quiet_s, grace_s=presence_grace_s)
         self.recording = Recording()
         self.recording_errors = 0
+        self.schedule = ClassClock(lobby_lead_s=lobby_lead_s)
+        self._plan_second = -1  # the whole second of the clock the board last counted down in
         self._cols: dict[str, np.ndarray] = {}
         self._allocate(16)
         self._board_cache: tuple[int, dict[str, Any]] | None = None
@@ -244,8 +255,45 @@ class SessionState:
             raise PhaseError(self.phase.value, phase.value)
         if phase is Phase.LIVE:  # the grace of riders quiet in the lobby starts now
             self.presence.restart(len(self.participants), self.clock())
+        if phase in (Phase.LIVE, Phase.COOLDOWN, Phase.ENDED):
+            self.schedule.went_live(self.clock())  # (the plan starts now if forced live early)
         self.phase = phase
         self._touch()
+
+    # -- the class plan ---------------------------------------------------------------
+    def set_plan(self, plan: ClassPlan | None, start_at: float | None) -> None:
+        """Give the class its plan and scheduled start (either may be None). Only before it
+        goes live (``PlanError`` after, unless nothing changes); a class still in the lobby
+        or scheduled takes the phase its new clock says, even an earlier one (rescheduled)."""
+        if plan == self.schedule.plan and start_at == self.schedule.start_at:
+            return
+        if self.phase not in (Phase.SCHEDULED, Phase.LOBBY):
+            raise PlanError(f"the class is {self.phase.value}: its plan can no longer change")
+        self.schedule.plan, self.schedule.start_at = plan, start_at
+        due = self.schedule.due_phase(self.clock())
+        if due in ("scheduled", "lobby"):
+            self.phase = Phase(due)
+        self._touch()
+        self.advance_plan()
+
+    def advance_plan(self) -> bool:
+        """Move to the phase the plan's clock wants (forward only), and count the board down
+        once a second in the lobby and live (once a minute when scheduled). Cheap: a few
+        comparisons; True if the board changed."""
+        if not self.schedule.active:
+            return False
+        now = self.clock()
+        due = self.schedule.due_phase(now)
+        moved = due is not None and self.phase.can_go_to(Phase(due))
+        if moved:
+            self.set_phase(Phase(due))  # type: ignore[arg-type]
+        step = 60 if self.phase is Phase.SCHEDULED else 1
+        second = int(now) // step
+        if self.phase in (Phase.SCHEDULED, Phase.LOBBY, Phase.LIVE) and second != self._plan_second:
+            self._plan_second = second
+            self._touch()
+            return True
+        return moved
 
     def age_presence(self, *, force: bool = False) -> bool:
         """Move quiet riders to ``reconnecting`` and, after the grace period, off the board
@@ -391,8 +439,20 @@ class SessionState:
                 column[~np.isnan(values)] = values[~np.isnan(values)].astype(np.int64).astype(object)
             column[np.isnan(values)] = None
             table[:, j] = column
-        table[:, -1] = self.presence.labels(order)
+        presence_at = BOARD_COLUMNS.index("presence")
+        table[:, presence_at] = self.presence.labels(order)
+        for j, codes in enumerate(self._targets(order).values(), start=presence_at + 1):
+            table[:, j] = target_labels(codes)
         return table.tolist()  # type: ignore[no-any-return]
+
+    def _targets(self, order: np.ndarray) -> dict[str, np.ndarray]:
+        """Each rider's place against the running segment's targets (``actors.plan``)."""
+        index = self.schedule.segment_at(self.clock()) if self.phase is Phase.LIVE else None
+        segment = None if index is None or self.schedule.plan is None else self.schedule.plan.segments[index]
+        c, m = self._cols, self.metrics.cols
+        return target_codes(segment, power_w=c["power_w"][order], cadence_rpm=c["cadence_rpm"][order],
+                            hr_bpm=c["hr_bpm"][order], ftp_w=m["ftp_w"][order], hr_max=m["hr_max_bpm"][order],
+                            hr_rest=m["hr_rest_bpm"][order])
 
     def ranking(self) -> np.ndarray:
         """Active slots ordered by energy (desc), ties by join order."""
@@ -415,6 +475,9 @@ class SessionState:
             "top": rows[: self.board_size],
             "rows": rows,
         }
+        plan = self.schedule.position(self.clock())
+        if plan is not None:
+            board["plan"] = plan
         self._board_cache = (self.version, board)
         return board
 
@@ -467,6 +530,8 @@ class SessionState:
             "version": self.version,
             "totals": dict(self.totals),
             "presence": self.presence.counts(len(self.participants)),
+            "schedule": self.schedule.as_dict(),
+            "plan": self.schedule.position(self.clock()),
             "participants": [self.summary(p) for p in self.participants],
             "devices": self.applied_seqs(),
         }
@@ -493,6 +558,7 @@ class SessionState:
             "metrics": self.metrics.to_checkpoint(n),  # optional too (before issue 16)
             "profiles": {p: profile.as_dict() for p, profile in self.profiles.items()},
             "recording": self.recording.meta(),  # its chunks are written beside (actors.recording)
+            "schedule": self.schedule.as_dict(),  # optional: before the class plan, none
         }
         return msgpack.packb(payload, use_bin_type=True)  # type: ignore[no-any-return]
 
@@ -533,6 +599,7 @@ class SessionState:
         for device, (slot, contig, ts, pending) in raw["devices"].items():
             self.device_table.restore(device, slot, contig, ts, [(s, t, p) for s, t, p in pending])
         self.totals = dict(raw["totals"])
+        self.schedule = ClassClock.of(raw.get("schedule"), lobby_lead_s=self.schedule.lobby_lead_s)
         self.tags = {str(p): dict(t) for p, t in (raw.get("tags") or {}).items() if t and p in self.slots}
         self.metrics.restore(raw.get("metrics") or {}, n)
         self.profiles = {str(p): check_profile(v, year=self._year()) for p, v in (raw.get("profiles") or {}).items()

@@ -48,10 +48,16 @@ def actor_name(session_id: str) -> str:
 
 
 async def checkpoint_loop(cells: Any, interval_s: float) -> None:
-    """Checkpoint every changed cell of ``cells()`` each ``interval_s``; a loop that never
-    dies (a cell fenced off is dropped by its ``on_fenced``)."""
+    """Every ``interval_s``: move each cell of ``cells()`` along its class plan (its own
+    clock: no call from outside), then checkpoint every changed one; a loop that never dies
+    (a cell fenced off is dropped by its ``on_fenced``)."""
     while True:
         await asyncio.sleep(interval_s)
+        for cell in cells():
+            try:
+                cell.advance()
+            except Exception:
+                log.exception("session %s: following the class plan failed", cell.session_id)
         dirty = [cell for cell in cells() if cell.dirty]
         if not dirty:
             continue
@@ -72,6 +78,11 @@ class SessionActor:
         self._loop: asyncio.Task[None] | None = None
         self.host = ray.util.get_node_ip_address()
         self.stream: StreamServer | None = None
+        try:  # (Ray runs an async actor's __init__ on its loop: a restarted class follows its plan at once)
+            asyncio.get_running_loop()
+            self._ensure_loop()
+        except RuntimeError:
+            pass  # no loop here (an older Ray): the first call starts it
         log.info("session %s up: epoch %s, restored=%s", session_id, self.cell.epoch, self.cell.restored)
 
     # -- lifecycle --------------------------------------------------------------------
@@ -126,6 +137,10 @@ class SessionActor:
 
     async def leave(self, *, participant: str) -> bool:
         return await self._ensure_loop().leave(participant)
+
+    async def set_plan(self, *, plan: dict[str, Any] | None, start_at: float | None) -> dict[str, Any]:
+        """The class plan and scheduled start (idempotent; ``PlanError`` once live)."""
+        return await self._ensure_loop().set_plan(plan, start_at)
 
     async def set_phase(self, *, phase: str) -> str:
         return await self._ensure_loop().set_phase(phase)

@@ -45,6 +45,7 @@ from typing import Any
 
 from storage.checkpoint import CheckpointStore
 from actors.errors import StaleInstance
+from actors.plan import check_plan
 from actors.profile import ProfileStore
 from storage.redis_url import AsyncRedis
 from actors.session import DeviceBatch, Phase, SessionState
@@ -92,6 +93,7 @@ class SessionCell:
                 session_id,
                 board_size=settings.board_size,
                 max_gap_s=settings.max_gap_s,
+                lobby_lead_s=settings.lobby_lead_s,
             )
         self.state.presence.grace_s = settings.presence_grace_s
         self.restored = data is not None
@@ -204,6 +206,7 @@ class SessionCell:
     def _result(self, request: TickRequest, result: Any) -> TickResult:
         self._want_profiles()
         self.state.age_presence()
+        self.advance()
         if result.applied and self.state.phase is Phase.ENDED:
             self._publish_results()  # late data: the corrected results replace the earlier ones
         version = self.state.version
@@ -225,7 +228,27 @@ class SessionCell:
             "durable": result.durable, "applied": result.applied, "duplicates": result.duplicates,
         }
 
+    def advance(self) -> None:
+        """Follow the class plan's clock (``SessionState.advance_plan``): called on every tick
+        and by the shell's own loop, so a class moves through its phases with nobody
+        connected and no call from outside. A class the plan ends publishes its results;
+        the phase change reaches Redis with the shell loop's next checkpoint."""
+        if self.fenced:
+            return
+        ended = self.state.phase is Phase.ENDED
+        self.state.advance_plan()
+        if not ended and self.state.phase is Phase.ENDED:
+            self._publish_results()
+
     # -- control --------------------------------------------------------------------------
+    async def set_plan(self, plan: dict[str, Any] | None, start_at: float | None) -> dict[str, Any]:
+        """Set the class plan and scheduled start (``PlanError``: bad plan, or the class is
+        live already); idempotent. Checkpointed before it returns."""
+        self.check()
+        self.state.set_plan(None if plan is None else check_plan(plan), start_at)
+        await self.checkpoint()
+        return {"phase": self.state.phase.value, **self.state.schedule.as_dict()}
+
     async def flush(self) -> dict[str, int]:
         """Checkpoint now; returns the durable seq of every device."""
         self.check()
@@ -275,6 +298,7 @@ class SessionCell:
 
     def snapshot(self) -> dict[str, Any]:
         self.check()
+        self.advance()
         self.state.age_presence(force=True)
         snap = self.state.snapshot()
         snap["epoch"] = self.store.epoch

@@ -24,6 +24,7 @@ class ActorSettings:
     max_gap_s: float = 5.0  # a longer gap between two samples of a device adds no energy
     presence_grace_s: float = 60.0  # a live rider silent this long has left (actors.presence)
     profile_refresh_s: float = 60.0  # a class re-reads its riders' profiles this often (0: never)
+    lobby_lead_s: float = 300.0  # a scheduled class opens its lobby this long before its start
     leaderboards: tuple[str, ...] = ()  # boards an ended class publishes its results to
     results_sink: str = ""  # "package.module:function" that publishes them (empty: none)
 
@@ -42,7 +43,7 @@ class ActorSettings:
         if "leaderboards" in known:
             known["leaderboards"] = tuple(str(b) for b in known["leaderboards"] or ())
         for name, kind in (("board_size", int), ("checkpoint_interval_s", float), ("max_gap_s", float),
-                           ("presence_grace_s", float), ("profile_refresh_s", float)):
+                           ("presence_grace_s", float), ("profile_refresh_s", float), ("lobby_lead_s", float)):
             if name in known:
                 known[name] = kind(known[name])
         return cls(**known)

@@ -85,9 +85,19 @@ class ClusterLoops:
         self.tasks: list[asyncio.Task[None]] = []
 
     def _candidates(self) -> Iterator[tuple[str, str | None, bool]]:
+        now = time.time()
         for sid, pump in list(self.edge.pumps.items()):
             board = pump.board or {}
-            yield sid, board.get("phase"), pump.idle
+            yield sid, _phase_by(board, now), pump.idle
+
+    async def book_class(self, session_id: str, start_at: float, expected_participants: int) -> dict[str, Any]:
+        """Book a scheduled class for pre-scaling; what was booked and when it is requested."""
+        policy = self.prescaler.policy
+        cls = ScheduledClass(session_id, start_at, expected_participants,
+                             slots_for(expected_participants, policy.participants_per_slot))
+        await self.book.put(cls)
+        return {"session": session_id, "start_at": cls.start_at, "slots": cls.slots,
+                "requested_from": cls.requested_from(policy), "released_at": cls.released_at(policy)}
 
     async def _release(self, session_id: str) -> None:
         """A passivated session's pump goes, so an edge's memory does not grow with every class
@@ -96,6 +106,8 @@ class ClusterLoops:
         if pump is None or not pump.idle:
             return  # someone came back while it was being passivated: keep serving
         del self.edge.pumps[session_id]
+        if (pump.board or {}).get("phase") != "ended":  # ended by its plan with nobody attached
+            await self.edge.record_phase(session_id, "ended")
         self.edge.directory.forget_session(session_id)  # its handle and that it exists: re-read on demand
         self.passivator.passivated.discard(session_id)
         self.released += 1
@@ -112,6 +124,16 @@ class ClusterLoops:
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+def _phase_by(board: dict[str, Any], now: float) -> str | None:
+    """The class's phase as its last board says, or ``ended`` once the board's class plan
+    is over: the class ends itself then, and a pump nobody is attached to does not tick, so
+    its board would say ``live`` for ever (and the class never be passivated)."""
+    ends_at = (board.get("plan") or {}).get("ends_at")
+    if ends_at is not None and now >= ends_at and board.get("phase") in ("lobby", "live", "cooldown"):
+        return "ended"
+    return board.get("phase")
 
 
 def _used_slots() -> float:
@@ -163,16 +185,7 @@ def install(app: FastAPI) -> None:
         if not SESSION_ID.match(session_id):
             raise BadRequest(f"bad session id {session_id!r}")
         await loops.edge.directory.create(session_id)
-        policy = loops.prescaler.policy
-        cls = ScheduledClass(
-            session_id, body.start_at, body.expected_participants,
-            slots_for(body.expected_participants, policy.participants_per_slot),
-        )
-        await loops.book.put(cls)
-        return {
-            "session": session_id, "start_at": cls.start_at, "slots": cls.slots,
-            "requested_from": cls.requested_from(policy), "released_at": cls.released_at(policy),
-        }
+        return await loops.book_class(session_id, body.start_at, body.expected_participants)
 
     @router.post("/v1/sessions/{session_id}/passivate")
     async def passivate_route(session_id: str, request: Request) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from api.pump import SessionPump
 from api.scopes import Gate, authorise_board, authorise_read, roster_of
 from api.session_stream import tick_channel
 from cluster.directory import SessionDirectory
+from cluster.session_records import SessionRecords
 from cluster.settings import Settings
 
 SESSION_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")  # the edge's session (and HTTP participant) id rule
@@ -47,9 +48,15 @@ class Edge:
                 max_pending=self.settings.max_pending_samples_per_session,
                 ack_interval_s=self.settings.ack_interval_s,
                 channel=self.ticks,
+                on_phase=self.record_phase,
             )
             pump.start()
         return pump
+
+    async def record_phase(self, session_id: str, phase: str) -> None:
+        """Note a phase the class moved to (by a call or by its plan) in its records."""
+        await SessionRecords(self.directory.redis, prefix=self.settings.prefix).record_phase(
+            session_id, phase, retention_s=self.settings.ended_retention_s)
 
     async def require(self, session_id: str) -> None:
         if not SESSION_ID.match(session_id) or not await self.directory.exists(session_id):

@@ -37,6 +37,7 @@ from starlette.exceptions import HTTPException
 from ray import exceptions as ray_errors
 
 from actors.errors import ActorError, CheckpointError, NotReplicated, PhaseError, StaleInstance
+from actors.plan import PlanError
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +193,8 @@ def classify(exc: BaseException) -> EdgeError:
         return inner
     if isinstance(inner, PhaseError):
         return phase_conflict(inner)
+    if isinstance(inner, PlanError):  # (a bad plan is refused at the edge, 422: this is "too late")
+        return Conflict(str(inner), code="plan_locked")
     if isinstance(inner, _REDIS_UNAVAILABLE):
         return Unavailable("storage (Redis) is unavailable or slow; try again shortly")
     if isinstance(inner, _RAY_UNAVAILABLE) or isinstance(exc, _RAY_UNAVAILABLE):

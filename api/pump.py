@@ -28,6 +28,7 @@ import enum
 import logging
 import time
 from collections import Counter, defaultdict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,8 +83,13 @@ class SessionPump:
         ack_interval_s: float = 0.0,
         channel: TickChannel | None = None,
         max_tick_interval_s: float | None = None,
+        on_phase: Callable[[str, str], Awaitable[None]] | None = None,
     ) -> None:
         self.session_id = session_id
+        # called (in the background) when a board shows the class in a new phase: a class
+        # plan moves phases by itself, and the edge records them (cluster.session_records)
+        self.on_phase = on_phase
+        self._phase_task: asyncio.Task[None] | None = None
         self.ack_interval_s = ack_interval_s
         self.directory = directory
         self.channel: TickChannel = channel if channel is not None else RayTicks(directory)
@@ -147,6 +153,16 @@ class SessionPump:
         would wait for "ended" forever. The copy drops the old board's cached encodings."""
         if self.board is not None and self.board.get("phase") != phase:
             self.board = {k: v for k, v in self.board.items() if not k.startswith("_")} | {"phase": phase}
+
+    def _phase_seen(self, phase: str) -> None:
+        if self.on_phase is not None and (self._phase_task is None or self._phase_task.done()):
+            self._phase_task = asyncio.get_running_loop().create_task(self._report_phase(phase))
+
+    async def _report_phase(self, phase: str) -> None:
+        try:
+            await self.on_phase(self.session_id, phase)  # type: ignore[misc]
+        except Exception as exc:  # a record is bookkeeping: the class goes on
+            log.warning("session %s: recording phase %s failed: %r", self.session_id, phase, exc)
 
     def remove_viewer(self, outbox: Outbox) -> None:
         self.viewers.discard(outbox)
@@ -271,6 +287,8 @@ class SessionPump:
         if board is not None:
             self.known_version = result.version
             board["ts"] = time.time()
+            if self.board is not None and self.board.get("phase") != board.get("phase"):
+                self._phase_seen(board["phase"])
             self.board = board
             for viewer in self.viewers:
                 viewer.offer(board, now, slack)

@@ -7,12 +7,15 @@ errors (unknown session 404, bad phase 409, a dependency down 503) map in ``api.
 from __future__ import annotations
 
 import logging
+import math
+import time
 import uuid
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from pydantic import BaseModel, Field, field_validator
 
+from actors.plan import check_plan
 from actors.session import MAX_TAGS, check_tags
 from api.edge import SESSION_ID
 from api.edge import edge_of, where_of
@@ -34,11 +37,35 @@ class CreateSession(BaseModel):
     # PULSELINE_DENSE_MAX_RIDERS); ``placement`` forces one or the other.
     expected_riders: int | None = Field(default=None, ge=1, le=1_000_000)
     placement: Placement | None = None
+    # The class plan (docs/protocol.md#the-class-plan): when it starts (Unix s) and its
+    # segments; the class then moves scheduled -> lobby -> live -> ended by itself.
+    start_at: float | None = None
+    plan: dict[str, Any] | None = None
 
     @field_validator("title")
     @classmethod
     def _clean_title(cls, title: str | None) -> str | None:
         return None if title is None else clean_text(title, "title")  # TextError is a ValueError: 422
+
+    @field_validator("start_at")
+    @classmethod
+    def _sane_start(cls, start_at: float | None) -> float | None:
+        if start_at is None:
+            return None
+        now = time.time()
+        if not math.isfinite(start_at) or start_at < now - MAX_START_PAST_S or start_at > now + MAX_START_AHEAD_S:
+            raise ValueError(f"start_at must be a Unix time from {MAX_START_PAST_S:g} s ago to "
+                             f"{MAX_START_AHEAD_S // 86400:g} days ahead")
+        return start_at
+
+    @field_validator("plan")
+    @classmethod
+    def _valid_plan(cls, plan: dict[str, Any] | None) -> dict[str, Any] | None:
+        return None if plan is None else check_plan(plan).as_dict()  # PlanError is a ValueError: 422
+
+
+MAX_START_PAST_S = 60.0  # a start this close behind is "now" (clocks differ); further back is a mistake
+MAX_START_AHEAD_S = 90 * 86400.0
 
 
 class JoinRequest(BaseModel):
@@ -80,7 +107,14 @@ def install(app: FastAPI, settings: Settings) -> None:
             await SessionRecords(edge.directory.redis, prefix=settings.prefix).indexed(session_id)
         overrides = {} if body.board_size is None else {"board_size": body.board_size}
         await edge.directory.handle(session_id, overrides=overrides)  # the actor starts now, not on the first sample
-        return {"id": session_id, "created": created}
+        answer: dict[str, Any] = {"id": session_id, "created": created}
+        if body.plan is not None or body.start_at is not None:
+            answer["schedule"] = await edge.call(session_id, "set_plan", plan=body.plan, start_at=body.start_at)
+            await edge.record_phase(session_id, answer["schedule"]["phase"])
+        if body.start_at is not None and hasattr(request.app.state, "cluster"):  # pre-scale (cluster.prescale)
+            answer["prescale"] = await request.app.state.cluster.book_class(
+                session_id, body.start_at, body.expected_riders or 0)
+        return answer
 
     @app.get("/v1/sessions/{session_id}")
     async def get_session(session_id: str, who: Caller, request: Request) -> dict[str, Any]:

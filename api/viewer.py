@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from devices.protocol import encode_value
 
-_SHARED = ("session", "version", "phase", "n", "cols", "top", "ts")
+_SHARED = ("session", "version", "phase", "n", "cols", "top", "ts", "plan")  # plan: classes with one
 
 
 def own_row(board: dict[str, Any], participant: str) -> list[Any] | None:
@@ -58,7 +58,7 @@ _ROWS_KEY = encode_value("rows")
 
 # What only the rider, instructors and screens see: heart rate, and what the rider's
 # profile (FTP, heart-rate range, weight) shows through (zones, calories, IF, TSS).
-PRIVATE_COLUMNS = ("hr_bpm", "hr_zone", "power_zone", "kcal", "if", "tss")
+PRIVATE_COLUMNS = ("hr_bpm", "hr_zone", "power_zone", "kcal", "if", "tss", "power_target", "hr_target")
 
 
 def public_board(board: dict[str, Any]) -> dict[str, Any]:
@@ -97,9 +97,11 @@ def board_encoder(
 
 
 # -- protocol v1.1: the compact board on a device connection ---------------------------------
-_COMPACT_SHARED = ("session", "version", "phase", "n", "ts")
+_COMPACT_SHARED = ("session", "version", "phase", "n", "ts", "plan")
 _ME_COLUMNS = ("rank", "energy_kj", "power_w", "hr_bpm", "cadence_rpm", "samples", "last_ts")
 _ME_METRICS = ("power_zone", "hr_zone", "np_w", "kcal")  # trailing, on boards that carry them
+_ME_TARGETS = ("power_target", "cadence_target", "hr_target")  # after those: -1 below, 0 in, 1 above
+_TARGET_CODE = {"below": -1, "in": 0, "above": 1, None: None}
 
 
 def _tenths(kj: float | None) -> int:
@@ -128,11 +130,12 @@ def _me_row(board: dict[str, Any], participant: str) -> list[Any] | None:
     at = board.get("_me_at")
     if at is None:  # once per board, not per rider
         cols = board["cols"]
-        at = board["_me_at"] = ([cols.index(c) for c in _ME_COLUMNS], [cols.index(c) for c in _ME_METRICS if c in cols])
-    base, metrics = at
+        at = board["_me_at"] = ([cols.index(c) for c in _ME_COLUMNS], [cols.index(c) for c in _ME_METRICS if c in cols],
+                                [cols.index(c) for c in _ME_TARGETS if c in cols])
+    base, metrics, targets = at
     rank, energy, power, hr, cadence, samples, last_ts = (row[i] for i in base)
     return [rank, _tenths(energy), _whole(power), _whole(hr), _whole(cadence), samples, last_ts,
-            *(_whole(row[i]) for i in metrics)]
+            *(_whole(row[i]) for i in metrics), *(_TARGET_CODE.get(row[i]) for i in targets)]
 
 
 _ME_KEY = encode_value("me")

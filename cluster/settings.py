@@ -60,6 +60,7 @@ class Settings(BaseSettings):
     max_gap_s: float = 5.0  # a longer gap between two samples of a device adds no energy
     presence_grace_s: float = Field(default=60.0, gt=0)  # a live rider silent this long has left (off the board)
     profile_refresh_s: float = Field(default=60.0, ge=0)  # a class re-reads its riders' profiles this often (0: never)
+    lobby_lead_s: float = Field(default=300.0, ge=0)  # a scheduled class opens its lobby this long before its start
     max_board_rate_hz: float = 10.0  # the fastest board rate a viewer may ask
     max_pending_samples_per_session: int = 50_000  # samples waiting for a tick per class; beyond, devices are throttled
     max_unacked_per_device: int = 3_600  # samples in flight per device; beyond, it is throttled
@@ -137,6 +138,7 @@ class Settings(BaseSettings):
             "max_gap_s": self.max_gap_s,
             "presence_grace_s": self.presence_grace_s,
             "profile_refresh_s": self.profile_refresh_s,
+            "lobby_lead_s": self.lobby_lead_s,
             "leaderboards": list(self.session_leaderboards),
             **({"results_sink": self.results_sink} if self.session_leaderboards and self.results_sink else {}),
         }

@@ -9,9 +9,10 @@
   const LABELS = {
     rank: "#", participant: "Rider", energy_kj: "Output (kJ)", power_w: "Power (W)", hr_bpm: "Heart rate",
     cadence_rpm: "Cadence (rpm)", speed_mps: "Speed (km/h)", distance_m: "Distance (km)", samples: "Samples",
-    np_w: "NP (W)",
+    np_w: "NP (W)", power_target: "Target",
   };
-  const ORDER = ["rank", "participant", "energy_kj", "power_w", "np_w", "hr_bpm", "cadence_rpm", "speed_mps", "distance_m"];
+  const ORDER = ["rank", "participant", "energy_kj", "power_w", "power_target", "np_w", "hr_bpm", "cadence_rpm", "speed_mps", "distance_m"];
+  const TARGET = { below: "▲ push", in: "✓ on", above: "▼ ease" };  // a rider against the segment's power target
   const AWAY_S = 15;        // a rider whose newest sample is older than this is marked away
   const CHART_S = 120;      // the chart shows the class's average power over this window
   const TERMINAL = {
@@ -43,6 +44,7 @@
 
   function format(col, value) {
     if (value === null || value === undefined) return "–";
+    if (col.endsWith("_target")) return TARGET[value] || String(value);
     if (typeof value !== "number") return String(value);
     if (col === "speed_mps") return (value * 3.6).toFixed(1);
     if (col === "distance_m") return (value / 1000).toFixed(2);
@@ -74,8 +76,34 @@
         ` · HR zone ${format("hr_zone", row[at.hr_zone])} · NP ${format("np_w", row[at.np_w])} W` +
         ` · ${format("kcal", row[at.kcal])} kcal`));
     }
+    if (at.power_target !== undefined && row[at.power_target] !== null) {  // a class plan's segment target
+      parts.push(document.createTextNode(` · target: ${format("power_target", row[at.power_target])}`));
+    }
     $("you").replaceChildren(...parts);
     $("you").hidden = false;
+  }
+
+  function clock(s) {
+    const m = Math.floor(s / 60);
+    return m >= 60 ? `${Math.floor(m / 60)}:${String(m % 60).padStart(2, "0")}:${String(s % 60).padStart(2, "0")}`
+      : `${m}:${String(s % 60).padStart(2, "0")}`;
+  }
+
+  function renderPlan(plan, phase) {  // the class plan (boards of scheduled classes; text only)
+    if (!plan || phase === "ended") { $("plan").hidden = true; return; }
+    const next = plan.next;
+    if (plan.segment === null || plan.segment === undefined) {
+      $("plan-kind").textContent = plan.starts_in_s !== undefined && plan.starts_in_s !== null
+        ? `Starts in ${clock(plan.starts_in_s)}` : "Waiting for the start";
+      $("plan-left").textContent = plan.class_s ? `· ${clock(plan.class_s)} class` : "";
+      $("plan-cue").textContent = "";
+    } else {
+      $("plan-kind").textContent = `${plan.kind} (${plan.segment + 1}/${plan.segments})`;
+      $("plan-left").textContent = `· ${clock(plan.segment_left_s)} left · class ${clock(plan.class_left_s)}`;
+      $("plan-cue").textContent = plan.cue || "";
+    }
+    $("plan-next").textContent = next ? `Next: ${next.kind}${next.cue ? " — " + next.cue : ""}` : "";
+    $("plan").hidden = false;
   }
 
   function drawChart() {
@@ -124,6 +152,7 @@
       while (history_.length && board.ts - history_[0][0] > CHART_S) history_.shift();
       drawChart();
     }
+    renderPlan(board.plan, board.phase);
     $("results").hidden = board.phase !== "ended";
     $("meta").textContent = `${board.phase} · ${board.n} riders · updated ${new Date(board.ts * 1000).toLocaleTimeString()}`;
   }

@@ -127,6 +127,35 @@ def test_the_phone_layout_needs_no_horizontal_scroll(browser: Any, edge: Any, to
         context.close()
 
 
+def test_the_page_shows_the_class_plan_segment_time_left_and_cue(browser: Any, edge: Any, tokens: Any, unique_id: str) -> None:
+    from playwright.sync_api import expect
+
+    sid = f"page-plan-{unique_id}"
+    plan = {"segments": [{"kind": "warm-up", "duration_s": 600, "ftp_pct": [50, 60], "cue": "Easy <b>spin</b>"},
+                         {"kind": "interval", "duration_s": 60, "power_zone": 5, "cue": "Sprint!"}]}
+    httpx.post(f"{edge.url}/v1/sessions", json={"id": sid, "start_at": time.time() + 1, "plan": plan},
+               headers=tokens.headers()).raise_for_status()
+    link = httpx.post(f"{edge.url}/v1/sessions/{sid}/view-links", headers=tokens.headers()).json()
+    riders = Riders(edge.ws_url, _hub(tokens, sid, 2), sid, ["Ann", "Bob"]).start()
+    context = browser.new_context(viewport={"width": 1000, "height": 700})
+    page = context.new_page()
+    try:
+        path, fragment = link["url"].split("#", 1)
+        page.goto(f"{edge.url}{path}?participant=Bob#{fragment}")
+        expect(page.locator("#plan-kind")).to_contain_text("warm-up (1/2)", timeout=20000)
+        expect(page.locator("#plan-cue")).to_have_text("Easy <b>spin</b>", timeout=20000)  # text, not HTML
+        expect(page.locator("#plan-left")).to_contain_text("left · class", timeout=20000)
+        expect(page.locator("#plan-next")).to_have_text("Next: interval — Sprint!", timeout=20000)
+        left = page.locator("#plan-left").text_content()
+        expect(page.locator("#plan-left")).not_to_have_text(left or "", timeout=15000)  # it counts down
+        # Ann rides 150 W, Bob 190 W against 50-60 % of an estimated FTP: a target for each row
+        expect(page.locator("#body tr.you td.col-power_target")).not_to_have_text("–", timeout=20000)
+        expect(page.locator("#you")).to_contain_text("target:", timeout=20000)
+    finally:
+        riders.stop()
+        context.close()
+
+
 def test_a_dropped_connection_comes_back_by_itself(browser: Any, edge_settings: Any, tokens: Any, unique_id: str) -> None:
     from playwright.sync_api import expect
 
