@@ -51,6 +51,11 @@ Schema (every table and key optional unless marked; defaults in brackets)::
     drain_timeout_s = 60.0
     phases = true                    # drive lobby -> live -> cooldown -> ended
 
+    [plan]                           # a class plan (docs/protocol.md): the classes start
+    start_in_s = 8                   # this long after creation and move through their
+    segments = [{ kind = "warm-up", duration_s = 20, ftp_pct = [50, 65], cue = "Easy" }, ...]
+                                     # phases by themselves; the server validates segments
+
 In mode "ble", ``sessions.count`` is the number of studios (one bridge each),
 ``riders.count`` the riders per studio, and kits combine the BLE kinds ``strap``,
 ``power``, ``csc``, ``trainer``; ``[connections]`` and ``[faults]`` do not apply (an
@@ -75,7 +80,8 @@ from sims.errors import SimsError
 __all__ = ["Scenario", "ScenarioError", "load", "parse"]
 
 DEVICE_KINDS = tuple(_KINDS)
-_TOP = {"name", "description", "seed", "mode", "ble", "sessions", "riders", "connections", "load", "faults", "run"}
+_TOP = {"name", "description", "seed", "mode", "ble", "sessions", "riders", "connections", "load", "faults", "run",
+        "plan"}
 MODES = ("protocol", "ble")
 
 
@@ -109,6 +115,8 @@ class Scenario:
     faults: FaultConfig = field(default_factory=FaultConfig)
     drain_timeout_s: float = 60.0
     phases: bool = True
+    class_plan: dict[str, Any] | None = None
+    plan_start_in_s: float = 8.0
     mode: str = "protocol"
     ble_speed: float = 1.0
 
@@ -136,6 +144,7 @@ class Scenario:
             "participant_boards": self.participant_boards, "participant_board_hz": self.participant_board_hz,
             "board_protocol": self.board_protocol, "join_window_s": self.join_window_s, "surges": self.surges, "faults": self.faults,
             "drain_timeout_s": self.drain_timeout_s, "phases": self.phases,
+            "class_plan": self.class_plan, "plan_start_in_s": self.plan_start_in_s,
         }
         values.update(overrides)
         return SwarmConfig(**values)
@@ -266,9 +275,26 @@ def parse(data: Any) -> Scenario:
             "late_sync"}), seconds),
         drain_timeout_s=run.number("drain_timeout_s", 60.0, 1.0, 3600.0),
         phases=run.boolean("phases", True),
+        **_class_plan(root),
         mode=mode,
         ble_speed=ble_speed,
     )
+
+
+def _class_plan(root: _Table) -> dict[str, Any]:
+    """``[plan]``: the start delay and the segments (their fields are the server's to check)."""
+    if "plan" not in root.data:
+        return {}
+    plan = _Table(root.data["plan"], "plan", {"start_in_s", "segments"})
+    segments = plan.data.get("segments")
+    if not isinstance(segments, list) or not segments or not all(isinstance(s, Mapping) for s in segments):
+        raise ScenarioError("plan.segments", "must be a non-empty array of tables")
+    for i, segment in enumerate(segments):
+        duration = segment.get("duration_s")
+        if isinstance(duration, bool) or not isinstance(duration, int | float) or duration <= 0:
+            raise ScenarioError(f"plan.segments[{i}].duration_s", f"must be a positive number, got {duration!r}")
+    return {"class_plan": {"segments": [dict(s) for s in segments]},
+            "plan_start_in_s": plan.number("start_in_s", 8.0, 0.0, 3600.0)}
 
 
 def _board_protocol(load_: _Table) -> str:

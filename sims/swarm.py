@@ -43,6 +43,7 @@ from sims.accounting import ParticipantTruth, account, server_rows
 from sims.faults import BAD_TS_AGE_S, DeviceClock, DeviceFaults, FaultConfig, FlakyHubClient
 from sims.histogram import LatencyHistogram
 from sims.load import Surge, rate_at
+from sims.class_plan import physiology_plan, plan_summary
 from sims.physiology import ClassPlan, Reading, RiderModel, random_profile, standard_plan
 from sims.progress import Progress
 from sims.viewers import ParticipantViewer, Viewer, watch
@@ -128,6 +129,10 @@ class SwarmConfig:
     # acks inside the boards); "1": a second socket per rider on /v1/sessions/{id}/board
     board_protocol: str = "1.1"
     phases: bool = True  # drive lobby -> live -> cooldown -> ended
+    # a class plan (the server's format, docs/protocol.md): classes are created with it and
+    # start_at = now + plan_start_in_s, and move through their phases by themselves
+    class_plan: dict[str, Any] | None = None
+    plan_start_in_s: float = 8.0
     # where the server runs each class: None lets it choose by the expected size (the
     # riders per class are sent as ``expected_riders``); "dense" or "dedicated" forces it
     placement: str | None = None
@@ -236,11 +241,14 @@ class Swarm:
         self._tasks: list[asyncio.Task[Any]] = []
         self._stop = asyncio.Event()
         self.started = 0.0
+        self.plan_start: float | None = None  # the classes' start_at (a scenario with a plan)
         self._summary: dict[str, Any] | None = None
         self._accounting: dict[str, Any] | None = None
 
     # -- building -----------------------------------------------------------------------
     def _plan(self) -> ClassPlan:
+        if self.config.class_plan is not None:
+            return physiology_plan(self.config.class_plan)
         return standard_plan(max(self.config.seconds, 1.0))
 
     def _kit(self, rng: random.Random) -> list[str]:
@@ -351,8 +359,12 @@ class Swarm:
             self._build()
             self._record_late_rides()
             ready_s = await self._connect_before_start()
-            self.started = time.time()
-            self._start_viewers()
+            if self.plan_start is not None:  # the classes go live by themselves at their start
+                self._started_early()
+                await asyncio.sleep(max(0.0, self.plan_start - time.time()))
+            self.started = self.plan_start or time.time()
+            if self.plan_start is None:
+                self._start_viewers()
             await self._set_phase(http, self.sessions, "live")
             self._tasks.append(asyncio.create_task(self._joiner()))
             self._tasks.append(asyncio.create_task(self._fault_loop()))
@@ -363,6 +375,7 @@ class Swarm:
             drained = await self._drain()
             await asyncio.sleep(2.0 / cfg.board_hz + 0.3)  # let the last boards arrive
             await self._set_phase(http, self.sessions, "ended")
+            await self._until_planned_end()
             ids = self.sessions + self.late_sessions
             states = {sid: await self._state(http, sid) for sid in ids}
         finally:
@@ -378,19 +391,39 @@ class Swarm:
         n_late = round(self.config.devices * self.fault_config.late_sync.fraction)
         late_ids = [f"{self.config.session_prefix}-late-{k}" for k in range(max(1, math.ceil(n_late / 100)))] if n_late else []
         body: dict[str, Any] = {"expected_riders": max(1, math.ceil(self.config.devices / max(1, len(self.sessions))))}
+        planned: dict[str, Any] = {}
+        if self.config.class_plan is not None:
+            self.plan_start = time.time() + self.config.plan_start_in_s
+            planned = {"start_at": self.plan_start, "plan": self.config.class_plan}
         if self.config.placement is not None:
             body["placement"] = self.config.placement
         for sid in self.sessions + late_ids:
-            response = await http.request("POST", "/v1/sessions", json={"id": sid, **body})
+            response = await http.request("POST", "/v1/sessions", json={"id": sid, **body, **(planned if sid in self.sessions else {})})
             if response is None:
                 raise SwarmUnavailable(f"no edge of {self.config.urls} could create session {sid}")
             response.raise_for_status()
         # a late upload belongs to a class that is long over
         await self._set_phase(http, late_ids, "ended")
 
+    def _started_early(self) -> None:
+        """Viewers of planned classes watch from the lobby on (their boards count it down)."""
+        self.started = self.plan_start or time.time()
+        self._start_viewers()
+
+    async def _until_planned_end(self) -> None:
+        """Planned classes end by themselves: wait (bounded) until their boards say so."""
+        if self.plan_start is None or self.config.class_plan is None:
+            return
+        total = sum(float(s["duration_s"]) for s in self.config.class_plan["segments"])
+        deadline = self.plan_start + total + self.config.drain_timeout_s
+        while time.time() < deadline and not all(
+                v.plan.phases and v.plan.phases[-1] == "ended" for v in self.viewers.values()):
+            await asyncio.sleep(0.5)
+
     async def _set_phase(self, http: EdgeHttp, sids: list[str], phase: str) -> None:
-        """Never raises: a phase that no edge took is logged and counted (``phase_failures``)."""
-        if not self.config.phases:
+        """Never raises: a phase that no edge took is logged and counted (``phase_failures``).
+        Classes with a plan move by themselves: nothing to do."""
+        if not self.config.phases or self.config.class_plan is not None:
             return
         for sid in sids:
             response = await http.request("POST", f"/v1/sessions/{sid}/phase", json={"phase": phase})
@@ -698,6 +731,9 @@ class Swarm:
                 "reconnects": sum(max(0, v.connects - 1) for v in pv),
             },
             "presence": self._presence(states),
+            **({"plan": plan_summary({sid: v.plan for sid, v in self.viewers.items()},
+                                     {sid: (st or {}).get("phase") for sid, st in states.items()})}
+               if cfg.class_plan is not None else {}),
             "join_s": self._join_times(),
             "reconnects": sum(max(0, c.connects - 1) for c in self.clients),
             "faults_injected": dict(sorted(self.injected.items())),

@@ -28,6 +28,7 @@ import msgpack
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from sims.class_plan import PlanSeen
 from sims.histogram import LatencyHistogram
 
 __all__ = ["ParticipantViewer", "Viewer", "watch"]
@@ -43,12 +44,14 @@ class Viewer:
     boards: int = 0
     connects: int = 0
     reconnecting: set[str] = field(default_factory=set)  # riders a board showed reconnecting
+    plan: PlanSeen = field(default_factory=PlanSeen)  # the class plan as its boards showed it
 
     def expect(self, participant: str, device_ts: float, scheduled: float | None = None) -> None:
         heapq.heappush(self.pending.setdefault(participant, []), (device_ts, device_ts if scheduled is None else scheduled))
 
     def on_board(self, frame: dict[str, Any], now: float) -> None:
         self.boards += 1
+        self.plan.on_board(frame)
         cols = frame["cols"]
         ip, its = cols.index("participant"), cols.index("last_ts")
         at = cols.index("presence") if "presence" in cols else None
