@@ -63,11 +63,16 @@ class Edge:
             raise UnknownSession(f"no session {session_id!r}")
 
     async def call(self, session_id: str, method: str, **kwargs: Any) -> Any:
-        """One session actor call, bounded by ``ray_call_timeout_s`` (a timed-out call may
+        """One session actor call, bounded by ``ray_call_timeout_s`` — or, until the actor has
+        answered once, by ``actor_start_timeout_s``: a class's first joins wait for its new
+        process instead of failing while a burst of classes starts (a timed-out call may
         still run: every session method is idempotent); errors are mapped by ``api.errors``."""
         await self.require(session_id)
+        handle = self.directory.cached(session_id)
         timeout_s = self.settings.ray_call_timeout_s
-        handle = await asyncio.wait_for(self.directory.handle(session_id), timeout_s)
+        if handle is None or not handle.answered:
+            timeout_s = max(timeout_s, self.settings.actor_start_timeout_s)
+            handle = await asyncio.wait_for(self.directory.handle(session_id), timeout_s)
         return await asyncio.wait_for(getattr(handle, method).remote(**kwargs), timeout_s)
 
     async def authorise_read(

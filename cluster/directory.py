@@ -74,6 +74,9 @@ class SessionHandle:
         self.actor = actor
         self.host = host  # dense: the host's number (every call then names the class)
         self.extra: dict[str, Any] = {} if host is None else {"session": session_id, "overrides": overrides or {}}
+        # True once a call has returned: a new actor's process has started (callers bound
+        # the first call by the start time-out, later ones by the call time-out).
+        self.answered = False
 
     @property
     def hosted(self) -> bool:
@@ -87,7 +90,9 @@ class SessionHandle:
     async def call(self, method: str, **kwargs: Any) -> Any:
         for attempt in range(REFRESH_ATTEMPTS):
             try:
-                return await getattr(self.actor, method).remote(**self.extra, **kwargs)
+                result = await getattr(self.actor, method).remote(**self.extra, **kwargs)
+                self.answered = True
+                return result
             except ActorDiedError:
                 if attempt == REFRESH_ATTEMPTS - 1:
                     raise
@@ -187,6 +192,10 @@ class SessionDirectory:
                 handle = SessionHandle(self, session_id, actor)
             handle = self._handles.setdefault(session_id, handle)
         return handle
+
+    def cached(self, session_id: str) -> SessionHandle | None:
+        """The session's handle if this edge already resolved it (no Redis, no Ray)."""
+        return self._handles.get(session_id)
 
     async def host_of(self, session_id: str) -> str | None:
         """The dense host of the class (None: it has its own actor)."""

@@ -107,6 +107,9 @@ class Settings(BaseSettings):
     # -- resilience (api/errors.py, api/httpguard.py, api/health.py, cluster/supervisor.py) --
     redis_timeout_s: float = 2.0  # per Redis command on a request path (connect and reply)
     ray_call_timeout_s: float = 10.0  # per session actor call on a request path
+    # The first call to an actor that has not answered yet: its process may still be starting
+    # (~0.5 s on a quiet box, many seconds when a burst of classes starts on busy cores).
+    actor_start_timeout_s: float = 25.0
     http_deadline_s: float = 30.0  # a request without a response by then gets 503
     max_http_body_bytes: int = 1 << 20  # larger HTTP bodies get 413
     http_head_timeout_s: float = 5.0  # a connection must send a complete request head by then

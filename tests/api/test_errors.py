@@ -258,3 +258,34 @@ def test_a_dead_redis_gives_503_never_500(private_stack: Any, unique_id: str, ru
     redis.start()  # same port, same data dir: the AOF brings the session back
     assert _wait_status(f"{server.url}/readyz", 200).status_code == 200
     assert _wait_status(f"{server.url}/v1/sessions/{sid}", 200, tokens.headers()).status_code == 200
+
+
+# -- a class's first calls while its actor process starts ------------------------------------
+
+
+@pytest.fixture
+def impatient_edge(edge_settings: Any) -> Iterator[tuple[EdgeServer, DevTokenFactory]]:
+    """An edge whose calls to a running actor are bounded at 1 ms — far less than any actor
+    process takes to start — and whose calls to a new actor wait for it as by default."""
+    settings = edge_settings.model_copy(update={
+        "port": _free_port(), "ray_call_timeout_s": 0.001, "actor_start_timeout_s": 60.0,
+    })
+    server = EdgeServer(settings).start()
+    try:
+        yield server, DevTokenFactory(settings)
+    finally:
+        server.stop()
+        _kill_sessions(server)
+
+
+@pytest.mark.timeout(120)
+def test_the_first_join_waits_for_a_new_actor_instead_of_503(impatient_edge: Any, unique_id: str) -> None:
+    """A burst of class starts on busy cores used to answer a class's first joins 503 when its
+    new process took longer than ``ray_call_timeout_s`` to start (the 3,000-rider sweep in
+    docs/benchmarks.md): the first call is bounded by ``actor_start_timeout_s`` instead."""
+    server, tokens = impatient_edge
+    sid = _session(server, tokens, f"start-{unique_id}")
+    reply = httpx.post(f"{server.url}/v1/sessions/{sid}/participants", json={"participant": "p1"},
+                       headers=tokens.headers(), timeout=90)
+    assert reply.status_code == 201, reply.text
+    assert reply.json()["participant"] == "p1"
