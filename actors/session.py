@@ -92,6 +92,24 @@ _INT_COLUMNS = ("hr_n", "power_n", "cadence_n", "samples", "rejected")
 _LATEST = ("hr_bpm", "power_w", "cadence_rpm", "speed_mps")
 _BOARD_VALUES = (("hr_bpm", 3), ("power_w", 3), ("cadence_rpm", 3), ("speed_mps", 3), ("distance_m", 3), ("last_ts", 6))
 _METRIC_DIGITS = {"power_zone": 0, "hr_zone": 0, "np_w": 1, "kcal": 1, "if": 3, "tss": 1}
+# The numeric board columns (``board_matrix``): those between rank and presence.
+_PRESENCE_AT = BOARD_COLUMNS.index("presence")
+BOARD_VALUE_COLUMNS = BOARD_COLUMNS[2:_PRESENCE_AT]
+_INT_VALUES = tuple(BOARD_VALUE_COLUMNS.index(c) for c in ("samples", "power_zone", "hr_zone"))
+
+
+def board_row(participant: str, rank: int, values: Sequence[float], presence: str,
+              targets: Sequence[str | None]) -> list[Any]:
+    """One board row from one ``board_matrix`` row, its presence and its target labels (what
+    ``board_rows`` builds for many at once)."""
+    row: list[Any] = [participant, rank]
+    row.extend(None if v != v else v for v in values)  # (NaN != NaN)
+    for j in _INT_VALUES:
+        if row[2 + j] is not None:
+            row[2 + j] = int(row[2 + j])
+    row.append(presence)
+    row.extend(targets)
+    return row
 
 MAX_TAGS = 8
 MAX_TAG_VALUE_CHARS = 64
@@ -412,40 +430,29 @@ class SessionState:
         return self.device_table.applied_seqs()
 
     # -- reading --------------------------------------------------------------------
-    def _rows(self, order: np.ndarray) -> list[list[Any]]:
+    def board_rows(self, order: np.ndarray) -> list[list[Any]]:
         """Board rows of the slots in ``order`` (ranked from 1), built as columns: numbers
-        rounded by numpy (energy 4 digits, last_ts 6, the rest 3), None where never seen."""
+        rounded by numpy (``board_matrix``), None where never seen."""
         n = len(order)
         if not n:
             return []
-        c = self._cols
+        matrix = self.board_matrix(order)
         table = np.empty((n, len(BOARD_COLUMNS)), dtype=object)
         table[:, 0] = np.array(self.participants, dtype=object)[order]
         table[:, 1] = np.arange(1, n + 1).astype(object)
-        table[:, 2] = np.round(c["energy_kj"][order], 4).astype(object)
-        for j, (name, digits) in enumerate(_BOARD_VALUES, start=3):
-            values = c[name][order]
-            column = np.round(values, digits).astype(object)
-            column[np.isnan(values)] = None
-            table[:, j] = column
-        table[:, 9] = c["samples"][order].astype(object)
-        metrics = self.metrics.board_columns(order, power_w=c["power_w"], hr_bpm=c["hr_bpm"],
-                                             energy_kj=c["energy_kj"], has_power=c["power_n"] > 0)
-        for j, name in enumerate(METRIC_BOARD_COLUMNS, start=10):
-            values = metrics[name]
-            digits = _METRIC_DIGITS[name]
-            column = (np.round(values) if digits == 0 else np.round(values, digits)).astype(object)
-            if digits == 0:
-                column[~np.isnan(values)] = values[~np.isnan(values)].astype(np.int64).astype(object)
-            column[np.isnan(values)] = None
-            table[:, j] = column
-        presence_at = BOARD_COLUMNS.index("presence")
-        table[:, presence_at] = self.presence.labels(order)
-        for j, codes in enumerate(self._targets(order).values(), start=presence_at + 1):
+        values = matrix.astype(object)
+        unknown = np.isnan(matrix)
+        values[unknown] = None
+        for j in _INT_VALUES:
+            known = ~unknown[:, j]
+            values[known, j] = matrix[known, j].astype(np.int64).astype(object)
+        table[:, 2:_PRESENCE_AT] = values
+        table[:, _PRESENCE_AT] = self.presence.labels(order)
+        for j, codes in enumerate(self.targets(order).values(), start=_PRESENCE_AT + 1):
             table[:, j] = target_labels(codes)
         return table.tolist()  # type: ignore[no-any-return]
 
-    def _targets(self, order: np.ndarray) -> dict[str, np.ndarray]:
+    def targets(self, order: np.ndarray) -> dict[str, np.ndarray]:
         """Each rider's place against the running segment's targets (``actors.plan``)."""
         index = self.schedule.segment_at(self.clock()) if self.phase is Phase.LIVE else None
         segment = None if index is None or self.schedule.plan is None else self.schedule.plan.segments[index]
@@ -453,6 +460,24 @@ class SessionState:
         return target_codes(segment, power_w=c["power_w"][order], cadence_rpm=c["cadence_rpm"][order],
                             hr_bpm=c["hr_bpm"][order], ftp_w=m["ftp_w"][order], hr_max=m["hr_max_bpm"][order],
                             hr_rest=m["hr_rest_bpm"][order])
+
+    def board_matrix(self, order: np.ndarray) -> np.ndarray:
+        """The numbers of the board rows of the slots in ``order``: float64, one row per slot,
+        one column per ``BOARD_VALUE_COLUMNS`` entry, rounded as the board shows them (energy
+        4 digits, last_ts 6, zones whole, ...), NaN where never seen. What a class shard
+        sends the edge instead of rows (``actors/board_part.py``)."""
+        c = self._cols
+        metrics = self.metrics.board_columns(order, power_w=c["power_w"], hr_bpm=c["hr_bpm"],
+                                             energy_kj=c["energy_kj"], has_power=c["power_n"] > 0)
+        columns = [np.round(c["energy_kj"][order], 4),
+                   *(np.round(c[name][order], digits) for name, digits in _BOARD_VALUES),
+                   c["samples"][order].astype(np.float64),
+                   *(np.round(metrics[name], _METRIC_DIGITS[name]) for name in METRIC_BOARD_COLUMNS)]
+        return np.column_stack(columns) if len(order) else np.zeros((0, len(BOARD_VALUE_COLUMNS)))
+
+    def scores(self) -> np.ndarray:
+        """Every slot's ranking score (energy, kJ, unrounded): a view, do not modify."""
+        return self._cols["energy_kj"][: len(self.participants)]
 
     def ranking(self) -> np.ndarray:
         """Active slots ordered by energy (desc), ties by join order."""
@@ -465,7 +490,7 @@ class SessionState:
         """Top-N plus every active participant's row (with its rank), cached per version."""
         if self._board_cache and self._board_cache[0] == self.version:
             return self._board_cache[1]
-        rows = self._rows(self.ranking())
+        rows = self.board_rows(self.ranking())
         board = {
             "session": self.session_id,
             "version": self.version,

@@ -44,6 +44,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from storage.checkpoint import CheckpointStore
+from actors.board_part import board_part
 from actors.errors import StaleInstance
 from actors.plan import check_plan
 from actors.profile import ProfileStore
@@ -115,6 +116,7 @@ class SessionCell:
         self.profile_refresh_s = settings.profile_refresh_s
         self._profiles_read_at = time.monotonic()
         self._profile_task: asyncio.Task[None] | None = None
+        self._part: tuple[int, dict[str, Any]] | None = None
 
     @property
     def epoch(self) -> int:
@@ -212,10 +214,19 @@ class SessionCell:
         version = self.state.version
         return TickResult(
             session=self.session_id, epoch=self.store.epoch, version=version,
-            board=self.state.board() if version != request.known_version else None,
+            board=self._board() if version != request.known_version else None,
             durable={d: self.durable.get(d, 0) for d in request.want_durable},
             applied=result.applied, duplicates=result.duplicates, id=request.id,
         )
+
+    def _board(self) -> dict[str, Any]:
+        """The class board, or a class shard's board part (``settings.board_parts``), built
+        once per version."""
+        if not self.settings.board_parts:
+            return self.state.board()
+        if self._part is None or self._part[0] != self.state.version:
+            self._part = (self.state.version, board_part(self.state))
+        return self._part[1]
 
     def tick_batches(self, batches: list[tuple[str, str, list[list[Any]], list[int]]],
                      want_durable: list[str], known_version: int) -> dict[str, Any]:
@@ -291,7 +302,10 @@ class SessionCell:
             self._republish = False
             try:
                 sink = resolve_sink(self.results_sink)
-                await sink(self.settings.as_dict(), self.state.snapshot())
+                snapshot = self.state.snapshot()
+                if self.settings.class_id:  # a class shard: its riders' results are the class's
+                    snapshot["session"] = self.settings.class_id
+                await sink(self.settings.as_dict(), snapshot)
             except Exception:  # results are re-published on the next late data or phase call
                 self.publish_failures += 1
                 log.exception("session %s: results sink %r failed", self.session_id, self.results_sink)

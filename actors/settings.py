@@ -27,6 +27,8 @@ class ActorSettings:
     lobby_lead_s: float = 300.0  # a scheduled class opens its lobby this long before its start
     leaderboards: tuple[str, ...] = ()  # boards an ended class publishes its results to
     results_sink: str = ""  # "package.module:function" that publishes them (empty: none)
+    board_parts: bool = False  # a class shard: ticks return board parts (actors/board_part.py)
+    class_id: str = ""  # a class shard: the class it belongs to (its results are published as the class's)
 
     @classmethod
     def of(cls, raw: ActorSettings | Mapping[str, Any], **overrides: Any) -> ActorSettings:
@@ -46,6 +48,8 @@ class ActorSettings:
                            ("presence_grace_s", float), ("profile_refresh_s", float), ("lobby_lead_s", float)):
             if name in known:
                 known[name] = kind(known[name])
+        if "board_parts" in known:
+            known["board_parts"] = bool(known["board_parts"])
         return cls(**known)
 
     def as_dict(self) -> dict[str, Any]:
