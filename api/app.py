@@ -67,6 +67,7 @@ def create_app(settings: Settings) -> FastAPI:
             client, prefix=settings.prefix, namespace=settings.namespace, actor_settings=settings.actor_settings(),
             dense_hosts=settings.dense_hosts, dense_max_riders=settings.dense_max_riders,
             default_placement=settings.default_placement,
+            class_shard_riders=settings.class_shard_riders, max_class_shards=settings.max_class_shards,
         )
         app.state.edge = Edge(settings, directory, gate)
         # Everything alive now (Ray, FastAPI, imported modules: ~200k objects) lives as long

@@ -2,7 +2,8 @@
 
 ``install(app, settings)`` adds the route. A viewer authenticates (header, ``bearer.``
 subprotocol or ``?token=``), must be allowed to watch the session (``api.scopes``), picks a
-rate, a view (``top`` or ``all``), a format (msgpack or JSON) and optionally its own
+rate, a view (``top`` or ``all``, with ``page``/``page_size`` to page ``all`` by rank: a
+sharded class always pages), a format (msgpack or JSON) and optionally its own
 participant row; it may only send ``auth`` frames (renewal) and is closed with 4401 when its
 token expires unrenewed. Privacy: a participant's token may name only its own row, and its
 boards (``top`` and ``view=all`` alike) carry no other rider's heart rate
@@ -28,7 +29,7 @@ from api.errors import AuthError, BadRequest, Forbidden, Unauthorised, Unavailab
 from api.limits import FrameRate, Verdict
 from api.outbox import Outbox, close_reason
 from api.scopes import ScopeReason, bearer_token, chosen_subprotocol, peer_of
-from api.viewer import board_encoder
+from api.viewer import Paging, board_encoder
 from cluster.settings import Settings
 from devices.protocol import Auth, CloseCode, ProtocolError, decode_device_frame
 
@@ -42,6 +43,8 @@ def install(app: FastAPI, settings: Settings) -> None:
         participant: str | None = Query(default=None),
         view: str = Query(default="top"),
         format: str = Query(default="msgpack"),
+        page: int | None = Query(default=None),
+        page_size: int | None = Query(default=None),
     ) -> None:
         await ws.accept(subprotocol=chosen_subprotocol(ws))
         peer = peer_of(ws)
@@ -60,6 +63,10 @@ def install(app: FastAPI, settings: Settings) -> None:
             if not 1.0 <= rate <= settings.max_board_rate_hz or view not in ("top", "all") or format not in ("msgpack", "json"):
                 await ws.close(CloseCode.PROTOCOL, f"rate must be 1-{settings.max_board_rate_hz:g} Hz, view top|all, format msgpack|json")
                 return
+            paging = _paging(page, page_size, settings.board_page_rows)
+            if paging is None:
+                await ws.close(CloseCode.PROTOCOL, f"page must be 0 or more, page_size 1-{settings.board_page_rows}")
+                return
             if not edge_of(ws).connections.acquire_token(who):
                 await ws.close(CloseCode.THROTTLED, "too many open connections with this token")
                 return
@@ -69,7 +76,7 @@ def install(app: FastAPI, settings: Settings) -> None:
                     max_frames=settings.send_queue_frames,
                     board_interval_s=1.0 / rate,
                     encode_board=board_encoder(participant, everyone=view == "all", as_json=format == "json",
-                                               private=private),
+                                               private=private, paging=paging),
                     channel=channel_of(ws, settings.direct_ws),
                 )
                 await _serve_board(ws, edge_of(ws), session_id, outbox, who)
@@ -77,6 +84,14 @@ def install(app: FastAPI, settings: Settings) -> None:
                 edge_of(ws).connections.release_token(who)
         finally:
             edge_of(ws).connections.by_address.release(peer)
+
+
+def _paging(page: int | None, page_size: int | None, max_rows: int) -> Paging | None:
+    """The rows a ``view=all`` viewer asked for (None: a bad request)."""
+    size = max_rows if page_size is None else page_size
+    if (page is not None and not 0 <= page <= 1_000_000) or not 1 <= size <= max_rows:
+        return None
+    return Paging(page, size)
 
 
 async def _board_principal(ws: WebSocket, edge: Edge, session_id: str, peer: str) -> Principal | None:

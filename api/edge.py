@@ -18,6 +18,7 @@ from api.errors import Forbidden, UnknownSession
 from api.limits import ConnectionLimits
 from api.pump import SessionPump
 from api.scopes import Gate, authorise_board, authorise_read, roster_of
+from api.class_ticks import ClassShardTicks
 from api.session_stream import tick_channel
 from cluster.directory import SessionDirectory
 from cluster.session_records import SessionRecords
@@ -36,6 +37,8 @@ class Edge:
         self.connections = ConnectionLimits(settings)
         self.pumps: dict[str, SessionPump] = {}
         self.ticks = tick_channel(settings.session_transport, directory, timeout_s=settings.session_stream_timeout_s)
+        # what pumps tick through: a sharded class's ticks go to its shards (api/class_ticks.py)
+        self.channel = ClassShardTicks(self.ticks, directory, board_size=settings.board_size)
 
     def pump(self, session_id: str) -> SessionPump:
         pump = self.pumps.get(session_id)
@@ -47,7 +50,7 @@ class Edge:
                 max_tick_interval_s=self.settings.max_tick_interval_s,
                 max_pending=self.settings.max_pending_samples_per_session,
                 ack_interval_s=self.settings.ack_interval_s,
-                channel=self.ticks,
+                channel=self.channel,
                 on_phase=self.record_phase,
             )
             pump.start()
@@ -95,7 +98,7 @@ class Edge:
 
     async def close(self) -> None:
         await asyncio.gather(*(p.stop() for p in self.pumps.values()))
-        await self.ticks.close()
+        await self.channel.close()
 
 
 def redis_client(settings: Settings) -> AsyncRedis:

@@ -3,7 +3,9 @@
 The session actor returns one board per version (top-N plus every participant's row);
 each viewer gets ``top`` and, when it names a participant, ``you`` (its own rank and
 values); a ``view=all`` viewer (a studio screen, the swarm's latency probe) gets every
-row. Encoded lazily at send time, so boards a slow viewer skips cost nothing. A
+row. Encoded lazily at send time, so boards a slow viewer skips cost nothing. A sharded
+class's board (``api/class_board.py``) has no ``rows``: ``you``/``me`` are built per rider
+from its columns, and ``view=all`` gets a page by rank (``Paging``). A
 participant's token gets the ``public_board``: other riders' ``PRIVATE_COLUMNS`` blanked in
 ``top`` and ``rows`` (its own row whole in ``you``).
 """
@@ -11,6 +13,7 @@ participant's token gets the ``public_board``: other riders' ``PRIVATE_COLUMNS``
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from devices.protocol import encode_value
@@ -19,6 +22,9 @@ _SHARED = ("session", "version", "phase", "n", "cols", "top", "ts", "plan")  # p
 
 
 def own_row(board: dict[str, Any], participant: str) -> list[Any] | None:
+    merged = board.get("merged")
+    if merged is not None:  # a sharded class (api/class_board.py): the row is built for this rider
+        return merged.get(participant)  # type: ignore[no-any-return]
     index = board.get("_index")
     if index is None:
         index = board["_index"] = {row[0]: row for row in board["rows"]}
@@ -38,7 +44,39 @@ def _shared_pairs(board: dict[str, Any]) -> bytes:
     return b"".join(encode_value(k) + encode_value(v) for k, v in pairs)
 
 
-def _msgpack_frame(board: dict[str, Any], participant: str | None, everyone: bool) -> bytes:
+@dataclass(frozen=True, slots=True)
+class Paging:
+    """What a ``view=all`` viewer gets as ``rows``: every row (``page`` None, a class with one
+    actor), or one page of ``size`` rows by rank (a sharded class always pages: page 0 by default)."""
+
+    page: int | None = None
+    size: int = 500
+
+    def rows(self, board: dict[str, Any]) -> list[list[Any]]:
+        merged = board.get("merged")
+        if merged is not None:
+            return merged.page(self.page or 0, self.size, board.get("_hidden", ()))  # type: ignore[no-any-return]
+        rows: list[list[Any]] = board["rows"]
+        return rows if self.page is None else rows[self.page * self.size:(self.page + 1) * self.size]
+
+    def info(self, board: dict[str, Any]) -> dict[str, int] | None:
+        """``page`` and ``pages`` for the frame (None: every row, no paging)."""
+        merged = board.get("merged")
+        if merged is not None:
+            return {"page": self.page or 0, "pages": merged.pages(self.size)}
+        if self.page is None:
+            return None
+        return {"page": self.page, "pages": max(1, -(-len(board["rows"]) // self.size))}
+
+
+def _all_rows(board: dict[str, Any], paging: Paging) -> tuple[int, bytes]:
+    """(pairs, bytes) of ``rows`` (and ``page``/``pages``), encoded once per board and page."""
+    info = paging.info(board)
+    pairs = [("rows", paging.rows(board)), *(info or {}).items()]
+    return len(pairs), b"".join(encode_value(k) + encode_value(v) for k, v in pairs)
+
+
+def _msgpack_frame(board: dict[str, Any], participant: str | None, paging: Paging | None) -> bytes:
     """A msgpack map spliced from cached pairs: only ``you`` is encoded per viewer."""
     shared = _cached(board, "_shared", lambda: _shared_pairs(board))
     count = 1 + sum(1 for k in _SHARED if k in board)
@@ -46,14 +84,17 @@ def _msgpack_frame(board: dict[str, Any], participant: str | None, everyone: boo
     if participant is not None:
         parts.append(_YOU_KEY + encode_value(own_row(board, participant)))
         count += 1
-    if everyone:
-        parts.append(_cached(board, "_rows", lambda: _ROWS_KEY + encode_value(board["rows"])))
-        count += 1
+    if paging is not None:
+        key = f"_rows:{paging.page}:{paging.size}"
+        pairs = board.get(key)
+        if pairs is None:
+            pairs = board[key] = _all_rows(board, paging)
+        parts.append(pairs[1])
+        count += pairs[0]
     return bytes([0x80 | count]) + b"".join(parts)  # fixmap: fewer than 16 pairs
 
 
 _YOU_KEY = encode_value("you")
-_ROWS_KEY = encode_value("rows")
 
 
 # What only the rider, instructors and screens see: heart rate, and what the rider's
@@ -72,25 +113,32 @@ def public_board(board: dict[str, Any]) -> dict[str, Any]:
             return [None if i in hidden else v for i, v in enumerate(row)]
 
         public = board["_public"] = {k: board[k] for k in _SHARED if k in board}
+        if "merged" in board:  # a sharded class: pages are blanked as they are built
+            public.update(top=[blank(r) for r in board["top"]], merged=board["merged"], _hidden=tuple(hidden))
+            return public  # type: ignore[no-any-return]
         public.update(top=[blank(r) for r in board["top"]], rows=[blank(r) for r in board["rows"]],
                       _index={row[0]: row for row in board["rows"]})
     return public  # type: ignore[no-any-return]
 
 
 def board_encoder(
-    participant: str | None, *, everyone: bool, as_json: bool = False, private: bool = False
+    participant: str | None, *, everyone: bool, as_json: bool = False, private: bool = False,
+    paging: Paging | None = None,
 ) -> Callable[[dict[str, Any]], bytes | str]:
-    """``private``: the viewer's token is a participant's (``public_board``)."""
+    """``private``: the viewer's token is a participant's (``public_board``); ``paging``: which
+    rows a ``view=all`` viewer gets (default: every row, or page 0 of a sharded class)."""
+    rows_of = (paging or Paging()) if everyone else None
 
     def encode_board(whole: dict[str, Any]) -> bytes | str:
         board = public_board(whole) if private else whole
         if not as_json:
-            return _msgpack_frame(board, participant, everyone)
+            return _msgpack_frame(board, participant, rows_of)
         frame: dict[str, Any] = {"t": "board", **{k: board[k] for k in _SHARED if k in board}}
         if participant is not None:
             frame["you"] = own_row(board, participant)
-        if everyone:
-            frame["rows"] = board["rows"]
+        if rows_of is not None:
+            frame["rows"] = rows_of.rows(board)
+            frame.update(rows_of.info(board) or {})
         return json.dumps(frame)
 
     return encode_board
@@ -118,7 +166,7 @@ def _compact_shared(board: dict[str, Any]) -> tuple[bytes, bytes]:
     cols = board["cols"]
     who, energy = cols.index("participant"), cols.index("energy_kj")
     top = [[row[who], _tenths(row[energy])] for row in board["top"]]
-    total = _tenths(sum(row[energy] or 0.0 for row in board["rows"]))
+    total = _tenths(board["total_kj"] if "total_kj" in board else sum(row[energy] or 0.0 for row in board["rows"]))
     pairs = [("t", "board"), *((k, board[k]) for k in _COMPACT_SHARED if k in board), ("top", top), ("sum", total)]
     return bytes([0x80 | len(pairs)]), b"".join(encode_value(k) + encode_value(v) for k, v in pairs)
 

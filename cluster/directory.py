@@ -21,8 +21,12 @@ recorded in the session's meta (field ``host``) so every edge finds the same one
 its own settings; its handle adds ``session=`` (and the class's settings from its meta) to
 every call, so callers cannot tell the two apart.
 
+A class expected bigger than ``class_shard_riders`` is owned by several class-shard actors
+(``cluster/class_shards.py``, field ``shards`` of its meta); its handle fans control calls
+out to them.
+
 Redis key owned here: ``{prefix}:session:{{id}}:meta`` (hash: created_at, board_size,
-title, host, expected_riders; ``{id}`` is the session's Redis Cluster hash tag,
+title, host, expected_riders, shards; ``{id}`` is the session's Redis Cluster hash tag,
 ``storage.checkpoint.key_base``) — a session exists iff this key exists.
 """
 
@@ -43,6 +47,7 @@ from storage.checkpoint import key_base
 from storage.redis_url import AsyncRedis
 from actors.session_actor import SessionActor, actor_name
 from actors.session_host import SessionHost, host_name
+from cluster.class_shards import Method, ShardedHandle, class_of, shard_count
 
 log = logging.getLogger(__name__)
 
@@ -66,15 +71,6 @@ class Placement(str, enum.Enum):
     DENSE = "dense"  # one of many small classes in a shared host process
 
 
-class _Method:
-    def __init__(self, handle: SessionHandle, name: str) -> None:
-        self.handle = handle
-        self.name = name
-
-    async def remote(self, **kwargs: Any) -> Any:
-        return await self.handle.call(self.name, **kwargs)
-
-
 class SessionHandle:
     """A session actor's handle that refreshes itself when the actor died for good."""
 
@@ -93,10 +89,10 @@ class SessionHandle:
     def hosted(self) -> bool:
         return self.host is not None
 
-    def __getattr__(self, name: str) -> _Method:
+    def __getattr__(self, name: str) -> Method:
         if name.startswith("_"):
             raise AttributeError(name)
-        return _Method(self, name)
+        return Method(self, name)
 
     async def call(self, method: str, **kwargs: Any) -> Any:
         for attempt in range(REFRESH_ATTEMPTS):
@@ -127,6 +123,8 @@ class SessionDirectory:
         dense_hosts: int = 4,
         dense_max_riders: int = 0,
         default_placement: str = "dedicated",
+        class_shard_riders: int = 0,
+        max_class_shards: int = 64,
     ) -> None:
         self.redis = redis_client
         self.prefix = prefix
@@ -139,7 +137,10 @@ class SessionDirectory:
         self.dense_hosts = max(1, dense_hosts)
         self.dense_max_riders = dense_max_riders  # 0: only classes created with placement="dense"
         self.default_placement = Placement(default_placement)  # a class of unknown size
-        self._handles: dict[str, SessionHandle] = {}
+        # a dedicated class expected bigger than this runs as class shards (0: never; cluster/class_shards.py)
+        self.class_shard_riders = class_shard_riders
+        self.max_class_shards = max_class_shards
+        self._handles: dict[str, SessionHandle | ShardedHandle] = {}
         self._known: set[str] = set()
 
     def meta_key(self, session_id: str) -> str:
@@ -168,6 +169,8 @@ class SessionDirectory:
             fields["expected_riders"] = expected_riders
         if self.placement_for(expected_riders, placement) is Placement.DENSE:
             fields["host"] = self.host_for(session_id)
+        elif (shards := shard_count(expected_riders, self.class_shard_riders, self.max_class_shards)) > 1:
+            fields["shards"] = shards
         created = await self.redis.hsetnx(self.meta_key(session_id), "created_at", fields["created_at"])
         if created:
             await self.redis.hset(self.meta_key(session_id), mapping=fields)
@@ -186,14 +189,24 @@ class SessionDirectory:
         raw = await self.redis.hgetall(self.meta_key(session_id))
         return {_text(k): _text(v) for k, v in raw.items()}
 
-    async def handle(self, session_id: str, *, overrides: dict[str, Any] | None = None) -> SessionHandle:
+    async def handle(self, session_id: str, *,
+                     overrides: dict[str, Any] | None = None) -> SessionHandle | ShardedHandle:
         """The session's actor, created if it does not exist. ``overrides`` (e.g. the class's
         ``board_size``) reach a new actor's settings only: an existing or restored actor
-        keeps what its checkpoint says."""
+        keeps what its checkpoint says. A sharded class gets a ``ShardedHandle`` (its shards
+        created now); a shard id (``cluster.class_shards``) the shard's own actor."""
         handle = self._handles.get(session_id)
         if handle is None:
-            host, board_size = await self.redis.hmget(self.meta_key(session_id), ["host", "board_size"])
-            if host is not None:
+            host, board_size, shards = await self.redis.hmget(
+                self.meta_key(session_id), ["host", "board_size", "shards"])
+            owner = class_of(session_id)
+            if owner is not None:
+                overrides = {**await self._shard_settings(owner[0]), **(overrides or {})}
+            if shards is not None and int(shards) > 1:
+                sharded = {"board_size": int(board_size)} if board_size is not None else {}
+                sharded.update(overrides or {})
+                handle = await ShardedHandle(self, session_id, int(shards), sharded).start()
+            elif host is not None:
                 hosted = {"board_size": int(board_size)} if board_size is not None else {}
                 hosted.update(overrides or {})
                 actor = await asyncio.to_thread(self._get_or_create_host, _text(host))
@@ -204,9 +217,23 @@ class SessionDirectory:
             handle = self._handles.setdefault(session_id, handle)
         return handle
 
-    def cached(self, session_id: str) -> SessionHandle | None:
+    def cached(self, session_id: str) -> SessionHandle | ShardedHandle | None:
         """The session's handle if this edge already resolved it (no Redis, no Ray)."""
         return self._handles.get(session_id)
+
+    async def _shard_settings(self, class_id: str) -> dict[str, Any]:
+        """What a class shard's actor is created with besides the edge's actor settings."""
+        board_size = await self.redis.hget(self.meta_key(class_id), "board_size")
+        return {"board_parts": True, "class_id": class_id,
+                **({"board_size": int(board_size)} if board_size is not None else {})}
+
+    async def shards_of(self, session_id: str) -> int:
+        """How many class shards own the class (1: its own actor or a dense host)."""
+        handle = self._handles.get(session_id)
+        if handle is not None:
+            return handle.shards if isinstance(handle, ShardedHandle) else 1
+        shards = await self.redis.hget(self.meta_key(session_id), "shards")
+        return 1 if shards is None else max(1, int(shards))
 
     async def host_of(self, session_id: str) -> str | None:
         """The dense host of the class (None: it has its own actor)."""
@@ -252,8 +279,13 @@ class SessionDirectory:
 
     def kill(self, session_id: str) -> None:
         """Passivate a dedicated class: stop its actor for good (its state stays in Redis).
-        A dense class is passivated by its host (``release``, ``cluster.placement.passivate``)."""
-        self._handles.pop(session_id, None)
+        A dense class is passivated by its host (``release``, ``cluster.placement.passivate``);
+        a sharded class's shards are each killed by their shard id."""
+        handle = self._handles.pop(session_id, None)
+        if isinstance(handle, ShardedHandle):
+            for shard in handle.shard_ids():
+                self.kill(shard)
+            return
         try:
             actor = ray.get_actor(actor_name(session_id), namespace=self.namespace)
         except ValueError:

@@ -54,6 +54,13 @@ class Settings(BaseSettings):
     # ``dense_hosts`` host processes take them, by a hash of the class id.
     dense_max_riders: int = Field(default=0, ge=0)
     dense_hosts: int = Field(default=2, ge=1, le=4096)  # host processes that dense classes are spread over
+    # Big classes (cluster/class_shards.py, docs/big-classes.md): a dedicated class created
+    # with more ``expected_riders`` than this is owned by ceil(expected / this) class-shard
+    # actors (at most ``max_class_shards``); 0: never shard.
+    class_shard_riders: int = Field(default=1000, ge=0)
+    max_class_shards: int = Field(default=64, ge=1, le=1024)  # the most class shards one class gets
+    # view=all rows per frame on a sharded class's board (it pages; a single actor's class sends all)
+    board_page_rows: int = Field(default=500, ge=10, le=5000)
     # Where a class created without an expected size (or placement) runs.
     default_placement: Literal["dedicated", "dense"] = "dedicated"
     board_size: int = 10  # the top-N rows of a class board (a class may set its own)

@@ -1,0 +1,152 @@
+"""``ClassShardTicks``: the edge's tick channel, splitting a sharded class's ticks over its shards.
+
+It wraps the edge's channel (``api/session_stream.py``: the stream, or Ray). A class that is
+not sharded passes straight through. For a sharded class (``cluster/class_shards.py``) one
+pump tick becomes one tick per shard, sent at once over each shard's own stream:
+
+* samples and rejected seqs go to the shard of their device's participant (``shard_of``;
+  the device -> shard map is cached), as numpy masks over the tick's columns;
+* a device whose durable seq is wanted goes to its shard, or to every shard while the
+  channel has not seen its participant yet (the others answer 0; the highest wins);
+* every shard is asked every tick, so a board made newer by another edge's samples comes
+  back too; a shard sends its part only when its version is newer than the one this edge
+  holds.
+
+The pump gets one ``TickResult``: the merged board (``api/class_board.py``) whenever any
+part changed (or the pump does not hold the latest), the durable seqs of every shard, the
+sums of applied and duplicates; ``epoch`` and ``version`` are the sums of the shards' (an
+epoch sum grows when any shard restarts, so the pump resyncs its devices, as for one actor).
+A tick that fails on any shard fails as a whole: the pump resyncs and the next tick
+re-resolves every shard; nothing was acknowledged that a checkpoint does not hold.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from actors.wire import SampleColumns, TickRequest, TickResult
+from api.class_board import ShardPart, merge_board
+from api.session_stream import TickChannel
+from cluster.class_shards import shard_id, shard_of
+from cluster.directory import SessionDirectory
+
+
+PLAIN_CACHE = 4096
+
+
+@dataclass(slots=True)
+class _Class:
+    """What the channel keeps of one sharded class."""
+
+    shards: int
+    board_size: int
+    parts: list[ShardPart | None]
+    epochs: list[int]
+    device_shard: dict[str, int] = field(default_factory=dict)
+    board: dict[str, Any] | None = None  # the last merged board
+
+
+class ClassShardTicks:
+    def __init__(self, inner: TickChannel, directory: SessionDirectory, *, board_size: int = 10) -> None:
+        self.inner = inner
+        self.directory = directory
+        self.board_size = board_size
+        self.classes: dict[str, _Class] = {}  # the sharded classes this edge ticks
+        self.plain: set[str] = set()  # classes known not to be sharded (bounded: PLAIN_CACHE)
+
+    async def _class(self, session_id: str) -> _Class | None:
+        if session_id in self.plain:
+            return None
+        sharded = self.classes.get(session_id)
+        if sharded is None:
+            shards = await self.directory.shards_of(session_id)
+            if shards <= 1:
+                if len(self.plain) >= PLAIN_CACHE:
+                    self.plain.clear()  # (classes come and go: relearnt with one Redis read each)
+                self.plain.add(session_id)
+                return None
+            meta = await self.directory.meta(session_id)
+            size = int(meta.get("board_size") or self.board_size)
+            sharded = self.classes[session_id] = _Class(shards, size, [None] * shards, [0] * shards)
+        return sharded
+
+    async def tick(self, request: TickRequest) -> TickResult:
+        sharded = await self._class(request.session)
+        if sharded is None:
+            return await self.inner.tick(request)
+        requests = self._split(request, sharded)
+        outcomes = await asyncio.gather(*(self.inner.tick(r) for r in requests), return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        return self._merge(request, sharded, [o for o in outcomes if isinstance(o, TickResult)])
+
+    def _split(self, request: TickRequest, sharded: _Class) -> list[TickRequest]:
+        n = sharded.shards
+        owner = sharded.device_shard
+        for device, participant in request.devices:
+            if device not in owner:
+                owner[device] = shard_of(participant, n)
+        of_device = np.fromiter((owner[d] for d, _ in request.devices), np.int32, len(request.devices))
+        of_sample = of_device[request.samples.device]
+        of_rejected = of_device[request.rejected_device]
+        requests = []
+        for i in range(n):
+            mine = np.flatnonzero(of_device == i)
+            renumber = np.full(len(request.devices), -1, np.int32)
+            renumber[mine] = np.arange(len(mine), dtype=np.int32)
+            take = of_sample == i
+            drop = of_rejected == i
+            part = sharded.parts[i]
+            requests.append(TickRequest(
+                session=shard_id(request.session, i),
+                devices=tuple(request.devices[j] for j in mine),
+                samples=SampleColumns(renumber[request.samples.device[take]], request.samples.seq[take],
+                                      request.samples.values[take]),
+                rejected_device=renumber[request.rejected_device[drop]], rejected_seq=request.rejected_seq[drop],
+                want_durable=tuple(d for d in request.want_durable if owner.get(d, i) == i),
+                known_version=-1 if part is None else part.version,
+            ))
+        return requests
+
+    def _merge(self, request: TickRequest, sharded: _Class, results: list[TickResult]) -> TickResult:
+        changed = False
+        for i, result in enumerate(results):
+            if result.epoch != sharded.epochs[i] and result.board is None:
+                sharded.parts[i] = None  # a new instance: take its whole part on the next tick
+            sharded.epochs[i] = result.epoch
+            if result.board is not None:
+                sharded.parts[i] = ShardPart.decode(result.board, sharded.parts[i])
+                changed = True
+        parts = sharded.parts
+        version = sum(r.version for r in results)
+        board = None
+        if all(p is not None for p in parts) and (changed or sharded.board is None
+                                                  or request.known_version != sharded.board["version"]):
+            board = merge_board(request.session, [p for p in parts if p is not None], sharded.board_size, version)
+            sharded.board = board
+        durable: dict[str, int] = {}
+        for result in results:
+            for device, seq in result.durable.items():
+                if seq >= durable.get(device, 0):
+                    durable[device] = seq
+        return TickResult(session=request.session, epoch=sum(sharded.epochs), version=version, board=board,
+                          durable=durable, applied=sum(r.applied for r in results),
+                          duplicates=sum(r.duplicates for r in results), id=request.id)
+
+    def forget(self, session_id: str) -> None:
+        self.plain.discard(session_id)
+        sharded = self.classes.pop(session_id, None)
+        if sharded is None:
+            self.inner.forget(session_id)
+            return
+        for i in range(sharded.shards):
+            self.inner.forget(shard_id(session_id, i))
+
+    async def close(self) -> None:
+        await self.inner.close()
+
