@@ -465,12 +465,21 @@ class Swarm:
             await asyncio.sleep(0.1)
 
     def _start_viewers(self) -> None:
-        cfg = self.config
         for sid in self.sessions:
             viewer = self.viewers[sid] = Viewer(sid, origin=self.started)
-            url = [f"{u}/v1/sessions/{sid}/board?rate={cfg.board_hz:g}&view=all" for u in cfg.ws_urls]
+            viewer.on_pages = partial(self._watch_pages, viewer)
+            self._watch_pages(viewer, 1)
+
+    def _watch_pages(self, viewer: Viewer, pages: int) -> None:
+        """Probe pages ``viewer.watched`` .. ``pages - 1`` of the class board: a big class's
+        ``view=all`` is paged by rank (docs/protocol.md), and the probe must see every rider."""
+        cfg = self.config
+        for page in range(viewer.watched, pages):
+            url = [f"{u}/v1/sessions/{viewer.session}/board?rate={cfg.board_hz:g}&view=all&page={page}"
+                   for u in cfg.ws_urls]
             self._tasks.append(asyncio.create_task(
                 watch(url, viewer.on_board, self._stop, partial(self._connected, viewer), token=self.operator_token)))
+        viewer.watched = max(viewer.watched, pages)
 
     def _connected(self, viewer: Viewer | ParticipantViewer) -> None:
         viewer.connects += 1

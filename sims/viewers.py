@@ -1,6 +1,7 @@
 """Board connections the swarm opens: latency probes and participants' own boards.
 
-* ``Viewer`` — one per session, ``view=all`` at ``board_hz``: the latency probe. The swarm
+* ``Viewer`` — one per session, ``view=all`` at ``board_hz``: the latency probe (one
+  connection per page when the board says it has several: a big class pages its rows). The swarm
   tells it every sample it sent live (``expect(participant, device_ts, scheduled)``); the
   first board whose ``last_ts`` for that participant reaches the sample's device timestamp
   shows it, and its latency is *board receipt - scheduled send time* — so a swarm that
@@ -45,6 +46,9 @@ class Viewer:
     connects: int = 0
     reconnecting: set[str] = field(default_factory=set)  # riders a board showed reconnecting
     plan: PlanSeen = field(default_factory=PlanSeen)  # the class plan as its boards showed it
+    watched: int = 0  # board pages probed (a big class pages view=all by rank)
+    on_pages: Callable[[int], None] | None = None  # told when a board says there are more pages
+
 
     def expect(self, participant: str, device_ts: float, scheduled: float | None = None) -> None:
         heapq.heappush(self.pending.setdefault(participant, []), (device_ts, device_ts if scheduled is None else scheduled))
@@ -52,6 +56,9 @@ class Viewer:
     def on_board(self, frame: dict[str, Any], now: float) -> None:
         self.boards += 1
         self.plan.on_board(frame)
+        pages = frame.get("pages")
+        if pages is not None and pages > self.watched and self.on_pages is not None:
+            self.on_pages(pages)
         cols = frame["cols"]
         ip, its = cols.index("participant"), cols.index("last_ts")
         at = cols.index("presence") if "presence" in cols else None
