@@ -1,0 +1,135 @@
+"""The merged board of a sharded class against one ``SessionState`` fed the same samples.
+
+Plain state, no Ray: N shard states and one reference state take the same device batches
+(each rider's to its shard by ``shard_of``); the parts go through msgpack as on the wire;
+every rider's row (exact rank included), the top N, every page, ``n`` and the class output
+must equal what the single reference says. Ties (riders with the same output, riders with
+none) share a rank: 1 + the riders with more output.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import msgpack
+import numpy as np
+import pytest
+
+from actors.board_part import board_part, is_part
+from actors.session import DeviceBatch, SessionState
+from api.class_board import ShardPart, merge_board
+from api.viewer import CompactBoard, Paging, board_encoder, own_row
+from cluster.class_shards import merge_snapshots, shard_count, shard_of
+
+SHARDS = 3
+RIDERS = 240
+
+
+def _wire(part: dict[str, Any]) -> dict[str, Any]:
+    return msgpack.unpackb(msgpack.packb(part, use_bin_type=True), raw=False)  # type: ignore[no-any-return]
+
+
+def _ride(seed: int) -> tuple[SessionState, list[SessionState]]:
+    rng = random.Random(seed)
+    clock = lambda: 1_000.0  # noqa: E731 - a fixed clock: presence does not move
+    reference = SessionState("big", board_size=10, clock=clock)
+    shards = [SessionState(f"big~{i}", board_size=10, clock=clock) for i in range(SHARDS)]
+    riders = [f"r{k:03d}" for k in range(RIDERS)]
+    for rider in riders:
+        reference.join(rider)
+        shards[shard_of(rider, SHARDS)].join(rider)
+    for tick in range(4):
+        batches = []
+        for k, rider in enumerate(riders):
+            if k % 10 == 0:
+                continue  # joined, never rode: output 0, all tied
+            power = 200.0 if k % 7 == 0 else rng.uniform(80, 400)  # every 7th: tied with each other
+            rows = [[tick * 2 + j + 1, 100.0 + tick * 2 + j, 120.0, power, 85.0, 8.0, 10.0 * (tick * 2 + j)]
+                    for j in range(2)]
+            batches.append(DeviceBatch(f"{rider}-dev", rider, rows))
+        reference.apply(batches)
+        for i, shard in enumerate(shards):
+            shard.apply(b for b in batches if shard_of(b.participant, SHARDS) == i)
+    for rider in riders[5:12]:  # riders who left: off the board in both
+        reference.leave(rider)
+        shards[shard_of(rider, SHARDS)].leave(rider)
+    return reference, shards
+
+
+def _merged(shards: list[SessionState]) -> dict[str, Any]:
+    parts = [ShardPart.decode(_wire(board_part(s))) for s in shards]
+    return merge_board("big", parts, 10, sum(s.version for s in shards))
+
+
+def _expected_rank(reference: SessionState) -> dict[str, int]:
+    energy = reference.scores()
+    on = reference.active[: len(reference.participants)]
+    return {p: 1 + int(np.sum(energy[on] > energy[slot])) for slot, p in enumerate(reference.participants) if on[slot]}
+
+
+@pytest.mark.timeout(60)
+def test_every_riders_row_and_rank_match_the_single_actor() -> None:
+    reference, shards = _ride(seed=1)
+    board = _merged(shards)
+    whole = reference.board()
+    ranks = _expected_rank(reference)
+    assert board["n"] == whole["n"] == len(ranks) == RIDERS - 7
+    on = reference.active[: len(reference.participants)]
+    assert board["total_kj"] == pytest.approx(float(reference.scores()[on].sum()), abs=1e-9)
+    assert len({r for r in ranks.values()}) < len(ranks)  # the ride has ties (else this test proves less)
+    for row in whole["rows"]:
+        mine = own_row(board, row[0])
+        assert mine is not None
+        assert mine[1] == ranks[row[0]], row[0]
+        assert mine[0] == row[0] and mine[2:] == row[2:]  # every number as the single actor shows it
+    for left in reference.participants[5:12]:
+        assert own_row(board, left) is None
+    assert own_row(board, "nobody") is None
+
+
+@pytest.mark.timeout(60)
+def test_top_and_pages_are_the_class_order() -> None:
+    reference, shards = _ride(seed=2)
+    board = _merged(shards)
+    ranks = _expected_rank(reference)
+    energy = dict(zip(reference.participants, reference.scores()))
+    best = sorted(ranks, key=lambda p: -energy[p])[:10]
+    assert [r[0] for r in board["top"]] == sorted(best, key=lambda p: -energy[p])  # no ties at the top here
+    assert [r[1] for r in board["top"]] == [ranks[p] for p in best]
+    pages = [board["merged"].page(k, 50) for k in range(board["merged"].pages(50))]
+    seen = [row for page in pages for row in page]
+    assert sorted(r[0] for r in seen) == sorted(ranks)  # every rider on exactly one page
+    assert [r[1] for r in seen] == sorted(r[1] for r in seen)  # by rank
+    assert all(r[1] == ranks[r[0]] for r in seen)
+
+
+@pytest.mark.timeout(60)
+def test_frames_of_a_merged_board() -> None:
+    reference, shards = _ride(seed=3)
+    board = _merged(shards)
+    rider = reference.participants[21]
+    frame = msgpack.unpackb(board_encoder(rider, everyone=True, paging=Paging(None, 100))(board), raw=False)
+    assert frame["you"][0] == rider and frame["n"] == board["n"] and len(frame["rows"]) == 100
+    assert frame["page"] == 0 and frame["pages"] == -(-board["n"] // 100)
+    private = msgpack.unpackb(board_encoder(rider, everyone=True, private=True, paging=Paging(1, 100))(board), raw=False)
+    hr = board["cols"].index("hr_bpm")
+    assert private["you"][hr] == 120.0  # its own row whole
+    assert all(r[hr] is None for r in private["rows"]) and all(r[hr] is None for r in private["top"])
+    assert private["page"] == 1 and private["rows"][0][1] >= frame["rows"][-1][1]
+    compact = msgpack.unpackb(CompactBoard(rider)(board, {"d": 3}), raw=False)
+    assert compact["me"][0] == own_row(board, rider)[1]  # type: ignore[index]
+    assert compact["sum"] == round(board["total_kj"] * 10) and compact["acks"] == {"d": 3}
+
+
+def test_parts_and_counts() -> None:
+    _, shards = _ride(seed=4)
+    part = board_part(shards[0])
+    assert is_part(part) and not is_part(shards[0].board()) and not is_part(None)
+    assert len(part["m"]) == 8 * len(shards[0].participants) * 14
+    assert shard_count(None, 1000, 64) == 1 and shard_count(1000, 1000, 64) == 1
+    assert shard_count(1001, 1000, 64) == 2 and shard_count(30_000, 1000, 8) == 8 and shard_count(5000, 0, 8) == 1
+    snaps = [s.snapshot() for s in shards]
+    merged = merge_snapshots("big", snaps)
+    assert len(merged["participants"]) == RIDERS and merged["session"] == "big"
+    assert merged["totals"]["applied"] == sum(s["totals"]["applied"] for s in snaps)

@@ -1,0 +1,180 @@
+"""A class spanning several class-shard actors, against real Ray, Redis and uvicorn.
+
+* a swarm of 300 riders in one class created with ``expected_riders`` 300 on an edge
+  sharding above 100 riders: three shard actors, each with its own epoch; one shard
+  SIGKILLed mid-class comes back from its checkpoint: lost 0, duplicated 0;
+* afterwards every rider's rank on the class board (``view=all``, paged) and on its own
+  board (``you``) is exact: 1 + the riders of the whole class with more output, against the
+  class's merged snapshot, and within float noise of the swarm's own energy sums (what was
+  sent);
+* control calls are one action: a phase change reaches every shard; joins go to the
+  rider's shard; bad paging is refused with a close code and a reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import msgpack
+import pytest
+import ray
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from actors.session_actor import actor_name
+from cluster.class_shards import shard_id, shard_of
+from sims.swarm import Swarm, SwarmConfig
+from tests.edge_server import EdgeServer
+
+RIDERS = 300
+SHARDS = 3
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def sharding_edge(edge_settings: Any) -> Iterator[EdgeServer]:
+    """An edge of its own whose classes of more than 100 expected riders are sharded, and
+    whose ``view=all`` pages have at most 100 rows (so the swarm's probe watches 3 pages)."""
+    server = EdgeServer(edge_settings.model_copy(update={"port": _free_port(), "class_shard_riders": 100,
+                                                         "board_page_rows": 100})).start()
+    yield server
+    server.stop()
+
+
+def _ranks(rows: list[dict[str, Any]], energy: str = "energy_kj", slack: float = 0.0) -> dict[str, tuple[int, int]]:
+    """Per active rider: the lowest and highest rank its output allows (equal without slack)."""
+    active = [r for r in rows if r.get("active", True)]
+    return {r["participant"]: (1 + sum(o[energy] > r[energy] + slack for o in active),
+                               1 + sum(o[energy] > r[energy] - slack for o in active)) for r in active}
+
+
+async def _board(url: str, token: str, *, page: int = 0, page_size: int = 100, participant: str | None = None,
+                 want: Any = None) -> dict[str, Any]:
+    """The first board frame from ``url`` that ``want(frame)`` accepts."""
+    query = f"?view=all&rate=10&page={page}&page_size={page_size}" + (f"&participant={participant}" if participant else "")
+    async with connect(url + query, additional_headers={"Authorization": f"Bearer {token}"}, max_size=2**24) as ws:
+        while True:
+            frame = msgpack.unpackb(await ws.recv(), raw=False)
+            if frame.get("t") == "board" and (want is None or want(frame)):
+                return frame  # type: ignore[no-any-return]
+
+
+async def _kill_a_shard(sid: str, namespace: str, seen: dict[str, Any]) -> None:
+    name = actor_name(shard_id(sid, 1))
+    while True:
+        try:
+            handle = ray.get_actor(name, namespace=namespace)
+            before = await handle.info.remote()
+            if before["stream_ticks"] > 10:
+                break
+        except ValueError:
+            pass
+        await asyncio.sleep(0.2)
+    await asyncio.sleep(2.0)
+    os.kill(before["pid"], signal.SIGKILL)
+    seen["before"] = before
+    while True:  # the restarted shard serves the edge again
+        after = await handle.info.remote()
+        if after["stream_ticks"] > 5:
+            seen["after"] = after
+            return
+        await asyncio.sleep(0.2)
+
+
+@pytest.mark.timeout(300)
+def test_a_sharded_class_keeps_exact_ranks_and_loses_nothing_when_a_shard_dies(
+        sharding_edge: EdgeServer, tokens: Any, run: Any, unique_id: str) -> None:
+    edge = sharding_edge
+    config = SwarmConfig(base_url=edge.url, sessions=1, devices=RIDERS, seconds=14, rate_hz=2.0, board_hz=4.0,
+                         hub_size=30, session_prefix=f"big-{unique_id}", drain_timeout_s=90, dup_rate=0.05)
+    swarm = Swarm(config)
+    sid = swarm.sessions[0]
+    seen: dict[str, Any] = {}
+
+    async def scenario() -> dict[str, Any]:
+        result, _ = await asyncio.gather(swarm.run(), asyncio.wait_for(_kill_a_shard(sid, edge.settings.namespace, seen), 90))
+        return result  # type: ignore[no-any-return]
+
+    result = run(scenario(), timeout=240)
+    assert result["drained"] and result["lost"] == 0 and result["duplicated"] == 0, result
+    assert result["acknowledged"] == result["applied"] == result["sent"] - result["rejected"] > 0, result
+    assert result["participants_mismatched"] == 0 and result["latency_unseen"] == 0, result
+    assert swarm.viewers[sid].watched == 3  # the probe followed the board's pages: it saw every rider
+    assert seen["after"]["pid"] != seen["before"]["pid"] and seen["after"]["epoch"] > seen["before"]["epoch"]
+
+    with httpx.Client(base_url=edge.url, headers=tokens.headers("operator"), timeout=60) as http:
+        snap = http.get(f"/v1/sessions/{sid}").json()
+    assert snap["meta"]["shards"] == str(SHARDS) and len(snap["shards"]) == SHARDS
+    assert snap["phase"] == "ended" and all(s["phase"] == "ended" for s in snap["shards"])  # one action, every shard
+    assert sorted(p["participant"] for p in snap["participants"]) == sorted(t.participant for t in swarm.truths())
+    for shard, info in enumerate(snap["shards"]):  # each rider lives in the shard its id hashes to
+        assert info["participants"] == sum(shard_of(t.participant, SHARDS) == shard for t in swarm.truths())
+
+    exact = _ranks(snap["participants"])
+    sent = _ranks([{"participant": t.participant, "energy_kj": t.energy_kj} for t in swarm.truths()], slack=1e-6)
+    ws_url = edge.url.replace("http", "ws") + f"/v1/sessions/{sid}/board"
+    operator = tokens("operator")
+    pages = [run(_board(ws_url, operator, page=k, want=lambda f: f["n"] == RIDERS and f["phase"] == "ended"),
+                 timeout=60) for k in range(3)]
+    assert [(p["page"], p["pages"], len(p["rows"])) for p in pages] == [(0, 3, 100), (1, 3, 100), (2, 3, 100)]
+    rows = [row for p in pages for row in p["rows"]]
+    assert sorted(r[0] for r in rows) == sorted(exact)  # every rider on exactly one page
+    for row in rows:
+        who, rank = row[0], row[1]
+        assert exact[who][0] == rank, who  # exact: 1 + the riders of the class with more output
+        assert sent[who][0] <= rank <= sent[who][1], who  # and what the swarm sent says the same
+    frame = pages[0]
+    cols = frame["cols"]
+    assert [r[0] for r in frame["top"]] == [r[0] for r in frame["rows"][: len(frame["top"])]]
+    rider = rows[-1][0]
+    mine = run(_board(ws_url, operator, participant=rider), timeout=60)
+    assert mine["you"][0] == rider and mine["you"][1] == exact[rider][0]
+    assert mine["you"][cols.index("samples")] == next(p["samples"] for p in snap["participants"]
+                                                     if p["participant"] == rider)
+
+
+@pytest.mark.timeout(120)
+def test_control_calls_reach_every_shard_and_bad_paging_is_refused(sharding_edge: EdgeServer, tokens: Any,
+                                                                   run: Any, unique_id: str) -> None:
+    sid = f"ctl-{unique_id}"
+    with httpx.Client(base_url=sharding_edge.url, headers=tokens.headers("operator"), timeout=60) as http:
+        assert http.post("/v1/sessions", json={"id": sid, "expected_riders": 250, "board_size": 5}).status_code == 201
+        riders = [f"rider-{k}" for k in range(12)]
+        for rider in riders:
+            assert http.post(f"/v1/sessions/{sid}/participants", json={"participant": rider}).status_code == 201
+        assert http.post(f"/v1/sessions/{sid}/phase", json={"phase": "live"}).json() == {"phase": "live"}
+        assert http.post(f"/v1/sessions/{sid}/phase", json={"phase": "lobby"}).status_code == 409  # phases move on
+        snap = http.get(f"/v1/sessions/{sid}").json()
+        assert http.post(f"/v1/sessions/{sid}/flush").status_code == 200
+    assert [s["phase"] for s in snap["shards"]] == ["live"] * SHARDS and snap["phase"] == "live"
+    assert [s["participants"] for s in snap["shards"]] == [sum(shard_of(r, SHARDS) == i for r in riders)
+                                                           for i in range(SHARDS)]
+    assert sorted(p["participant"] for p in snap["participants"]) == sorted(riders)
+
+    async def refused(query: str) -> tuple[int, str]:
+        url = sharding_edge.url.replace("http", "ws") + f"/v1/sessions/{sid}/board?view=all&{query}"
+        async with connect(url, additional_headers=tokens.headers("operator")) as ws:
+            try:
+                await ws.recv()
+            except ConnectionClosed as closed:
+                assert closed.rcvd is not None
+                return closed.rcvd.code, closed.rcvd.reason
+        raise AssertionError("not closed")
+
+    for query in ("page=-1", "page_size=0", f"page_size={sharding_edge.settings.board_page_rows + 1}"):
+        code, reason = run(refused(query), timeout=30)
+        assert code == 4400 and "page" in reason, (query, code, reason)
+    frame = run(_board(sharding_edge.url.replace("http", "ws") + f"/v1/sessions/{sid}/board", tokens("operator"),
+                       page_size=5), timeout=30)
+    assert frame["n"] == 12 and len(frame["top"]) == 5 and frame["pages"] == 3 and len(frame["rows"]) == 5
