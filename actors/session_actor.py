@@ -34,6 +34,7 @@ from actors.errors import StaleInstance
 from actors.session_cell import SessionCell, resolve_sink
 from actors.settings import ActorSettings
 from actors.stream import StreamServer
+from actors.telemetry import ActorTelemetry
 from actors.wire import Endpoint, TickRequest, decode_message, encode_message
 
 log = logging.getLogger(__name__)
@@ -47,10 +48,11 @@ def actor_name(session_id: str) -> str:
     return f"session:{session_id}"
 
 
-async def checkpoint_loop(cells: Any, interval_s: float) -> None:
+async def checkpoint_loop(cells: Any, interval_s: float, telemetry: ActorTelemetry | None = None) -> None:
     """Every ``interval_s``: move each cell of ``cells()`` along its class plan (its own
     clock: no call from outside), then checkpoint every changed one; a loop that never dies
-    (a cell fenced off is dropped by its ``on_fenced``)."""
+    (a cell fenced off is dropped by its ``on_fenced``). It also hands the cells' counters
+    to ``telemetry`` (Ray metrics, ``actors.telemetry``) every few seconds."""
     while True:
         await asyncio.sleep(interval_s)
         for cell in cells():
@@ -58,6 +60,11 @@ async def checkpoint_loop(cells: Any, interval_s: float) -> None:
                 cell.advance()
             except Exception:
                 log.exception("session %s: following the class plan failed", cell.session_id)
+        if telemetry is not None and telemetry.due():
+            try:
+                telemetry.report(cells())
+            except Exception:  # metrics never stop checkpoints
+                log.exception("reporting metrics failed")
         dirty = [cell for cell in cells() if cell.dirty]
         if not dirty:
             continue
@@ -75,6 +82,7 @@ class SessionActor:
         typed = ActorSettings.of(settings)  # (read once, here: the cell gets the typed form)
         self.interval_s = typed.checkpoint_interval_s
         self.cell = SessionCell(session_id, typed, on_fenced=self._fenced)
+        self.telemetry = ActorTelemetry(actor_name(session_id))
         self._loop: asyncio.Task[None] | None = None
         self.host = ray.util.get_node_ip_address()
         self.stream: StreamServer | None = None
@@ -89,7 +97,7 @@ class SessionActor:
     def _ensure_loop(self) -> SessionCell:
         self.cell.check()
         if self._loop is None or self._loop.done():
-            self._loop = asyncio.get_running_loop().create_task(checkpoint_loop(lambda: (self.cell,), self.interval_s))
+            self._loop = asyncio.get_running_loop().create_task(checkpoint_loop(lambda: (self.cell,), self.interval_s, self.telemetry))
         return self.cell
 
     def _fenced(self, cell: SessionCell) -> None:

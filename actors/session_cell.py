@@ -102,6 +102,12 @@ class SessionCell:
         self.checkpointed_version = self.state.version if data is not None else -1
         self.fenced = False
         self.checkpoints_written = 0
+        # Telemetry (read and drained by the shell's ``actors.telemetry``, never by Ray here):
+        self.dirty_since: float | None = None  # monotonic time the state first changed since its checkpoint
+        self.checkpoint_times: list[tuple[float, float]] = []  # (write seconds, lag seconds), up to 1000
+        self.checkpoint_failures = 0
+        self.ticks_served = 0
+        self.samples_applied = 0
         self._write_lock = asyncio.Lock()
         # Leaderboards fed with this class's results once it ends (board names; default none),
         # through the results sink (an import path; default none: see the module docstring).
@@ -141,17 +147,26 @@ class SessionCell:
             seqs = self.state.applied_seqs()  # taken together with the bytes, no await between
             data = self.state.to_checkpoint()
             chunks = self.state.recording.take_dirty()
+            since, self.dirty_since = self.dirty_since, None
+            began = time.monotonic()
             try:
                 await self.store.write(data, side=chunks)
             except StaleInstance:
                 self.fence()
                 raise
-            except BaseException:
+            except BaseException as exc:
                 self.state.recording.mark_dirty(list(chunks))  # (written with the next checkpoint)
+                if isinstance(exc, Exception):
+                    self.checkpoint_failures += 1
+                if self.dirty_since is None:
+                    self.dirty_since = since
                 raise
             self.checkpointed_version = version
             self.durable = seqs
             self.checkpoints_written += 1
+            done = time.monotonic()
+            if len(self.checkpoint_times) < 1000:
+                self.checkpoint_times.append((done - began, done - (since if since is not None else began)))
 
     def fence(self) -> None:
         """A newer instance exists: refuse every later call and tell the shell (once)."""
@@ -209,6 +224,10 @@ class SessionCell:
         self._want_profiles()
         self.state.age_presence()
         self.advance()
+        self.ticks_served += 1
+        self.samples_applied += result.applied
+        if self.dirty_since is None and self.state.version != self.checkpointed_version:
+            self.dirty_since = time.monotonic()
         if result.applied and self.state.phase is Phase.ENDED:
             self._publish_results()  # late data: the corrected results replace the earlier ones
         version = self.state.version

@@ -34,6 +34,7 @@ from actors.session_actor import checkpoint_loop
 from actors.session_cell import SessionCell
 from actors.settings import ActorSettings
 from actors.stream import StreamServer
+from actors.telemetry import ActorTelemetry
 from actors.wire import Endpoint, TickRequest, decode_message, encode_message
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ class SessionHost:
         self._opening: dict[str, asyncio.Future[SessionCell]] = {}
         self._redis: AsyncRedis | None = None  # one client (connection pool) for every class here
         self._loop: asyncio.Task[None] | None = None
+        self.telemetry = ActorTelemetry(host_name(name))
         log.info("session host %s up (pid %s)", name, os.getpid())
 
     # -- cells ----------------------------------------------------------------------------
@@ -64,7 +66,7 @@ class SessionHost:
         """The class's cell, opened (new epoch, checkpoint restored) if this host lacks it."""
         if self._loop is None or self._loop.done():
             self._loop = asyncio.get_running_loop().create_task(
-                checkpoint_loop(lambda: tuple(self.cells.values()), self.interval_s))
+                checkpoint_loop(lambda: tuple(self.cells.values()), self.interval_s, self.telemetry))
         cell = self.cells.get(session)
         if cell is not None:
             return cell

@@ -20,7 +20,7 @@ from typing import Any, AsyncIterator
 
 from fastapi import Depends, FastAPI, WebSocket
 from fastapi.responses import PlainTextResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest, start_http_server
 
 from api import board_socket, dev_tokens, rider_routes, session_routes
 from api.auth import build_verifier
@@ -30,6 +30,8 @@ from api.health import Readiness
 from api.health import install as install_health
 from api.httpguard import HttpGuard
 from api.ingest import DeviceConnection
+from api.metrics import EDGES
+from api.monitor import EdgeMonitor
 from api.pages import SecurityHeaders
 from api.pages import install as install_pages
 from api.scopes import Gate, install_log_redaction, operator
@@ -54,6 +56,17 @@ def settings_extensions() -> list[Any]:
     return installers
 
 
+def metrics_listener(settings: Settings) -> Any:
+    """Prometheus' own listener on ``metrics_host:metrics_port`` (no auth: bind it to a
+    private address), or None when ``metrics_port`` is 0; a thread of prometheus-client's,
+    serving the same registry as ``/metrics``. A port that is taken refuses the start."""
+    if not settings.metrics_port:
+        return None
+    server, _thread = start_http_server(settings.metrics_port, addr=settings.metrics_host)
+    log.info("metrics on http://%s:%s/metrics (no auth)", settings.metrics_host, settings.metrics_port)
+    return server
+
+
 def create_app(settings: Settings) -> FastAPI:
     """The edge: lifespan (Redis client, directory, ``Edge``), middleware, and the routes of
     ``api.pages``, ``api.health``, ``api.session_routes``, ``api.rider_routes``, ``api.board_socket``, the device
@@ -69,13 +82,22 @@ def create_app(settings: Settings) -> FastAPI:
             default_placement=settings.default_placement,
             class_shard_riders=settings.class_shard_riders, max_class_shards=settings.max_class_shards,
         )
-        app.state.edge = Edge(settings, directory, gate)
+        app.state.edge = edge = Edge(settings, directory, gate)
+        EDGES.edges.add(edge)
+        monitor = EdgeMonitor(client, redis_timeout_s=settings.redis_timeout_s)
+        monitor.start()
+        scrape = metrics_listener(settings)
         # Everything alive now (Ray, FastAPI, imported modules: ~200k objects) lives as long
         # as the edge: keep it out of the cyclic GC, whose full passes over it took ~110 ms
         # of the event loop each in the capacity bench (docs/benchmarks.md).
         gc.collect()
         gc.freeze()
         yield
+        if scrape is not None:
+            scrape.shutdown()
+            scrape.server_close()
+        await monitor.aclose()
+        EDGES.edges.discard(edge)
         await app.state.edge.close()
         await readiness.aclose()
         await client.aclose()

@@ -27,7 +27,8 @@ from api.directws import channel_of
 from api.edge import Edge, edge_of
 from api.errors import AuthError, BadRequest, Forbidden, Unauthorised, Unavailable, UnknownSession
 from api.limits import FrameRate, Verdict
-from api.outbox import Outbox, close_reason
+from api.metrics import VIEWER_CONNECTIONS
+from api.outbox import Outbox, close_socket
 from api.scopes import ScopeReason, bearer_token, chosen_subprotocol, peer_of
 from api.viewer import Paging, board_encoder
 from cluster.settings import Settings
@@ -49,7 +50,7 @@ def install(app: FastAPI, settings: Settings) -> None:
         await ws.accept(subprotocol=chosen_subprotocol(ws))
         peer = peer_of(ws)
         if not edge_of(ws).connections.by_address.acquire(peer):
-            await ws.close(CloseCode.THROTTLED, "too many open connections from this address")
+            await close_socket(ws, CloseCode.THROTTLED, "too many open connections from this address")
             return
         try:
             who = await _board_principal(ws, edge_of(ws), session_id, peer)
@@ -57,18 +58,18 @@ def install(app: FastAPI, settings: Settings) -> None:
                 return
             private = who.kind is TokenKind.PARTICIPANT
             if private and participant is not None and participant != who.participant:
-                await ws.close(CloseCode.FORBIDDEN, close_reason(
-                    f"{ScopeReason.WRONG_PARTICIPANT.value}: a participant's token shows only its own row"))
+                await close_socket(ws, CloseCode.FORBIDDEN,
+                                   f"{ScopeReason.WRONG_PARTICIPANT.value}: a participant's token shows only its own row")
                 return
             if not 1.0 <= rate <= settings.max_board_rate_hz or view not in ("top", "all") or format not in ("msgpack", "json"):
-                await ws.close(CloseCode.PROTOCOL, f"rate must be 1-{settings.max_board_rate_hz:g} Hz, view top|all, format msgpack|json")
+                await close_socket(ws, CloseCode.PROTOCOL, f"rate must be 1-{settings.max_board_rate_hz:g} Hz, view top|all, format msgpack|json")
                 return
             paging = _paging(page, page_size, settings.board_page_rows)
             if paging is None:
                 await ws.close(CloseCode.PROTOCOL, f"page must be 0 or more, page_size 1-{settings.board_page_rows}")
                 return
             if not edge_of(ws).connections.acquire_token(who):
-                await ws.close(CloseCode.THROTTLED, "too many open connections with this token")
+                await close_socket(ws, CloseCode.THROTTLED, "too many open connections with this token")
                 return
             try:
                 outbox = Outbox(
@@ -102,11 +103,11 @@ async def _board_principal(ws: WebSocket, edge: Edge, session_id: str, peer: str
         return who
     except AuthError as exc:
         code = CloseCode.UNAUTHORISED if isinstance(exc, Unauthorised) else CloseCode.FORBIDDEN
-        await ws.close(code, close_reason(f"{exc.reason.value}: {exc.message}"))
+        await close_socket(ws, code, f"{exc.reason.value}: {exc.message}")
     except (UnknownSession, BadRequest) as exc:
-        await ws.close(CloseCode.UNKNOWN_SESSION, close_reason(exc.message))
+        await close_socket(ws, CloseCode.UNKNOWN_SESSION, exc.message)
     except Unavailable as exc:
-        await ws.close(CloseCode.TRY_AGAIN, close_reason(exc.message))
+        await close_socket(ws, CloseCode.TRY_AGAIN, exc.message)
     return None
 
 
@@ -117,6 +118,7 @@ async def _serve_board(ws: WebSocket, edge: Edge, session_id: str, outbox: Outbo
     pump.add_viewer(outbox)
     writer = asyncio.create_task(outbox.run())
     rate = FrameRate.from_settings(edge.settings)
+    VIEWER_CONNECTIONS.inc()
     try:
         while not outbox.closed:
             expires_in = who.expires_at + edge.settings.auth_leeway_s - time.time()
@@ -135,6 +137,7 @@ async def _serve_board(ws: WebSocket, edge: Edge, session_id: str, outbox: Outbo
     except WebSocketDisconnect:
         pass
     finally:
+        VIEWER_CONNECTIONS.dec()
         pump.remove_viewer(outbox)
         if not outbox.closed:
             outbox.abandon()

@@ -42,11 +42,13 @@ from api.limits import FrameRate, Verdict, frame_limits
 from api.metrics import (
     DEVICE_CONNECTIONS,
     FRAMES_BY_TYPE,
-    SAMPLES_ACCEPTED,
-    SAMPLES_REJECTED,
+    HUB_CONNECTIONS,
+    REJECTED_BY_REASON,
     SAMPLES_THROTTLED,
+    THROTTLED_BACKLOG,
+    THROTTLED_RATE,
 )
-from api.outbox import Outbox
+from api.outbox import Outbox, close_socket
 from api.pump import DeviceLink, SessionPump
 from api.scopes import authorise_renewal, authorise_write, bearer_token, chosen_subprotocol
 from api.viewer import CompactBoard
@@ -95,6 +97,7 @@ class DeviceConnection:
         self.state = LinkState.ACCEPTED
         self.principal: Principal | None = None
         self.hub: str | None = None
+        self.counted_as_hub = False  # the connections gauge's kind (``hub`` once it names one or binds several devices)
         self.peer = ws.client.host if ws.client is not None else "?"
         self.rate = FrameRate.from_settings(self.settings)
         self.limits = frame_limits(self.settings)
@@ -112,7 +115,7 @@ class DeviceConnection:
     async def serve(self) -> None:
         await self.ws.accept(subprotocol=chosen_subprotocol(self.ws))
         if not self.edge.connections.by_address.acquire(self.peer):
-            await self.ws.close(CloseCode.THROTTLED, "too many open connections from this address")
+            await close_socket(self.ws, CloseCode.THROTTLED, "too many open connections from this address")
             return
         writer = asyncio.create_task(self.outbox.run())
         DEVICE_CONNECTIONS.inc()
@@ -126,7 +129,7 @@ class DeviceConnection:
         finally:
             if self._timer is not None:
                 self._timer.cancel()
-            DEVICE_CONNECTIONS.dec()
+            (HUB_CONNECTIONS if self.counted_as_hub else DEVICE_CONNECTIONS).dec()
             self.edge.connections.by_address.release(self.peer)
             if self.principal is not None:
                 self.edge.connections.release_token(self.principal)
@@ -299,6 +302,7 @@ class DeviceConnection:
         if admission.verdict is Verdict.ACCEPT:
             return True
         if admission.verdict is Verdict.THROTTLE:
+            THROTTLED_RATE.inc()
             self._throttle(device, admission.retry_after_s, "over the frame rate limit")
         elif admission.verdict is Verdict.DISCONNECT:
             log.warning("closing a connection from %s that kept sending while throttled", self.peer)
@@ -364,6 +368,10 @@ class DeviceConnection:
                 self.outbox.close(CloseCode.UNKNOWN_SESSION, "no known session in hello")
             return
         self.state = LinkState.STREAMING
+        if not self.counted_as_hub and (self.hub is not None or len(self.links) > 1):
+            self.counted_as_hub = True  # a named hub, or several devices: a hub from now on
+            DEVICE_CONNECTIONS.dec()
+            HUB_CONNECTIONS.inc()
         self._rearm_timer()  # the deadlines changed: the token's expiry notice may come before the handshake's
         if hello.board is not None:
             self._subscribe(hello.board)
@@ -471,11 +479,10 @@ class DeviceConnection:
             link, valid, [seq for seq, _ in rejected]
         ):
             self._throttle(frame.device, 1.0, "too many unacknowledged samples")
+            THROTTLED_BACKLOG.inc()
             SAMPLES_THROTTLED.inc(len(frame.rows))
             return
-        SAMPLES_ACCEPTED.inc(len(valid))
         if rejected:
-            SAMPLES_REJECTED.inc(len(rejected))
             self._report_rejections(frame.device, rejected)
 
     def _validate(self, frame: Samples) -> tuple[list[list[Any]], list[tuple[int, ErrorCode]]]:
@@ -494,6 +501,7 @@ class DeviceConnection:
             else:
                 rejected.append((seq, reason))
         if malformed:
+            REJECTED_BY_REASON[ErrorCode.BAD_SAMPLE].inc(len(malformed))
             self.outbox.send(encode(_unusable_seqs(frame, malformed)))
         return valid, rejected
 
@@ -502,6 +510,7 @@ class DeviceConnection:
         for seq, reason in rejected:
             by_reason.setdefault(reason, []).append(seq)
         for reason, seqs in by_reason.items():
+            REJECTED_BY_REASON[reason].inc(len(seqs))
             self.outbox.send(encode(error_frame(
                 reason, f"{len(seqs)} sample(s) rejected: {reason.value}", device=device, seqs=seqs,
             )))

@@ -35,7 +35,7 @@ from typing import Any
 from starlette.websockets import WebSocket
 
 from api.directws import DirectChannel
-from api.metrics import BOARDS_OUT
+from api.metrics import BOARDS_OUT, count_close
 from devices.protocol import CloseCode, encode
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,12 @@ class OutboxState(enum.Enum):
 def close_reason(text: str) -> str:
     """``text`` cut to fit a WebSocket close frame (never mid-character)."""
     return text.encode("utf-8", "replace")[:MAX_REASON_BYTES].decode("utf-8", "ignore")
+
+
+async def close_socket(ws: WebSocket, code: int, reason: str) -> None:
+    """Close a socket that has no outbox yet (refused before it served), counted by code."""
+    count_close(code)
+    await ws.close(code, close_reason(reason))
 
 
 class Outbox:
@@ -160,6 +166,7 @@ class Outbox:
         if not self.closed:
             self.state = OutboxState.CLOSING
             self.close_reason = (code, close_reason(reason))
+            count_close(code)
             if not flush:
                 self.frames.clear()
             self._wake.set()

@@ -33,7 +33,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from actors.wire import TickRequest
-from api.metrics import RESYNCS, TICK_ERRORS, TICK_SECONDS
+from api.metrics import (
+    ACK_LATENCY_SECONDS,
+    RESYNCS,
+    SAMPLE_TO_BOARD_SECONDS,
+    SAMPLES_ACKED,
+    SAMPLES_RECEIVED,
+    TICK_ERRORS,
+    TICK_LAG_SECONDS,
+    TICK_SECONDS,
+)
 from api.outbox import Outbox
 from api.session_stream import RayTicks, TickChannel
 from cluster.directory import SessionDirectory
@@ -63,6 +72,7 @@ class DeviceLink:
     sent: int = 0  # highest seq forwarded to the actor
     needs_welcome: bool = True
     acked_at: float = 0.0  # monotonic time of the last ack frame for this device
+    unacked_since: float = 0.0  # when its oldest unacknowledged sample's batch began (0: none waiting)
 
 
 @dataclass(slots=True)
@@ -103,6 +113,9 @@ class SessionPump:
         self._interval = self.max_tick_interval_s  # (no viewer yet: the slowest pace)
         self.pending: dict[str, _Pending] = {}
         self.pending_count = 0
+        self.pending_rows = 0  # valid samples in ``pending`` (counted once per tick)
+        self.batch_at = 0.0  # monotonic time the first sample of the pending batch came
+        self.tick_seconds_avg: float | None = None  # moving average of the tick time (scrape-time gauge)
         self.known_version = -1
         self.epoch: int | None = None
         self.board: dict[str, Any] | None = None
@@ -110,6 +123,7 @@ class SessionPump:
         self.tick_errors = 0
         self._wake = asyncio.Event()
         self._quiet = 0  # ticks in a row that brought nothing new
+        self._pace_s = 0.0  # the wait planned before the next tick (its lag is measured against it)
         self._task: asyncio.Task[None] | None = None
         self.state = PumpState.IDLE
 
@@ -205,12 +219,17 @@ class SessionPump:
         """Queue a device's samples for the next tick; False when the session is saturated."""
         if self.pending_count + len(rows) > self.max_pending:
             return False
+        if not self.pending:
+            self.batch_at = time.monotonic()
+        if not link.unacked_since:
+            link.unacked_since = self.batch_at
         entry = self.pending.get(link.device)
         if entry is None:
             entry = self.pending[link.device] = _Pending(link.participant)
         entry.rows.extend(rows)
         entry.rejected.extend(rejected)
         self.pending_count += len(rows) + len(rejected)
+        self.pending_rows += len(rows)
         if rows:  # (validated: every seq is an int)
             top = rows[0][0] if len(rows) == 1 else max(r[0] for r in rows)
             if top > link.sent:
@@ -244,7 +263,8 @@ class SessionPump:
                     await self._wake.wait()
                     await asyncio.sleep(self.tick_interval_s)  # gather a tick's worth
                 continue
-            wait = max(0.0, self._pace(news) - (time.monotonic() - started))
+            self._pace_s = self._pace(news)
+            wait = max(0.0, self._pace_s - (time.monotonic() - started))
             if self._quiet:  # backing off: a sample ends the wait
                 self._wake.clear()
                 try:
@@ -253,6 +273,7 @@ class SessionPump:
                     pass
             else:
                 await asyncio.sleep(wait)
+                TICK_LAG_SECONDS.observe(max(0.0, time.monotonic() - started) - self._pace_s)
 
     def _resync_all(self) -> None:
         for link in self.links.values():
@@ -261,6 +282,9 @@ class SessionPump:
     async def _tick(self) -> bool:
         """One round trip to the class; True if it brought something new (a board, samples sent)."""
         pending, self.pending, self.pending_count = self.pending, {}, 0
+        batch_at, rows, self.pending_rows = self.batch_at, self.pending_rows, 0
+        if rows:
+            SAMPLES_RECEIVED.inc(rows)
         want = [d for d, l in self.links.items() if l.needs_welcome or l.sent > l.acked]
         request = TickRequest.from_batches(
             self.session_id, ((d, p.participant, p.rows, p.rejected) for d, p in pending.items()),
@@ -268,7 +292,10 @@ class SessionPump:
         )
         began = time.perf_counter()
         result = await self.channel.tick(request)
-        TICK_SECONDS.observe(time.perf_counter() - began)
+        took = time.perf_counter() - began
+        TICK_SECONDS.observe(took)
+        avg = self.tick_seconds_avg
+        self.tick_seconds_avg = took if avg is None else avg + 0.2 * (took - avg)
         self.ticks += 1
         if self.epoch is not None and result.epoch < self.epoch:  # an instance older than one seen: fenced
             raise StaleResult(f"session {self.session_id}: epoch {result.epoch} answered after epoch {self.epoch}")
@@ -280,7 +307,7 @@ class SessionPump:
             self._resync_all()
             RESYNCS.inc()
         self.epoch = result.epoch
-        self._dispatch_acks(result.durable)
+        self._dispatch_acks(result.durable, batch_at)
         now = time.monotonic()
         slack = self.interval_s / 2
         board = result.board
@@ -292,16 +319,23 @@ class SessionPump:
             self.board = board
             for viewer in self.viewers:
                 viewer.offer(board, now, slack)
+            if pending:
+                SAMPLE_TO_BOARD_SECONDS.observe(time.monotonic() - batch_at)
         else:
             for viewer in self.viewers:
                 viewer.flush_due(now, slack)
         return board is not None or bool(pending)
 
-    def _dispatch_acks(self, durable: dict[str, int]) -> None:
+    def _dispatch_acks(self, durable: dict[str, int], batch_at: float) -> None:
         """Welcome new devices; ack the others at most every ``ack_interval_s`` (acks are
-        not on the latency path, and each one is a frame the edge pays for)."""
+        not on the latency path, and each one is a frame the edge pays for). Metrics, once
+        per tick: the seqs acknowledged, and the longest wait of an acknowledged sample
+        (from the start of the batch it came in; what is still unacknowledged after an ack
+        counts from ``batch_at``, the batch this tick carried)."""
         acks: dict[Outbox, dict[str, int]] = defaultdict(dict)
         now = time.monotonic()
+        acked = 0
+        oldest = now
         for device, seq in durable.items():
             link = self.links.get(device)
             if link is None:
@@ -312,8 +346,15 @@ class SessionPump:
                 link.sent = max(link.sent, seq)
                 link.outbox.send(encode({"t": "welcome", "session": self.session_id, "devices": {device: seq}}))
             elif seq > link.acked and now - link.acked_at >= self.ack_interval_s:
+                acked += seq - link.acked
+                if link.unacked_since:
+                    oldest = min(oldest, link.unacked_since)
+                link.unacked_since = batch_at if link.sent > seq else 0.0
                 link.acked = seq
                 link.acked_at = now
                 acks[link.outbox][device] = seq
         for outbox, seqs in acks.items():
             outbox.ack(seqs)  # v1.1 connections carry it in their next board
+        if acked:
+            SAMPLES_ACKED.inc(acked)
+            ACK_LATENCY_SECONDS.observe(now - oldest)

@@ -29,5 +29,6 @@ def init_ray(settings: Settings) -> None:
             num_cpus=max(2, os.cpu_count() or 2),
             resources={"session_slot": settings.local_session_slots},
             include_dashboard=False,
+            _metrics_export_port=settings.ray_metrics_export_port or None,
             **kwargs,
         )

@@ -93,6 +93,14 @@ class Settings(BaseSettings):
     view_token_ttl_s: float = 2 * 3600.0
     view_token_max_ttl_s: float = 12 * 3600.0  # the longest a view link may be asked to last
     public_metrics: bool = False  # /metrics without an operator token (scrapers on a private net)
+    # A separate listener for Prometheus, without auth (bind it to a private address): 0 = none.
+    # Extra edges of `up --edges N` take the next ports. docs/operations.md.
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"  # the address of that listener
+    # A local Ray's metrics export port, where its agent serves the session actors' metrics
+    # (and Ray's own): 0 = a free port Ray picks (written to Ray's service-discovery file).
+    ray_metrics_export_port: int = Field(default=0, ge=0, le=65535)
+
 
     # -- limits (api/limits.py; every one documented in docs/security.md) ------------------
     max_frame_bytes: int = 64 * 1024  # a device frame larger than this gets `too_large`

@@ -113,9 +113,10 @@ class EdgeProcesses:
         env = dict(os.environ, RAY_ADDRESS=ray.get_runtime_context().gcs_address, REDIS_URL=s.redis_url or "",
                    PULSELINE_NAMESPACE=s.namespace, PULSELINE_PREFIX=s.prefix)
         for i in range(1, count):
+            env["PULSELINE_METRICS_PORT"] = str(s.metrics_port + i if s.metrics_port else 0)
             cmd = [sys.executable, "-m", "launch.cli", "edge", "--host", s.host, "--port", str(s.port + i),
                    "--data-dir", str(s.data_dir)]
-            self.procs.append(EdgeProcess(cmd, env).start())
+            self.procs.append(EdgeProcess(cmd, dict(env)).start())
         return self
 
     @property
