@@ -42,9 +42,10 @@ from __future__ import annotations
 
 import enum
 import math
+import operator
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 from redis.typing import EncodableT, FieldT
@@ -97,8 +98,10 @@ class Profile:
     units: Units = Units.METRIC
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-ready: enums as their values, unset fields as None."""
-        return {k: (v.value if isinstance(v, enum.Enum) else v) for k, v in asdict(self).items()}
+        """JSON-ready: enums as their values, unset fields as None. (Field by field, not
+        ``dataclasses.asdict``, which deep-copies: this runs for every rider of a class in
+        each checkpoint.)"""
+        return {k: (v.value if isinstance(v, enum.Enum) else v) for k, v in zip(_FIELDS, _values(self))}
 
     def effective(self, year: int) -> Effective:
         """Every number the metrics need, estimates where unset (named in ``estimated``)."""
@@ -121,6 +124,10 @@ class Profile:
             estimated.append("sex")
         return Effective(ftp_w=ftp, hr_max_bpm=hr_max, hr_rest_bpm=hr_rest, weight_kg=weight, age_y=age,
                          sex=self.sex, estimated=tuple(estimated))
+
+
+_FIELDS = tuple(f.name for f in fields(Profile))
+_values = operator.attrgetter(*_FIELDS)
 
 
 @dataclass(frozen=True, slots=True)

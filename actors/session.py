@@ -180,6 +180,7 @@ class SessionState:
         self.tags: dict[str, dict[str, str]] = {}  # participant -> its tags (absent: none)
         self.totals = {"applied": 0, "duplicates": 0, "rejected": 0}
         self.profiles: dict[str, Profile] = {}  # participant -> what it set (absent: not read yet)
+        self._profile_dicts: dict[str, dict[str, Any]] = {}  # the same, as checkpoints hold them
         self.metrics = RiderMetrics(0)
         self.metrics_errors = 0
         self.presence = PresenceTable(quiet_s=presence_quiet_s, grace_s=presence_grace_s)
@@ -250,6 +251,7 @@ class SessionState:
         if self.profiles.get(participant) == profile:
             return
         self.profiles[participant] = profile
+        self._profile_dicts[participant] = profile.as_dict()
         self.metrics.set_profile(slot, profile.effective(self._year()))
         self._touch()
 
@@ -581,7 +583,7 @@ class SessionState:
             "totals": self.totals,
             "tags": self.tags,  # optional: checkpoints written before tags have none
             "metrics": self.metrics.to_checkpoint(n),  # optional too (before issue 16)
-            "profiles": {p: profile.as_dict() for p, profile in self.profiles.items()},
+            "profiles": self._profile_dicts,
             "recording": self.recording.meta(),  # its chunks are written beside (actors.recording)
             "schedule": self.schedule.as_dict(),  # optional: before the class plan, none
         }
@@ -629,6 +631,7 @@ class SessionState:
         self.metrics.restore(raw.get("metrics") or {}, n)
         self.profiles = {str(p): check_profile(v, year=self._year()) for p, v in (raw.get("profiles") or {}).items()
                          if p in self.slots}
+        self._profile_dicts = {p: profile.as_dict() for p, profile in self.profiles.items()}
         for participant, profile in self.profiles.items():  # (once per restore, not per tick)
             self.metrics.set_profile(self.slots[participant], profile.effective(self._year()))
 

@@ -208,6 +208,8 @@ def test_metrics_and_profiles_survive_a_checkpoint_and_old_checkpoints_load() ->
     assert metrics_of(restored) == metrics_of(state)  # the 30 s ring came back too
 
     raw = msgpack.unpackb(state.to_checkpoint(), raw=False, strict_map_key=False)
+    assert restored.profiles == state.profiles and state.profiles["ann"].ftp_w is not None
+    assert raw["profiles"]["ann"] == state.profiles["ann"].as_dict()  # what a checkpoint holds of a profile
     del raw["metrics"], raw["profiles"]  # what a checkpoint from before profiles looked like
     old = SessionState.from_checkpoint(msgpack.packb(raw, use_bin_type=True), clock=state.clock)
     assert old.summary("ann")["energy_kj"] == state.summary("ann")["energy_kj"]  # type: ignore[index]
