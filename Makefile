@@ -20,7 +20,7 @@ test: $(STAMP)
 	@$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "no tests were collected: failing" >&2; exit 1; fi; exit $$rc
 
-LINT_PATHS := actors api cluster devices launch leaderboards sims storage
+LINT_PATHS := actors api cluster devices history launch leaderboards sims storage
 
 lint: $(STAMP)
 	$(BIN)/mypy --ignore-missing-imports --follow-imports=silent $(LINT_PATHS)

@@ -113,6 +113,8 @@ class SessionCell:
         # through the results sink (an import path; default none: see the module docstring).
         self.leaderboards = list(settings.leaderboards)
         self.results_sink = settings.results_sink
+        self.history_sink = settings.history_sink
+        self._history_all = True  # the first history publication of an instance hands every rider
         self.publish_failures = 0
         self._publish_task: asyncio.Task[None] | None = None
         self._republish = False
@@ -309,8 +311,8 @@ class SessionCell:
         return self.state.phase.value
 
     def _publish_results(self) -> None:
-        """Hand the results to the sink in the background; never fails a call."""
-        if not self.leaderboards or not self.results_sink:
+        """Hand the results to the sinks in the background; never fails a call."""
+        if not (self.leaderboards and self.results_sink) and not self.history_sink:
             return
         self._republish = True
         if self._publish_task is None or self._publish_task.done():
@@ -319,15 +321,38 @@ class SessionCell:
     async def _publish_loop(self) -> None:
         while self._republish:
             self._republish = False
-            try:
-                sink = resolve_sink(self.results_sink)
-                snapshot = self.state.snapshot()
-                if self.settings.class_id:  # a class shard: its riders' results are the class's
-                    snapshot["session"] = self.settings.class_id
-                await sink(self.settings.as_dict(), snapshot)
-            except Exception:  # results are re-published on the next late data or phase call
-                self.publish_failures += 1
-                log.exception("session %s: results sink %r failed", self.session_id, self.results_sink)
+            snapshot = self.state.snapshot()
+            if self.settings.class_id:  # a class shard: its riders' results are the class's
+                snapshot["session"] = self.settings.class_id
+            if self.leaderboards and self.results_sink:
+                await self._call_sink(self.results_sink, snapshot)
+            if self.history_sink:
+                await self._publish_history(snapshot)
+
+    async def _call_sink(self, path: str, snapshot: Mapping[str, Any]) -> bool:
+        try:
+            sink = resolve_sink(path)
+            await sink(self.settings.as_dict(), snapshot)
+            return True
+        except Exception:  # results are re-published on the next late data or phase call
+            self.publish_failures += 1
+            log.exception("session %s: sink %r failed", self.session_id, path)
+            return False
+
+    async def _publish_history(self, snapshot: dict[str, Any]) -> None:
+        """The history sink gets the series of the riders whose recording changed since it
+        last succeeded (every rider the first time); a failure hands them again next time."""
+        recording = self.state.recording
+        changed = recording.take_changed()
+        slots = list(range(recording.used)) if self._history_all else changed.tolist()
+        if not slots:
+            return
+        names = self.state.participants
+        series = dict(zip((names[s] for s in slots), recording.series_many(slots), strict=True))
+        if await self._call_sink(self.history_sink, {**snapshot, "series": series}):
+            self._history_all = False
+        else:
+            recording.changed[changed] = True
 
     def snapshot(self) -> dict[str, Any]:
         self.check()

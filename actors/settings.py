@@ -29,6 +29,9 @@ class ActorSettings:
     results_sink: str = ""  # "package.module:function" that publishes them (empty: none)
     board_parts: bool = False  # a class shard: ticks return board parts (actors/board_part.py)
     class_id: str = ""  # a class shard: the class it belongs to (its results are published as the class's)
+    history_sink: str = ""  # "package.module:function" that records the riders' rides (empty: none)
+    results_stream_retention_s: float = 7 * 86400.0  # the history sink's results stream keeps this long
+    results_stream_maxlen: int = 1_000_000  # ... and at most this many entries
 
     @classmethod
     def of(cls, raw: ActorSettings | Mapping[str, Any], **overrides: Any) -> ActorSettings:
@@ -45,7 +48,8 @@ class ActorSettings:
         if "leaderboards" in known:
             known["leaderboards"] = tuple(str(b) for b in known["leaderboards"] or ())
         for name, kind in (("board_size", int), ("checkpoint_interval_s", float), ("max_gap_s", float),
-                           ("presence_grace_s", float), ("profile_refresh_s", float), ("lobby_lead_s", float)):
+                           ("presence_grace_s", float), ("profile_refresh_s", float), ("lobby_lead_s", float),
+                           ("results_stream_retention_s", float), ("results_stream_maxlen", int)):
             if name in known:
                 known[name] = kind(known[name])
         if "board_parts" in known:

@@ -22,7 +22,7 @@ from fastapi import Depends, FastAPI, WebSocket
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest, start_http_server
 
-from api import board_socket, dev_tokens, rider_routes, session_routes
+from api import board_socket, dev_tokens, history_routes, rider_routes, session_routes
 from api.auth import build_verifier
 from api.edge import Edge, edge_of, redis_client
 from api.errors import install_handlers
@@ -69,7 +69,7 @@ def metrics_listener(settings: Settings) -> Any:
 
 def create_app(settings: Settings) -> FastAPI:
     """The edge: lifespan (Redis client, directory, ``Edge``), middleware, and the routes of
-    ``api.pages``, ``api.health``, ``api.session_routes``, ``api.rider_routes``, ``api.board_socket``, the device
+    ``api.pages``, ``api.health``, ``api.session_routes``, ``api.rider_routes``, ``api.history_routes``, ``api.board_socket``, the device
     socket (``api.ingest``), ``/metrics`` and, in development, ``api.dev_tokens``."""
     gate = Gate(build_verifier(settings))  # refuses insecure production settings right here
 
@@ -124,6 +124,7 @@ def create_app(settings: Settings) -> FastAPI:
         dev_tokens.install(app, settings)
     session_routes.install(app, settings)
     rider_routes.install(app, settings)
+    history_routes.install(app, settings)
     board_socket.install(app, settings)
 
     @app.websocket("/v1/devices")

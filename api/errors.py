@@ -38,6 +38,7 @@ from ray import exceptions as ray_errors
 
 from actors.errors import ActorError, CheckpointError, NotReplicated, PhaseError, StaleInstance
 from actors.plan import PlanError
+from history.errors import BadCursor, RideNotFound
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +196,10 @@ def classify(exc: BaseException) -> EdgeError:
         return phase_conflict(inner)
     if isinstance(inner, PlanError):  # (a bad plan is refused at the edge, 422: this is "too late")
         return Conflict(str(inner), code="plan_locked")
+    if isinstance(inner, RideNotFound):
+        return BadRequest(_text(str(inner)), status=404, code="unknown_ride")
+    if isinstance(inner, BadCursor):
+        return BadRequest(_text(str(inner)), code="bad_cursor")
     if isinstance(inner, _REDIS_UNAVAILABLE):
         return Unavailable("storage (Redis) is unavailable or slow; try again shortly")
     if isinstance(inner, _RAY_UNAVAILABLE) or isinstance(exc, _RAY_UNAVAILABLE):

@@ -4,7 +4,8 @@
 ``PUT /v1/riders/{id}/profile``     replace the rider's profile (every field optional; 422 with a
                                     message naming the field for anything out of range)
 ``GET /v1/riders/{id}/profile``     what the rider set, and the numbers classes compute with
-                                    (``effective``; ``estimated`` names the guesses)
+                                    (``effective``; ``estimated`` names the guesses), and the
+                                    rider's personal records (``records``, docs/history.md)
 ==================================  ==============================================================
 
 Who: the rider's own participant token, or an operator (``api.scopes.authorise_profile``).
@@ -24,6 +25,7 @@ from actors.profile import RANGES, Profile, ProfileStore, Sex, Units, check_prof
 from api.edge import SESSION_ID, edge_of, where_of
 from api.scopes import Caller, authorise_profile, peer_of
 from cluster.settings import Settings
+from history.records import RecordStore
 
 RiderId = Annotated[str, Path(pattern=SESSION_ID.pattern, description="the rider's participant id")]
 
@@ -78,4 +80,6 @@ def install(app: FastAPI, settings: Settings) -> None:
     @app.get("/v1/riders/{rider}/profile")
     async def get_profile(rider: RiderId, who: Caller, request: Request) -> dict[str, Any]:
         check(request, who, rider)
-        return profile_view(rider, await store(request).get(rider))
+        view = profile_view(rider, await store(request).get(rider))
+        view["records"] = await RecordStore(edge_of(request).directory.redis, prefix=settings.prefix).records(rider)
+        return view

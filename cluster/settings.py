@@ -12,6 +12,7 @@ from storage.redis_url import parse
 
 
 DEFAULT_RESULTS_SINK = "leaderboards.results:publish_from_session"
+DEFAULT_HISTORY_SINK = "history.sink:record_rides"
 
 
 class Settings(BaseSettings):
@@ -48,6 +49,13 @@ class Settings(BaseSettings):
     # Where an ended class's results go ("package.module:function", async (settings, snapshot));
     # used only with session_leaderboards. PULSELINE_RESULTS_SINK overrides the default.
     results_sink: str = Field(default=DEFAULT_RESULTS_SINK, pattern=r"^([A-Za-z_][\w.]*:[A-Za-z_][\w.]*)?$")
+    # Where an ended class's riders' rides are recorded (ride history, records; docs/history.md;
+    # empty: no ride history). Same form as results_sink.
+    history_sink: str = Field(default=DEFAULT_HISTORY_SINK, pattern=r"^([A-Za-z_][\w.]*:[A-Za-z_][\w.]*)?$")
+    # The results stream (rides, class results, records for a warehouse; docs/results-stream.md):
+    # entries older than this are trimmed (0: no age limit), and at most maxlen are kept.
+    results_stream_retention_s: float = Field(default=7 * 86400.0, ge=0)
+    results_stream_maxlen: int = Field(default=1_000_000, ge=0)
     checkpoint_interval_s: float = 0.25  # a changed class is checkpointed at most this often (acks wait for it)
     # Dense mode (actors/session_host.py): classes created with ``expected_riders`` at most
     # this many share host processes (0: only classes created with placement "dense");
@@ -159,6 +167,9 @@ class Settings(BaseSettings):
             "lobby_lead_s": self.lobby_lead_s,
             "leaderboards": list(self.session_leaderboards),
             **({"results_sink": self.results_sink} if self.session_leaderboards and self.results_sink else {}),
+            "history_sink": self.history_sink,
+            "results_stream_retention_s": self.results_stream_retention_s,
+            "results_stream_maxlen": self.results_stream_maxlen,
         }
 
 

@@ -140,6 +140,9 @@ class SwarmConfig:
     ready_timeout_s: float = 60.0
     # async (**claims) -> JWT; default: development tokens from the edge (DevTokens)
     token_provider: Callable[..., Awaitable[str]] | None = None
+    # keep every valid sample each device sent (``Swarm.sent_samples``): what ride exports
+    # are compared with, sample for sample (memory grows with the run: tests only)
+    keep_sent: bool = False
 
     @property
     def urls(self) -> list[str]:
@@ -191,6 +194,7 @@ class Rider:
     invalid: int = 0
     held: list[Any] | None = None  # a sample held back to be sent after the next one
     last_t: float | None = None
+    sent_log: list[tuple[float, list[float | None]]] | None = None  # (ts, values) when keep_sent
 
     def values(self, reading: Reading) -> list[float | None]:
         raw = (round(reading.hr_bpm, 1), round(reading.power_w, 1), round(reading.cadence_rpm, 1),
@@ -200,8 +204,11 @@ class Rider:
             out.pop()
         return out
 
-    def credit(self, ts: float, power: float | None, max_gap_s: float) -> None:
+    def credit(self, ts: float, values: list[float | None], max_gap_s: float) -> None:
         """Integrate energy exactly as the server does (by seq order over device time)."""
+        if self.sent_log is not None:
+            self.sent_log.append((ts, list(values)))
+        power = values[1] if len(values) > 1 else None
         if self.last_valid_ts is not None and power:
             self.truth_energy_kj += power * min(max(ts - self.last_valid_ts, 0.0), max_gap_s) / 1000.0
         self.last_valid_ts = ts if self.last_valid_ts is None else max(self.last_valid_ts, ts)
@@ -319,7 +326,8 @@ class Swarm:
         clock = DeviceClock.random(self.fault_config, rng)
         for p, kind, stream in streams:
             faults = DeviceFaults(self.fault_config, random.Random(rng.random()))
-            self.riders.append(Rider(stream, client, p, kind, faults, clock))
+            self.riders.append(Rider(stream, client, p, kind, faults, clock,
+                                     sent_log=[] if self.config.keep_sent else None))
             self._by_device[stream.device] = stream
             self._client_by_participant[p.id] = client
         self.clients.append(client)
@@ -345,7 +353,7 @@ class Swarm:
                     ts = rider.clock(origin + k)
                     values = rider.values(reading)
                     rider.stream.new_sample(ts, *values)
-                    rider.credit(ts, values[1] if len(values) > 1 else None, self.config.max_gap_s)
+                    rider.credit(ts, values, self.config.max_gap_s)
                 self.injected["late_sync_samples"] += len(readings)
 
     # -- running ------------------------------------------------------------------------
@@ -559,7 +567,7 @@ class Swarm:
         if invalid:
             rider.invalid += 1
         else:
-            rider.credit(ts, values[1] if len(values) > 1 else None, self.config.max_gap_s)
+            rider.credit(ts, values, self.config.max_gap_s)
         if rider.held is None and not invalid and faults.reorder():
             rider.held = row
             return
@@ -657,6 +665,14 @@ class Swarm:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     # -- results ------------------------------------------------------------------------
+    def sent_samples(self) -> dict[tuple[str, str], list[tuple[float, list[float | None]]]]:
+        """(session, participant) -> every valid sample its devices sent, as (ts, [hr, power,
+        cadence, speed, distance]) (None or missing: not carried); needs ``keep_sent``."""
+        out: dict[tuple[str, str], list[tuple[float, list[float | None]]]] = defaultdict(list)
+        for rider in self.riders:
+            out[(rider.participant.session, rider.participant.id)].extend(rider.sent_log or [])
+        return dict(out)
+
     def truths(self) -> list[ParticipantTruth]:
         by_participant: dict[str, ParticipantTruth] = {}
         for r in self.riders:

@@ -11,7 +11,7 @@ from pathlib import Path
 import grimp
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("actors", "api", "cluster", "devices", "launch", "leaderboards", "sims", "storage")
+PACKAGES = ("actors", "api", "cluster", "devices", "history", "launch", "leaderboards", "sims", "storage")
 
 
 def test_the_import_contracts_hold() -> None:

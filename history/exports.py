@@ -1,0 +1,208 @@
+"""A ride as the files the ecosystem reads: FIT (Garmin's binary activity format), TCX
+(Garmin's TrainingCenterDatabase v2 XML) and JSON.
+
+* **FIT** is written with ``fit-tool`` (a maintained FIT writer; never by hand): a
+  ``file_id`` (activity), a timer start ``event``, one ``record`` per recorded second
+  (timestamp, power, heart rate, cadence, speed, distance: whatever that second has), a
+  timer stop ``event``, one ``lap`` and one ``session`` (sport cycling, sub-sport indoor
+  cycling, totals) and the ``activity``. What Strava, Garmin Connect and TrainingPeaks
+  import.
+* **TCX** follows ``TrainingCenterDatabasev2.xsd``: one ``Activity Sport="Biking"``, one
+  ``Lap`` with the totals, one ``Trackpoint`` per recorded second; power goes where Garmin
+  puts it, in the ``ActivityExtension/v2`` ``TPX/Watts`` extension (and the lap's average in
+  ``LX/AvgWatts``), speed in ``TPX/Speed``.
+* **JSON** is the ride's summary and series (``Ride.series_json``) in one document.
+
+Every value is at the recording's resolution (``actors.recording``): what a rider's
+devices sent, rounded as a FIT record rounds it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import numpy as np
+from fit_tool.fit_file_builder import FitFileBuilder
+from fit_tool.profile.messages.activity_message import ActivityMessage
+from fit_tool.profile.messages.event_message import EventMessage
+from fit_tool.profile.messages.file_id_message import FileIdMessage
+from fit_tool.profile.messages.lap_message import LapMessage
+from fit_tool.profile.messages.record_message import RecordMessage
+from fit_tool.profile.messages.session_message import SessionMessage
+from fit_tool.profile.profile_type import Event, EventType, FileType, Manufacturer, Sport, SubSport
+from lxml import etree
+
+from history.rides import Ride
+
+TCX_NS = "http://www.garmin.com/xmlschemas/TrainingCenterDatabase/v2"
+AX_NS = "http://www.garmin.com/xmlschemas/ActivityExtension/v2"
+XSI_NS = "http://www.w3.org/2001/XMLSchema-instance"
+TCX_SCHEMA_LOCATION = f"{TCX_NS} http://www.garmin.com/xmlschemas/TrainingCenterDatabasev2.xsd"
+MEDIA_TYPES = {"fit": "application/vnd.ant.fit", "tcx": "application/vnd.garmin.tcx+xml", "json": "application/json"}
+
+
+def _seconds(ride: Ride) -> list[tuple[int, dict[str, float | None]]]:
+    """(epoch second, values) per recorded second of the ride, None where absent."""
+    series = ride.series
+    columns = {name: series.values[name].tolist() for name in series.values}
+    out = []
+    for i, t in enumerate(series.t.tolist()):
+        out.append((series.t0 + t, {k: (None if np.isnan(v[i]) else v[i]) for k, v in columns.items()}))
+    return out
+
+
+def _ms(epoch_s: float) -> int:
+    return int(round(epoch_s * 1000))
+
+
+# -- FIT ---------------------------------------------------------------------------------------
+def to_fit(ride: Ride) -> bytes:
+    s = ride.summary
+    totals = s["totals"]
+    start, end = float(s["start_ts"]), float(s["end_ts"])
+    builder = FitFileBuilder(auto_define=True, min_string_size=50)
+    file_id = FileIdMessage()
+    file_id.type = FileType.ACTIVITY
+    file_id.manufacturer = Manufacturer.DEVELOPMENT.value
+    file_id.product = 0
+    file_id.serial_number = 0x50_4C  # "PL"
+    file_id.time_created = _ms(start)
+    builder.add(file_id)
+    builder.add(_event(start, EventType.START))
+    records = []
+    for second, values in _seconds(ride):
+        record = RecordMessage()
+        record.timestamp = _ms(second)
+        if values["power_w"] is not None:
+            record.power = int(values["power_w"])
+        if values["hr_bpm"] is not None:
+            record.heart_rate = int(values["hr_bpm"])
+        if values["cadence_rpm"] is not None:
+            record.cadence = int(values["cadence_rpm"])
+        if values["speed_mps"] is not None:
+            record.speed = values["speed_mps"]
+        if values["distance_m"] is not None:
+            record.distance = values["distance_m"]
+        records.append(record)
+    builder.add_all(records)
+    builder.add(_event(end, EventType.STOP_ALL))
+    elapsed = float(s["elapsed_s"])
+    lap = LapMessage()
+    session = SessionMessage()
+    for message in (lap, session):
+        message.timestamp = _ms(end)
+        message.start_time = _ms(start)
+        message.total_elapsed_time = elapsed
+        message.total_timer_time = elapsed
+        message.sport = Sport.CYCLING
+        message.sub_sport = SubSport.INDOOR_CYCLING
+        _totals(message, totals)
+    lap.message_index = 0
+    session.first_lap_index = 0
+    session.num_laps = 1
+    builder.add(lap)
+    builder.add(session)
+    activity = ActivityMessage()
+    activity.timestamp = _ms(end)
+    activity.total_timer_time = elapsed
+    activity.num_sessions = 1
+    builder.add(activity)
+    return bytes(builder.build().to_bytes())
+
+
+def _event(at: float, kind: EventType) -> EventMessage:
+    event = EventMessage()
+    event.timestamp = _ms(at)
+    event.event = Event.TIMER
+    event.event_type = kind
+    return event
+
+
+def _totals(message: LapMessage | SessionMessage, totals: dict[str, Any]) -> None:
+    if totals.get("distance_m") is not None:
+        message.total_distance = totals["distance_m"]
+    if totals.get("kcal") is not None:
+        message.total_calories = int(round(totals["kcal"]))
+    if totals.get("energy_kj") is not None:
+        message.total_work = int(round(totals["energy_kj"] * 1000))
+    for name, key in (("avg_power", "avg_power_w"), ("max_power", "max_power_w"), ("avg_heart_rate", "avg_hr_bpm"),
+                      ("max_heart_rate", "max_hr_bpm"), ("avg_cadence", "avg_cadence_rpm")):
+        if totals.get(key) is not None:
+            setattr(message, name, int(round(totals[key])))
+    if totals.get("np_w") is not None:
+        message.normalized_power = int(round(totals["np_w"]))
+
+
+# -- TCX ---------------------------------------------------------------------------------------
+def _iso(epoch_s: float) -> str:
+    return dt.datetime.fromtimestamp(epoch_s, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _sub(parent: etree._Element, tag: str, text: str | None = None, ns: str = TCX_NS) -> etree._Element:
+    element = etree.SubElement(parent, f"{{{ns}}}{tag}")
+    if text is not None:
+        element.text = text
+    return element
+
+
+def _bpm(parent: etree._Element, tag: str, value: float) -> None:
+    _sub(_sub(parent, tag), "Value", str(int(round(value))))
+
+
+def to_tcx(ride: Ride) -> bytes:
+    s = ride.summary
+    totals = s["totals"]
+    root = etree.Element(f"{{{TCX_NS}}}TrainingCenterDatabase", nsmap={None: TCX_NS, "ns3": AX_NS, "xsi": XSI_NS})
+    root.set(f"{{{XSI_NS}}}schemaLocation", TCX_SCHEMA_LOCATION)
+    activity = _sub(_sub(root, "Activities"), "Activity")
+    activity.set("Sport", "Biking")
+    _sub(activity, "Id", _iso(s["start_ts"]))
+    lap = _sub(activity, "Lap")
+    lap.set("StartTime", _iso(s["start_ts"]))
+    _sub(lap, "TotalTimeSeconds", f"{float(s['elapsed_s']):.1f}")
+    _sub(lap, "DistanceMeters", f"{float(totals.get('distance_m') or 0.0):.2f}")
+    if totals.get("max_speed_mps") is not None:
+        _sub(lap, "MaximumSpeed", f"{totals['max_speed_mps']:.3f}")
+    _sub(lap, "Calories", str(min(65535, int(round(totals.get("kcal") or 0)))))
+    if totals.get("avg_hr_bpm") is not None:
+        _bpm(lap, "AverageHeartRateBpm", totals["avg_hr_bpm"])
+    if totals.get("max_hr_bpm") is not None:
+        _bpm(lap, "MaximumHeartRateBpm", totals["max_hr_bpm"])
+    _sub(lap, "Intensity", "Active")
+    if totals.get("avg_cadence_rpm") is not None:
+        _sub(lap, "Cadence", str(min(254, int(round(totals["avg_cadence_rpm"])))))
+    _sub(lap, "TriggerMethod", "Manual")
+    track = _sub(lap, "Track")
+    for second, values in _seconds(ride):
+        point = _sub(track, "Trackpoint")
+        _sub(point, "Time", _iso(second))
+        if values["distance_m"] is not None:
+            _sub(point, "DistanceMeters", f"{values['distance_m']:.2f}")
+        if values["hr_bpm"] is not None:
+            _bpm(point, "HeartRateBpm", values["hr_bpm"])
+        if values["cadence_rpm"] is not None:
+            _sub(point, "Cadence", str(min(254, int(values["cadence_rpm"]))))
+        if values["power_w"] is not None or values["speed_mps"] is not None:
+            tpx = _sub(_sub(point, "Extensions"), "TPX", ns=AX_NS)
+            if values["speed_mps"] is not None:
+                _sub(tpx, "Speed", f"{values['speed_mps']:.3f}", ns=AX_NS)
+            if values["power_w"] is not None:
+                _sub(tpx, "Watts", str(int(values["power_w"])), ns=AX_NS)
+    if totals.get("avg_power_w") is not None:
+        lx = _sub(_sub(lap, "Extensions"), "LX", ns=AX_NS)
+        _sub(lx, "AvgWatts", str(int(round(totals["avg_power_w"]))), ns=AX_NS)
+    creator = _sub(activity, "Creator")
+    creator.set(f"{{{XSI_NS}}}type", "Device_t")
+    _sub(creator, "Name", "pulseline")
+    _sub(creator, "UnitId", "0")
+    _sub(creator, "ProductID", "0")
+    version = _sub(creator, "Version")
+    _sub(version, "VersionMajor", "1")
+    _sub(version, "VersionMinor", "0")
+    return etree.tostring(root, xml_declaration=True, encoding="UTF-8", pretty_print=True)  # type: ignore[no-any-return]
+
+
+# -- JSON --------------------------------------------------------------------------------------
+def to_json(ride: Ride) -> dict[str, Any]:
+    return {**ride.summary, "series": ride.series_json()}

@@ -1,0 +1,101 @@
+"""Ride records and personal records in a real redis-server: revisions, keyset paging,
+records that follow revised rides, and the bests of a ride."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import numpy as np
+import pytest
+
+from actors.recording import Recording
+from history.errors import BadCursor, RideNotFound
+from history.records import RecordStore, best_mean, ride_bests
+from history.rides import RideStore, build_ride, decode_series, encode_series
+
+T0 = 1_795_000_000
+
+
+def series(power: list[float], *, start: int = T0) -> Any:
+    rec = Recording()
+    n = len(power)
+    rows = np.column_stack([start + np.arange(n) + 0.3, np.full(n, 120.0), power, np.full(n, 90.0),
+                            np.full(n, 8.0), 8.0 * np.arange(n)])
+    rec.add(np.zeros(n, np.int64), rows)
+    return rec.series(0)
+
+
+def summary(rider: str, energy: float) -> dict[str, Any]:
+    return {"participant": rider, "energy_kj": energy, "samples": 10, "power_avg": 200.0, "metrics": {}}
+
+
+def test_bests_are_rolling_means_with_missing_seconds_as_zero() -> None:
+    assert best_mean(np.array([1.0, 5.0, 5.0, 1.0]), 2) == 5.0 and best_mean(np.ones(3), 5) is None
+    t = np.array([0, 1, 2, 4, 5])  # second 3 recorded nothing: 0 W
+    bests = ride_bests(t, np.array([100.0, 100.0, 100.0, 100.0, np.nan]), 1.5)
+    assert bests["power_5s_w"] == 80.0 and bests["power_1m_w"] is None and bests["class_output_kj"] == 1.5
+
+
+def test_a_series_survives_its_compact_encoding() -> None:
+    s = series([100.0, np.nan, 250.4, 300.0])
+    back = decode_series(encode_series(s))
+    assert back.t0 == s.t0 and back.t.tolist() == s.t.tolist()
+    for name, column in s.values.items():
+        np.testing.assert_array_equal(back.values[name], column)
+
+
+@pytest.mark.integration
+def test_rides_are_revised_only_when_they_change_and_page_newest_first(redis_server: Any, unique_id: str) -> None:
+    from storage.checkpoint import client_for
+
+    async def scenario() -> None:
+        client = client_for(redis_server.url)
+        store = RideStore(client, prefix=f"h{unique_id}")
+        try:
+            rides = [build_ride(f"c{i}", summary("ann", 10.0 + i), series([200.0] * 5, start=T0 + 100 * (i % 3)),
+                                rank=1, riders=1) for i in range(5)]  # start times tie in pairs
+            assert [await store.put(r) for r in rides if r] == [1] * 5
+            assert await store.put(rides[0]) == 0  # unchanged: not rewritten
+            again = build_ride("c0", summary("ann", 11.0), rides[0].series, rank=1, riders=1)
+            assert again and await store.put(again) == 2
+            seen, cursor = [], None
+            for _ in range(4):
+                page, cursor = await store.page("ann", limit=2, before=cursor)
+                seen += [(r["start_ts"], r["id"]) for r in page]
+                if cursor is None:
+                    break
+            assert len(seen) == 5 and len(set(seen)) == 5 and seen == sorted(seen, reverse=True)
+            got = await store.get("ann", "c0")
+            assert got.summary["revision"] == 2 and got.summary["totals"]["energy_kj"] == 11.0
+            with pytest.raises(RideNotFound):
+                await store.get("ann", "nope")
+            with pytest.raises(BadCursor):
+                await store.page("ann", limit=2, before="garbage")
+        finally:
+            await client.aclose()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.integration
+def test_records_follow_the_best_ride_both_ways(redis_server: Any, unique_id: str) -> None:
+    from storage.checkpoint import client_for
+
+    async def scenario() -> None:
+        client = client_for(redis_server.url)
+        store = RecordStore(client, prefix=f"r{unique_id}")
+        try:
+            first = await store.update("bob", "c1", {"power_5s_w": 300.0, "class_output_kj": 50.0})
+            assert {r.metric for r in first} == {"power_5s_w", "class_output_kj"}
+            assert await store.update("bob", "c2", {"power_5s_w": 250.0, "class_output_kj": 40.0}) == []
+            better = await store.update("bob", "c2", {"power_5s_w": 350.0, "class_output_kj": 40.0})
+            assert [(r.metric, r.value, r.previous, r.previous_ride) for r in better] == [
+                ("power_5s_w", 350.0, 300.0, "c1")]
+            await store.update("bob", "c2", {"power_5s_w": 200.0})  # revised down: c1 holds it again
+            records = await store.records("bob")
+            assert records["power_5s_w"] == {"value": 300.0, "ride": "c1"} and records["power_20m_w"] is None
+        finally:
+            await client.aclose()
+
+    asyncio.run(scenario())
