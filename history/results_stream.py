@@ -101,7 +101,8 @@ async def read_range(client: AsyncRedis, prefix: str, *, since_ms: int, until_ms
         raise ExportError(f"--until ({until_ms}) is before --since ({since_ms})")
     key, start, rows = stream_key(prefix), f"{since_ms}-0", []
     while True:
-        got: list[Any] = await client.xrange(key, min=start, max=f"{until_ms}-18446744073709551615", count=batch)
+        got: list[Any] = list(await client.xrange(key, min=start, max=f"{until_ms}-18446744073709551615",
+                                                  count=batch) or [])
         rows += [row(i, f) for i, f in got]
         if len(got) < batch:
             return rows
