@@ -63,8 +63,10 @@ def entry(kind: str, session: str, data: Mapping[str, Any], *, rider: str = "", 
 
 
 async def publish(client: AsyncRedis, prefix: str, entries: Iterable[Mapping[str, str]], *,
-                  retention_s: float = DEFAULT_RETENTION_S, maxlen: int = DEFAULT_MAXLEN) -> list[str]:
-    """``XADD`` the entries (one pipeline), trimming by age and length; returns their ids."""
+                  retention_s: float = DEFAULT_RETENTION_S, maxlen: int = DEFAULT_MAXLEN,
+                  approximate: bool = True) -> list[str]:
+    """``XADD`` the entries (one pipeline), trimming by age and length; returns their ids.
+    ``approximate`` (``~``, Redis trims whole nodes: cheap) is what production wants."""
     key = stream_key(prefix)
     items = list(entries)
     if not items:
@@ -73,11 +75,11 @@ async def publish(client: AsyncRedis, prefix: str, entries: Iterable[Mapping[str
     async with client.pipeline(transaction=False) as pipe:
         for fields in items:
             if min_id is not None:
-                pipe.xadd(key, dict(fields), minid=min_id, approximate=True)  # type: ignore[arg-type]
+                pipe.xadd(key, dict(fields), minid=min_id, approximate=approximate)  # type: ignore[arg-type]
             else:
                 pipe.xadd(key, dict(fields))  # type: ignore[arg-type]
         if maxlen > 0:
-            pipe.xtrim(key, maxlen=maxlen, approximate=True)
+            pipe.xtrim(key, maxlen=maxlen, approximate=approximate)
         replies = await pipe.execute()
     return [_text(r) for r in replies[: len(items)]]
 

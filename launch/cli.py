@@ -15,6 +15,8 @@
 * ``pulseline token --kind device --session S --participant P --device D`` — mint a
   development token (signed with the data dir's dev secret; see docs/security.md).
 * ``pulseline bench`` — ``up`` plus a big swarm, with per-process CPU and memory.
+* ``pulseline results export --since T --until T --format ndjson|parquet --out FILE`` — a
+  time range of the results stream for a warehouse (``launch/results.py``).
 """
 
 from __future__ import annotations
@@ -97,6 +99,9 @@ def parser() -> argparse.ArgumentParser:
     token.add_argument("--hub", default=None, help="the hub's name (hub tokens)")
     token.add_argument("--ttl-s", type=float, default=None, help="lifetime (default PULSELINE_DEV_TOKEN_TTL_S)")
     _data_dir_arg(token, "where the running stack keeps its dev-secret")
+    from launch.results import add_parser as add_results_parser
+
+    add_results_parser(sub)
     bench = sub.add_parser("bench", help="up + a large swarm with process stats")
     _serve_args(bench)
     _swarm_args(bench, 10, 1000, 60.0, 10.0)
@@ -466,6 +471,11 @@ def main(argv: list[str] | None = None) -> int:
         return _token(args)
     if args.command == "bench":
         return _bench(args)
+    if args.command == "results":
+        from launch.results import export_command
+
+        settings = _settings(args)
+        return export_command(args, args.redis_url or settings.redis_url, args.prefix or settings.prefix)
     if args.command == "bridge":
         from devices.bridge_cli import main as bridge_main
 

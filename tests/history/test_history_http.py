@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import io
+import json
 import math
 import time
 from collections.abc import Callable
@@ -18,10 +19,12 @@ import fitdecode
 import httpx
 import msgpack
 import pytest
+import redis
 from garmin_fit_sdk import Decoder, Stream
 from lxml import etree
 from websockets.asyncio.client import connect
 
+from history import results_stream
 from sims.swarm import Swarm, SwarmConfig
 
 pytestmark = pytest.mark.integration
@@ -194,3 +197,14 @@ def test_late_data_revises_the_ride(edge: Any, tokens: Any, unique_id: str, run:
     assert second["recorded_s"] == 30 and second["bests"]["power_5s_w"] == 400.0
     series = httpx.get(f"{url}/series", headers=ops).json()
     assert series["power_w"][-1] == 400.0 and series["t"] == list(range(30))
+    stream = results_stream.stream_key(edge.settings.prefix)
+    client = redis.Redis.from_url(edge.settings.redis_url)
+    try:
+        mine = [f for _, f in client.xrange(stream) if f[b"session"].decode() == sid]
+    finally:
+        client.close()
+    kinds = [f[b"type"].decode() for f in mine]
+    assert kinds.count("ride.recorded") == 1 and kinds.count("ride.revised") >= 1 and "class.result" in kinds
+    assert "record.set" in kinds and all(f[b"v"] == b"1" for f in mine)
+    revised = json.loads(next(f for f in mine if f[b"type"] == b"ride.revised")[b"data"])
+    assert revised["rider"] == ann and revised["revision"] >= 2
