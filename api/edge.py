@@ -13,6 +13,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ConstantBackoff
 
 from storage.redis_url import AsyncRedis, connect
+from api.admission import Admission
 from api.auth import Principal, TokenKind
 from api.errors import Forbidden, UnknownSession
 from api.limits import ConnectionLimits
@@ -20,6 +21,7 @@ from api.pump import SessionPump
 from api.scopes import Gate, authorise_board, authorise_read, roster_of
 from api.class_ticks import ClassShardTicks
 from api.session_stream import tick_channel
+from cluster.admission import AdmissionPolicy
 from cluster.directory import SessionDirectory
 from cluster.session_records import SessionRecords
 from cluster.settings import Settings
@@ -39,6 +41,8 @@ class Edge:
         self.ticks = tick_channel(settings.session_transport, directory, timeout_s=settings.session_stream_timeout_s)
         # what pumps tick through: a sharded class's ticks go to its shards (api/class_ticks.py)
         self.channel = ClassShardTicks(self.ticks, directory, board_size=settings.board_size)
+        self.admission = Admission(directory.redis, prefix=settings.prefix, policy=AdmissionPolicy(
+            rate_per_s=settings.admit_rate_per_s, burst=settings.admit_burst, stale_s=settings.admit_stale_s))
 
     def pump(self, session_id: str) -> SessionPump:
         pump = self.pumps.get(session_id)
@@ -98,6 +102,7 @@ class Edge:
 
     async def close(self) -> None:
         await asyncio.gather(*(p.stop() for p in self.pumps.values()))
+        await self.admission.close()
         await self.channel.close()
 
 

@@ -110,6 +110,25 @@ class Unavailable(EdgeError):
         return {"Retry-After": str(self.retry_after_s)}
 
 
+class Queued(EdgeError):
+    """No seat in the class for this rider yet: its place in the queue, and when to ask again."""
+
+    status = 429
+    code = "queued"
+
+    def __init__(self, position: int, retry_after_s: float) -> None:
+        super().__init__(f"the class is admitting riders in order: you are number {position} in the queue; "
+                         f"ask again in {max(1, math.ceil(retry_after_s))} s (your place is kept)")
+        self.position = position
+        self.retry_after_s = retry_after_s
+
+    def body(self) -> dict[str, Any]:
+        return {**super().body(), "position": self.position, "retry_after_s": max(1, math.ceil(self.retry_after_s))}
+
+    def headers(self) -> dict[str, str] | None:
+        return {"Retry-After": str(max(1, math.ceil(self.retry_after_s)))}
+
+
 class Internal(EdgeError):
     """A bug: the body says only that, with an id to find the traceback in the log."""
 

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from api.admission import Waiter
 from api.auth import Principal
 from api.directws import DirectChannel, channel_of
 from api.errors import AuthError, Forbidden, Unauthorised, Unavailable, classify
@@ -110,6 +111,8 @@ class DeviceConnection:
         self._lost = False
         self._timer: asyncio.TimerHandle | None = None
         self.board_pump: SessionPump | None = None  # v1.1: the session whose board rides here
+        self.waiters: dict[str, Waiter] = {}  # devices waiting for a seat (api.admission)
+        self.pending_board: BoardRequest | None = None  # v1.1 board asked while every device waits
 
     # -- lifecycle --------------------------------------------------------------------------
     async def serve(self) -> None:
@@ -134,6 +137,8 @@ class DeviceConnection:
             if self.principal is not None:
                 self.edge.connections.release_token(self.principal)
             self.state = LinkState.CLOSED
+            for waiter in self.waiters.values():
+                self.edge.admission.cancel(waiter)
             for link, pump in self.links.values():
                 pump.detach(link)
             if self.board_pump is not None:
@@ -361,6 +366,11 @@ class DeviceConnection:
             await self._auth(Auth(hello.token))
         allowed, forbidden = self._authorised(hello)
         unknown = await self._bind(allowed, single=len(hello.devices) == 1)
+        if not self.links and self.waiters:  # every device queued for a seat: it waits here
+            self.state = LinkState.STREAMING
+            self._rearm_timer()
+            self.pending_board = hello.board
+            return
         if not self.links:
             if forbidden is not None and not unknown:
                 self._close_refused(forbidden)
@@ -374,7 +384,12 @@ class DeviceConnection:
             HUB_CONNECTIONS.inc()
         self._rearm_timer()  # the deadlines changed: the token's expiry notice may come before the handshake's
         if hello.board is not None:
-            self._subscribe(hello.board)
+            try:
+                self._subscribe(hello.board)
+            except ProtocolError:
+                if not self.waiters:
+                    raise
+                self.pending_board = hello.board  # its session's devices wait for a seat
 
     # -- protocol v1.1: the board on this connection ----------------------------------------
     def _subscribe(self, request: BoardRequest) -> None:
@@ -431,15 +446,55 @@ class DeviceConnection:
                     device=binding.device,
                 )))
                 continue
-            previous = self.links.get(binding.device)
-            if previous is not None:
-                previous[1].detach(previous[0])
-            pump = self.edge.pump(binding.session)
-            link = DeviceLink(binding.device, binding.participant, self.outbox)
-            self.links[binding.device] = (link, pump)
-            self.bindings[binding.device] = binding
-            pump.attach(link)
+            if binding.device not in self.links:  # (a re-bound device keeps the seat it has)
+                position = await self.edge.admission.admit(binding.session, binding.participant)
+                if position:
+                    self._queue(binding, position)
+                    continue
+            self._attach(binding)
         return unknown
+
+    def _attach(self, binding: DeviceBinding) -> None:
+        previous = self.links.get(binding.device)
+        if previous is not None:
+            previous[1].detach(previous[0])
+        pump = self.edge.pump(binding.session)
+        link = DeviceLink(binding.device, binding.participant, self.outbox)
+        self.links[binding.device] = (link, pump)
+        self.bindings[binding.device] = binding
+        pump.attach(link)
+
+    # -- seats and admission (api.admission) --------------------------------------------------
+    def _queue(self, binding: DeviceBinding, position: int) -> None:
+        """The class has no seat for this rider yet: it waits on this connection, told its
+        place by ``queue`` frames, and is bound (its ``welcome`` follows) when admitted."""
+        old = self.waiters.pop(binding.device, None)
+        if old is not None:
+            self.edge.admission.cancel(old)
+        waiter = Waiter(binding.session, binding.participant,
+                        on_position=lambda place, after_s: self._send_queue(binding, place, after_s),
+                        on_admitted=lambda: self._admitted(binding))
+        self.waiters[binding.device] = waiter
+        self.edge.admission.wait(waiter, position)
+
+    def _send_queue(self, binding: DeviceBinding, position: int, retry_after_s: float) -> None:
+        self.outbox.send(encode({"t": "queue", "session": binding.session, "device": binding.device,
+                                 "participant": binding.participant, "position": position,
+                                 "retry_after_ms": int(retry_after_s * 1000)}))
+
+    def _admitted(self, binding: DeviceBinding) -> None:
+        if self.waiters.pop(binding.device, None) is None or self.state is LinkState.CLOSED:
+            return
+        self._attach(binding)
+        board, self.pending_board = self.pending_board, None
+        if board is not None:
+            try:
+                self._subscribe(board)
+            except ProtocolError as exc:
+                if self.waiters:  # the board's rider is one of those still waiting
+                    self.pending_board = board
+                else:
+                    self._protocol_error(exc)
 
     async def _auth(self, frame: Auth) -> None:
         """Renew the token in-band: same subject, covering every device already bound."""
@@ -472,6 +527,10 @@ class DeviceConnection:
             raise ProtocolError(ErrorCode.NOT_HELLO, "send hello before samples", fatal=True)
         entry = self.links.get(frame.device)
         if entry is None:
+            waiter = self.waiters.get(frame.device)
+            if waiter is not None:  # (clients send nothing before their welcome; this one did)
+                self._throttle(frame.device, self.edge.admission.retry_after_s(waiter.position), "waiting for a seat")
+                return
             raise ProtocolError(ErrorCode.UNKNOWN_DEVICE, f"device {frame.device!r} was not in hello")
         link, pump = entry
         valid, rejected = self._validate(frame)
@@ -516,14 +575,17 @@ class DeviceConnection:
             )))
 
     def _bye(self, bye: Bye) -> None:
-        devices = [bye.device] if bye.device else list(self.links)
+        devices = [bye.device] if bye.device else list(self.links) + list(self.waiters)
         for device in devices:
+            waiter = self.waiters.pop(device, None)
+            if waiter is not None:
+                self.edge.admission.cancel(waiter)
             entry = self.links.pop(device, None)
             self.bindings.pop(device, None)
             self.rate.forget(device)
             if entry is not None:
                 entry[1].detach(entry[0])
-        if not self.links:
+        if not self.links and not self.waiters:
             self.outbox.close(CloseCode.NORMAL, "bye")
 
 

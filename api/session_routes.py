@@ -19,6 +19,7 @@ from actors.plan import check_plan
 from actors.session import MAX_TAGS, check_tags
 from api.edge import SESSION_ID
 from api.edge import edge_of, where_of
+from api.errors import Queued
 from api.auth import TokenKind
 from api.scopes import Caller, Operator, authorise_membership, operator, peer_of
 from cluster.directory import Placement
@@ -41,6 +42,8 @@ class CreateSession(BaseModel):
     # segments; the class then moves scheduled -> lobby -> live -> ended by itself.
     start_at: float | None = None
     plan: dict[str, Any] | None = None
+    # Seats: riders beyond it queue for one (docs/protocol.md#seats-and-admission); none: no limit.
+    capacity: int | None = Field(default=None, ge=1, le=1_000_000)
 
     @field_validator("title")
     @classmethod
@@ -81,6 +84,10 @@ class JoinRequest(BaseModel):
         return None if tags is None else check_tags(tags)  # TagError is a ValueError: 422
 
 
+class CapacityRequest(BaseModel):
+    capacity: int | None = Field(ge=1, le=1_000_000)  # null: no limit
+
+
 class PhaseRequest(BaseModel):
     phase: str = Field(pattern=r"^(scheduled|lobby|live|cooldown|ended)$")
 
@@ -102,7 +109,8 @@ def install(app: FastAPI, settings: Settings) -> None:
         edge = edge_of(request)
         session_id = body.id or uuid.uuid4().hex[:12]
         created = await edge.directory.create(session_id, title=body.title, board_size=body.board_size,
-                                              expected_riders=body.expected_riders, placement=body.placement)
+                                              expected_riders=body.expected_riders, placement=body.placement,
+                                              capacity=body.capacity)
         if created:
             await SessionRecords(edge.directory.redis, prefix=settings.prefix).indexed(session_id)
         overrides = {} if body.board_size is None else {"board_size": body.board_size}
@@ -132,6 +140,10 @@ def install(app: FastAPI, settings: Settings) -> None:
         edge = edge_of(request)
         edge.gate.check(who, authorise_membership, session_id, body.participant, where=where_of(request), peer=peer_of(request))
         extra = {} if body.tags is None else {"tags": body.tags}  # old actors take no tags
+        await edge.require(session_id)
+        position = await edge.admission.admit(session_id, body.participant)
+        if position:
+            raise Queued(position, edge.admission.retry_after_s(position))
         slot = await edge.call(session_id, "join", participant=body.participant, **extra)
         return {"participant": body.participant, "slot": slot}
 
@@ -140,7 +152,21 @@ def install(app: FastAPI, settings: Settings) -> None:
         edge = edge_of(request)
         edge.gate.check(who, authorise_membership, session_id, participant, where=where_of(request), peer=peer_of(request))
         left = await edge.call(session_id, "leave", participant=participant)
+        await edge.admission.release(session_id, participant)  # its seat goes to the next in the queue
         return {"participant": participant, "left": left}
+
+    @app.put("/v1/sessions/{session_id}/capacity", dependencies=[Depends(operator)])
+    async def set_capacity(session_id: str, body: CapacityRequest, request: Request) -> dict[str, Any]:
+        """Change the class's seats (null: no limit); riders queued beyond the old one go in
+        as seats free, in order."""
+        edge = edge_of(request)
+        await edge.require(session_id)
+        key = edge.directory.meta_key(session_id)
+        if body.capacity is None:
+            await edge.directory.redis.hdel(key, "capacity")
+        else:
+            await edge.directory.redis.hset(key, "capacity", body.capacity)
+        return {"session": session_id, "capacity": body.capacity, **await edge.admission.book.counts(session_id)}
 
     @app.post("/v1/sessions/{session_id}/phase", dependencies=[Depends(operator)])
     async def set_phase(session_id: str, body: PhaseRequest, request: Request) -> dict[str, Any]:

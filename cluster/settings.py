@@ -76,6 +76,9 @@ class Settings(BaseSettings):
     presence_grace_s: float = Field(default=60.0, gt=0)  # a live rider silent this long has left (off the board)
     profile_refresh_s: float = Field(default=60.0, ge=0)  # a class re-reads its riders' profiles this often (0: never)
     lobby_lead_s: float = Field(default=300.0, ge=0)  # a scheduled class opens its lobby this long before its start
+    admit_rate_per_s: float = Field(default=200.0, ge=0)  # riders admitted into one class per second (0: no limit); the rest queue
+    admit_burst: int = Field(default=400, ge=1)  # riders admitted at once into a class after a quiet spell
+    admit_stale_s: float = Field(default=15.0, gt=0)  # a queued rider that stopped asking this long loses its place
     max_board_rate_hz: float = 10.0  # the fastest board rate a viewer may ask
     max_pending_samples_per_session: int = 50_000  # samples waiting for a tick per class; beyond, devices are throttled
     max_unacked_per_device: int = 3_600  # samples in flight per device; beyond, it is throttled

@@ -174,6 +174,11 @@ class HubClient:
         self.ws: ClientConnection | None = None
         self.ready = asyncio.Event()
         self.welcomed_at: float | None = None  # monotonic time of the first full welcome
+        # seats and admission: the class queued a device of ours (it waits, keeping its
+        # samples, until its welcome); the first position told, the latest, frames seen
+        self.queue_first: int | None = None
+        self.queue_position: int | None = None
+        self.queue_frames = 0
         self.connects = 0
         self.errors: Counter[str] = Counter()
         self._welcomed: set[str] = set()
@@ -292,6 +297,11 @@ class HubClient:
                 self.ready.set()
                 if self.welcomed_at is None:
                     self.welcomed_at = time.monotonic()
+        elif kind == "queue":  # waiting for a seat: nothing to do but wait (the welcome follows)
+            self.queue_frames += 1
+            self.queue_position = frame.get("position")
+            if self.queue_first is None:
+                self.queue_first = self.queue_position
         elif kind == "error" and frame.get("code") == "token_expiring":
             await self._renew()
         elif kind == "error":

@@ -1,0 +1,126 @@
+"""The edge's side of seats and admission (``cluster.admission`` keeps them in Redis).
+
+A device's ``hello`` (and an HTTP join) asks ``Admission.admit``: one Redis round trip.
+Admitted, the device is bound as before. Otherwise it **waits on its connection**: the
+edge sends a ``queue`` frame (``position``, ``retry_after_ms``: docs/protocol.md) and
+keeps asking for it, with every other rider waiting on this edge for that class, in one
+batched script call per class every ``interval_s`` (0.5 s); each answer sends a fresh
+``queue`` frame when the position moved, and the admission binds the device, whose
+``welcome`` follows on the class's next tick. The client does nothing but wait (and keep
+its samples: it sends none before its ``welcome``). A client that would rather hang up
+and come back keeps its place for ``stale_s`` (15 s) by saying ``hello`` again.
+
+An HTTP join over the window is a 429 with ``Retry-After`` and the position.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from cluster.admission import AdmissionPolicy, SeatBook
+from storage.redis_url import AsyncRedis
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Admission", "Waiter"]
+
+
+@dataclass(eq=False)
+class Waiter:
+    """One device waiting for a seat: told its place, called back when admitted."""
+
+    session: str
+    participant: str
+    on_position: Callable[[int, float], None]  # (position, retry_after_s)
+    on_admitted: Callable[[], None]
+    position: int = 0
+    order: int = field(default=0)  # arrival on this edge: earlier first in each batch
+    done: bool = False
+
+
+class Admission:
+    def __init__(self, redis: AsyncRedis, *, prefix: str, policy: AdmissionPolicy, interval_s: float = 0.5) -> None:
+        self.book = SeatBook(redis, prefix=prefix, policy=policy)
+        self.policy = policy
+        self.interval_s = interval_s
+        self.waiting: dict[str, list[Waiter]] = {}
+        self.admitted_after_wait = 0
+        self._arrivals = 0
+        self._task: asyncio.Task[None] | None = None
+
+    def retry_after_s(self, position: int) -> float:
+        """The wait a rider at ``position`` can expect, at the class's admission rate (at
+        least one round); a full class has no better estimate than that."""
+        rate = self.policy.rate_per_s
+        return max(self.interval_s, position / rate) if rate > 0 else max(1.0, self.interval_s)
+
+    async def admit(self, session: str, participant: str) -> int:
+        """0: in (a seat is held); else the rider's place in the queue (1 = next)."""
+        return (await self.book.admit(session, [participant]))[0]
+
+    def wait(self, waiter: Waiter, position: int) -> None:
+        """Keep asking for ``waiter`` (told ``position`` now) until admitted or cancelled."""
+        self._arrivals += 1
+        waiter.order = self._arrivals
+        waiter.position = position
+        waiter.on_position(position, self.retry_after_s(position))
+        self.waiting.setdefault(waiter.session, []).append(waiter)
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="admission")
+
+    def cancel(self, waiter: Waiter) -> None:
+        waiter.done = True
+
+    async def release(self, session: str, participant: str) -> bool:
+        return await self.book.release(session, participant)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        while self.waiting:
+            await asyncio.sleep(self.interval_s)
+            for session in list(self.waiting):
+                try:
+                    await self._round(session)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # Redis slow or down: the riders wait a round longer
+                    log.warning("admission round for %s failed: %r", session, exc)
+
+    async def _round(self, session: str) -> None:
+        waiters = sorted((w for w in self.waiting.get(session, ()) if not w.done), key=lambda w: (w.position, w.order))
+        if not waiters:
+            self.waiting.pop(session, None)
+            return
+        riders = list(dict.fromkeys(w.participant for w in waiters))  # (a rider's devices share its seat)
+        places = dict(zip(riders, await self.book.admit(session, riders), strict=True))
+        asked = set(waiters)
+        still = [w for w in self.waiting.get(session, ()) if w not in asked and not w.done]  # (came meanwhile)
+        for waiter in waiters:
+            if waiter.done:
+                continue
+            place = places[waiter.participant]
+            if place == 0:
+                waiter.done = True
+                self.admitted_after_wait += 1
+                waiter.on_admitted()
+                continue
+            if place != waiter.position:
+                waiter.position = place
+                waiter.on_position(place, self.retry_after_s(place))
+            still.append(waiter)
+        if still:
+            self.waiting[session] = still
+        else:
+            self.waiting.pop(session, None)
+
+
+def retry_after_header(seconds: float) -> str:
+    return str(max(1, math.ceil(seconds)))

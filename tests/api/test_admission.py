@@ -1,0 +1,90 @@
+"""Seats and admission against the real edge, Redis and Ray: a class's capacity, riders
+over it queued in order with a position and Retry-After (HTTP 429) or ``queue`` frames on
+their socket, admitted in order as seats free or the admission rate allows, nothing lost."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+from devices.client import DeviceStream, HubClient
+from tests.api.test_admin import own_edge  # noqa: F401  (the fixture: an edge with its own settings)
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+
+
+def test_http_joins_over_capacity_queue_in_order_with_retry_after(edge: Any, tokens: Any, unique_id: str) -> None:
+    sid = f"seats-{unique_id}"
+    with httpx.Client(base_url=edge.url, headers=tokens.headers(), timeout=60) as http:
+        assert http.post("/v1/sessions", json={"id": sid, "capacity": 3}).status_code == 201
+        for rider in ("r1", "r2", "r3"):
+            assert http.post(f"/v1/sessions/{sid}/participants", json={"participant": rider}).status_code == 201
+        r4 = http.post(f"/v1/sessions/{sid}/participants", json={"participant": "r4"})
+        r5 = http.post(f"/v1/sessions/{sid}/participants", json={"participant": "r5"})
+        assert r4.status_code == 429 and int(r4.headers["Retry-After"]) >= 1, r4.text
+        assert (r4.json()["error"], r4.json()["position"], r5.json()["position"]) == ("queued", 1, 2)
+        assert "number 1 in the queue" in r4.json()["message"]
+        again = http.post(f"/v1/sessions/{sid}/participants", json={"participant": "r5"})
+        assert again.json()["position"] == 2  # asking again keeps the place, never a new ticket
+        assert http.post(f"/v1/sessions/{sid}/participants", json={"participant": "r1"}).status_code == 201  # seated
+        assert http.delete(f"/v1/sessions/{sid}/participants/r2").status_code == 200  # a seat frees
+        assert http.post(f"/v1/sessions/{sid}/participants", json={"participant": "r5"}).json()["position"] == 2
+        assert http.post(f"/v1/sessions/{sid}/participants", json={"participant": "r4"}).status_code == 201
+        assert http.post(f"/v1/sessions/{sid}/participants", json={"participant": "r5"}).json()["position"] == 1
+        grown = http.put(f"/v1/sessions/{sid}/capacity", json={"capacity": 10})
+        assert grown.status_code == 200 and grown.json()["seated"] == 3 and grown.json()["waiting"] == 1
+        assert http.post(f"/v1/sessions/{sid}/participants", json={"participant": "r5"}).status_code == 201
+        assert http.post("/v1/sessions", json={"id": f"{sid}-x", "capacity": 0}).status_code == 422
+        assert http.put(f"/v1/sessions/{sid}/capacity", json={"capacity": -1}).status_code == 422
+
+
+def test_a_join_storm_is_admitted_in_order_at_the_admission_rate_nothing_lost(
+        own_edge: Any, unique_id: str, run: Any) -> None:  # noqa: F811
+    server, tokens = own_edge(admit_rate_per_s=10.0, admit_burst=5)
+    sid = f"storm-{unique_id}"
+    n = 40
+    httpx.post(f"{server.url}/v1/sessions", json={"id": sid, "capacity": n}, headers=tokens.headers(),
+               timeout=60).raise_for_status()
+    httpx.post(f"{server.url}/v1/sessions/{sid}/phase", json={"phase": "live"}, headers=tokens.headers(),
+               timeout=60).raise_for_status()
+
+    async def storm() -> list[tuple[int, HubClient, DeviceStream]]:
+        riders = []
+        for i in range(n + 5):  # 5 more than the seats: they stay queued
+            stream = DeviceStream(f"bike-{i}", f"r{i:02d}", sid)
+            token = tokens("device", device=stream.device, participant=stream.participant, sessions=[sid])
+            client = HubClient(f"{server.ws_url}/v1/devices", [stream], token=token)
+            riders.append((i, client, stream))
+        for _, client, _ in riders:  # in this order: their tickets
+            client.start()
+            await asyncio.sleep(0.01)
+        for _, client, stream in riders:
+            for k in range(3):  # kept until welcomed, then sent
+                await client.send_rows(stream, [stream.new_sample(time.time() + k * 0.1, 120.0, 150.0)])
+        await asyncio.wait_for(asyncio.gather(*(c.ready.wait() for _, c, _ in riders[:n])), 120)
+        await asyncio.sleep(3.0)  # a few admission rounds: the 5 beyond the seats stay queued
+        deadline = time.monotonic() + 60
+        while any(s.unacked for _, c, s in riders[:n]) and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        for _, client, _ in riders:
+            await client.close()
+        return riders
+
+    riders = run(storm(), timeout=200)
+    seated, extra = riders[:n], riders[n:]
+    assert all(not s.unacked for _, _, s in seated)  # every sample of an admitted rider acknowledged
+    queued = [(i, c) for i, c, _ in seated if c.queue_first is not None]
+    assert len(queued) >= n - 10, len(queued)  # the burst went straight in, the rest waited their turn
+    assert [c.queue_first for _, c in queued] == sorted(c.queue_first for _, c in queued)  # by arrival
+    admitted = sorted(seated, key=lambda r: r[1].welcomed_at or 0)
+    order = [i for i, _, _ in admitted]
+    inversions = sum(1 for a, b in zip(order, order[1:]) if a > b)
+    assert inversions <= 2, order  # in order (a round's batch may land in one tick: welcomes tie)
+    assert all(c.welcomed_at is None and c.queue_position is not None for _, c, _ in extra)
+    assert [c.queue_position for _, c, _ in extra] == [1, 2, 3, 4, 5]
+    state = httpx.get(f"{server.url}/v1/sessions/{sid}", headers=tokens.headers(), timeout=60).json()
+    assert len(state["participants"]) == n and state["totals"]["applied"] == 3 * n
