@@ -4,9 +4,7 @@ classes in Redis, and an edge releasing the pumps of passivated classes."""
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -15,30 +13,8 @@ import redis
 
 from cluster.session_records import session_keys
 from devices.client import DeviceStream, HubClient
-from tests.conftest import DevTokenFactory, EdgeServer
 
 pytestmark = pytest.mark.integration
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture
-def own_edge(edge_settings: Any) -> Iterator[Callable[..., tuple[EdgeServer, DevTokenFactory]]]:
-    started: list[EdgeServer] = []
-
-    def make(cluster_settings: Any = None, **overrides: Any) -> tuple[EdgeServer, DevTokenFactory]:
-        settings = edge_settings.model_copy(update={"port": _free_port(), **overrides})
-        server = EdgeServer(settings, cluster_settings=cluster_settings).start()
-        started.append(server)
-        return server, DevTokenFactory(settings)
-
-    yield make
-    for server in started:
-        server.stop()
 
 
 def _all_pages(http: httpx.Client, **params: Any) -> list[dict[str, Any]]:

@@ -12,7 +12,6 @@ import httpx
 import pytest
 
 from devices.client import DeviceStream, HubClient
-from tests.api.test_admin import own_edge  # noqa: F401  (the fixture: an edge with its own settings)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -43,7 +42,7 @@ def test_http_joins_over_capacity_queue_in_order_with_retry_after(edge: Any, tok
 
 
 def test_a_join_storm_is_admitted_in_order_at_the_admission_rate_nothing_lost(
-        own_edge: Any, unique_id: str, run: Any) -> None:  # noqa: F811
+        own_edge: Any, unique_id: str, run: Any) -> None:
     server, tokens = own_edge(admit_rate_per_s=10.0, admit_burst=5)
     sid = f"storm-{unique_id}"
     n = 40
