@@ -30,6 +30,7 @@ from api.health import Readiness
 from api.health import install as install_health
 from api.httpguard import HttpGuard
 from api.ingest import DeviceConnection
+from api.log_context import RequestIds
 from api.metrics import EDGES
 from api.monitor import EdgeMonitor
 from api.pages import SecurityHeaders
@@ -110,6 +111,7 @@ def create_app(settings: Settings) -> FastAPI:
     readiness = Readiness(settings, started=lambda: hasattr(app.state, "edge"))
     install_health(app, readiness, sessions=lambda: len(app.state.edge.pumps))
     app.add_middleware(SecurityHeaders)
+    app.add_middleware(RequestIds)  # outermost: every line of a request, even a refused one, has its id
     install_log_redaction()
     install_pages(app, settings)
     for extension in settings_extensions():

@@ -49,6 +49,7 @@ from api.metrics import (
     THROTTLED_BACKLOG,
     THROTTLED_RATE,
 )
+from api.log_context import SESSION
 from api.outbox import Outbox, close_socket
 from api.pump import DeviceLink, SessionPump
 from api.scopes import authorise_renewal, authorise_write, bearer_token, chosen_subprotocol
@@ -378,6 +379,7 @@ class DeviceConnection:
                 self.outbox.close(CloseCode.UNKNOWN_SESSION, "no known session in hello")
             return
         self.state = LinkState.STREAMING
+        SESSION.set(",".join(sorted({b.session for d, b in self.bindings.items() if d in self.links})))
         if not self.counted_as_hub and (self.hub is not None or len(self.links) > 1):
             self.counted_as_hub = True  # a named hub, or several devices: a hub from now on
             DEVICE_CONNECTIONS.dec()

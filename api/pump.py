@@ -43,6 +43,7 @@ from api.metrics import (
     TICK_LAG_SECONDS,
     TICK_SECONDS,
 )
+from api.log_context import REQUEST_ID, SESSION
 from api.outbox import Outbox
 from api.session_stream import RayTicks, TickChannel
 from cluster.directory import SessionDirectory
@@ -244,6 +245,8 @@ class SessionPump:
         return bool(self.pending) or any(l.needs_welcome or l.sent > l.acked for l in self.links.values())
 
     async def _run(self) -> None:
+        REQUEST_ID.set(None)  # (the task copied the context of the request that made the pump)
+        SESSION.set(self.session_id)
         while self.state is PumpState.RUNNING:
             started = time.monotonic()
             news = False

@@ -112,6 +112,13 @@ class Settings(BaseSettings):
     # (and Ray's own): 0 = a free port Ray picks (written to Ray's service-discovery file).
     ray_metrics_export_port: int = Field(default=0, ge=0, le=65535)
 
+    # -- logs (launch/logs.py, docs/operations.md) -----------------------------------------
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"  # INFO shows the access log and lifecycle lines
+    # json: one JSON object a line (production, log shippers); console: readable lines (development);
+    # auto: console on a terminal, json otherwise.
+    log_format: Literal["auto", "json", "console"] = "auto"
+    access_log: bool = True  # one line per HTTP request and WebSocket connection (uvicorn's access log)
+
 
     # -- limits (api/limits.py; every one documented in docs/security.md) ------------------
     max_frame_bytes: int = 64 * 1024  # a device frame larger than this gets `too_large`

@@ -144,9 +144,11 @@ async def _serve(settings: Any, after_start: Any = None) -> None:
     from api.app import create_app
     from api.limits import uvicorn_options
 
+    from launch.logs import uvicorn_log_options
+
     config = uvicorn.Config(
-        create_app(settings), host=settings.host, port=settings.port, log_level="warning",
-        lifespan="on", **uvicorn_options(settings),
+        create_app(settings), host=settings.host, port=settings.port,
+        lifespan="on", **uvicorn_options(settings), **uvicorn_log_options(settings),
     )
     server = uvicorn.Server(config)
     serving = asyncio.create_task(server.serve())
@@ -185,7 +187,10 @@ def _run_stack(args: argparse.Namespace, after_start: Any = None) -> int:
 
     from api.auth import InsecureSettings, check_settings
 
+    from launch.logs import configure_from
+
     settings = _settings(args)
+    configure_from(settings)
     try:
         check_settings(settings)
     except InsecureSettings as exc:

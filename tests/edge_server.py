@@ -10,7 +10,7 @@ from typing import Any
 class EdgeServer:
     """``create_app(settings)`` under uvicorn in a daemon thread with its own event loop."""
 
-    def __init__(self, settings: Any, cluster_settings: Any = None) -> None:
+    def __init__(self, settings: Any, cluster_settings: Any = None, log_options: dict[str, Any] | None = None) -> None:
         import uvicorn
 
         from api.app import create_app
@@ -20,9 +20,10 @@ class EdgeServer:
         app = create_app(settings)
         if cluster_settings is not None:
             app.state.cluster_settings = cluster_settings
+        logs = log_options if log_options is not None else {"log_level": "warning"}  # (launch.logs: the real options)
         self.config = uvicorn.Config(
-            app, host="127.0.0.1", port=settings.port, log_level="warning",
-            loop="asyncio", lifespan="on", **uvicorn_options(settings),
+            app, host="127.0.0.1", port=settings.port,
+            loop="asyncio", lifespan="on", **uvicorn_options(settings), **logs,
         )
         self.server = uvicorn.Server(self.config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
