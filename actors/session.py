@@ -98,10 +98,33 @@ BOARD_VALUE_COLUMNS = BOARD_COLUMNS[2:_PRESENCE_AT]
 _INT_VALUES = tuple(BOARD_VALUE_COLUMNS.index(c) for c in ("samples", "power_zone", "hr_zone"))
 
 
+def rows_of(ids: np.ndarray, ranks: np.ndarray, matrix: np.ndarray, presence: np.ndarray,
+            targets: Sequence[np.ndarray], hidden: Sequence[int] = ()) -> list[list[Any]]:
+    """Board rows from columns: ids and presence/target labels (object arrays), ranks, the
+    ``board_matrix`` numbers (NaN: None; whole-number columns as int); ``hidden`` board
+    columns blanked."""
+    table = np.empty((len(ids), len(BOARD_COLUMNS)), dtype=object)
+    table[:, 0] = ids
+    table[:, 1] = ranks.astype(object)
+    values = matrix.astype(object)
+    unknown = np.isnan(matrix)
+    values[unknown] = None
+    for j in _INT_VALUES:
+        known = ~unknown[:, j]
+        values[known, j] = matrix[known, j].astype(np.int64).astype(object)
+    table[:, 2:_PRESENCE_AT] = values
+    table[:, _PRESENCE_AT] = presence
+    for j, labels in enumerate(targets, start=_PRESENCE_AT + 1):
+        table[:, j] = labels
+    for j in hidden:
+        table[:, j] = None
+    return table.tolist()  # type: ignore[no-any-return]
+
+
 def board_row(participant: str, rank: int, values: Sequence[float], presence: str,
               targets: Sequence[str | None]) -> list[Any]:
     """One board row from one ``board_matrix`` row, its presence and its target labels (what
-    ``board_rows`` builds for many at once)."""
+    ``rows_of`` builds for many at once, without numpy's per-call cost)."""
     row: list[Any] = [participant, rank]
     row.extend(None if v != v else v for v in values)  # (NaN != NaN)
     for j in _INT_VALUES:
@@ -435,24 +458,11 @@ class SessionState:
     def board_rows(self, order: np.ndarray) -> list[list[Any]]:
         """Board rows of the slots in ``order`` (ranked from 1), built as columns: numbers
         rounded by numpy (``board_matrix``), None where never seen."""
-        n = len(order)
-        if not n:
+        if not len(order):
             return []
-        matrix = self.board_matrix(order)
-        table = np.empty((n, len(BOARD_COLUMNS)), dtype=object)
-        table[:, 0] = np.array(self.participants, dtype=object)[order]
-        table[:, 1] = np.arange(1, n + 1).astype(object)
-        values = matrix.astype(object)
-        unknown = np.isnan(matrix)
-        values[unknown] = None
-        for j in _INT_VALUES:
-            known = ~unknown[:, j]
-            values[known, j] = matrix[known, j].astype(np.int64).astype(object)
-        table[:, 2:_PRESENCE_AT] = values
-        table[:, _PRESENCE_AT] = self.presence.labels(order)
-        for j, codes in enumerate(self.targets(order).values(), start=_PRESENCE_AT + 1):
-            table[:, j] = target_labels(codes)
-        return table.tolist()  # type: ignore[no-any-return]
+        return rows_of(np.array(self.participants, dtype=object)[order], np.arange(1, len(order) + 1),
+                       self.board_matrix(order), self.presence.labels(order),
+                       [target_labels(codes) for codes in self.targets(order).values()])
 
     def targets(self, order: np.ndarray) -> dict[str, np.ndarray]:
         """Each rider's place against the running segment's targets (``actors.plan``)."""

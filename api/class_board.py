@@ -32,9 +32,11 @@ import numpy as np
 
 from actors.plan import TARGET_COLUMNS, target_labels
 from actors.presence import Presence
-from actors.session import BOARD_COLUMNS, BOARD_VALUE_COLUMNS, Phase, board_row
+from actors.session import BOARD_COLUMNS, BOARD_VALUE_COLUMNS, Phase, board_row, rows_of
 
 _LABELS = [p.value for p in Presence]
+_PRESENCE_LABELS = np.array(_LABELS, dtype=object)
+_TARGET_LABELS = dict(zip((-1, 0, 1, 2), target_labels(np.array([-1, 0, 1, 2])).tolist()))
 _WIDTH = len(BOARD_VALUE_COLUMNS)
 _PHASES = [p.value for p in Phase]
 
@@ -49,6 +51,7 @@ class ShardPart:
     top: list[list[Any]]
     ids_text: str
     ids: list[str]
+    id_column: np.ndarray  # the same ids, an object array (for pages)
     index: dict[str, int]  # participant -> slot
     scores: np.ndarray  # float64 per slot
     neg_sorted: np.ndarray  # -score of the active slots, ascending (best first)
@@ -64,17 +67,18 @@ class ShardPart:
     def decode(cls, raw: dict[str, Any], previous: ShardPart | None = None) -> ShardPart:
         ids_text = raw["ids"]
         if previous is not None and previous.ids_text == ids_text:
-            ids, index = previous.ids, previous.index
+            ids, index, id_column = previous.ids, previous.index, previous.id_column
         else:
             ids = ids_text.split("\n") if ids_text else []
             index = {p: i for i, p in enumerate(ids)}
+            id_column = np.array(ids, dtype=object)
         scores = np.frombuffer(raw["e"], "<f8")
         order = np.frombuffer(raw["ord"], "<i4")
         active = np.zeros(len(ids), bool)
         active[order] = True
         return cls(
             version=raw["version"], phase=raw["phase"], n=raw["n"], top=raw["top"], ids_text=ids_text, ids=ids,
-            index=index, scores=scores, neg_sorted=-scores[order], order=order, active=active,
+            id_column=id_column, index=index, scores=scores, neg_sorted=-scores[order], order=order, active=active,
             matrix=np.frombuffer(raw["m"], "<f8").reshape(len(ids), _WIDTH),
             presence=np.frombuffer(raw["pc"], np.int8),
             targets=np.frombuffer(raw["tc"], np.int8).reshape(len(ids), len(TARGET_COLUMNS)),
@@ -92,6 +96,7 @@ class ClassBoard:
     def __init__(self, parts: Sequence[ShardPart]) -> None:
         self.parts = tuple(parts)
         self._order: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._rank_columns: dict[int, np.ndarray] = {}
         self._pages: dict[tuple[int, int, tuple[int, ...]], list[list[Any]]] = {}
 
     def rank(self, score: float) -> int:
@@ -99,17 +104,27 @@ class ClassBoard:
 
     def get(self, participant: str) -> list[Any] | None:
         """The rider's row (None: not on the board), with its exact class rank."""
-        for part in self.parts:
+        for at, part in enumerate(self.parts):
             slot = part.index.get(participant)
             if slot is not None:
                 if not part.active[slot]:
                     return None
-                return self._row(part, slot, self.rank(float(part.scores[slot])))
+                return self._row(part, slot, int(self._ranks(at)[slot]))
         return None
+
+    def _ranks(self, at: int) -> np.ndarray:
+        """Every slot's class rank in shard ``at``: one ``searchsorted`` per shard over the
+        whole column, on the first rider of that shard who asks for this board."""
+        ranks = self._rank_columns.get(at)
+        if ranks is None:
+            neg = -self.parts[at].scores
+            ranks = self._rank_columns[at] = 1 + sum(
+                (np.searchsorted(p.neg_sorted, neg, side="left") for p in self.parts), np.zeros(len(neg), np.int64))
+        return ranks
 
     def _row(self, part: ShardPart, slot: int, rank: int) -> list[Any]:
         return board_row(part.ids[slot], rank, part.matrix[slot].tolist(), _LABELS[part.presence[slot]],
-                         target_labels(part.targets[slot]).tolist())
+                         [_TARGET_LABELS[code] for code in part.targets[slot].tolist()])
 
     def pages(self, size: int) -> int:
         return max(1, -(-sum(p.n for p in self.parts) // size))
@@ -124,14 +139,22 @@ class ClassBoard:
         return rows
 
     def _page(self, number: int, size: int, hidden: tuple[int, ...]) -> list[list[Any]]:
-        shard, slot, ranks = self._global_order()
-        rows = []
-        for i in range(number * size, min(len(slot), (number + 1) * size)):
-            row = self._row(self.parts[shard[i]], int(slot[i]), int(ranks[i]))
-            for j in hidden:
-                row[j] = None
-            rows.append(row)
-        return rows
+        """The page's rows, gathered as columns from each shard's part."""
+        shard, slot, ranks = (column[number * size:(number + 1) * size] for column in self._global_order())
+        if not len(slot):
+            return []
+        ids = np.empty(len(slot), dtype=object)
+        matrix = np.empty((len(slot), _WIDTH))
+        presence = np.empty(len(slot), np.int8)
+        targets = np.empty((len(slot), len(TARGET_COLUMNS)), np.int8)
+        for at, part in enumerate(self.parts):
+            mine = shard == at
+            ids[mine] = part.id_column[slot[mine]]
+            matrix[mine] = part.matrix[slot[mine]]
+            presence[mine] = part.presence[slot[mine]]
+            targets[mine] = part.targets[slot[mine]]
+        return rows_of(ids, ranks, matrix, _PRESENCE_LABELS[presence],
+                       [target_labels(targets[:, j]) for j in range(len(TARGET_COLUMNS))], hidden)
 
     def _global_order(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(shard, slot, rank) of every active rider, best first (ties: shard, then slot)."""

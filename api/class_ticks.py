@@ -86,32 +86,8 @@ class ClassShardTicks:
         return self._merge(request, sharded, [o for o in outcomes if isinstance(o, TickResult)])
 
     def _split(self, request: TickRequest, sharded: _Class) -> list[TickRequest]:
-        n = sharded.shards
-        owner = sharded.device_shard
-        for device, participant in request.devices:
-            if device not in owner:
-                owner[device] = shard_of(participant, n)
-        of_device = np.fromiter((owner[d] for d, _ in request.devices), np.int32, len(request.devices))
-        of_sample = of_device[request.samples.device]
-        of_rejected = of_device[request.rejected_device]
-        requests = []
-        for i in range(n):
-            mine = np.flatnonzero(of_device == i)
-            renumber = np.full(len(request.devices), -1, np.int32)
-            renumber[mine] = np.arange(len(mine), dtype=np.int32)
-            take = of_sample == i
-            drop = of_rejected == i
-            part = sharded.parts[i]
-            requests.append(TickRequest(
-                session=shard_id(request.session, i),
-                devices=tuple(request.devices[j] for j in mine),
-                samples=SampleColumns(renumber[request.samples.device[take]], request.samples.seq[take],
-                                      request.samples.values[take]),
-                rejected_device=renumber[request.rejected_device[drop]], rejected_seq=request.rejected_seq[drop],
-                want_durable=tuple(d for d in request.want_durable if owner.get(d, i) == i),
-                known_version=-1 if part is None else part.version,
-            ))
-        return requests
+        known = [-1 if part is None else part.version for part in sharded.parts]
+        return split_tick(request, sharded.shards, sharded.device_shard, known)
 
     def _merge(self, request: TickRequest, sharded: _Class, results: list[TickResult]) -> TickResult:
         changed = False
@@ -150,3 +126,32 @@ class ClassShardTicks:
     async def close(self) -> None:
         await self.inner.close()
 
+
+def split_tick(request: TickRequest, shards: int, owner: dict[str, int], known: list[int]) -> list[TickRequest]:
+    """One tick per shard (named by shard id): each device's samples and rejected seqs to the
+    shard of its participant (``owner``, the device -> shard cache, is filled as devices
+    appear), wanted devices to their shard (to every shard while unknown); ``known``: the
+    board version this edge holds of each shard."""
+    for device, participant in request.devices:
+        if device not in owner:
+            owner[device] = shard_of(participant, shards)
+    of_device = np.fromiter((owner[d] for d, _ in request.devices), np.int32, len(request.devices))
+    of_sample = of_device[request.samples.device]
+    of_rejected = of_device[request.rejected_device]
+    requests = []
+    for i in range(shards):
+        mine = np.flatnonzero(of_device == i)
+        renumber = np.full(len(request.devices), -1, np.int32)
+        renumber[mine] = np.arange(len(mine), dtype=np.int32)
+        take = of_sample == i
+        drop = of_rejected == i
+        requests.append(TickRequest(
+            session=shard_id(request.session, i),
+            devices=tuple(request.devices[j] for j in mine),
+            samples=SampleColumns(renumber[request.samples.device[take]], request.samples.seq[take],
+                                  request.samples.values[take]),
+            rejected_device=renumber[request.rejected_device[drop]], rejected_seq=request.rejected_seq[drop],
+            want_durable=tuple(d for d in request.want_durable if owner.get(d, i) == i),
+            known_version=known[i],
+        ))
+    return requests
