@@ -11,7 +11,7 @@ that placement back from the GCS (no dashboard needed) and *ends* actors:
   sessions still waiting for a slot (``PENDING_CREATION`` / ``RESTARTING``: after a node
   loss, or while the autoscaler adds a node).
 * ``passivate(directory, session_id)`` — virtual-actor passivation: checkpoint, then
-  ``ray.kill(no_restart=True)``. The state stays in Redis; the next call through any
+  ``ray.kill(no_restart=True)`` (every shard's actor for a class over class shards). The state stays in Redis; the next call through any
   edge's directory gets-or-creates the actor again, which restores its checkpoint. Idle
   nodes then lose their last session and Ray's autoscaler removes them.
 * ``Passivator`` — a loop on each edge that passivates the sessions that are ``ended``
@@ -32,6 +32,7 @@ from typing import Any
 import ray
 
 from actors.session_actor import actor_name
+from cluster.class_shards import shard_id
 from cluster.directory import SessionDirectory
 
 log = logging.getLogger(__name__)
@@ -169,6 +170,9 @@ async def passivate(directory: SessionDirectory, session_id: str, *, flush_timeo
     recreate the actor from its checkpoint (on whichever node has a free slot); devices
     then get a fresh ``welcome`` because the epoch changed.
     """
+    shards = await directory.shards_of(session_id)
+    if shards > 1:  # a big class: every shard checkpoints, then every shard's actor ends
+        return await _passivate_shards(directory, session_id, shards, flush_timeout_s)
     host = await directory.host_of(session_id)
     if host is not None:  # dense: the host drops this class only (after a checkpoint)
         handle = await directory.handle(session_id)
@@ -187,6 +191,24 @@ async def passivate(directory: SessionDirectory, session_id: str, *, flush_timeo
         log.warning("session %s: flush before passivation failed; passivating anyway", session_id, exc_info=True)
     await asyncio.to_thread(directory.kill, session_id)
     log.info("session %s passivated", session_id)
+    return True
+
+
+async def _passivate_shards(directory: SessionDirectory, session_id: str, shards: int, flush_timeout_s: float) -> bool:
+    names = [shard_id(session_id, i) for i in range(shards)]
+    alive = await asyncio.to_thread(lambda: [n for n in names if is_active(n, directory.namespace)])
+    if not alive:
+        directory.forget(session_id)
+        return False
+    try:
+        handle = await directory.handle(session_id)
+        await asyncio.wait_for(handle.flush.remote(), flush_timeout_s)  # (every shard at once)
+    except Exception:  # noqa: BLE001 - the last checkpoints are still there; nothing acked is lost
+        log.warning("class %s: flush before passivation failed; passivating anyway", session_id, exc_info=True)
+    directory.forget(session_id)
+    for name in alive:
+        await asyncio.to_thread(directory.kill, name)
+    log.info("class %s passivated (%d shards)", session_id, len(alive))
     return True
 
 

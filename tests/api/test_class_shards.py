@@ -8,7 +8,8 @@
   class's merged snapshot, and within float noise of the swarm's own energy sums (what was
   sent);
 * control calls are one action: a phase change reaches every shard; joins go to the
-  rider's shard; bad paging is refused with a close code and a reason.
+  rider's shard; passivating the class ends every shard's actor and the next call brings
+  them back from their checkpoints; bad paging is refused with a close code and a reason.
 """
 
 from __future__ import annotations
@@ -50,6 +51,14 @@ def sharding_edge(edge_settings: Any) -> Iterator[EdgeServer]:
                                                          "board_page_rows": 100})).start()
     yield server
     server.stop()
+
+
+def _alive(session_id: str, namespace: str) -> bool:
+    try:
+        ray.get_actor(actor_name(session_id), namespace=namespace)
+    except ValueError:
+        return False
+    return True
 
 
 def _ranks(rows: list[dict[str, Any]], energy: str = "energy_kj", slack: float = 0.0) -> dict[str, tuple[int, int]]:
@@ -157,6 +166,13 @@ def test_control_calls_reach_every_shard_and_bad_paging_is_refused(sharding_edge
         assert http.post(f"/v1/sessions/{sid}/phase", json={"phase": "lobby"}).status_code == 409  # phases move on
         snap = http.get(f"/v1/sessions/{sid}").json()
         assert http.post(f"/v1/sessions/{sid}/flush").status_code == 200
+        # passivated: every shard checkpoints and its actor ends; the next call brings them all back
+        assert http.post(f"/v1/sessions/{sid}/passivate").json() == {"session": sid, "passivated": True}
+        assert not any(_alive(shard_id(sid, i), sharding_edge.settings.namespace) for i in range(SHARDS))
+        back = http.get(f"/v1/sessions/{sid}").json()
+        assert all(_alive(shard_id(sid, i), sharding_edge.settings.namespace) for i in range(SHARDS))
+        assert sorted(p["participant"] for p in back["participants"]) == sorted(riders) and back["phase"] == "live"
+        assert all(b["epoch"] > a["epoch"] for a, b in zip(snap["shards"], back["shards"]))  # new instances
     assert [s["phase"] for s in snap["shards"]] == ["live"] * SHARDS and snap["phase"] == "live"
     assert [s["participants"] for s in snap["shards"]] == [sum(shard_of(r, SHARDS) == i for r in riders)
                                                            for i in range(SHARDS)]
