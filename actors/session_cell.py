@@ -44,7 +44,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from storage.checkpoint import CheckpointStore
-from actors.board_part import board_part
+from actors.board_part import BoardParts
 from actors.errors import StaleInstance
 from actors.plan import check_plan
 from actors.profile import ProfileStore
@@ -124,7 +124,7 @@ class SessionCell:
         self.profile_refresh_s = settings.profile_refresh_s
         self._profiles_read_at = time.monotonic()
         self._profile_task: asyncio.Task[None] | None = None
-        self._part: tuple[int, dict[str, Any]] | None = None
+        self._parts = BoardParts()
 
     @property
     def epoch(self) -> int:
@@ -235,19 +235,17 @@ class SessionCell:
         version = self.state.version
         return TickResult(
             session=self.session_id, epoch=self.store.epoch, version=version,
-            board=self._board() if version != request.known_version else None,
+            board=self._board(request.known_version) if version != request.known_version else None,
             durable={d: self.durable.get(d, 0) for d in request.want_durable},
             applied=result.applied, duplicates=result.duplicates, id=request.id,
         )
 
-    def _board(self) -> dict[str, Any]:
-        """The class board, or a class shard's board part (``settings.board_parts``), built
-        once per version."""
+    def _board(self, known_version: int) -> dict[str, Any]:
+        """The class board, or a class shard's board part (``settings.board_parts``: whole, or
+        the rows changed since ``known_version``)."""
         if not self.settings.board_parts:
             return self.state.board()
-        if self._part is None or self._part[0] != self.state.version:
-            self._part = (self.state.version, board_part(self.state))
-        return self._part[1]
+        return self._parts.part(self.state, known_version)
 
     def tick_batches(self, batches: list[tuple[str, str, list[list[Any]], list[int]]],
                      want_durable: list[str], known_version: int) -> dict[str, Any]:

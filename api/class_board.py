@@ -41,6 +41,29 @@ _WIDTH = len(BOARD_VALUE_COLUMNS)
 _PHASES = [p.value for p in Phase]
 
 
+class PartGap(Exception):
+    """A change part for a version this edge does not hold (it asks for the whole part)."""
+
+
+def _roster_after(previous: ShardPart, added: str) -> tuple[list[str], dict[str, int], np.ndarray]:
+    if not added:
+        return previous.ids, previous.index, previous.id_column
+    new = added.split("\n")
+    ids = previous.ids + new
+    index = dict(previous.index)
+    index.update((p, i) for i, p in enumerate(new, start=len(previous.ids)))
+    return ids, index, np.concatenate([previous.id_column, np.array(new, dtype=object)])
+
+
+def _changed(before: np.ndarray, slots: int, at: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """A copy of ``before`` grown to ``slots`` rows, with ``rows`` at ``at`` (the previous
+    part stays as it was: boards already handed out keep reading it)."""
+    after = np.empty((slots, *before.shape[1:]), before.dtype)
+    after[: len(before)] = before
+    after[at] = rows
+    return after
+
+
 @dataclass(frozen=True, slots=True)
 class ShardPart:
     """One shard's part, decoded: numpy views on the part's bytes."""
@@ -49,7 +72,6 @@ class ShardPart:
     phase: str
     n: int
     top: list[list[Any]]
-    ids_text: str
     ids: list[str]
     id_column: np.ndarray  # the same ids, an object array (for pages)
     index: dict[str, int]  # participant -> slot
@@ -65,24 +87,36 @@ class ShardPart:
 
     @classmethod
     def decode(cls, raw: dict[str, Any], previous: ShardPart | None = None) -> ShardPart:
-        ids_text = raw["ids"]
-        if previous is not None and previous.ids_text == ids_text:
-            ids, index, id_column = previous.ids, previous.index, previous.id_column
-        else:
-            ids = ids_text.split("\n") if ids_text else []
-            index = {p: i for i, p in enumerate(ids)}
-            id_column = np.array(ids, dtype=object)
+        """The part ``raw``; a change part (``base``) applies to ``previous``, which must be
+        the version it names (else ``PartGap``: ask for the whole part)."""
         scores = np.frombuffer(raw["e"], "<f8")
         order = np.frombuffer(raw["ord"], "<i4")
+        if "base" in raw:
+            if previous is None or previous.version != raw["base"]:
+                raise PartGap(f"a change since version {raw['base']} but this edge holds "
+                              f"{None if previous is None else previous.version}")
+            ids, index, id_column = _roster_after(previous, raw["ids"])
+            changed = np.frombuffer(raw["di"], "<i4")
+            matrix = _changed(previous.matrix, len(ids), changed, np.frombuffer(raw["m"], "<f8").reshape(-1, _WIDTH))
+            presence = _changed(previous.presence, len(ids), changed, np.frombuffer(raw["pc"], np.int8))
+            targets = _changed(previous.targets, len(ids), changed,
+                               np.frombuffer(raw["tc"], np.int8).reshape(-1, len(TARGET_COLUMNS)))
+        else:
+            if previous is not None and len(previous.ids) == len(scores):  # (a roster only grows)
+                ids, index, id_column = previous.ids, previous.index, previous.id_column
+            else:
+                ids = raw["ids"].split("\n") if raw["ids"] else []
+                index = {p: i for i, p in enumerate(ids)}
+                id_column = np.array(ids, dtype=object)
+            matrix = np.frombuffer(raw["m"], "<f8").reshape(len(ids), _WIDTH)
+            presence = np.frombuffer(raw["pc"], np.int8)
+            targets = np.frombuffer(raw["tc"], np.int8).reshape(len(ids), len(TARGET_COLUMNS))
         active = np.zeros(len(ids), bool)
         active[order] = True
         return cls(
-            version=raw["version"], phase=raw["phase"], n=raw["n"], top=raw["top"], ids_text=ids_text, ids=ids,
+            version=raw["version"], phase=raw["phase"], n=raw["n"], top=raw["top"], ids=ids,
             id_column=id_column, index=index, scores=scores, neg_sorted=-scores[order], order=order, active=active,
-            matrix=np.frombuffer(raw["m"], "<f8").reshape(len(ids), _WIDTH),
-            presence=np.frombuffer(raw["pc"], np.int8),
-            targets=np.frombuffer(raw["tc"], np.int8).reshape(len(ids), len(TARGET_COLUMNS)),
-            total_kj=float(raw["sum"]), plan=raw.get("plan"),
+            matrix=matrix, presence=presence, targets=targets, total_kj=float(raw["sum"]), plan=raw.get("plan"),
         )
 
     def above(self, score: float) -> int:

@@ -10,7 +10,9 @@ pump tick becomes one tick per shard, sent at once over each shard's own stream:
   channel has not seen its participant yet (the others answer 0; the highest wins);
 * every shard is asked every tick, so a board made newer by another edge's samples comes
   back too; a shard sends its part only when its version is newer than the one this edge
-  holds.
+  holds, and then only the rows changed since that version (``actors/board_part.py``);
+  a change against a version this edge no longer holds (a restarted shard, whose versions
+  start again from its checkpoint) is dropped and the whole part asked for.
 
 The pump gets one ``TickResult``: the merged board (``api/class_board.py``) whenever any
 part changed (or the pump does not hold the latest), the durable seqs of every shard, the
@@ -29,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from actors.wire import SampleColumns, TickRequest, TickResult
-from api.class_board import ShardPart, merge_board
+from api.class_board import PartGap, ShardPart, merge_board
 from api.session_stream import TickChannel
 from cluster.class_shards import shard_id, shard_of
 from cluster.directory import SessionDirectory
@@ -92,12 +94,15 @@ class ClassShardTicks:
     def _merge(self, request: TickRequest, sharded: _Class, results: list[TickResult]) -> TickResult:
         changed = False
         for i, result in enumerate(results):
-            if result.epoch != sharded.epochs[i] and result.board is None:
-                sharded.parts[i] = None  # a new instance: take its whole part on the next tick
+            if result.epoch != sharded.epochs[i]:
+                sharded.parts[i] = None  # a new instance: its versions are not the old one's
             sharded.epochs[i] = result.epoch
             if result.board is not None:
-                sharded.parts[i] = ShardPart.decode(result.board, sharded.parts[i])
-                changed = True
+                try:
+                    sharded.parts[i] = ShardPart.decode(result.board, sharded.parts[i])
+                    changed = True
+                except PartGap:
+                    sharded.parts[i] = None  # the next tick asks for the whole part
         parts = sharded.parts
         version = sum(r.version for r in results)
         board = None

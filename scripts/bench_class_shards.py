@@ -12,7 +12,8 @@ size, the same ticks go
   board, and every row for the ``view=all`` viewer);
 * to ``ceil(riders / --per-shard)`` shard states: the edge splits the tick
   (``api.class_ticks.split_tick``), each shard applies its part and builds its board part
-  (``actors.board_part``), the parts go through the wire codec, the edge decodes and merges
+  (``actors.board_part``: the rows changed since the version the edge holds), the parts go
+  through the wire codec (``part_kib``: their bytes per tick, all shards), the edge decodes and merges
   them (``api.class_board``) and makes the same frames (``view=all``: page 0 of 500 rows).
 
 Prints one JSON object: per size, milliseconds per tick (median and p99 over the run) of
@@ -34,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from actors.board_part import board_part
+from actors.board_part import BoardParts
 from actors.session import SessionState
 from actors.wire import SampleColumns, TickRequest, TickResult, decode_message, encode_message
 from api.class_board import ShardPart, merge_board
@@ -113,6 +114,7 @@ def single(ticks: list[TickRequest], riders: int) -> dict[str, Any]:
 def sharded(ticks: list[TickRequest], riders: int, shards: int) -> dict[str, Any]:
     clock = Clock()
     states = [SessionState(f"big~{i}") for i in range(shards)]
+    makers = [BoardParts() for _ in range(shards)]
     owner: dict[str, int] = {}
     parts: list[ShardPart | None] = [None] * shards
     everyone = board_encoder(None, everyone=True, paging=Paging(None, 500))
@@ -121,14 +123,15 @@ def sharded(ticks: list[TickRequest], riders: int, shards: int) -> dict[str, Any
         requests = clock.time("edge_split_ms", lambda: split_tick(tick, shards, owner, known))
         results = []
         slowest = 0.0
-        for state, request in zip(states, requests):
+        for state, maker, request in zip(states, makers, requests):
             start = time.perf_counter()
             state.apply_tick(request)
-            part = board_part(state)
+            part = maker.part(state, request.known_version)
             slowest = max(slowest, (time.perf_counter() - start) * 1000.0)
             results.append(TickResult(request.session, 1, state.version, part, {}))
         clock.add("shard_ms_slowest", slowest)
         decoded = clock.time("wire_ms", lambda: [_wire(r) for r in results])
+        clock.add("part_kib", sum(len(encode_message(r)) for r in results) / 1024)
 
         def merge() -> dict[str, Any]:
             for i, r in enumerate(decoded):

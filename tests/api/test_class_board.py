@@ -16,9 +16,9 @@ import msgpack
 import numpy as np
 import pytest
 
-from actors.board_part import board_part, is_part
+from actors.board_part import KEEP_VERSIONS, BoardParts, board_part, is_part
 from actors.session import DeviceBatch, SessionState
-from api.class_board import ShardPart, merge_board
+from api.class_board import PartGap, ShardPart, merge_board
 from api.viewer import CompactBoard, Paging, board_encoder, own_row
 from cluster.class_shards import merge_snapshots, shard_count, shard_of
 
@@ -58,7 +58,7 @@ def _ride(seed: int) -> tuple[SessionState, list[SessionState]]:
 
 
 def _merged(shards: list[SessionState]) -> dict[str, Any]:
-    parts = [ShardPart.decode(_wire(board_part(s))) for s in shards]
+    parts = [ShardPart.decode(_wire(board_part(s)[0])) for s in shards]
     return merge_board("big", parts, 10, sum(s.version for s in shards))
 
 
@@ -124,7 +124,7 @@ def test_frames_of_a_merged_board() -> None:
 
 def test_parts_and_counts() -> None:
     _, shards = _ride(seed=4)
-    part = board_part(shards[0])
+    part, _ = board_part(shards[0])
     assert is_part(part) and not is_part(shards[0].board()) and not is_part(None)
     assert len(part["m"]) == 8 * len(shards[0].participants) * 14
     assert shard_count(None, 1000, 64) == 1 and shard_count(1000, 1000, 64) == 1
@@ -133,3 +133,45 @@ def test_parts_and_counts() -> None:
     merged = merge_snapshots("big", snaps)
     assert len(merged["participants"]) == RIDERS and merged["session"] == "big"
     assert merged["totals"]["applied"] == sum(s["totals"]["applied"] for s in snaps)
+
+
+@pytest.mark.timeout(60)
+def test_change_parts_rebuild_the_whole_part_exactly() -> None:
+    """Ticks with new riders, leaves and quiet riders: each shard sends only the rows changed
+    since the version the edge holds, and every rider's row and the pages come out as from
+    whole parts; a change against a version the edge does not hold is refused (PartGap)."""
+    rng = random.Random(7)
+    clock = [1_000.0]
+    shard = SessionState("big~0", board_size=5, clock=lambda: clock[0])
+    maker = BoardParts()
+    held: ShardPart | None = None
+    sizes, versions = [], []
+    for tick in range(40):
+        clock[0] += 0.1
+        riders = [f"r{k}" for k in range(30 + tick)]  # one new rider per tick
+        shard.join(riders[-1])
+        batches = [DeviceBatch(f"{r}-d", r, [[tick + 1, clock[0], 130.0, rng.uniform(100, 300), 90.0, 8.0, 5.0 * tick]])
+                   for r in riders if rng.random() < 0.2]
+        shard.apply(batches)
+        if tick % 9 == 4:
+            shard.leave(riders[tick])
+        raw = _wire(maker.part(shard, -1 if held is None else held.version))
+        held = ShardPart.decode(raw, held)
+        versions.append(held.version)
+        full = _wire(board_part(shard)[0])
+        sizes.append((len(raw["m"]), len(full["m"])))
+        whole = ShardPart.decode(full)
+        assert held.ids == whole.ids and held.index == whole.index
+        assert np.array_equal(held.matrix, whole.matrix, equal_nan=True)
+        assert np.array_equal(held.presence, whole.presence) and np.array_equal(held.targets, whole.targets)
+        mine = merge_board("big", [held], 5, held.version)
+        theirs = merge_board("big", [whole], 5, whole.version)
+        assert mine["top"] == theirs["top"] and mine["merged"].page(0, 100) == theirs["merged"].page(0, 100)
+    assert sum(c for c, _ in sizes[1:]) < 0.4 * sum(w for _, w in sizes[1:])  # changes carry a fraction of the rows
+    shard.join("late-rider")
+    stale = _wire(maker.part(shard, versions[-2]))  # a change against a version this edge let go
+    assert stale["base"] == versions[-2]
+    with pytest.raises(PartGap):
+        ShardPart.decode(stale, held)
+    assert "base" not in maker.part(shard, versions[-KEEP_VERSIONS - 2])  # too old: the whole part
+    assert "base" in maker.part(shard, versions[-1])
