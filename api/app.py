@@ -22,7 +22,8 @@ from fastapi import Depends, FastAPI, WebSocket
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest, start_http_server
 
-from api import board_socket, dev_tokens, history_routes, rider_routes, session_routes
+from api import board_socket, dev_tokens, history_routes, rider_routes, session_routes, webhook_routes
+from api.webhook_routes import webhook_dispatcher
 from api.auth import build_verifier
 from api.edge import Edge, edge_of, redis_client
 from api.errors import install_handlers
@@ -70,7 +71,7 @@ def metrics_listener(settings: Settings) -> Any:
 
 def create_app(settings: Settings) -> FastAPI:
     """The edge: lifespan (Redis client, directory, ``Edge``), middleware, and the routes of
-    ``api.pages``, ``api.health``, ``api.session_routes``, ``api.rider_routes``, ``api.history_routes``, ``api.board_socket``, the device
+    ``api.pages``, ``api.health``, ``api.session_routes``, ``api.rider_routes``, ``api.history_routes``, ``api.webhook_routes`` (and the webhook dispatcher), ``api.board_socket``, the device
     socket (``api.ingest``), ``/metrics`` and, in development, ``api.dev_tokens``."""
     gate = Gate(build_verifier(settings))  # refuses insecure production settings right here
 
@@ -87,6 +88,9 @@ def create_app(settings: Settings) -> FastAPI:
         EDGES.edges.add(edge)
         monitor = EdgeMonitor(client, redis_timeout_s=settings.redis_timeout_s)
         monitor.start()
+        hooks = webhook_dispatcher(client, settings)
+        if hooks is not None:
+            await hooks.start()
         scrape = metrics_listener(settings)
         # Everything alive now (Ray, FastAPI, imported modules: ~200k objects) lives as long
         # as the edge: keep it out of the cyclic GC, whose full passes over it took ~110 ms
@@ -98,6 +102,8 @@ def create_app(settings: Settings) -> FastAPI:
             scrape.shutdown()
             scrape.server_close()
         await monitor.aclose()
+        if hooks is not None:
+            await hooks.stop()
         EDGES.edges.discard(edge)
         await app.state.edge.close()
         await readiness.aclose()
@@ -127,6 +133,7 @@ def create_app(settings: Settings) -> FastAPI:
     session_routes.install(app, settings)
     rider_routes.install(app, settings)
     history_routes.install(app, settings)
+    webhook_routes.install(app, settings)
     board_socket.install(app, settings)
 
     @app.websocket("/v1/devices")

@@ -5,6 +5,7 @@ counters — and the Redis client it is built on (``api.app`` creates one per pr
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from typing import Any
 
@@ -25,6 +26,9 @@ from cluster.admission import AdmissionPolicy
 from cluster.directory import SessionDirectory
 from cluster.session_records import SessionRecords
 from cluster.settings import Settings
+from history.events import PHASE_EVENTS, publish_event
+
+log = logging.getLogger(__name__)
 
 SESSION_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")  # the edge's session (and HTTP participant) id rule
 
@@ -61,9 +65,21 @@ class Edge:
         return pump
 
     async def record_phase(self, session_id: str, phase: str) -> None:
-        """Note a phase the class moved to (by a call or by its plan) in its records."""
-        await SessionRecords(self.directory.redis, prefix=self.settings.prefix).record_phase(
+        """Note a phase the class moved to (by a call or by its plan) in its records and, the
+        first time any edge notes it, as a platform event (``history.events``: webhooks)."""
+        changed = await SessionRecords(self.directory.redis, prefix=self.settings.prefix).record_phase(
             session_id, phase, retention_s=self.settings.ended_retention_s)
+        kind = PHASE_EVENTS.get(phase)
+        if changed and kind is not None:
+            await self.event(kind, session_id, {"session": session_id, "phase": phase})
+
+    async def event(self, kind: str, session_id: str, data: dict[str, Any], *, rider: str = "") -> None:
+        """Publish a platform event (one XADD); a failure is logged, never fails the caller:
+        the class goes on whatever happens to its webhooks."""
+        try:
+            await publish_event(self.directory.redis, self.settings.prefix, kind, session_id, data, rider=rider)
+        except Exception as exc:
+            log.warning("event %s of %s not published: %r", kind, session_id, exc)
 
     async def require(self, session_id: str) -> None:
         if not SESSION_ID.match(session_id) or not await self.directory.exists(session_id):

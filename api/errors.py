@@ -39,6 +39,7 @@ from ray import exceptions as ray_errors
 from actors.errors import ActorError, CheckpointError, NotReplicated, PhaseError, StaleInstance
 from actors.plan import PlanError
 from history.errors import BadCursor, RideNotFound
+from history.webhooks import UnknownWebhook
 
 log = logging.getLogger(__name__)
 
@@ -219,6 +220,8 @@ def classify(exc: BaseException) -> EdgeError:
         return BadRequest(_text(str(inner)), status=404, code="unknown_ride")
     if isinstance(inner, BadCursor):
         return BadRequest(_text(str(inner)), code="bad_cursor")
+    if isinstance(inner, UnknownWebhook):
+        return BadRequest(_text(str(inner)), status=404, code="unknown_webhook")
     if isinstance(inner, _REDIS_UNAVAILABLE):
         return Unavailable("storage (Redis) is unavailable or slow; try again shortly")
     if isinstance(inner, _RAY_UNAVAILABLE) or isinstance(exc, _RAY_UNAVAILABLE):

@@ -119,6 +119,8 @@ def install(app: FastAPI, settings: Settings) -> None:
         if body.plan is not None or body.start_at is not None:
             answer["schedule"] = await edge.call(session_id, "set_plan", plan=body.plan, start_at=body.start_at)
             await edge.record_phase(session_id, answer["schedule"]["phase"])
+        elif created:
+            await edge.record_phase(session_id, "lobby")  # (a class without a schedule opens at once)
         if body.start_at is not None and hasattr(request.app.state, "cluster"):  # pre-scale (cluster.prescale)
             answer["prescale"] = await request.app.state.cluster.book_class(
                 session_id, body.start_at, body.expected_riders or 0)
@@ -145,6 +147,8 @@ def install(app: FastAPI, settings: Settings) -> None:
         if position:
             raise Queued(position, edge.admission.retry_after_s(position))
         slot = await edge.call(session_id, "join", participant=body.participant, **extra)
+        await edge.event("rider.joined", session_id, {"session": session_id, "rider": body.participant},
+                         rider=body.participant)
         return {"participant": body.participant, "slot": slot}
 
     @app.delete("/v1/sessions/{session_id}/participants/{participant}")
@@ -153,6 +157,8 @@ def install(app: FastAPI, settings: Settings) -> None:
         edge.gate.check(who, authorise_membership, session_id, participant, where=where_of(request), peer=peer_of(request))
         left = await edge.call(session_id, "leave", participant=participant)
         await edge.admission.release(session_id, participant)  # its seat goes to the next in the queue
+        if left:
+            await edge.event("rider.left", session_id, {"session": session_id, "rider": participant}, rider=participant)
         return {"participant": participant, "left": left}
 
     @app.put("/v1/sessions/{session_id}/capacity", dependencies=[Depends(operator)])
@@ -175,8 +181,7 @@ def install(app: FastAPI, settings: Settings) -> None:
         pump = edge.pumps.get(session_id)
         if pump is not None:
             pump.note_phase(phase)
-        await SessionRecords(edge.directory.redis, prefix=settings.prefix).record_phase(
-            session_id, body.phase, retention_s=settings.ended_retention_s)  # ended: its keys start to expire
+        await edge.record_phase(session_id, body.phase)  # ended: its keys start to expire; webhooks
         return {"phase": phase}
 
     @app.post("/v1/sessions/{session_id}/flush", dependencies=[Depends(operator)])

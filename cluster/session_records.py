@@ -62,6 +62,13 @@ class Page:
     cursor: str | None  # pass as ``after`` for the next page; None at the end
 
 
+_SET_PHASE = """
+local previous = redis.call('HGET', KEYS[1], 'phase')
+redis.call('HSET', KEYS[1], 'phase', ARGV[1])
+return previous
+"""
+
+
 class SessionRecords:
     def __init__(self, redis: AsyncRedis, *, prefix: str) -> None:
         self.redis = redis
@@ -77,15 +84,18 @@ class SessionRecords:
         if created is not None:
             await self.redis.zadd(self.index_key, {_member(float(_text(created)), session_id): 0})
 
-    async def record_phase(self, session_id: str, phase: str, *, retention_s: float) -> None:
-        """Note the phase in the meta hash; an ended class starts its retention clock."""
-        await self.redis.hset(self.meta_key(session_id), "phase", phase)
+    async def record_phase(self, session_id: str, phase: str, *, retention_s: float) -> bool:
+        """Note the phase in the meta hash; an ended class starts its retention clock. True
+        when the phase changed (atomic: of several edges noting it, one gets True)."""
+        previous = await self.redis.eval(_SET_PHASE, 1, self.meta_key(session_id), phase)  # type: ignore[misc]
+        changed = previous is None or (previous.decode() if isinstance(previous, bytes) else previous) != phase
         if phase == "ended" and retention_s > 0:
             ttl = max(1, int(retention_s))
             async with self.redis.pipeline(transaction=False) as pipe:
                 for key in session_keys(self.prefix, session_id):
                     pipe.expire(key, ttl)
                 await pipe.execute()
+        return changed
 
     async def page(self, *, phase: str | None, limit: int, after: str | None) -> Page:
         """Sessions in creation order after the cursor, optionally only those in ``phase``."""

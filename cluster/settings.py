@@ -56,6 +56,13 @@ class Settings(BaseSettings):
     # entries older than this are trimmed (0: no age limit), and at most maxlen are kept.
     results_stream_retention_s: float = Field(default=7 * 86400.0, ge=0)
     results_stream_maxlen: int = Field(default=1_000_000, ge=0)
+    # Webhooks (docs/webhooks.md): each edge delivers platform events to subscriptions.
+    webhooks: bool = True  # run the dispatcher on this edge (off: subscriptions wait for an edge that runs one)
+    webhook_timeout_s: float = Field(default=10.0, gt=0)  # a delivery without an answer by then failed
+    webhook_backoff_s: float = Field(default=2.0, gt=0)  # first retry after this, doubling each time ...
+    webhook_max_backoff_s: float = Field(default=3600.0, gt=0)  # ... up to this
+    webhook_retry_window_s: float = Field(default=3 * 86400.0, ge=0)  # retried while the first try is younger
+    webhook_max_in_flight: int = Field(default=100, ge=1)  # concurrent deliveries per edge
     checkpoint_interval_s: float = 0.25  # a changed class is checkpointed at most this often (acks wait for it)
     # Dense mode (actors/session_host.py): classes created with ``expected_riders`` at most
     # this many share host processes (0: only classes created with placement "dense");

@@ -1,0 +1,42 @@
+"""Platform events for webhooks: what happened to classes and riders, as one Redis Stream.
+
+The edge ``XADD``s ``class.scheduled``, ``class.starting`` (the lobby opened),
+``class.live``, ``class.ended`` when it sees a class move there (a phase call or the class's
+own plan; ``SessionRecords.record_phase`` says whether the phase really changed, so several
+edges do not repeat it) and ``rider.joined`` / ``rider.left`` on the join and leave routes.
+``record.set`` and ``result.revised`` come from the results stream (``history.results_stream``):
+the webhook dispatcher (``history.webhooks``) reads both.
+
+Key ``{p}:events:{stream}``; entry fields as the results stream's (``v`` "1", ``type``, ``at``
+ms, ``session``, ``rider``, ``data`` JSON); trimmed to about ``MAXLEN`` entries.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from storage.checkpoint import key_base
+from storage.redis_url import AsyncRedis
+
+SCHEMA_VERSION = "1"
+MAXLEN = 100_000
+PHASE_EVENTS = {"scheduled": "class.scheduled", "lobby": "class.starting", "live": "class.live", "ended": "class.ended"}
+EVENT_TYPES = (*PHASE_EVENTS.values(), "rider.joined", "rider.left", "record.set", "result.revised")
+
+
+def events_key(prefix: str) -> str:
+    return key_base(prefix, "events", "stream")
+
+
+async def publish_event(client: AsyncRedis, prefix: str, kind: str, session: str, data: Mapping[str, Any], *,
+                        rider: str = "") -> str:
+    """``XADD`` one event (one round trip); returns its stream id."""
+    if kind not in EVENT_TYPES:
+        raise ValueError(f"unknown event type {kind!r}")
+    fields = {"v": SCHEMA_VERSION, "type": kind, "at": str(int(time.time() * 1000)), "session": session,
+              "rider": rider, "data": json.dumps(dict(data), separators=(",", ":"), sort_keys=True)}
+    reply = await client.xadd(events_key(prefix), fields, maxlen=MAXLEN, approximate=True)  # type: ignore[arg-type]
+    return reply if isinstance(reply, str) else reply.decode()

@@ -1,0 +1,370 @@
+"""Webhooks: subscriptions, signed deliveries with retries, and their records (docs/webhooks.md).
+
+A subscription is a URL, the event types it wants (``history.events.EVENT_TYPES`` or
+``"*"``) and a secret. The ``WebhookDispatcher`` runs at the edge (never in a session
+actor): it reads the platform events stream (``history.events``) and the results stream
+(``history.results_stream``: ``record.set``; ``ride.revised`` and a revised ``class.result``
+become ``result.revised``) in the consumer group ``webhooks`` (several edges share the
+work), and POSTs each event to every subscription that wants it.
+
+Delivery: the body is the JSON event ``{"id", "type", "created", "data"}``; headers
+``Pulseline-Event`` (type), ``Pulseline-Delivery`` (the event id: the same on every retry,
+dedupe on it) and ``Pulseline-Signature: t=<unix s>,v1=<hex>`` where ``v1`` is
+HMAC-SHA256 over ``f"{t}.{body}"`` with the secret (as Stripe signs). A 2xx answer
+within ``timeout_s`` is delivered; anything else is retried after ``backoff_s * 2**n``
+(capped at ``max_backoff_s``) while the first attempt is less than ``retry_window_s`` old,
+then given up. Retries wait in a sorted set in Redis, so they survive an edge restart; a
+stream entry is acknowledged once each of its deliveries succeeded, failed for good or was
+queued for retry (an edge that dies before that leaves it pending: another edge claims it
+after ``claim_idle_s``, so delivery is at least once).
+
+Redis (prefix ``pl``; ``{id}`` hash tags):
+
+=================================  =====  ======================================================
+key                                type   content
+=================================  =====  ======================================================
+``{p}:webhooks``                   set    subscription ids
+``{p}:webhook:{{id}}``             hash   ``url``, ``events`` (JSON), ``secret``, ``created_at``,
+                                          ``attempts``, ``delivered``, ``failed``,
+                                          ``last_status``, ``last_code``, ``last_error``,
+                                          ``last_attempt_at``
+``{p}:webhook:{{id}}:deliveries``  list   the last ``KEEP_DELIVERIES`` attempts (JSON), newest first
+``{p}:webhooks:{retry}``           zset   member: a delivery (JSON), score: when to try again
+=================================  =====  ======================================================
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import secrets
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from history import results_stream
+from history.errors import HistoryError
+from history.events import EVENT_TYPES, events_key
+from storage.checkpoint import key_base
+from storage.redis_url import AsyncRedis
+
+log = logging.getLogger(__name__)
+
+GROUP = "webhooks"
+KEEP_DELIVERIES = 100
+MAX_URL_CHARS = 2048
+SIGNATURE_HEADER = "Pulseline-Signature"
+
+
+class WebhookError(HistoryError, ValueError):
+    """A subscription that breaks a rule (the message says which)."""
+
+
+class UnknownWebhook(HistoryError, LookupError):
+    def __init__(self, ident: str) -> None:
+        super().__init__(f"no webhook subscription {ident!r}")
+        self.ident = ident
+
+
+def sign(secret: str, timestamp: int, body: bytes) -> str:
+    """The ``Pulseline-Signature`` header value for ``body`` sent at ``timestamp``."""
+    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"t={timestamp},v1={mac}"
+
+
+def check_subscription(url: str, events: Sequence[str], secret: str | None) -> tuple[str, list[str], str]:
+    """``(url, events, secret)`` validated; a missing secret is generated (``whsec_...``)."""
+    if not isinstance(url, str) or len(url) > MAX_URL_CHARS:
+        raise WebhookError(f"url must be a string of at most {MAX_URL_CHARS} characters")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise WebhookError("url must be an absolute http:// or https:// URL")
+    wanted = list(dict.fromkeys(events))
+    if not wanted:
+        raise WebhookError("events must name at least one event type (or '*')")
+    unknown = [e for e in wanted if e != "*" and e not in EVENT_TYPES]
+    if unknown:
+        raise WebhookError(f"unknown event type(s) {', '.join(map(repr, unknown))}; known: {', '.join(EVENT_TYPES)}")
+    if secret is None:
+        secret = "whsec_" + secrets.token_urlsafe(24)
+    elif not 16 <= len(secret) <= 256:
+        raise WebhookError("secret must be 16 to 256 characters")
+    return url, wanted, secret
+
+
+def _text(raw: Any) -> str:
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    id: str
+    url: str
+    events: tuple[str, ...]
+    secret: str
+
+    def wants(self, kind: str) -> bool:
+        return "*" in self.events or kind in self.events
+
+
+class WebhookStore:
+    """Subscriptions and their delivery records (see the module docstring)."""
+
+    def __init__(self, client: AsyncRedis, *, prefix: str) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.index_key = f"{prefix}:webhooks"
+        self.retry_key = key_base(prefix, "webhooks", "retry")
+
+    def key(self, ident: str) -> str:
+        return key_base(self.prefix, "webhook", ident)
+
+    async def create(self, url: str, events: Sequence[str], secret: str | None) -> dict[str, Any]:
+        url, wanted, secret = check_subscription(url, events, secret)
+        ident = "wh_" + uuid.uuid4().hex[:16]
+        await self.client.hset(self.key(ident), mapping={  # type: ignore[misc]
+            "url": url, "events": json.dumps(wanted), "secret": secret, "created_at": f"{time.time():.3f}"})
+        await self.client.sadd(self.index_key, ident)  # type: ignore[misc]
+        return {**await self.get(ident), "secret": secret}  # (the secret is shown once, on creation)
+
+    async def get(self, ident: str) -> dict[str, Any]:
+        raw = await self.client.hgetall(self.key(ident))  # type: ignore[misc]
+        if not raw:
+            raise UnknownWebhook(ident)
+        return _view(ident, {_text(k): _text(v) for k, v in raw.items()})
+
+    async def delete(self, ident: str) -> bool:
+        removed = int(await self.client.srem(self.index_key, ident))  # type: ignore[misc]
+        await self.client.delete(self.key(ident), f"{self.key(ident)}:deliveries")
+        return removed > 0
+
+    async def ids(self) -> list[str]:
+        return sorted(_text(i) for i in await self.client.smembers(self.index_key))  # type: ignore[misc]
+
+    async def views(self) -> list[dict[str, Any]]:
+        return [view for view in [await self._maybe(i) for i in await self.ids()] if view is not None]
+
+    async def _maybe(self, ident: str) -> dict[str, Any] | None:
+        try:
+            return await self.get(ident)
+        except UnknownWebhook:
+            return None
+
+    async def subscriptions(self) -> list[Subscription]:
+        out = []
+        for ident in await self.ids():
+            raw: list[Any] = await self.client.hmget(self.key(ident), ["url", "events", "secret"])  # type: ignore[misc]
+            if raw[0] is not None:
+                out.append(Subscription(ident, _text(raw[0]), tuple(json.loads(raw[1])), _text(raw[2])))
+        return out
+
+    async def deliveries(self, ident: str, *, limit: int = 20) -> list[dict[str, Any]]:
+        await self.get(ident)
+        raw = await self.client.lrange(f"{self.key(ident)}:deliveries", 0, limit - 1)  # type: ignore[misc]
+        return [json.loads(r) for r in raw]
+
+    async def record(self, ident: str, attempt: dict[str, Any]) -> None:
+        key = self.key(ident)
+        status = attempt["status"]
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.exists(key)
+            pipe.hincrby(key, "attempts", 1)
+            if status in ("delivered", "failed"):
+                pipe.hincrby(key, status, 1)
+            pipe.hset(key, mapping={"last_status": status, "last_code": str(attempt.get("code") or ""),
+                                    "last_error": attempt.get("error") or "", "last_attempt_at": f"{attempt['at']:.3f}"})
+            pipe.lpush(f"{key}:deliveries", json.dumps(attempt))
+            pipe.ltrim(f"{key}:deliveries", 0, KEEP_DELIVERIES - 1)
+            replies = await pipe.execute()
+        if not replies[0]:  # deleted meanwhile: do not leave a half-made record behind
+            await self.client.delete(key, f"{key}:deliveries")
+
+
+def _view(ident: str, raw: Mapping[str, str]) -> dict[str, Any]:
+    return {
+        "id": ident, "url": raw["url"], "events": json.loads(raw["events"]), "created_at": float(raw["created_at"]),
+        "attempts": int(raw.get("attempts", 0)), "delivered": int(raw.get("delivered", 0)),
+        "failed": int(raw.get("failed", 0)), "last_status": raw.get("last_status") or None,
+        "last_code": int(raw["last_code"]) if raw.get("last_code") else None,
+        "last_error": raw.get("last_error") or None,
+        "last_attempt_at": float(raw["last_attempt_at"]) if raw.get("last_attempt_at") else None,
+    }
+
+
+def webhook_event(fields: Mapping[Any, Any], stream_id: str) -> dict[str, Any] | None:
+    """A stream entry as the event a webhook receives (None: not a webhook event)."""
+    text = {_text(k): _text(v) for k, v in fields.items()}
+    kind, data = text.get("type", ""), json.loads(text.get("data") or "null")
+    if kind == "ride.revised":
+        kind, data = "result.revised", {"kind": "ride", "ride": data}
+    elif kind == "class.result":
+        if not data.get("revised"):
+            return None
+        kind, data = "result.revised", {"kind": "class", "result": data}
+    if kind not in EVENT_TYPES:
+        return None
+    return {"id": f"evt_{text.get('at', '0')}_{stream_id}", "type": kind, "created": int(text.get("at", "0")) / 1000,
+            "data": data}
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryPolicy:
+    timeout_s: float = 10.0
+    backoff_s: float = 2.0
+    max_backoff_s: float = 3600.0
+    retry_window_s: float = 3 * 86400.0
+    max_in_flight: int = 100
+    claim_idle_s: float = 300.0
+
+    def next_delay(self, attempt: int) -> float:
+        return float(min(self.backoff_s * 2 ** max(attempt - 1, 0), self.max_backoff_s))
+
+
+class WebhookDispatcher:
+    """Reads events, delivers them, retries (see the module docstring). One per edge:
+    ``start`` / ``stop``; its loops log and go on, never die."""
+
+    def __init__(self, client: AsyncRedis, *, prefix: str, policy: DeliveryPolicy | None = None,
+                 http: httpx.AsyncClient | None = None, poll_s: float = 0.5) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.store = WebhookStore(client, prefix=prefix)
+        self.policy = policy or DeliveryPolicy()
+        self.http = http or httpx.AsyncClient(timeout=self.policy.timeout_s, follow_redirects=False)
+        self._owns_http = http is None
+        self.consumer = f"edge-{uuid.uuid4().hex[:8]}"
+        self.streams = (events_key(prefix), results_stream.stream_key(prefix))
+        self.poll_s = poll_s
+        self._slots = asyncio.Semaphore(self.policy.max_in_flight)
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._loops: list[asyncio.Task[None]] = []
+        self.counters = {"delivered": 0, "failed": 0, "retried": 0, "errors": 0}
+
+    async def start(self) -> None:
+        for stream in self.streams:
+            try:
+                await self.client.xgroup_create(stream, GROUP, id="$", mkstream=True)
+            except Exception as exc:  # BUSYGROUP: another edge (or an earlier run) made it
+                if "BUSYGROUP" not in str(exc):
+                    raise
+        loop = asyncio.get_running_loop()
+        self._loops = [loop.create_task(self._read_loop(s)) for s in self.streams]
+        self._loops.append(loop.create_task(self._retry_loop()))
+
+    async def stop(self, timeout_s: float = 5.0) -> None:
+        for task in self._loops:
+            task.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=timeout_s)
+            for task in self._tasks:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._owns_http:
+            await self.http.aclose()
+
+    # -- reading -----------------------------------------------------------------------
+    async def _read_loop(self, stream: str) -> None:
+        claim_at = 0.0
+        while True:
+            try:
+                if time.monotonic() >= claim_at:  # entries a dead edge left pending
+                    claim_at = time.monotonic() + self.policy.claim_idle_s / 2
+                    claimed: Any = await self.client.xautoclaim(stream, GROUP, self.consumer,
+                                                           int(self.policy.claim_idle_s * 1000), "0-0", count=100)
+                    self._take(stream, claimed[1])
+                got: Any = await self.client.xreadgroup(GROUP, self.consumer, {stream: ">"}, count=50,
+                                                   block=int(self.poll_s * 1000))
+                for _, entries in got or []:
+                    self._take(stream, entries)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.counters["errors"] += 1
+                log.warning("webhooks: reading %s failed: %r", stream, exc)
+                await asyncio.sleep(1.0)
+
+    def _take(self, stream: str, entries: Sequence[Any]) -> None:
+        for stream_id, fields in entries:
+            if fields is None:
+                continue
+            self._spawn(self._fan_out(stream, _text(stream_id), fields))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _fan_out(self, stream: str, stream_id: str, fields: Mapping[Any, Any]) -> None:
+        try:
+            event = webhook_event(fields, stream_id)
+            if event is not None:
+                wanted = [s for s in await self.store.subscriptions() if s.wants(event["type"])]
+                now = time.time()
+                await asyncio.gather(*(self._attempt({"delivery": "dlv_" + uuid.uuid4().hex[:16], "subscription": s.id,
+                                                      "event": event, "attempt": 1, "first_at": now}) for s in wanted))
+            await self.client.xack(stream, GROUP, stream_id)
+        except Exception as exc:  # stays pending: claimed again later
+            self.counters["errors"] += 1
+            log.warning("webhooks: entry %s of %s not handled: %r", stream_id, stream, exc)
+
+    # -- delivering -----------------------------------------------------------------------
+    async def _attempt(self, delivery: dict[str, Any]) -> None:
+        sub = next((s for s in await self.store.subscriptions() if s.id == delivery["subscription"]), None)
+        if sub is None:
+            return  # deleted meanwhile
+        async with self._slots:
+            code, error = await self._post(sub, delivery["event"])
+        now = time.time()
+        ok = code is not None and 200 <= code < 300
+        attempt = delivery["attempt"]
+        delay = self.policy.next_delay(attempt)
+        retry = not ok and now + delay - delivery["first_at"] <= self.policy.retry_window_s
+        status = "delivered" if ok else "retrying" if retry else "failed"
+        await self.store.record(sub.id, {"delivery": delivery["delivery"], "event": delivery["event"]["id"],
+                                         "type": delivery["event"]["type"], "attempt": attempt, "status": status,
+                                         "code": code, "error": error, "at": now})
+        if ok:
+            self.counters["delivered"] += 1
+        elif retry:
+            self.counters["retried"] += 1
+            await self.client.zadd(self.store.retry_key, {json.dumps({**delivery, "attempt": attempt + 1}): now + delay})
+        else:
+            self.counters["failed"] += 1
+
+    async def _post(self, sub: Subscription, event: dict[str, Any]) -> tuple[int | None, str | None]:
+        body = json.dumps(event, separators=(",", ":")).encode()
+        headers = {"Content-Type": "application/json", "User-Agent": "pulseline-webhooks/1",
+                   "Pulseline-Event": event["type"], "Pulseline-Delivery": event["id"],
+                   SIGNATURE_HEADER: sign(sub.secret, int(time.time()), body)}
+        try:
+            answer = await asyncio.wait_for(self.http.post(sub.url, content=body, headers=headers),
+                                            self.policy.timeout_s)
+            return answer.status_code, None if answer.is_success else f"HTTP {answer.status_code}"
+        except (TimeoutError, httpx.TimeoutException):
+            return None, f"no answer within {self.policy.timeout_s:g} s"
+        except httpx.HTTPError as exc:
+            return None, f"{type(exc).__name__}: {exc}"[:300]
+
+    async def _retry_loop(self) -> None:
+        while True:
+            try:
+                due: list[Any] = await self.client.zrangebyscore(self.store.retry_key, "-inf", time.time(), start=0, num=50)
+                for member in due:
+                    if await self.client.zrem(self.store.retry_key, member):  # (claimed by this edge only)
+                        self._spawn(self._attempt(json.loads(member)))
+                await asyncio.sleep(self.poll_s)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.counters["errors"] += 1
+                log.warning("webhooks: retry queue failed: %r", exc)
+                await asyncio.sleep(1.0)

@@ -1,0 +1,195 @@
+"""Webhooks with real local receivers (one that answers, one that fails and then answers, one
+that always fails, one that hangs): signatures, retries with back-off, give-up after the
+retry window, delivery records; and through the real edge, a class's events reach a
+subscriber while a hanging one costs the class nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx
+import pytest
+
+from history import results_stream
+from history.events import publish_event
+from history.webhooks import DeliveryPolicy, WebhookDispatcher, WebhookStore
+
+pytestmark = pytest.mark.integration
+SECRET = "whsec_test_secret_0123456789"
+
+
+class Receiver:
+    """A real HTTP server on 127.0.0.1: ``answers`` is the status of each request in turn
+    (the last repeats); ``hang_s`` makes it wait before answering."""
+
+    def __init__(self, answers: list[int], hang_s: float = 0.0) -> None:
+        self.answers, self.hang_s = answers, hang_s
+        self.requests: list[dict[str, Any]] = []
+        self.open = 0
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+                receiver.open += 1
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                receiver.requests.append({"headers": dict(self.headers), "body": body})
+                status = receiver.answers[min(len(receiver.requests) - 1, len(receiver.answers) - 1)]
+                time.sleep(receiver.hang_s)
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                except OSError:
+                    pass  # the sender gave up waiting
+                receiver.open -= 1
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+
+    def __enter__(self) -> Receiver:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def events(self) -> list[dict[str, Any]]:
+        return [json.loads(r["body"]) for r in self.requests]
+
+
+def verify(secret: str, header: str, body: bytes, tolerance_s: float = 300) -> bool:
+    """What a receiver does (docs/webhooks.md), written here independently of the server."""
+    parts = dict(item.split("=", 1) for item in header.split(","))
+    expected = hmac.new(secret.encode(), parts["t"].encode() + b"." + body, hashlib.sha256).hexdigest()
+    return abs(time.time() - int(parts["t"])) <= tolerance_s and hmac.compare_digest(expected, parts["v1"])
+
+
+async def until(probe: Callable[[], Any], what: str, timeout_s: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = await probe() if asyncio.iscoroutinefunction(probe) else probe()
+        if found:
+            return found
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{what} never happened")
+
+
+@pytest.fixture
+def receivers() -> Iterator[dict[str, Receiver]]:
+    with Receiver([200]) as ok, Receiver([500, 502, 200]) as flaky, Receiver([503]) as dead, \
+            Receiver([200], hang_s=3.0) as hanging:
+        yield {"ok": ok, "flaky": flaky, "dead": dead, "hanging": hanging}
+
+
+def test_deliveries_are_signed_retried_and_recorded(redis_server: Any, unique_id: str,
+                                                    receivers: dict[str, Receiver]) -> None:
+    from storage.checkpoint import client_for
+
+    prefix = f"wh{unique_id}"
+    policy = DeliveryPolicy(timeout_s=0.5, backoff_s=0.1, max_backoff_s=0.4, retry_window_s=1.5, claim_idle_s=30)
+
+    async def scenario() -> None:
+        client = client_for(redis_server.url)
+        store = WebhookStore(client, prefix=prefix)
+        subs = {"ok": await store.create(receivers["ok"].url, ["*"], SECRET)}
+        for name in ("flaky", "dead", "hanging"):
+            subs[name] = await store.create(receivers[name].url, ["class.live"], None)
+        assert subs["flaky"]["secret"].startswith("whsec_")
+        dispatcher = WebhookDispatcher(client, prefix=prefix, policy=policy, poll_s=0.05)
+        await dispatcher.start()
+        try:
+            await publish_event(client, prefix, "class.live", "c1", {"session": "c1", "phase": "live"})
+            await results_stream.publish(client, prefix, [
+                results_stream.entry("record.set", "c1", {"metric": "power_5s_w", "value": 500.0}, rider="ann"),
+                results_stream.entry("ride.revised", "c1", {"id": "c1", "rider": "ann", "revision": 2}, rider="ann"),
+                results_stream.entry("ride.recorded", "c1", {"id": "c1", "rider": "bob", "revision": 1}, rider="bob"),
+            ])
+            ok = receivers["ok"]
+            await until(lambda: len(ok.requests) >= 3, "three deliveries to the ok receiver")
+            await until(lambda: len(receivers["flaky"].requests) >= 3, "the flaky receiver's third try")
+
+            async def settled() -> bool:
+                dead, hanging = await store.get(subs["dead"]["id"]), await store.get(subs["hanging"]["id"])
+                return dead["last_status"] == "failed" and hanging["last_status"] == "failed"
+            await until(settled, "the dead and hanging receivers given up", timeout_s=20)
+        finally:
+            await dispatcher.stop()
+        assert sorted(e["type"] for e in ok.events()) == ["class.live", "record.set", "result.revised"]
+        for request in ok.requests:
+            assert verify(SECRET, request["headers"]["Pulseline-Signature"], request["body"])
+            assert not verify("whsec_some_other_secret_000", request["headers"]["Pulseline-Signature"], request["body"])
+            assert request["headers"]["Pulseline-Event"] == json.loads(request["body"])["type"]
+        revised = next(e for e in ok.events() if e["type"] == "result.revised")
+        assert revised["data"] == {"kind": "ride", "ride": {"id": "c1", "rider": "ann", "revision": 2}}
+        flaky = await store.get(subs["flaky"]["id"])
+        assert flaky["delivered"] == 1 and flaky["attempts"] == 3 and flaky["last_status"] == "delivered"
+        log = await store.deliveries(subs["flaky"]["id"])
+        assert [(d["attempt"], d["status"], d["code"]) for d in reversed(log)] == [
+            (1, "retrying", 500), (2, "retrying", 502), (3, "delivered", 200)]
+        assert len({r["headers"]["Pulseline-Delivery"] for r in receivers["flaky"].requests}) == 1  # one event id
+        dead = await store.get(subs["dead"]["id"])
+        assert dead["failed"] == 1 and dead["attempts"] >= 3 and dead["last_code"] == 503
+        hanging = await store.deliveries(subs["hanging"]["id"])
+        assert hanging[0]["status"] == "failed" and "no answer within 0.5 s" in hanging[0]["error"]
+        assert await client.zcard(store.retry_key) == 0
+        await client.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_subscriptions_over_http_and_a_class_that_a_hanging_receiver_cannot_slow(
+        edge: Any, tokens: Any, unique_id: str, receivers: dict[str, Receiver]) -> None:
+    ops = tokens.headers()
+    base = f"{edge.url}/v1/webhooks"
+    bad = [{"url": "ftp://x/y", "events": ["*"]}, {"url": receivers["ok"].url, "events": ["class.exploded"]},
+           {"url": receivers["ok"].url, "events": []}, {"url": receivers["ok"].url, "events": ["*"], "secret": "short"}]
+    for body in bad:
+        answer = httpx.post(base, json=body, headers=ops)
+        assert answer.status_code == 422, (body, answer.text)
+    rider = tokens.headers("participant", participant=f"ann-{unique_id}")
+    assert httpx.post(base, json={"url": receivers["ok"].url, "events": ["*"]}, headers=rider).status_code == 403
+    assert httpx.get(f"{base}/wh_0123456789abcdef", headers=ops).status_code == 404
+    mine = httpx.post(base, json={"url": receivers["ok"].url, "events": ["*"], "secret": SECRET}, headers=ops)
+    assert mine.status_code == 201 and mine.json()["secret"] == SECRET
+    stuck = httpx.post(base, json={"url": receivers["hanging"].url, "events": ["*"]}, headers=ops).json()
+    assert "secret" not in httpx.get(f"{base}/{mine.json()['id']}", headers=ops).json()
+
+    sid, ann = f"wh-{unique_id}", f"ann-{unique_id}"
+    try:
+        httpx.post(f"{edge.url}/v1/sessions", json={"id": sid}, headers=ops).raise_for_status()
+        httpx.post(f"{edge.url}/v1/sessions/{sid}/participants", json={"participant": ann}, headers=ops).raise_for_status()
+        for phase in ("live", "ended"):
+            httpx.post(f"{edge.url}/v1/sessions/{sid}/phase", json={"phase": phase}, headers=ops,
+                       timeout=30).raise_for_status()
+
+        def mine_seen() -> list[str]:
+            return [e["type"] for e in receivers["ok"].events() if e["data"].get("session") == sid]
+
+        seen = asyncio.run(until(lambda: len(mine_seen()) >= 4 and mine_seen(), "the class's events", 60))
+        assert seen == ["class.starting", "rider.joined", "class.live", "class.ended"]
+        assert receivers["hanging"].requests  # it was sent events too, and held them
+        listed = httpx.get(base, headers=ops).json()["webhooks"]
+        assert mine.json()["id"] in [w["id"] for w in listed]
+        deliveries = httpx.get(f"{base}/{mine.json()['id']}/deliveries?limit=100", headers=ops).json()["deliveries"]
+        assert any(d["status"] == "delivered" and d["type"] == "class.ended" for d in deliveries)
+    finally:
+        for ident in (mine.json()["id"], stuck["id"]):
+            assert httpx.delete(f"{base}/{ident}", headers=ops).status_code == 200
+    assert httpx.delete(f"{base}/{stuck['id']}", headers=ops).status_code == 404
