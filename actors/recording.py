@@ -47,6 +47,8 @@ import numpy as np
 
 CHUNK_S = 10
 MAX_SPAN_S = 6 * 3600
+# The best-effort windows of a ride (personal records: history/records.py, the class summary)
+POWER_WINDOWS_S = {"power_5s_w": 5, "power_1m_w": 60, "power_5m_w": 300, "power_20m_w": 1200}
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +93,29 @@ class Series:
 
     def __len__(self) -> int:
         return len(self.t)
+
+
+def best_mean(power: np.ndarray, window_s: int) -> float | None:
+    """The highest mean of ``window_s`` consecutive values (None when fewer)."""
+    if len(power) < window_s:
+        return None
+    running = np.concatenate([[0.0], np.cumsum(power, dtype=np.float64)])
+    return float(np.max(running[window_s:] - running[:-window_s]) / window_s)
+
+
+def power_bests(t: np.ndarray, power_w: np.ndarray) -> dict[str, float | None]:
+    """A ride's best mean power per ``POWER_WINDOWS_S`` window from its recorded seconds
+    ``t`` (ascending) and their power (NaN: none): a second between the first and the last
+    without power counts as 0 W; a ride shorter than a window has no value for it."""
+    dense = np.zeros(int(t[-1] - t[0]) + 1 if len(t) else 0)
+    if len(t):
+        dense[t - t[0]] = np.nan_to_num(power_w, nan=0.0)
+    has_power = bool(len(t)) and not bool(np.isnan(power_w).all())
+    out: dict[str, float | None] = {}
+    for name, window in POWER_WINDOWS_S.items():
+        value = best_mean(dense, window) if has_power else None
+        out[name] = None if value is None else round(value, 1)
+    return out
 
 
 def _last_per_key(keys: np.ndarray) -> np.ndarray:

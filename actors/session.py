@@ -49,7 +49,7 @@ import numpy as np
 from actors.columnar import ApplyResult, DeviceCursor, DeviceTable, TickColumns, apply_tick
 from actors.errors import ActorError, CheckpointError, PhaseError
 from actors.metrics import METRIC_BOARD_COLUMNS, RiderMetrics
-from actors.recording import Recording
+from actors.recording import Recording, power_bests
 from actors.plan import TARGET_COLUMNS, ClassClock, ClassPlan, PlanError, target_codes, target_labels
 from actors.presence import DEFAULT_GRACE_S, DEFAULT_QUIET_S, LEFT, PresenceTable
 from actors.profile import Profile, check_profile
@@ -209,6 +209,8 @@ class SessionState:
         self.presence = PresenceTable(quiet_s=presence_quiet_s, grace_s=presence_grace_s)
         self.recording = Recording()
         self.recording_errors = 0
+        self.records_set: dict[str, list[str]] = {}  # participant -> personal records set in this class
+        self.records_known = False  # the history sink has reported (a summary's records: None before)
         self.schedule = ClassClock(lobby_lead_s=lobby_lead_s)
         self._plan_second = -1  # the whole second of the clock the board last counted down in
         self._cols: dict[str, np.ndarray] = {}
@@ -515,8 +517,43 @@ class SessionState:
         plan = self.schedule.position(self.clock())
         if plan is not None:
             board["plan"] = plan
+        if self.phase is Phase.ENDED:
+            board["summaries"] = self.class_summaries(rows)
         self._board_cache = (self.version, board)
         return board
+
+    def class_summaries(self, rows: list[list[Any]]) -> dict[str, dict[str, Any]]:
+        """Each ranked rider's end-of-class summary (``docs/protocol.md``, "summary"): final
+        rank, totals, zones, best efforts from the recording, and the personal records the
+        class set (``records``: None until the history sink said, [] for none)."""
+        ranked = [row[0] for row in rows]
+        series = self.recording.series_many([self.slots[p] for p in ranked])
+        out = {}
+        for participant, rank, ride in zip(ranked, range(1, len(ranked) + 1), series, strict=True):
+            whole = self.summary(participant) or {}
+            metrics = whole.get("metrics") or {}
+            out[participant] = {
+                "rank": rank, "riders": len(ranked), "energy_kj": _rounded(whole.get("energy_kj"), 2),
+                "kcal": _rounded(metrics.get("kcal"), 1), "distance_m": _rounded(whole.get("distance_m"), 1),
+                "duration_s": int(ride.t[-1] - ride.t[0] + 1) if len(ride) else 0,
+                "power_avg": _rounded(whole.get("power_avg"), 1), "power_max": _rounded(whole.get("power_max"), 1),
+                "np_w": _rounded(metrics.get("np_w"), 1), "hr_avg": _rounded(whole.get("hr_avg"), 1),
+                "hr_max": _rounded(whole.get("hr_max"), 1), "cadence_avg": _rounded(whole.get("cadence_avg"), 1),
+                "power_zone_s": metrics.get("power_zone_s"), "hr_zone_s": metrics.get("hr_zone_s"),
+                "bests": power_bests(ride.t, ride.values["power_w"]),
+                "records": self.records_set.get(participant, []) if self.records_known else None,
+            }
+        return out
+
+    def set_records(self, records: Mapping[str, list[str]]) -> None:
+        """The personal records the history sink says riders set in this class (metric
+        names; a rider not named set none). Shown in the end-of-class summaries."""
+        merged = {p: sorted(set(self.records_set.get(p, [])) | set(m)) for p, m in records.items()}
+        if self.records_known and all(self.records_set.get(p) == m for p, m in merged.items()):
+            return
+        self.records_set.update(merged)
+        self.records_known = True
+        self._touch()
 
     def summary(self, participant: str) -> dict[str, Any] | None:
         slot = self.slots.get(participant)
@@ -595,6 +632,7 @@ class SessionState:
             "metrics": self.metrics.to_checkpoint(n),  # optional too (before issue 16)
             "profiles": self._profile_dicts,
             "recording": self.recording.meta(),  # its chunks are written beside (actors.recording)
+            "records": self.records_set if self.records_known else None,  # optional (issue 18)
             "schedule": self.schedule.as_dict(),  # optional: before the class plan, none
         }
         return msgpack.packb(payload, use_bin_type=True)  # type: ignore[no-any-return]
@@ -642,8 +680,15 @@ class SessionState:
         self.profiles = {str(p): check_profile(v, year=self._year()) for p, v in (raw.get("profiles") or {}).items()
                          if p in self.slots}
         self._profile_dicts = {p: profile.as_dict() for p, profile in self.profiles.items()}
+        if raw.get("records") is not None:
+            self.records_set = {str(p): list(m) for p, m in raw["records"].items()}
+            self.records_known = True
         for participant, profile in self.profiles.items():  # (once per restore, not per tick)
             self.metrics.set_profile(self.slots[participant], profile.effective(self._year()))
+
+
+def _rounded(value: Any, digits: int) -> float | None:
+    return None if value is None else round(float(value), digits)
 
 
 def _positions(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:

@@ -327,15 +327,14 @@ class SessionCell:
             if self.history_sink:
                 await self._publish_history(snapshot)
 
-    async def _call_sink(self, path: str, snapshot: Mapping[str, Any]) -> bool:
+    async def _call_sink(self, path: str, snapshot: Mapping[str, Any]) -> tuple[bool, Any]:
         try:
             sink = resolve_sink(path)
-            await sink(self.settings.as_dict(), snapshot)
-            return True
+            return True, await sink(self.settings.as_dict(), snapshot)
         except Exception:  # results are re-published on the next late data or phase call
             self.publish_failures += 1
             log.exception("session %s: sink %r failed", self.session_id, path)
-            return False
+            return False, None
 
     async def _publish_history(self, snapshot: dict[str, Any]) -> None:
         """The history sink gets the series of the riders whose recording changed since it
@@ -347,10 +346,16 @@ class SessionCell:
             return
         names = self.state.participants
         series = dict(zip((names[s] for s in slots), recording.series_many(slots), strict=True))
-        if await self._call_sink(self.history_sink, {**snapshot, "series": series}):
-            self._history_all = False
-        else:
+        ok, done = await self._call_sink(self.history_sink, {**snapshot, "series": series})
+        if not ok:
             recording.changed[changed] = True
+            return
+        self._history_all = False
+        records: dict[str, list[str]] = {}
+        for event in (done or {}).get("events", ()) if isinstance(done, Mapping) else ():
+            if event.get("type") == "record.set":  # (shown in the riders' end-of-class summaries)
+                records.setdefault(str(event["rider"]), []).append(str(event["metric"]))
+        self.state.set_records(records)
 
     def snapshot(self) -> dict[str, Any]:
         self.check()

@@ -84,6 +84,10 @@ def _msgpack_frame(board: dict[str, Any], participant: str | None, paging: Pagin
     if participant is not None:
         parts.append(_YOU_KEY + encode_value(own_row(board, participant)))
         count += 1
+        summary = own_summary(board, participant)
+        if summary is not None:
+            parts.append(_SUMMARY_KEY + encode_value(summary))
+            count += 1
     if paging is not None:
         key = f"_rows:{paging.page}:{paging.size}"
         pairs = board.get(key)
@@ -95,6 +99,14 @@ def _msgpack_frame(board: dict[str, Any], participant: str | None, paging: Pagin
 
 
 _YOU_KEY = encode_value("you")
+_SUMMARY_KEY = encode_value("summary")
+
+
+def own_summary(board: dict[str, Any], participant: str) -> dict[str, Any] | None:
+    """The rider's end-of-class summary (boards of an ended class carry them: only the
+    rider's own is ever sent to it)."""
+    summaries = board.get("summaries")
+    return None if summaries is None else summaries.get(participant)  # type: ignore[no-any-return]
 
 
 # What only the rider, instructors and screens see: heart rate, and what the rider's
@@ -112,7 +124,7 @@ def public_board(board: dict[str, Any]) -> dict[str, Any]:
         def blank(row: list[Any]) -> list[Any]:
             return [None if i in hidden else v for i, v in enumerate(row)]
 
-        public = board["_public"] = {k: board[k] for k in _SHARED if k in board}
+        public = board["_public"] = {k: board[k] for k in (*_SHARED, "summaries") if k in board}
         if "merged" in board:  # a sharded class: pages are blanked as they are built
             public.update(top=[blank(r) for r in board["top"]], merged=board["merged"], _hidden=tuple(hidden))
             return public  # type: ignore[no-any-return]
@@ -136,6 +148,9 @@ def board_encoder(
         frame: dict[str, Any] = {"t": "board", **{k: board[k] for k in _SHARED if k in board}}
         if participant is not None:
             frame["you"] = own_row(board, participant)
+            summary = own_summary(board, participant)
+            if summary is not None:
+                frame["summary"] = summary
         if rows_of is not None:
             frame["rows"] = rows_of.rows(board)
             frame.update(rows_of.info(board) or {})
@@ -209,6 +224,10 @@ class CompactBoard:
             me = _me_row(board, self.participant)
             if me is not None:
                 parts.append(_ME_KEY + encode_value(me))
+                count += 1
+            summary = own_summary(board, self.participant)
+            if summary is not None:
+                parts.append(_SUMMARY_KEY + encode_value(summary))
                 count += 1
         if acks:
             parts.append(_ACKS_KEY + encode_value(acks))

@@ -27,33 +27,17 @@ from typing import Any
 
 import numpy as np
 
+from actors.recording import POWER_WINDOWS_S, power_bests
 from storage.checkpoint import key_base
 from storage.redis_url import AsyncRedis
 
-POWER_WINDOWS_S = {"power_5s_w": 5, "power_1m_w": 60, "power_5m_w": 300, "power_20m_w": 1200}
 CLASS_OUTPUT = "class_output_kj"
 METRICS = (*POWER_WINDOWS_S, CLASS_OUTPUT)
 
 
-def best_mean(power: np.ndarray, window_s: int) -> float | None:
-    """The highest mean of ``window_s`` consecutive values (None when fewer)."""
-    if len(power) < window_s:
-        return None
-    running = np.concatenate([[0.0], np.cumsum(power, dtype=np.float64)])
-    return float(np.max(running[window_s:] - running[:-window_s]) / window_s)
-
-
 def ride_bests(t: np.ndarray, power_w: np.ndarray, energy_kj: float | None) -> dict[str, float | None]:
-    """A ride's bests from its recorded seconds ``t`` (ascending) and their power (NaN:
-    none); a second between the first and the last that has no power counts as 0 W."""
-    bests: dict[str, float | None] = {}
-    dense = np.zeros(int(t[-1] - t[0]) + 1 if len(t) else 0)
-    if len(t):
-        dense[t - t[0]] = np.nan_to_num(power_w, nan=0.0)
-    has_power = bool(len(t)) and not bool(np.isnan(power_w).all())
-    for name, window in POWER_WINDOWS_S.items():
-        value = best_mean(dense, window) if has_power else None
-        bests[name] = None if value is None else round(value, 1)
+    """A ride's bests: ``actors.recording.power_bests`` and its class output (kJ)."""
+    bests = power_bests(t, power_w)
     bests[CLASS_OUTPUT] = None if not energy_kj else round(float(energy_kj), 3)
     return bests
 

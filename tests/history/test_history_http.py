@@ -208,3 +208,52 @@ def test_late_data_revises_the_ride(edge: Any, tokens: Any, unique_id: str, run:
     assert "record.set" in kinds and all(f[b"v"] == b"1" for f in mine)
     revised = json.loads(next(f for f in mine if f[b"type"] == b"ride.revised")[b"data"])
     assert revised["rider"] == ann and revised["revision"] >= 2
+
+
+@pytest.mark.timeout(180)
+def test_the_rider_gets_an_end_of_class_summary_on_its_connection(edge: Any, tokens: Any, unique_id: str,
+                                                                  run: Any) -> None:
+    """Protocol v1.1: after the class ends, the rider's board frames carry its ``summary``
+    (final rank, totals, zones, best efforts) and, once its ride is recorded, the personal
+    records it set; nobody else's summary reaches it."""
+    sid, ann, bob = f"sum-{unique_id}", f"ann-{unique_id}", f"bob-{unique_id}"
+    ops = tokens.headers()
+    httpx.post(f"{edge.url}/v1/sessions", json={"id": sid}, headers=ops).raise_for_status()
+    for who in (ann, bob):
+        httpx.post(f"{edge.url}/v1/sessions/{sid}/participants", json={"participant": who}, headers=ops).raise_for_status()
+    httpx.post(f"{edge.url}/v1/sessions/{sid}/phase", json={"phase": "live"}, headers=ops).raise_for_status()
+    start = float(int(time.time()) - 100)
+
+    async def ride() -> dict[str, Any]:
+        frames = {}
+        for who, power in ((bob, 300.0), (ann, 200.0)):
+            token = tokens("device", device=f"{who}-bike", participant=who, sessions=[sid])
+            ws = await connect(f"{edge.ws_url}/v1/devices", additional_headers={"Authorization": f"Bearer {token}"})
+            await ws.send(msgpack.packb({"t": "hello", "v": 1.1, "board": {"rate": 2},
+                                         "devices": [{"device": f"{who}-bike", "participant": who, "session": sid}]}))
+            await ws.send(msgpack.packb({"t": "samples", "device": f"{who}-bike", "samples": [
+                [seq, start + seq, 140.0, power, 90.0, 8.0, 8.0 * seq] for seq in range(1, 11)]}))
+            frames[who] = ws
+        ws = frames[ann]
+        try:
+            while True:  # (acked: the samples are in)
+                frame = msgpack.unpackb(await asyncio.wait_for(ws.recv(), 30))
+                if (frame.get("acks") or {}).get(f"{ann}-bike") == 10:
+                    break
+            answer = httpx.post(f"{edge.url}/v1/sessions/{sid}/phase", json={"phase": "ended"}, headers=ops)
+            answer.raise_for_status()
+            while True:
+                frame = msgpack.unpackb(await asyncio.wait_for(ws.recv(), 30))
+                if frame.get("t") == "board" and (frame.get("summary") or {}).get("records") is not None:
+                    return frame  # type: ignore[no-any-return]
+        finally:
+            for socket in frames.values():
+                await socket.close()
+
+    frame = run(ride())
+    summary = frame["summary"]
+    assert frame["phase"] == "ended" and summary["rank"] == 2 and summary["riders"] == 2
+    assert summary["power_avg"] == 200.0 and summary["duration_s"] == 10 and summary["bests"]["power_5s_w"] == 200.0
+    assert summary["energy_kj"] == pytest.approx(1.8) and sum(summary["power_zone_s"]) > 0
+    assert sorted(summary["records"]) == ["class_output_kj", "power_5s_w"]  # a first ride sets them
+    assert "summaries" not in frame and bob not in json.dumps(summary)

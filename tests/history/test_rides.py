@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from actors.recording import Recording
+from actors.recording import Recording, best_mean
 from history.errors import BadCursor, RideNotFound
-from history.records import RecordStore, best_mean, ride_bests
+from history.records import RecordStore, ride_bests
 from history.rides import RideStore, build_ride, decode_series, encode_series
 
 T0 = 1_795_000_000
