@@ -35,7 +35,7 @@ AX = "{http://www.garmin.com/xmlschemas/ActivityExtension/v2}"
 FIELDS = {0: ("hr_bpm", 1.0), 1: ("power_w", 1.0), 2: ("cadence_rpm", 1.0), 3: ("speed_mps", 0.001), 4: ("distance_m", 0.01)}
 
 
-def eventually(probe: Callable[[], Any], what: str, timeout_s: float = 60.0) -> Any:
+def eventually(probe: Callable[[], Any], what: str, timeout_s: float = 120.0) -> Any:
     deadline = time.monotonic() + timeout_s
     last = None
     while time.monotonic() < deadline:
