@@ -11,7 +11,7 @@ nothing. Session actors export their own families through Ray (``actors/telemetr
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
@@ -31,9 +31,22 @@ class PumpView(Protocol):
     tick_seconds_avg: float | None
 
 
+class WaiterView(Protocol):
+    @property
+    def done(self) -> bool: ...
+
+
+class AdmissionView(Protocol):
+    @property
+    def waiting(self) -> Mapping[str, Sequence[WaiterView]]: ...
+
+
 class EdgeView(Protocol):
     @property
     def pumps(self) -> Mapping[str, PumpView]: ...
+
+    @property
+    def admission(self) -> AdmissionView: ...
 
 # Latency buckets around the 150 ms p99 target (DESIGN.md 3.3); acks wait for a checkpoint
 # (every 0.25 s) and go at most once per ack interval (1 s): seconds, not milliseconds.
@@ -101,7 +114,8 @@ def count_close(code: int) -> None:
 
 class EdgeCollector(Collector):
     """What is read at scrape time from the edges of this process (usually one): the classes
-    they serve by phase, the samples waiting for a tick, and each class's tick time."""
+    they serve by phase, the samples waiting for a tick, the riders waiting for a seat
+    (``api.admission``), and each class's tick time."""
 
     def __init__(self) -> None:
         self.edges: weakref.WeakSet[EdgeView] = weakref.WeakSet()
@@ -110,8 +124,10 @@ class EdgeCollector(Collector):
         edges = list(self.edges)
         phases = GaugeMetricFamily("pulseline_sessions", "Classes this edge serves, by phase of their last board",
                                    labels=["phase"])
-        queued = GaugeMetricFamily("pulseline_admission_queue_samples",
+        queued = GaugeMetricFamily("pulseline_pending_samples",
                                    "Samples waiting at the edge for their class's next tick")
+        waiting = GaugeMetricFamily("pulseline_admission_queue_riders",
+                                    "Riders waiting on this edge for a seat in a full class (api.admission)")
         slow = GaugeMetricFamily("pulseline_session_tick_duration_seconds",
                                  "Each class's recent tick time (moving average), to find the slow one",
                                  labels=["session"])
@@ -128,7 +144,9 @@ class EdgeCollector(Collector):
         for phase, n in counts.items():
             phases.add_metric([phase], n)
         queued.add_metric([], pending)
-        yield from (phases, queued, slow)
+        waiting.add_metric([], sum(1 for edge in edges for waiters in list(edge.admission.waiting.values())
+                                   for w in waiters if not w.done))
+        yield from (phases, queued, waiting, slow)
 
     def describe(self) -> Iterable[Metric]:
         return ()  # (collected lazily; describe nothing so registration does not collect)

@@ -141,7 +141,7 @@ def test_every_family_moves_under_a_swarm(metrics_edge: Any, tokens: Any, run: A
     assert value(after, "pulseline_ack_latency_seconds_sum") > 0
     assert any(name == "pulseline_session_tick_duration_seconds" and dict(l).get("session", "").startswith("mp-")
                for name, l in after), "no per-class tick time"
-    assert ("pulseline_admission_queue_samples", ()) in after
+    assert ("pulseline_pending_samples", ()) in after
 
     # the session actors' families, through Ray's metrics export port (pushed every few seconds)
     deadline = time.monotonic() + 90
@@ -168,3 +168,34 @@ def test_scrape_access(metrics_edge: Any, tokens: Any) -> None:
     assert httpx.get(f"{metrics_edge.url}/metrics", headers=device, timeout=30).status_code == 403
     page = httpx.get(f"{metrics_edge.url}/metrics", headers=tokens.headers(), timeout=30).text
     assert re.search(r"^pulseline_tick_duration_seconds_bucket\{le=\"0.005\"\}", page, re.M)
+
+
+def test_riders_waiting_for_a_seat_are_counted(metrics_edge: Any, tokens: Any, run: Any, unique_id: str) -> None:
+    """A class of one seat: the second rider's hello waits (a ``queue`` frame), and the
+    admission queue gauge counts it until it hangs up."""
+    sid = f"mq-{unique_id}"
+    httpx.post(f"{metrics_edge.url}/v1/sessions", json={"id": sid, "capacity": 1}, headers=tokens.headers(),
+               timeout=60).raise_for_status()
+    scrape_url = f"http://127.0.0.1:{metrics_edge.settings.metrics_port}/metrics"
+
+    def hello(rider: str) -> bytes:
+        token = tokens("device", device=f"d-{rider}", participant=rider, sessions=[sid])
+        return msgpack.packb({"t": "hello", "v": 1, "token": token,
+                              "devices": [{"device": f"d-{rider}", "participant": rider, "session": sid}]})
+
+    async def scenario() -> tuple[float, float]:
+        async with connect(f"{metrics_edge.ws_url}/v1/devices") as first:
+            await first.send(hello("r1"))
+            assert msgpack.unpackb(await asyncio.wait_for(first.recv(), 30))["t"] == "welcome"
+            async with connect(f"{metrics_edge.ws_url}/v1/devices") as second:
+                await second.send(hello("r2"))
+                assert msgpack.unpackb(await asyncio.wait_for(second.recv(), 30))["t"] == "queue"
+                async with httpx.AsyncClient(timeout=30) as client:
+                    waiting = value(samples_of((await client.get(scrape_url)).text), "pulseline_admission_queue_riders")
+        await asyncio.sleep(1.5)  # (the admission round notices the hang-up)
+        async with httpx.AsyncClient(timeout=30) as client:
+            gone = value(samples_of((await client.get(scrape_url)).text), "pulseline_admission_queue_riders")
+        return waiting, gone
+
+    waiting, gone = run(scenario())
+    assert waiting == 1 and gone == 0

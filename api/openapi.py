@@ -1,0 +1,342 @@
+"""The HTTP API as a generated client sees it: a response model, a summary, a description
+and the error responses of every route, in one table (``document(app)``, called last by
+``create_app``).
+
+The models describe what the routes return (``model_config`` allows more fields: a newer
+edge may add some, and clients must ignore what they do not know); the routes themselves
+are unchanged (their handlers keep returning plain dicts), so the models are the contract
+written down, checked by ``tests/api/test_openapi_client.py``, which generates a Python
+client from ``/openapi.json`` and parses real answers of a running edge with it. Error
+bodies are always ``ErrorBody`` (``api/errors.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from fastapi import FastAPI
+from fastapi.routing import APIRoute
+from fastapi.utils import create_model_field
+from pydantic import BaseModel, ConfigDict, Field
+
+Phase = Literal["scheduled", "lobby", "live", "cooldown", "ended"]
+
+
+class Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class ErrorBody(Open):
+    """Every error: a stable code to branch on, a message for people, and for some codes a
+    ``reason`` (auth), ``position`` (queued) or ``details`` (validation)."""
+
+    error: str = Field(description="stable code, e.g. unauthorised, forbidden, unknown_session, not_ended, unavailable")
+    message: str = Field(description="what went wrong and what to do, for people")
+    reason: str | None = Field(default=None, description="why a token was refused (auth errors)")
+    model_config = ConfigDict(extra="allow", json_schema_extra={
+        "example": {"error": "unknown_session", "message": "no session 'spin-7'"}})
+
+
+class Health(Open):
+    ok: bool
+    model_config = ConfigDict(extra="allow", json_schema_extra={"example": {"ok": True}})
+
+
+class Readiness(Open):
+    ok: bool = Field(description="every check passed")
+    checks: dict[str, dict[str, Any]] = Field(description="redis, ray, edge: ok and a detail each")
+    sessions: int = Field(description="classes this edge serves")
+    model_config = ConfigDict(extra="allow", json_schema_extra={"example": {
+        "ok": True, "sessions": 3, "checks": {"redis": {"ok": True, "detail": "ok"}, "ray": {"ok": True, "detail": "ok"},
+                                              "edge": {"ok": True, "detail": "ok"}}}})
+
+
+class SessionCreated(Open):
+    id: str
+    created: bool = Field(description="false when the class existed already (creating is idempotent)")
+    schedule: dict[str, Any] | None = Field(default=None, description="the class plan's schedule, when one was given")
+    prescale: dict[str, Any] | None = Field(default=None, description="capacity booked ahead for a scheduled class")
+    model_config = ConfigDict(extra="allow", json_schema_extra={"example": {"id": "spin-7", "created": True}})
+
+
+class SessionSnapshot(Open):
+    """A class as its actor holds it: phase, roster and per-rider totals, the board."""
+
+    session: str | None = None
+    phase: Phase | None = None
+    participants: list[dict[str, Any]] = Field(default_factory=list, description="one entry per rider")
+    board: dict[str, Any] | None = None
+    epoch: int | None = Field(default=None, description="the actor instance (grows at every restart)")
+    durable: dict[str, int] = Field(default_factory=dict, description="device -> highest durable seq")
+    meta: dict[str, Any] = Field(default_factory=dict, description="the class's record: title, phase, created_at, ...")
+
+
+class SessionSummary(Open):
+    id: str
+    phase: Phase | None = None
+    title: str | None = None
+    created_at: float | None = None
+
+
+class SessionPage(Open):
+    sessions: list[SessionSummary]
+    next: str | None = Field(description="cursor of the next page (null: the last page)")
+    model_config = ConfigDict(extra="allow", json_schema_extra={"example": {
+        "sessions": [{"id": "spin-7", "phase": "live", "title": "Morning spin", "created_at": 1796600000.0}],
+        "next": None}})
+
+
+class Purged(Open):
+    id: str
+    deleted: bool
+    keys: int = Field(description="Redis keys deleted")
+
+
+class Joined(Open):
+    participant: str
+    slot: int = Field(description="the rider's row in the class")
+    model_config = ConfigDict(extra="allow", json_schema_extra={"example": {"participant": "rider-1", "slot": 0}})
+
+
+class Left(Open):
+    participant: str
+    left: bool
+
+
+class Seats(Open):
+    session: str
+    capacity: int | None
+    seated: int
+    waiting: int
+
+
+class PhaseSet(Open):
+    phase: Phase
+
+
+class Flushed(Open):
+    durable: dict[str, int] = Field(description="device -> highest durable seq, after a checkpoint")
+
+
+class Card(Open):
+    id: str
+    title: str | None = None
+    phase: str
+
+
+class ViewLink(Open):
+    token: str = Field(description="a viewer token for this class only")
+    expires_at: int = Field(description="Unix time")
+    url: str = Field(description="the class page, the token in the fragment (never sent to a server)")
+
+
+class ClusterStatus(Open):
+    """Nodes, session slots, classes per node, autoscaler demand, prescaling and this edge."""
+
+
+class Booked(Open):
+    """A scheduled class's pre-scaling booking."""
+
+
+class Passivated(Open):
+    session: str
+    passivated: bool
+
+
+class Profile(Open):
+    rider: str
+    set: dict[str, Any] = Field(description="what was set (FTP, max HR, weight, ...)")
+    effective: dict[str, Any] = Field(description="what the metrics use: set values, else estimates")
+    records: dict[str, Any] | None = None
+
+
+class Rides(Open):
+    rider: str
+    rides: list[dict[str, Any]]
+    next: str | None
+
+
+class Records(Open):
+    rider: str
+    records: dict[str, Any]
+
+
+class Ride(Open):
+    """One ride's summary (or its whole recording as JSON, or its per-second series)."""
+
+
+class Board(Open):
+    name: str
+    spec: dict[str, Any]
+    generation: int
+
+
+class BoardCreated(Open):
+    """The leaderboard's spec, created (201) or as it existed (200)."""
+
+
+class Scores(Open):
+    accepted: int
+    changed: int
+
+
+class RankPage(Open):
+    """A page of ranked entries (top, a user's rank, around a user)."""
+
+
+class PeriodDropped(Open):
+    name: str
+    period: str
+    dropped_records: int
+
+
+class Resharded(Open):
+    name: str
+    shard_count: int
+    moved: int
+
+
+@dataclass(frozen=True)
+class Doc:
+    model: type[BaseModel] | None
+    summary: str
+    description: str = ""
+    errors: tuple[int, ...] = ()
+    operation_id: str = ""  # default: the route function's name (what generated clients call it)
+
+
+AUTH = (401, 403)
+ERROR_TEXT = {
+    400: "Bad request: a value the edge cannot use (the message says which)",
+    401: "No valid token: send `Authorization: Bearer <token>`",
+    403: "The token may not do this (the reason says why)",
+    404: "No such class, rider, ride or leaderboard",
+    409: "Conflicts with the current state (e.g. a phase that cannot follow, a class not ended)",
+    413: "Body too large",
+    422: "The body or a parameter is invalid (details name it)",
+    429: "Over a limit, or queued for a seat (Retry-After, and the position)",
+    503: "Redis or Ray is unavailable or slow: retry after Retry-After seconds",
+}
+
+S = "/v1/sessions/{session_id}"
+R = "/v1/riders/{rider}"
+L = "/v1/leaderboards"
+ROUTES: dict[tuple[str, str], Doc] = {
+    ("GET", "/livez"): Doc(Health, "Liveness", "The process answers (nothing else is checked): for liveness probes."),
+    ("GET", "/readyz"): Doc(Readiness, "Readiness", "Redis and Ray answer and the edge has started; 503 with "
+                            "Retry-After and the failed check otherwise. For readiness probes and load balancers.", (503,)),
+    ("GET", "/healthz"): Doc(Readiness, "Readiness (alias of /readyz)", "Same as /readyz.", (503,), "healthz"),
+    ("GET", "/metrics"): Doc(None, "Prometheus metrics", "Every family of this edge (docs/operations.md), "
+                             "Prometheus text format; needs an operator token unless PULSELINE_PUBLIC_METRICS.", AUTH),
+    ("POST", "/v1/sessions"): Doc(SessionCreated, "Create a class", "Creates the class (idempotent by id) and starts "
+                                  "its actor; optional plan, start time, capacity, placement. Operators only.", (*AUTH, 422, 503)),
+    ("GET", "/v1/sessions"): Doc(SessionPage, "List classes", "Classes in creation order, optionally one phase, "
+                                 "keyset-paged with `after` (a page neither skips nor repeats). Operators only.", (*AUTH, 422, 503)),
+    ("GET", S): Doc(SessionSnapshot, "A class's state", "Phase, roster, per-rider totals and the board. A participant "
+                    "sees the other riders' output only (no heart rate, tags or devices).", (*AUTH, 404, 503)),
+    ("DELETE", S): Doc(Purged, "Purge a class", "Stops its actor for good and deletes its keys; only an ended class "
+                       "unless `force=true` (409 `not_ended`). Operators only.", (*AUTH, 404, 409, 503)),
+    ("POST", f"{S}/participants"): Doc(Joined, "Join a class", "Adds the rider (idempotent). Over the class's "
+                                       "capacity: 429 `queued` with the position and Retry-After; ask again to keep "
+                                       "the place.", (*AUTH, 404, 422, 429, 503)),
+    ("DELETE", f"{S}/participants/{{participant}}"): Doc(Left, "Leave a class", "The rider leaves (totals kept); "
+                                                         "its seat goes to the next in the queue.", (*AUTH, 404, 503)),
+    ("PUT", f"{S}/capacity"): Doc(Seats, "Set a class's seats", "", (*AUTH, 404, 422, 503)),
+    ("POST", f"{S}/phase"): Doc(PhaseSet, "Move a class's phase", "scheduled → lobby → live → cooldown → ended, "
+                                "forward only (409 otherwise). Operators only.", (*AUTH, 404, 409, 422, 503)),
+    ("POST", f"{S}/flush"): Doc(Flushed, "Checkpoint a class now", "Returns every device's durable seq. Operators only.",
+                                (*AUTH, 404, 503)),
+    ("GET", f"{S}/card"): Doc(Card, "A class's card", "", (*AUTH, 404, 503)),
+    ("POST", f"{S}/view-links"): Doc(ViewLink, "A view link", "", (*AUTH, 404, 422, 503)),
+    ("GET", "/v1/cluster/status"): Doc(ClusterStatus, "Cluster status", "Nodes, session slots, classes per node, "
+                                       "autoscaler demand, pre-scaling and this edge's pumps. Operators only.", (*AUTH, 503)),
+    ("POST", f"{S}/schedule"): Doc(Booked, "Schedule a class", "Books capacity ahead of `start_at` (the autoscaler "
+                                   "adds nodes before the class starts). Operators only.", (400, *AUTH, 422, 503)),
+    ("POST", f"{S}/passivate"): Doc(Passivated, "Passivate a class", "Stops an ended class's actor (its state stays "
+                                    "in Redis; the next call brings it back). Operators only.", (*AUTH, 404, 503)),
+    ("PUT", f"{R}/profile"): Doc(Profile, "Set a rider's profile", "FTP, max and resting heart rate, weight, ... "
+                                 "(the rider or an operator).", (*AUTH, 422, 503)),
+    ("GET", f"{R}/profile"): Doc(Profile, "A rider's profile", "What was set, what the metrics use, and the "
+                                 "rider's records.", (*AUTH, 503)),
+    ("GET", f"{R}/rides"): Doc(Rides, "A rider's rides", "Newest first, paged with `before`.", (*AUTH, 422, 503)),
+    ("GET", f"{R}/records"): Doc(Records, "A rider's records", "", (*AUTH, 503)),
+    ("GET", f"{R}/rides/{{ride}}"): Doc(Ride, "A ride", "Its summary and the records it holds.", (*AUTH, 404, 503)),
+    ("GET", f"{R}/rides/{{ride}}.json"): Doc(Ride, "A ride as JSON", "The whole recording.", (*AUTH, 404, 503)),
+    ("GET", f"{R}/rides/{{ride}}/series"): Doc(Ride, "A ride's per-second series", "", (*AUTH, 404, 503)),
+    ("GET", f"{R}/rides/{{ride}}.fit"): Doc(None, "A ride as a FIT file", "", (*AUTH, 404, 503)),
+    ("GET", f"{R}/rides/{{ride}}.tcx"): Doc(None, "A ride as a TCX file", "", (*AUTH, 404, 503)),
+    ("POST", L): Doc(BoardCreated, "Create a leaderboard", "201 created, 200 when it existed with the same spec.",
+                     (*AUTH, 409, 422, 503)),
+    ("GET", f"{L}/{{name}}"): Doc(Board, "A leaderboard's spec", "", (*AUTH, 404, 503)),
+    ("POST", f"{L}/{{name}}/scores"): Doc(Scores, "Write scores", "", (*AUTH, 404, 422, 503)),
+    ("GET", f"{L}/{{name}}/top"): Doc(RankPage, "Top of a leaderboard", "", (*AUTH, 404, 422, 503)),
+    ("GET", f"{L}/{{name}}/users/{{user}}/rank"): Doc(RankPage, "A user's rank", "", (*AUTH, 404, 422, 503)),
+    ("GET", f"{L}/{{name}}/users/{{user}}/around"): Doc(RankPage, "Entries around a user", "", (*AUTH, 404, 422, 503)),
+    ("DELETE", f"{L}/{{name}}/periods/{{period}}"): Doc(PeriodDropped, "Drop a period", "", (*AUTH, 404, 503)),
+    ("POST", f"{L}/{{name}}/reshard"): Doc(Resharded, "Reshard a leaderboard", "", (*AUTH, 404, 422, 503)),
+}
+
+
+def document(app: FastAPI) -> list[str]:
+    """Apply ``ROUTES`` to the app's routes (summaries, descriptions, error responses) and
+    to its spec (response models); returns the documented routes it found no entry for (a
+    test keeps that empty)."""
+    missing = []
+    for route in _api_routes(app.routes):
+        if not route.include_in_schema:
+            continue
+        for method in sorted(route.methods or ()):
+            doc = ROUTES.get((method, route.path))
+            if doc is None:
+                missing.append(f"{method} {route.path}")
+                continue
+            route.operation_id = route.operation_id or doc.operation_id or route.name
+            route.summary = route.summary or doc.summary
+            route.description = route.description or doc.description or doc.summary
+            for code in doc.errors:
+                route.responses.setdefault(code, {"model": ErrorBody, "description": ERROR_TEXT[code]})
+                route.response_fields[code] = create_model_field(
+                    name=f"Error_{code}_{route.unique_id}", type_=ErrorBody, mode="serialization")
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            _typed(generate())
+        return app.openapi_schema  # type: ignore[return-value]
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return missing
+
+
+def _typed(spec: dict[str, Any]) -> None:
+    """Each documented route's success response refers to its model (schema only: the
+    handlers keep returning what they return)."""
+    schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+    for (method, path), doc in ROUTES.items():
+        operation = spec.get("paths", {}).get(path, {}).get(method.lower())
+        if operation is None:
+            continue
+        for code, response in operation["responses"].items():  # errors are JSON, even from /metrics
+            if code[0] in "45" and response.get("content"):
+                response["content"] = {"application/json": next(iter(response["content"].values()))}
+        if doc.model is None:
+            continue
+        code = next(c for c in operation["responses"] if c.startswith("2"))
+        schema = doc.model.model_json_schema(ref_template="#/components/schemas/{model}", mode="serialization")
+        schemas.update(schema.pop("$defs", {}))
+        schemas[doc.model.__name__] = schema
+        operation["responses"][code]["content"] = {
+            "application/json": {"schema": {"$ref": f"#/components/schemas/{doc.model.__name__}"}}}
+
+
+def _api_routes(routes: list[Any]) -> list[APIRoute]:
+    """Every ``APIRoute``, also those of included routers (kept whole by FastAPI, which
+    derives the app's routes from them)."""
+    found = []
+    for route in routes:
+        if isinstance(route, APIRoute):
+            found.append(route)
+        elif hasattr(route, "original_router"):
+            found.extend(_api_routes(route.original_router.routes))
+    return found
