@@ -197,6 +197,28 @@ class Resharded(Open):
     moved: int
 
 
+class Webhook(Open):
+    """A subscription: its id, URL and events (the secret only in the answer that created it)."""
+
+    id: str
+    url: str | None = None
+    events: list[str] = Field(default_factory=list)
+
+
+class Webhooks(Open):
+    webhooks: list[Webhook]
+
+
+class Deliveries(Open):
+    id: str
+    deliveries: list[dict[str, Any]] = Field(description="the newest deliveries: event, status, attempts, ...")
+
+
+class Unsubscribed(Open):
+    id: str
+    deleted: bool
+
+
 @dataclass(frozen=True)
 class Doc:
     model: type[BaseModel] | None
@@ -220,6 +242,7 @@ ERROR_TEXT = {
 }
 
 S = "/v1/sessions/{session_id}"
+W = "/v1/webhooks"
 R = "/v1/riders/{rider}"
 L = "/v1/leaderboards"
 ROUTES: dict[tuple[str, str], Doc] = {
@@ -266,6 +289,13 @@ ROUTES: dict[tuple[str, str], Doc] = {
     ("GET", f"{R}/rides/{{ride}}/series"): Doc(Ride, "A ride's per-second series", "", (*AUTH, 404, 503)),
     ("GET", f"{R}/rides/{{ride}}.fit"): Doc(None, "A ride as a FIT file", "", (*AUTH, 404, 503)),
     ("GET", f"{R}/rides/{{ride}}.tcx"): Doc(None, "A ride as a TCX file", "", (*AUTH, 404, 503)),
+    ("POST", W): Doc(Webhook, "Subscribe a webhook", "Events (class phases, results, ...) are POSTed to `url`, "
+                     "signed with HMAC; the secret is returned once. Operators only.", (*AUTH, 422, 503)),
+    ("GET", W): Doc(Webhooks, "List webhooks", "Operators only.", (*AUTH, 503)),
+    ("GET", f"{W}/{{ident}}"): Doc(Webhook, "A webhook", "Operators only.", (*AUTH, 404, 422, 503)),
+    ("GET", f"{W}/{{ident}}/deliveries"): Doc(Deliveries, "A webhook's deliveries", "The newest first. Operators only.",
+                                             (*AUTH, 404, 422, 503)),
+    ("DELETE", f"{W}/{{ident}}"): Doc(Unsubscribed, "Unsubscribe a webhook", "Operators only.", (*AUTH, 404, 422, 503)),
     ("POST", L): Doc(BoardCreated, "Create a leaderboard", "201 created, 200 when it existed with the same spec.",
                      (*AUTH, 409, 422, 503)),
     ("GET", f"{L}/{{name}}"): Doc(Board, "A leaderboard's spec", "", (*AUTH, 404, 503)),
