@@ -25,6 +25,7 @@ re-resolves every shard; nothing was acknowledged that a checkpoint does not hol
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +39,7 @@ from cluster.directory import SessionDirectory
 
 
 PLAIN_CACHE = 4096
+SHARDED_CACHE = 256
 
 
 @dataclass(slots=True)
@@ -57,14 +59,18 @@ class ClassShardTicks:
         self.inner = inner
         self.directory = directory
         self.board_size = board_size
-        self.classes: dict[str, _Class] = {}  # the sharded classes this edge ticks
+        # the sharded classes this edge ticks, least recently ticked first (bounded: an evicted
+        # class that ticks again re-reads its meta and takes whole parts once)
+        self.classes: OrderedDict[str, _Class] = OrderedDict()
         self.plain: set[str] = set()  # classes known not to be sharded (bounded: PLAIN_CACHE)
 
     async def _class(self, session_id: str) -> _Class | None:
         if session_id in self.plain:
             return None
         sharded = self.classes.get(session_id)
-        if sharded is None:
+        if sharded is not None:
+            self.classes.move_to_end(session_id)
+        else:
             shards = await self.directory.shards_of(session_id)
             if shards <= 1:
                 if len(self.plain) >= PLAIN_CACHE:
@@ -74,6 +80,8 @@ class ClassShardTicks:
             meta = await self.directory.meta(session_id)
             size = int(meta.get("board_size") or self.board_size)
             sharded = self.classes[session_id] = _Class(shards, size, [None] * shards, [0] * shards)
+            while len(self.classes) > SHARDED_CACHE:
+                self.classes.popitem(last=False)
         return sharded
 
     async def tick(self, request: TickRequest) -> TickResult:
