@@ -19,6 +19,8 @@ key        value
 ``pc``     int8 per slot: presence code (``actors.presence``)
 ``tc``     int8 (slots x 3): place against the running segment's targets (``actors.plan``)
 ``plan``   the class plan's position, as on a board (absent without a plan)
+``summaries`` an ended class's riders' end-of-class summaries (``rank`` and ``riders``
+           within the shard: the edge replaces them with the class's)
 ``sum``    the shard's output (kJ over its active riders)
 ``base``   (a change part) the version the rows below change: only the rows that differ
            from it, at the slots in ``di`` (int32), go in ``m``, ``pc`` and ``tc``, and
@@ -43,10 +45,10 @@ from typing import Any
 
 import numpy as np
 
-from actors.session import BOARD_COLUMNS, SessionState
+from actors.session import BOARD_COLUMNS, Phase, SessionState
 
 PART_KEYS = ("part", "session", "version", "phase", "n", "cols", "top", "ids", "e", "ord", "m", "pc", "tc", "sum",
-             "plan", "base", "di")
+             "plan", "summaries", "base", "di")
 KEEP_VERSIONS = 16  # recent versions a shard can send changes against (edges hold different ones)
 
 
@@ -123,6 +125,8 @@ def board_part(state: SessionState) -> tuple[dict[str, Any], _Rows]:
     plan = state.schedule.position(state.clock())
     if plan is not None:
         part["plan"] = plan
+    if state.phase is Phase.ENDED:  # each rider's end-of-class summary (the edge sets the class rank)
+        part["summaries"] = state.class_summaries(state.board_rows(order))
     return part, rows
 
 

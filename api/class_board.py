@@ -84,6 +84,7 @@ class ShardPart:
     targets: np.ndarray  # int8 (slots, 3): codes of actors.plan.target_codes
     total_kj: float
     plan: dict[str, Any] | None
+    summaries: dict[str, dict[str, Any]] | None
 
     @classmethod
     def decode(cls, raw: dict[str, Any], previous: ShardPart | None = None) -> ShardPart:
@@ -117,6 +118,7 @@ class ShardPart:
             version=raw["version"], phase=raw["phase"], n=raw["n"], top=raw["top"], ids=ids,
             id_column=id_column, index=index, scores=scores, neg_sorted=-scores[order], order=order, active=active,
             matrix=matrix, presence=presence, targets=targets, total_kj=float(raw["sum"]), plan=raw.get("plan"),
+            summaries=raw.get("summaries"),
         )
 
     def above(self, score: float) -> int:
@@ -144,6 +146,17 @@ class ClassBoard:
                 if not part.active[slot]:
                     return None
                 return self._row(part, slot, int(self._ranks(at)[slot]))
+        return None
+
+    def summary(self, participant: str) -> dict[str, Any] | None:
+        """The rider's end-of-class summary with its class rank and the class's rider count."""
+        for at, part in enumerate(self.parts):
+            slot = part.index.get(participant)
+            if slot is not None:
+                mine = (part.summaries or {}).get(participant)
+                if mine is None:
+                    return None
+                return {**mine, "rank": int(self._ranks(at)[slot]), "riders": sum(p.n for p in self.parts)}
         return None
 
     def _ranks(self, at: int) -> np.ndarray:
@@ -227,5 +240,17 @@ def merge_board(class_id: str, parts: Sequence[ShardPart], board_size: int, vers
     plan = next((p.plan for p in parts if p.plan is not None), None)
     if plan is not None:  # (every shard runs the same plan on the same clock)
         board["plan"] = plan
+    if any(p.summaries is not None for p in parts):
+        board["summaries"] = _Summaries(merged)
     return board
+
+
+class _Summaries:
+    """``board["summaries"]`` of a merged board: ``get(rider)`` as on a one-actor board."""
+
+    def __init__(self, merged: ClassBoard) -> None:
+        self.merged = merged
+
+    def get(self, participant: str) -> dict[str, Any] | None:
+        return self.merged.summary(participant)
 

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 
 from actors.board_part import KEEP_VERSIONS, BoardParts, board_part, is_part
-from actors.session import DeviceBatch, SessionState
+from actors.session import DeviceBatch, Phase, SessionState
 from api.class_board import PartGap, ShardPart, merge_board
-from api.viewer import CompactBoard, Paging, board_encoder, own_row
+from api.viewer import CompactBoard, Paging, board_encoder, own_row, own_summary
 from cluster.class_shards import merge_snapshots, shard_count, shard_of
 
 SHARDS = 3
@@ -175,3 +175,21 @@ def test_change_parts_rebuild_the_whole_part_exactly() -> None:
         ShardPart.decode(stale, held)
     assert "base" not in maker.part(shard, versions[-KEEP_VERSIONS - 2])  # too old: the whole part
     assert "base" in maker.part(shard, versions[-1])
+
+
+@pytest.mark.timeout(60)
+def test_an_ended_class_gives_each_rider_its_summary_with_the_class_rank() -> None:
+    reference, shards = _ride(seed=5)
+    for state in (reference, *shards):
+        state.set_phase(Phase.ENDED)
+    board = _merged(shards)
+    ranks = _expected_rank(reference)
+    theirs = reference.board()["summaries"]
+    assert set(theirs) == set(ranks)
+    for rider, summary in theirs.items():
+        mine = own_summary(board, rider)
+        assert mine is not None and mine["rank"] == ranks[rider] and mine["riders"] == summary["riders"]
+        assert {k: v for k, v in mine.items() if k != "rank"} == {k: v for k, v in summary.items() if k != "rank"}
+    frame = msgpack.unpackb(CompactBoard(rider)(board), raw=False)
+    assert frame["summary"]["rank"] == ranks[rider]
+    assert own_summary(board, reference.participants[6]) is None  # left: not ranked, no summary
