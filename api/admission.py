@@ -51,6 +51,8 @@ class Admission:
         self.admitted_after_wait = 0
         self._arrivals = 0
         self._task: asyncio.Task[None] | None = None
+        self._asks: dict[str, list[tuple[str, asyncio.Future[int]]]] = {}  # per class, waiting to go
+        self._flushing: dict[str, asyncio.Task[None]] = {}
 
     def retry_after_s(self, position: int) -> float:
         """The wait a rider at ``position`` can expect, at the class's admission rate (at
@@ -59,8 +61,35 @@ class Admission:
         return max(self.interval_s, position / rate) if rate > 0 else max(1.0, self.interval_s)
 
     async def admit(self, session: str, participant: str) -> int:
-        """0: in (a seat is held); else the rider's place in the queue (1 = next)."""
-        return (await self.book.admit(session, [participant]))[0]
+        """0: in (a seat is held); else the rider's place in the queue (1 = next).
+
+        Batched: the asks that arrive while a class's previous call is in flight go to
+        Redis together, in arrival order, in the next one — a storm of thousands of hellos
+        costs a class one script call at a time, never a connection per hello (a pool of
+        them ran dry in a 300-rider storm before this)."""
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._asks.setdefault(session, []).append((participant, future))
+        if session not in self._flushing:
+            self._flushing[session] = asyncio.get_running_loop().create_task(self._flush(session))
+        return await future
+
+    async def _flush(self, session: str) -> None:
+        try:
+            while self._asks.get(session):
+                batch = self._asks.pop(session)
+                riders = list(dict.fromkeys(p for p, _ in batch))
+                try:
+                    places = dict(zip(riders, await self.book.admit(session, riders), strict=True))
+                except Exception as exc:  # every ask of the batch fails alike (the edge maps it)
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for rider, future in batch:
+                    if not future.done():
+                        future.set_result(places[rider])
+        finally:
+            self._flushing.pop(session, None)
 
     def wait(self, waiter: Waiter, position: int) -> None:
         """Keep asking for ``waiter`` (told ``position`` now) until admitted or cancelled."""
@@ -79,9 +108,10 @@ class Admission:
         return await self.book.release(session, participant)
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        tasks = [t for t in (self._task, *self._flushing.values()) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _run(self) -> None:
         while self.waiting:

@@ -179,6 +179,7 @@ class HubClient:
         self.queue_first: int | None = None
         self.queue_position: int | None = None
         self.queue_frames = 0
+        self.queued_at: float | None = None  # monotonic time of the first queue frame
         self.connects = 0
         self.errors: Counter[str] = Counter()
         self._welcomed: set[str] = set()
@@ -302,6 +303,7 @@ class HubClient:
             self.queue_position = frame.get("position")
             if self.queue_first is None:
                 self.queue_first = self.queue_position
+                self.queued_at = time.monotonic()
         elif kind == "error" and frame.get("code") == "token_expiring":
             await self._renew()
         elif kind == "error":

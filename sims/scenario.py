@@ -51,6 +51,11 @@ Schema (every table and key optional unless marked; defaults in brackets)::
     drain_timeout_s = 60.0
     phases = true                    # drive lobby -> live -> cooldown -> ended
 
+    [admission]                      # seats and a join storm (sims/admission.py)
+    capacity = 5000                  # the classes' seats [none: no limit]
+    in_class = 0.2                   # share of riders in class from the start; the others
+    storm_at_s = 10                  # storm in from here, over load.join_window_s
+
     [plan]                           # a class plan (docs/protocol.md): the classes start
     start_in_s = 8                   # this long after creation and move through their
     segments = [{ kind = "warm-up", duration_s = 20, ftp_pct = [50, 65], cue = "Easy" }, ...]
@@ -81,7 +86,7 @@ __all__ = ["Scenario", "ScenarioError", "load", "parse"]
 
 DEVICE_KINDS = tuple(_KINDS)
 _TOP = {"name", "description", "seed", "mode", "ble", "sessions", "riders", "connections", "load", "faults", "run",
-        "plan"}
+        "plan", "admission"}
 MODES = ("protocol", "ble")
 
 
@@ -117,6 +122,9 @@ class Scenario:
     phases: bool = True
     class_plan: dict[str, Any] | None = None
     plan_start_in_s: float = 8.0
+    capacity: int | None = None
+    in_class: float = 0.0
+    storm_at_s: float = 0.0
     mode: str = "protocol"
     ble_speed: float = 1.0
 
@@ -145,6 +153,7 @@ class Scenario:
             "board_protocol": self.board_protocol, "join_window_s": self.join_window_s, "surges": self.surges, "faults": self.faults,
             "drain_timeout_s": self.drain_timeout_s, "phases": self.phases,
             "class_plan": self.class_plan, "plan_start_in_s": self.plan_start_in_s,
+            "capacity": self.capacity, "in_class": self.in_class, "storm_at_s": self.storm_at_s,
         }
         values.update(overrides)
         return SwarmConfig(**values)
@@ -276,9 +285,20 @@ def parse(data: Any) -> Scenario:
         drain_timeout_s=run.number("drain_timeout_s", 60.0, 1.0, 3600.0),
         phases=run.boolean("phases", True),
         **_class_plan(root),
+        **_admission(root, seconds),
         mode=mode,
         ble_speed=ble_speed,
     )
+
+
+def _admission(root: _Table, seconds: float) -> dict[str, Any]:
+    """``[admission]``: the classes' capacity, who is in class already, when the storm comes."""
+    if "admission" not in root.data:
+        return {}
+    table = _Table(root.data["admission"], "admission", {"capacity", "in_class", "storm_at_s"})
+    capacity = table.integer("capacity", 0, 0, 1_000_000)
+    return {"capacity": capacity or None, "in_class": table.number("in_class", 0.0, 0.0, 1.0),
+            "storm_at_s": table.number("storm_at_s", 0.0, 0.0, seconds)}
 
 
 def _class_plan(root: _Table) -> dict[str, Any]:

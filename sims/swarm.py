@@ -43,6 +43,7 @@ from sims.accounting import ParticipantTruth, account, server_rows
 from sims.faults import BAD_TS_AGE_S, DeviceClock, DeviceFaults, FaultConfig, FlakyHubClient
 from sims.histogram import LatencyHistogram
 from sims.load import Surge, rate_at
+from sims.admission import admission_summary
 from sims.class_plan import physiology_plan, plan_summary
 from sims.physiology import ClassPlan, Reading, RiderModel, random_profile, standard_plan
 from sims.progress import Progress
@@ -133,6 +134,11 @@ class SwarmConfig:
     # start_at = now + plan_start_in_s, and move through their phases by themselves
     class_plan: dict[str, Any] | None = None
     plan_start_in_s: float = 8.0
+    # seats and admission (sims/admission.py): the classes' capacity (None: no limit); the
+    # share of riders in class from the start; when the others' join storm begins
+    capacity: int | None = None
+    in_class: float = 0.0
+    storm_at_s: float = 0.0
     # where the server runs each class: None lets it choose by the expected size (the
     # riders per class are sent as ``expected_riders``); "dense" or "dedicated" forces it
     placement: str | None = None
@@ -249,6 +255,7 @@ class Swarm:
         self._stop = asyncio.Event()
         self.started = 0.0
         self.plan_start: float | None = None  # the classes' start_at (a scenario with a plan)
+        self.in_class: set[str] = set()  # riders in class before a join storm (their latency is watched)
         self._summary: dict[str, Any] | None = None
         self._accounting: dict[str, Any] | None = None
 
@@ -336,6 +343,11 @@ class Swarm:
             self.join_at[id(client)] = late_cfg.upload_at_s + rng.uniform(0, late_cfg.window_s)
         else:
             self.join_at[id(client)] = rng.uniform(0, cfg.join_window_s) if cfg.join_window_s > 0 else 0.0
+            if cfg.in_class > 0:  # a join storm: some riders are in class already, the rest storm in
+                in_class = rng.random() < cfg.in_class
+                self.join_at[id(client)] = 0.0 if in_class else cfg.storm_at_s + rng.uniform(0, cfg.join_window_s)
+                if in_class:
+                    self.in_class.update(p.id for p, _ in group)
 
     def _record_late_rides(self) -> None:
         """A late rider's phone recorded the whole ride hours ago; it is all in the buffer."""
@@ -399,6 +411,8 @@ class Swarm:
         n_late = round(self.config.devices * self.fault_config.late_sync.fraction)
         late_ids = [f"{self.config.session_prefix}-late-{k}" for k in range(max(1, math.ceil(n_late / 100)))] if n_late else []
         body: dict[str, Any] = {"expected_riders": max(1, math.ceil(self.config.devices / max(1, len(self.sessions))))}
+        if self.config.capacity is not None:
+            body["capacity"] = self.config.capacity
         planned: dict[str, Any] = {}
         if self.config.class_plan is not None:
             self.plan_start = time.time() + self.config.plan_start_in_s
@@ -474,7 +488,7 @@ class Swarm:
 
     def _start_viewers(self) -> None:
         for sid in self.sessions:
-            viewer = self.viewers[sid] = Viewer(sid, origin=self.started)
+            viewer = self.viewers[sid] = Viewer(sid, origin=self.started, tracked=self.in_class)
             viewer.on_pages = partial(self._watch_pages, viewer)
             self._watch_pages(viewer, 1)
 
@@ -756,6 +770,7 @@ class Swarm:
                 "reconnects": sum(max(0, v.connects - 1) for v in pv),
             },
             "presence": self._presence(states),
+            **({"admission": self._admission()} if cfg.in_class > 0 else {}),
             **({"plan": plan_summary({sid: v.plan for sid, v in self.viewers.items()},
                                      {sid: (st or {}).get("phase") for sid, st in states.items()})}
                if cfg.class_plan is not None else {}),
@@ -764,6 +779,17 @@ class Swarm:
             "faults_injected": dict(sorted(self.injected.items())),
             "server_frames": dict(self.frames_in),
         }
+
+    def _admission(self) -> dict[str, Any]:
+        cfg = self.config
+        in_class, by_second = LatencyHistogram(), dict[int, LatencyHistogram]()
+        for viewer in self.viewers.values():
+            in_class.merge(viewer.tracked_histogram)
+            for second, hist in viewer.tracked_timeline.items():
+                by_second.setdefault(second, LatencyHistogram()).merge(hist)
+        storm = [c for c in self.clients if self.join_at[id(c)] > 0.0]
+        window = (int(cfg.storm_at_s), int(math.ceil(cfg.storm_at_s + cfg.join_window_s)) + 1)
+        return admission_summary(storm, in_class, by_second, window)
 
     def _presence(self, states: dict[str, Any]) -> dict[str, Any]:
         """Riders the boards showed ``reconnecting`` at some point, and the classes' final

@@ -46,6 +46,9 @@ class Viewer:
     connects: int = 0
     reconnecting: set[str] = field(default_factory=set)  # riders a board showed reconnecting
     plan: PlanSeen = field(default_factory=PlanSeen)  # the class plan as its boards showed it
+    tracked: set[str] = field(default_factory=set)  # riders timed apart too (those already in class)
+    tracked_histogram: LatencyHistogram = field(default_factory=LatencyHistogram)
+    tracked_timeline: dict[int, LatencyHistogram] = field(default_factory=dict)
     watched: int = 0  # board pages probed (a big class pages view=all by rank)
     on_pages: Callable[[int], None] | None = None  # told when a board says there are more pages
 
@@ -71,15 +74,17 @@ class Viewer:
                 continue
             while heap and heap[0][0] <= last + 1e-6:
                 _, scheduled = heapq.heappop(heap)
-                self._record(scheduled, (now - scheduled) * 1000.0)
+                self._record(scheduled, (now - scheduled) * 1000.0, row[ip] in self.tracked)
 
-    def _record(self, scheduled: float, latency_ms: float) -> None:
-        self.histogram.record(latency_ms)
+    def _record(self, scheduled: float, latency_ms: float, tracked: bool = False) -> None:
         second = int(scheduled - self.origin)
-        hist = self.timeline.get(second)
-        if hist is None:
-            hist = self.timeline[second] = LatencyHistogram()
-        hist.record(latency_ms)
+        for histogram, timeline in ((self.histogram, self.timeline),) + (
+                ((self.tracked_histogram, self.tracked_timeline),) if tracked else ()):
+            histogram.record(latency_ms)
+            hist = timeline.get(second)
+            if hist is None:
+                hist = timeline[second] = LatencyHistogram()
+            hist.record(latency_ms)
 
     @property
     def unseen(self) -> int:

@@ -10,7 +10,7 @@ import asyncio
 import os
 import socket
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -108,3 +108,20 @@ class DevTokenFactory:
 @pytest.fixture
 def tokens(edge_settings: Any) -> DevTokenFactory:
     return DevTokenFactory(edge_settings)
+
+
+@pytest.fixture
+def own_edge(edge_settings: Any) -> Iterator[Callable[..., tuple[EdgeServer, DevTokenFactory]]]:
+    """``make(cluster_settings=None, **overrides)``: an edge of the test's own (its settings
+    the session's with ``overrides``), stopped after the test."""
+    started: list[EdgeServer] = []
+
+    def make(cluster_settings: Any = None, **overrides: Any) -> tuple[EdgeServer, DevTokenFactory]:
+        settings = edge_settings.model_copy(update={"port": _free_port(), **overrides})
+        server = EdgeServer(settings, cluster_settings=cluster_settings).start()
+        started.append(server)
+        return server, DevTokenFactory(settings)
+
+    yield make
+    for server in started:
+        server.stop()

@@ -1,16 +1,12 @@
-"""Fixtures of the edge's tests: one headless Chromium (Debian's) per test module for the
-browser tests; ``own_edge``, an edge of a test's own with its own settings."""
+"""Fixtures of the edge's browser tests: one headless Chromium (Debian's) per test module."""
 
 from __future__ import annotations
 
 import shutil
-import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
-
-from tests.conftest import DevTokenFactory, EdgeServer
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_FLAGS = [
@@ -32,25 +28,3 @@ def browser() -> Iterator[Any]:
         yield chromium
         chromium.close()
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture
-def own_edge(edge_settings: Any) -> Iterator[Callable[..., tuple[EdgeServer, DevTokenFactory]]]:
-    """``make(cluster_settings=None, **overrides)``: an edge of the test's own (its settings
-    the session's with ``overrides``), stopped after the test."""
-    started: list[EdgeServer] = []
-
-    def make(cluster_settings: Any = None, **overrides: Any) -> tuple[EdgeServer, DevTokenFactory]:
-        settings = edge_settings.model_copy(update={"port": _free_port(), **overrides})
-        server = EdgeServer(settings, cluster_settings=cluster_settings).start()
-        started.append(server)
-        return server, DevTokenFactory(settings)
-
-    yield make
-    for server in started:
-        server.stop()
