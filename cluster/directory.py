@@ -53,17 +53,6 @@ log = logging.getLogger(__name__)
 
 
 REFRESH_ATTEMPTS = 3
-# A process that creates an actor keeps ~67 KiB of Ray's state for it for good (measured:
-# docs/benchmarks.md, "Memory over 200 classes"), so class actors are created by a task
-# instead of by the edge, in a worker that Ray replaces after this many creations.
-CREATIONS_PER_WORKER = 25
-
-
-@ray.remote(num_cpus=0, max_calls=CREATIONS_PER_WORKER)
-def _create_detached(actor_class: Any, options: dict[str, Any], args: tuple[Any, ...]) -> None:
-    """Create (or find) the named detached actor; the caller looks it up by name. Its
-    lifetime is its own, not this worker's."""
-    actor_class.options(**options).remote(*args)
 
 
 class Placement(str, enum.Enum):
@@ -247,17 +236,7 @@ class SessionDirectory:
         return self._named(SessionHost, host_name(host), host, dict(self.actor_settings))
 
     def _get_or_create(self, session_id: str, overrides: dict[str, Any] | None = None) -> Any:
-        """A class's own actor: looked up by name, or created by ``_create_detached`` (so the
-        edge's process never holds Ray's creation state of the thousands of classes a day
-        brings and passivates)."""
-        name = actor_name(session_id)
-        try:
-            return ray.get_actor(name, namespace=self.namespace)
-        except ValueError:
-            pass
-        args = (session_id, {**self.actor_settings, **(overrides or {})})
-        ray.get(_create_detached.remote(SessionActor, self._options(name), args))
-        return ray.get_actor(name, namespace=self.namespace)
+        return self._named(SessionActor, actor_name(session_id), session_id, {**self.actor_settings, **(overrides or {})})
 
     def _named(self, actor_class: Any, name: str, *args: Any) -> Any:
         """The detached actor ``name``, created with ``args`` if it does not exist yet."""

@@ -1,12 +1,12 @@
 """What creating class actors costs the process that asks for them (a benchmark, not a test).
 
-    .venv/bin/python scripts/bench_creation_memory.py new 110
-    .venv/bin/python scripts/bench_creation_memory.py old 110
+    .venv/bin/python scripts/bench_creation_memory.py edge 110
+    .venv/bin/python scripts/bench_creation_memory.py task 110
 
 Starts a local Ray and an embedded redis-server, then ``N`` times: gets a class actor, calls
-it once, kills it — ``new`` through ``SessionDirectory._get_or_create`` (the actor is created
-by a ``max_calls`` task, the edge only looks it up by name), ``old`` by creating it from this
-process as the edge did before. Prints one JSON object: this process's RSS after 10 and after
+it once, kills it — ``edge`` as the edge does (``SessionDirectory._get_or_create``: created
+from this process), ``task`` created by a ``max_calls=25`` task defined here (this process
+only looks it up by name; tried and not adopted, see the docs). Prints one JSON object: this process's RSS after 10 and after
 ``N`` actors, and the growth per actor in between (docs/benchmarks.md, "Memory over 200
 classes"). RSS is noisy: compare runs of the same ``N``.
 """
@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 import ray
@@ -31,10 +32,15 @@ from cluster.redis_server import EmbeddedRedis  # noqa: E402
 from cluster.settings import Settings  # noqa: E402
 
 
+@ray.remote(num_cpus=0, max_calls=25)
+def _create_detached(options: dict[str, Any], args: tuple[Any, ...]) -> None:
+    SessionActor.options(**options).remote(*args)  # type: ignore[attr-defined]
+
+
 def main() -> None:
     mode, n = sys.argv[1], int(sys.argv[2])
-    if mode not in ("new", "old") or n <= 10:
-        sys.exit("usage: bench_creation_memory.py new|old N (N > 10)")
+    if mode not in ("edge", "task") or n <= 10:
+        sys.exit("usage: bench_creation_memory.py edge|task N (N > 10)")
     redis = EmbeddedRedis(Path(tempfile.mkdtemp()) / "redis").start()
     ray.init(address="local", include_dashboard=False, namespace="creation-memory", log_to_driver=False)
     try:
@@ -44,10 +50,13 @@ def main() -> None:
         rss: list[float] = []
         for i in range(n):
             sid = f"cm{i}"
-            if mode == "old":
-                actor = directory._named(SessionActor, actor_name(sid), sid, dict(directory.actor_settings))
-            else:
+            if mode == "edge":
                 actor = directory._get_or_create(sid)
+            else:
+                options = {"name": actor_name(sid), "namespace": "creation-memory", "lifetime": "detached",
+                           "get_if_exists": True}
+                ray.get(_create_detached.remote(options, (sid, dict(directory.actor_settings))))
+                actor = ray.get_actor(actor_name(sid), namespace="creation-memory")
             ray.get(actor.info.remote())
             ray.kill(actor, no_restart=True)
             del actor
