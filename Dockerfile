@@ -15,6 +15,7 @@ COPY deploy/constraints.txt deploy/constraints.txt
 COPY pyproject.toml README.md ./
 COPY actors actors
 COPY api api
+COPY clients/js clients/js
 COPY cluster cluster
 COPY devices devices
 COPY launch launch

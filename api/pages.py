@@ -48,6 +48,8 @@ API_CSP = "default-src 'none'; frame-ancestors 'none'"
 _STATIC_TYPES = {
     "view.js": "text/javascript; charset=utf-8", "view.css": "text/css; charset=utf-8",
     "index.js": "text/javascript; charset=utf-8",
+    # the JS client (clients/js, linked here): the class page's board connection
+    "pulseline.js": "text/javascript; charset=utf-8", "msgpack.js": "text/javascript; charset=utf-8",
 }
 _SWAGGER_TYPES = {
     "swagger-ui-bundle.js": "text/javascript; charset=utf-8", "swagger-ui.css": "text/css; charset=utf-8",

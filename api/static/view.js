@@ -4,7 +4,8 @@
 // sessionStorage for this tab, removed from the address bar at once, and offered to the
 // WebSocket as a subprotocol, never in a URL. Served with a strict Content-Security-Policy
 // (api/pages.py): no inline script, nothing from other origins.
-"use strict";
+import { BoardClient } from "/static/pulseline.js";  // the JS client (clients/js)
+
 (() => {
   const LABELS = {
     rank: "#", participant: "Rider", energy_kj: "Output (kJ)", power_w: "Power (W)", hr_bpm: "Heart rate",
@@ -177,26 +178,17 @@
 
   const token = takeToken();
   $("sid").textContent = sid;
-  let delay = 1000;
-
   function connect() {
-    const proto = location.protocol === "https:" ? "wss" : "ws";
-    const params = new URLSearchParams({ rate: "2", view: "all", format: "json" });
-    if (you !== null) params.set("participant", you);
-    const url = `${proto}://${location.host}/v1/sessions/${encodeURIComponent(sid)}/board?${params}`;
-    const ws = new WebSocket(url, ["pulseline.v1", "bearer." + token]);
-    ws.onopen = () => { delay = 1000; $("note").hidden = true; };
-    ws.onmessage = (ev) => {
-      let board;
-      try { board = JSON.parse(ev.data); } catch (e) { return; }
-      if (board && board.t === "board" && Array.isArray(board.cols)) render(board);
-    };
-    ws.onclose = (ev) => {
-      if (ev.code in TERMINAL) { stop(TERMINAL[ev.code]); return; }
-      $("meta").textContent = "reconnecting…";
-      setTimeout(connect, delay * (0.5 + Math.random()));
-      delay = Math.min(delay * 2, 15000);
-    };
+    // msgpack boards, reconnecting with back-off; 4401/4403/4404 end it (the client's TERMINAL_CLOSES)
+    const board = new BoardClient({ urls: `${location.protocol}//${location.host}`, session: sid, token,
+                                    rate: 2, view: "all", participant: you, minDelayMs: 1000 });
+    board.on("open", () => { $("note").hidden = true; });
+    board.on("board", (b) => { if (Array.isArray(b.cols)) render(b); });
+    board.on("close", (ev) => {
+      if (ev.code in TERMINAL) stop(TERMINAL[ev.code]);
+      else if (ev.retry) $("meta").textContent = "reconnecting…";
+    });
+    board.connect();
   }
 
   if (!token) {
