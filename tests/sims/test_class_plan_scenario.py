@@ -1,5 +1,5 @@
 """The class-plan scenario (``sims/scenarios/class-plan.toml``) against the real edge: the
-classes are created with a start 8 s ahead and a plan, and move lobby -> live -> ended by
+classes are created with a start 20 s ahead and a plan, and move lobby -> live -> ended by
 themselves while the riders ride the plan; every segment and cue reaches the boards, and
 the class ends exact."""
 
