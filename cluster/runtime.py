@@ -24,6 +24,12 @@ def init_ray(settings: Settings) -> None:
         # worker processes anyway (scripts/bench_idle.py, docs/benchmarks.md "Idle costs").
         os.environ.setdefault("RAY_enable_worker_prestart", "0")
         os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
+        # Ray's log monitor globs the session's log directory every 0.1 s while it holds
+        # fewer than this many files (0.0056 -> 0.0020 idle cores with these two: nobody
+        # here reads worker logs through the driver, log_to_driver is off); new log files
+        # are then found within 5 s.
+        os.environ.setdefault("RAY_LOG_MONITOR_MANY_FILES_THRESHOLD", "0")
+        os.environ.setdefault("LOG_NAME_UPDATE_INTERVAL_S", "5")
         ray.init(
             address="local",  # always a fresh instance; never join a Ray someone else started
             num_cpus=max(2, os.cpu_count() or 2),
