@@ -637,6 +637,16 @@ class SessionState:
         }
         return msgpack.packb(payload, use_bin_type=True)  # type: ignore[no-any-return]
 
+    @staticmethod
+    def checkpoint_scores(data: bytes) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """From a checkpoint, without restoring it: every rider (slot order), its energy (kJ)
+        and its samples applied (what another shard of the class ranks it by)."""
+        raw = msgpack.unpackb(data, raw=False, strict_map_key=False)
+        participants = [str(p) for p in raw["participants"]]
+        cols = raw["cols"]
+        return (participants, np.frombuffer(cols["energy_kj"], np.float64).copy(),
+                np.frombuffer(cols["samples"], np.int64).copy())
+
     @classmethod
     def from_checkpoint(cls, data: bytes, *, clock: Callable[[], float] = time.time,
                         recording: Mapping[bytes, bytes] | Mapping[str, bytes] | None = None) -> SessionState:

@@ -45,6 +45,7 @@ from typing import Any
 
 from storage.checkpoint import CheckpointStore
 from actors.board_part import BoardParts
+from actors.class_shard import class_ranks
 from actors.errors import StaleInstance
 from actors.plan import check_plan
 from actors.profile import ProfileStore
@@ -346,6 +347,11 @@ class SessionCell:
             return
         names = self.state.participants
         series = dict(zip((names[s] for s in slots), recording.series_many(slots), strict=True))
+        if self.settings.class_shards > 1:  # a class shard: its riders ranked among the whole class
+            ranks, riders = await class_ranks(self.session_id, self.settings.class_shards, snapshot["participants"],
+                                              redis_url=self.settings.redis_url, prefix=self.settings.prefix,
+                                              client=self.store.client())
+            snapshot = {**snapshot, "class_ranks": ranks, "class_riders": riders}
         ok, done = await self._call_sink(self.history_sink, {**snapshot, "series": series})
         if not ok:
             recording.changed[changed] = True

@@ -29,6 +29,7 @@ class ActorSettings:
     results_sink: str = ""  # "package.module:function" that publishes them (empty: none)
     board_parts: bool = False  # a class shard: ticks return board parts (actors/board_part.py)
     class_id: str = ""  # a class shard: the class it belongs to (its results are published as the class's)
+    class_shards: int = 0  # a class shard: how many shards the class has (0: not a shard)
     history_sink: str = ""  # "package.module:function" that records the riders' rides (empty: none)
     results_stream_retention_s: float = 7 * 86400.0  # the history sink's results stream keeps this long
     results_stream_maxlen: int = 1_000_000  # ... and at most this many entries
@@ -52,6 +53,8 @@ class ActorSettings:
                            ("results_stream_retention_s", float), ("results_stream_maxlen", int)):
             if name in known:
                 known[name] = kind(known[name])
+        if "class_shards" in known:
+            known["class_shards"] = int(known["class_shards"])
         if "board_parts" in known:
             known["board_parts"] = bool(known["board_parts"])
         return cls(**known)

@@ -33,25 +33,13 @@ import zlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
+from actors.class_shard import SHARD_MARK, class_of, shard_id
 from actors.session import Phase
 
-SHARD_MARK = "~"
 PHASE_ORDER = [p.value for p in Phase]
 _SUMMED = ("checkpoints_written", "state_bytes", "publish_failures", "metrics_errors", "version", "epoch")
 
 __all__ = ["SHARD_MARK", "Method", "ShardedHandle", "class_of", "merge_snapshots", "shard_count", "shard_id", "shard_of"]
-
-
-def shard_id(class_id: str, index: int) -> str:
-    return f"{class_id}{SHARD_MARK}{index}"
-
-
-def class_of(session_id: str) -> tuple[str, int] | None:
-    """``(class id, shard index)`` of a shard id; None for a class's own id."""
-    owner, mark, index = session_id.rpartition(SHARD_MARK)
-    if not mark or not owner or not index.isdigit():
-        return None
-    return owner, int(index)
 
 
 def shard_count(expected_riders: int | None, riders_per_shard: int, max_shards: int) -> int:

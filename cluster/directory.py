@@ -212,8 +212,8 @@ class SessionDirectory:
 
     async def _shard_settings(self, class_id: str) -> dict[str, Any]:
         """What a class shard's actor is created with besides the edge's actor settings."""
-        board_size = await self.redis.hget(self.meta_key(class_id), "board_size")
-        return {"board_parts": True, "class_id": class_id,
+        board_size, shards = await self.redis.hmget(self.meta_key(class_id), ["board_size", "shards"])
+        return {"board_parts": True, "class_id": class_id, "class_shards": int(shards or 0),
                 **({"board_size": int(board_size)} if board_size is not None else {})}
 
     async def shards_of(self, session_id: str) -> int:

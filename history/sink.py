@@ -27,7 +27,9 @@ log = logging.getLogger(__name__)
 async def record_rides(settings: Mapping[str, Any], snapshot: Mapping[str, Any]) -> dict[str, Any]:
     session = str(snapshot["session"])
     participants = list(snapshot.get("participants") or [])
-    ranks = class_ranks(participants)
+    # a class shard (docs/big-classes.md) ranks its riders among the whole class
+    ranks = dict(snapshot["class_ranks"]) if "class_ranks" in snapshot else class_ranks(participants)
+    riders = int(snapshot.get("class_riders", len(ranks)))
     by_name = {str(p["participant"]): p for p in participants}
     series = dict(snapshot.get("series") or {})
     client = client_for(str(settings["redis_url"]))
@@ -39,7 +41,7 @@ async def record_rides(settings: Mapping[str, Any], snapshot: Mapping[str, Any])
             summary = by_name.get(rider)
             if summary is None:
                 continue
-            ride = build_ride(session, summary, rider_series, rank=ranks.get(rider), riders=len(ranks))
+            ride = build_ride(session, summary, rider_series, rank=ranks.get(rider), riders=riders)
             if ride is None:
                 continue
             revision = await rides.put(ride)

@@ -36,3 +36,34 @@ def test_a_shard_ticks_back_parts_and_publishes_its_riders_as_the_class(redis_se
         await cell.close()
 
     asyncio.run(scenario())
+
+
+@pytest.mark.timeout(60)
+def test_a_shard_ranks_its_riders_among_the_whole_class_for_the_history(redis_server: Any, unique_id: str) -> None:
+    class_id = f"hist-{unique_id}"
+    common = {"redis_url": redis_server.url, "prefix": f"t{unique_id}", "board_parts": True, "class_id": class_id,
+              "class_shards": 2, "history_sink": "tests.actors.sinks:recording"}
+
+    def rows(power: float) -> list[list[float]]:
+        return [[s, 1000.0 + s, 120.0, power, 90.0, 8.0, 10.0 * s] for s in range(1, 8)]
+
+    async def scenario() -> None:
+        first, second = SessionCell(f"{class_id}~0", common), SessionCell(f"{class_id}~1", common)
+        first.tick(TickRequest.from_batches(first.session_id, [("d-ann", "ann", rows(200.0), []),
+                                                                ("d-bob", "bob", rows(100.0), [])]))
+        await first.join("idle")  # joined, never rode: not ranked
+        second.tick(TickRequest.from_batches(second.session_id, [("d-cat", "cat", rows(300.0), []),
+                                                                  ("d-dan", "dan", rows(150.0), [])]))
+        await second.checkpoint()
+        await first.set_phase("ended")
+        for _ in range(200):
+            done = [s for s in sinks.RECORDED if s["session"] == class_id and "class_ranks" in s]
+            if done:
+                break
+            await asyncio.sleep(0.05)
+        assert done, "the history sink was never called"
+        assert done[-1]["class_ranks"] == {"ann": 2, "bob": 4} and done[-1]["class_riders"] == 4
+        await first.close()
+        await second.close()
+
+    asyncio.run(scenario())
