@@ -50,6 +50,7 @@ from actors.columnar import ApplyResult, DeviceCursor, DeviceTable, TickColumns,
 from actors.errors import ActorError, CheckpointError, PhaseError
 from actors.metrics import METRIC_BOARD_COLUMNS, RiderMetrics
 from actors.recording import Recording, power_bests
+from actors.replay import REPLAY_COLUMNS, Replay
 from actors.plan import TARGET_COLUMNS, ClassClock, ClassPlan, PlanError, target_codes, target_labels
 from actors.presence import DEFAULT_GRACE_S, DEFAULT_QUIET_S, LEFT, PresenceTable
 from actors.profile import Profile, check_profile
@@ -65,6 +66,7 @@ BOARD_COLUMNS = (
     *METRIC_BOARD_COLUMNS,  # (added later: trailing, so clients reading by position keep working)
     "presence",
     *TARGET_COLUMNS,  # (issue 16's class plan: below / in / above the segment's targets)
+    *REPLAY_COLUMNS,  # (on-demand classes: rank among the recorded riders and here now; actors.replay)
 )
 
 
@@ -99,10 +101,11 @@ _INT_VALUES = tuple(BOARD_VALUE_COLUMNS.index(c) for c in ("samples", "power_zon
 
 
 def rows_of(ids: np.ndarray, ranks: np.ndarray, matrix: np.ndarray, presence: np.ndarray,
-            targets: Sequence[np.ndarray], hidden: Sequence[int] = ()) -> list[list[Any]]:
+            targets: Sequence[np.ndarray], hidden: Sequence[int] = (),
+            whole: Mapping[int, np.ndarray] | None = None) -> list[list[Any]]:
     """Board rows from columns: ids and presence/target labels (object arrays), ranks, the
     ``board_matrix`` numbers (NaN: None; whole-number columns as int); ``hidden`` board
-    columns blanked."""
+    columns blanked; ``whole``: more board columns by index, whole numbers (NaN: None)."""
     table = np.empty((len(ids), len(BOARD_COLUMNS)), dtype=object)
     table[:, 0] = ids
     table[:, 1] = ranks.astype(object)
@@ -116,6 +119,9 @@ def rows_of(ids: np.ndarray, ranks: np.ndarray, matrix: np.ndarray, presence: np
     table[:, _PRESENCE_AT] = presence
     for j, labels in enumerate(targets, start=_PRESENCE_AT + 1):
         table[:, j] = labels
+    for j, numbers in (whole or {}).items():
+        known = ~np.isnan(numbers)
+        table[known, j] = numbers[known].astype(np.int64).astype(object)
     for j in hidden:
         table[:, j] = None
     return table.tolist()  # type: ignore[no-any-return]
@@ -132,6 +138,7 @@ def board_row(participant: str, rank: int, values: Sequence[float], presence: st
             row[2 + j] = int(row[2 + j])
     row.append(presence)
     row.extend(targets)
+    row.extend([None] * len(REPLAY_COLUMNS))  # (a sharded class is never an on-demand one)
     return row
 
 MAX_TAGS = 8
@@ -208,6 +215,9 @@ class SessionState:
         self.metrics_errors = 0
         self.presence = PresenceTable(quiet_s=presence_quiet_s, grace_s=presence_grace_s)
         self.recording = Recording()
+        self.replay: Replay | None = None  # an on-demand class: the recorded class's riders
+        self.replay_of: str | None = None  # (the source's id: kept while the ghosts load)
+        self._replay_starts: dict[str, Any] | None = None
         self.recording_errors = 0
         self.records_set: dict[str, list[str]] = {}  # participant -> personal records set in this class
         self.records_known = False  # the history sink has reported (a summary's records: None before)
@@ -237,6 +247,8 @@ class SessionState:
         self.active = active
         self.metrics.grow(capacity, n)
         self.presence.grow(capacity, n)
+        if self.replay is not None:
+            self.replay.grow(capacity, n)
 
     def join(self, participant: str, tags: Mapping[str, str] | None = None) -> int:
         """Add (or re-activate) a participant; returns its slot. Idempotent.
@@ -321,13 +333,27 @@ class SessionState:
         self._touch()
         self.advance_plan()
 
+    def set_replay(self, replay: Replay) -> None:
+        """Make this an on-demand class of ``replay.source`` (ghosts built by the cell);
+        riders' starts from a restored checkpoint are kept."""
+        replay.grow(len(self.active), len(self.participants))
+        if self._replay_starts is not None and self._replay_starts.get("source") == replay.source:
+            replay.restore_starts(self._replay_starts, len(self.participants))
+        self.replay, self.replay_of = replay, replay.source
+        self._touch()
+
     def advance_plan(self) -> bool:
         """Move to the phase the plan's clock wants (forward only), and count the board down
-        once a second in the lobby and live (once a minute when scheduled). Cheap: a few
+        once a second in the lobby and live (once a minute when scheduled); an on-demand
+        class's board moves once a second too (its ghosts ride on). Cheap: a few
         comparisons; True if the board changed."""
+        now = self.clock()
+        if self.replay is not None and self.phase is Phase.LIVE and int(now) != self._plan_second:
+            self._plan_second = int(now)
+            self._touch()
+            return True
         if not self.schedule.active:
             return False
-        now = self.clock()
         due = self.schedule.due_phase(now)
         moved = due is not None and self.phase.can_go_to(Phase(due))
         if moved:
@@ -400,6 +426,8 @@ class SessionState:
                             max_pending=self.max_pending_per_device)
         for key in ("applied", "duplicates", "rejected"):
             self.totals[key] += getattr(result, key)
+        if self.replay is not None and result.applied:
+            self.replay.note(result.slot, self.clock())
         self._update_metrics(result)
         self._record(result)
         if result.applied or result.rejected:
@@ -462,9 +490,11 @@ class SessionState:
         rounded by numpy (``board_matrix``), None where never seen."""
         if not len(order):
             return []
+        replay = {} if self.replay is None else dict(zip(
+            (BOARD_COLUMNS.index(c) for c in REPLAY_COLUMNS), self.replay.ranks(order, self._cols["energy_kj"], self.clock())))
         return rows_of(np.array(self.participants, dtype=object)[order], np.arange(1, len(order) + 1),
                        self.board_matrix(order), self.presence.labels(order),
-                       [target_labels(codes) for codes in self.targets(order).values()])
+                       [target_labels(codes) for codes in self.targets(order).values()], whole=replay)
 
     def targets(self, order: np.ndarray) -> dict[str, np.ndarray]:
         """Each rider's place against the running segment's targets (``actors.plan``)."""
@@ -519,6 +549,8 @@ class SessionState:
             board["plan"] = plan
         if self.phase is Phase.ENDED:
             board["summaries"] = self.class_summaries(rows)
+        if self.replay is not None:
+            board["replay"] = self._replay_block(len(rows))
         self._board_cache = (self.version, board)
         return board
 
@@ -554,6 +586,16 @@ class SessionState:
         self.records_set.update(merged)
         self.records_known = True
         self._touch()
+
+    def _replay_block(self, here_now: int) -> dict[str, Any]:
+        """The board's ``replay``: the source, ghosts and riders here now, and the leading
+        ghosts at the offset of the rider furthest into the class (``ghosts_at``)."""
+        assert self.replay is not None
+        offsets = self.replay.offsets(np.flatnonzero(self.active[: len(self.participants)]), self.clock())
+        started = offsets[~np.isnan(offsets)]
+        furthest = int(max(0.0, started.max())) if len(started) else 0
+        return {**self.replay.block(here_now), "offset_s": furthest,
+                "ghosts": self.replay.ghosts_at(furthest, self.board_size)}
 
     def summary(self, participant: str) -> dict[str, Any] | None:
         slot = self.slots.get(participant)
@@ -606,6 +648,7 @@ class SessionState:
             "presence": self.presence.counts(len(self.participants)),
             "schedule": self.schedule.as_dict(),
             "plan": self.schedule.position(self.clock()),
+            "replay": None if self.replay is None else self.replay.block(int(self.active[: len(self.participants)].sum())),
             "participants": [self.summary(p) for p in self.participants],
             "devices": self.applied_seqs(),
         }
@@ -634,6 +677,7 @@ class SessionState:
             "recording": self.recording.meta(),  # its chunks are written beside (actors.recording)
             "records": self.records_set if self.records_known else None,  # optional (issue 18)
             "schedule": self.schedule.as_dict(),  # optional: before the class plan, none
+            **({"replay": self.replay.to_checkpoint(n)} if self.replay is not None else {}),
         }
         return msgpack.packb(payload, use_bin_type=True)  # type: ignore[no-any-return]
 
@@ -685,6 +729,8 @@ class SessionState:
             self.device_table.restore(device, slot, contig, ts, [(s, t, p) for s, t, p in pending])
         self.totals = dict(raw["totals"])
         self.schedule = ClassClock.of(raw.get("schedule"), lobby_lead_s=self.schedule.lobby_lead_s)
+        self._replay_starts = raw.get("replay")  # (the cell rebuilds the ghosts: set_replay)
+        self.replay_of = (raw.get("replay") or {}).get("source")
         self.tags = {str(p): dict(t) for p, t in (raw.get("tags") or {}).items() if t and p in self.slots}
         self.metrics.restore(raw.get("metrics") or {}, n)
         self.profiles = {str(p): check_profile(v, year=self._year()) for p, v in (raw.get("profiles") or {}).items()

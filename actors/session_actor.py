@@ -146,6 +146,10 @@ class SessionActor:
     async def leave(self, *, participant: str) -> bool:
         return await self._ensure_loop().leave(participant)
 
+    async def set_replay(self, *, source: str) -> dict[str, Any]:
+        """Ride the ended class ``source`` on demand (idempotent; ``ReplayError`` without a recording)."""
+        return await self._ensure_loop().set_replay(source)
+
     async def set_plan(self, *, plan: dict[str, Any] | None, start_at: float | None) -> dict[str, Any]:
         """The class plan and scheduled start (idempotent; ``PlanError`` once live)."""
         return await self._ensure_loop().set_plan(plan, start_at)

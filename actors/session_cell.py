@@ -43,11 +43,12 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from storage.checkpoint import CheckpointStore
+from storage.checkpoint import CheckpointStore, key_base
 from actors.board_part import BoardParts
 from actors.class_shard import class_ranks
 from actors.errors import StaleInstance
 from actors.plan import check_plan
+from actors.replay import Replay, ReplayError, replay_keys
 from actors.profile import ProfileStore
 from storage.redis_url import AsyncRedis
 from actors.session import DeviceBatch, Phase, SessionState
@@ -98,6 +99,7 @@ class SessionCell:
                 lobby_lead_s=settings.lobby_lead_s,
             )
         self.state.presence.grace_s = settings.presence_grace_s
+        self._restore_replay()
         self.restored = data is not None
         self.durable: dict[str, int] = self.state.applied_seqs() if data is not None else {}
         self.checkpointed_version = self.state.version if data is not None else -1
@@ -258,6 +260,45 @@ class SessionCell:
             "epoch": result.epoch, "version": result.version, "board": result.board,
             "durable": result.durable, "applied": result.applied, "duplicates": result.duplicates,
         }
+
+    # -- on demand (actors.replay) --------------------------------------------------------
+    def _source_keys(self, source: str) -> tuple[str, str]:
+        return replay_keys(key_base(self.store.prefix, "session", source))
+
+    def _replay_of(self, source: str, data: Any, chunks: Any) -> Replay:
+        if data is None:
+            raise ReplayError(f"class {source!r} has no recording (never ran, or its retention is over)")
+        recorded = SessionState.from_checkpoint(data, recording=chunks or {})
+        return Replay.of_recording(source, recorded.participants, recorded.recording, recorded.schedule.live_at)
+
+    def _restore_replay(self) -> None:
+        """A restored on-demand class rebuilds its ghosts (blocking reads: in the constructor)."""
+        source = self.state.replay_of
+        if source is None:
+            return
+        ckpt, rec = self._source_keys(source)
+        try:
+            with self.store.sync_client() as client:
+                replay = self._replay_of(source, client.get(ckpt), client.hgetall(rec))
+        except Exception as exc:  # the riders here now still race each other
+            log.warning("session %s: the recording of %s could not be read: %r", self.session_id, source, exc)
+            return
+        self.state.set_replay(replay)
+
+    async def set_replay(self, source: str) -> dict[str, Any]:
+        """Make this class an on-demand ride of the ended class ``source``, against its
+        recorded riders (idempotent; ``ReplayError`` without a recording); live at once."""
+        self.check()
+        if self.state.replay is None or self.state.replay_of != source:
+            ckpt, rec = self._source_keys(source)
+            client = self.store.client()
+            data = await client.get(ckpt)
+            chunks = await client.hgetall(rec) if data is not None else {}
+            self.state.set_replay(self._replay_of(source, data, chunks))
+        if self.state.phase.can_go_to(Phase.LIVE):
+            self.state.set_phase(Phase.LIVE)
+        await self.checkpoint()
+        return self.state.replay.block(int(self.state.active.sum())) if self.state.replay else {}
 
     def advance(self) -> None:
         """Follow the class plan's clock (``SessionState.advance_plan``): called on every tick

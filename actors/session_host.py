@@ -157,6 +157,9 @@ class SessionHost:
     async def leave(self, *, session: str, participant: str, overrides: dict[str, Any] | None = None) -> bool:
         return await (await self._cell(session, overrides)).leave(participant)
 
+    async def set_replay(self, *, session: str, source: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+        return await (await self._cell(session, overrides)).set_replay(source)
+
     async def set_plan(self, *, session: str, plan: dict[str, Any] | None, start_at: float | None,
                        overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         return await (await self._cell(session, overrides)).set_plan(plan, start_at)

@@ -38,6 +38,7 @@ from ray import exceptions as ray_errors
 
 from actors.errors import ActorError, CheckpointError, NotReplicated, PhaseError, StaleInstance
 from actors.plan import PlanError
+from actors.replay import ReplayError
 from history.errors import BadCursor, RideNotFound
 from history.webhooks import UnknownWebhook
 
@@ -214,6 +215,8 @@ def classify(exc: BaseException) -> EdgeError:
         return inner
     if isinstance(inner, PhaseError):
         return phase_conflict(inner)
+    if isinstance(inner, ReplayError):
+        return Conflict(str(inner), code="no_recording")
     if isinstance(inner, PlanError):  # (a bad plan is refused at the edge, 422: this is "too late")
         return Conflict(str(inner), code="plan_locked")
     if isinstance(inner, RideNotFound):

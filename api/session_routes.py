@@ -19,7 +19,7 @@ from actors.plan import check_plan
 from actors.session import MAX_TAGS, check_tags
 from api.edge import SESSION_ID
 from api.edge import edge_of, where_of
-from api.errors import Queued
+from api.errors import BadRequest, Conflict, Queued
 from api.auth import TokenKind
 from api.scopes import Caller, Operator, authorise_membership, operator, peer_of
 from cluster.directory import Placement
@@ -160,6 +160,29 @@ def install(app: FastAPI, settings: Settings) -> None:
         if left:
             await edge.event("rider.left", session_id, {"session": session_id, "rider": participant}, rider=participant)
         return {"participant": participant, "left": left}
+
+    @app.post("/v1/sessions/{session_id}/on-demand", status_code=201, dependencies=[Depends(operator)])
+    async def on_demand(session_id: str, request: Request) -> dict[str, Any]:
+        """The on-demand class of an ended class (``{id}:od``, made once; docs/protocol.md):
+        riders who join it race the recorded riders at their own offset into the class."""
+        edge = edge_of(request)
+        await edge.require(session_id)
+        meta = await edge.directory.meta(session_id)
+        if meta.get("replay_of"):
+            raise Conflict(f"{session_id!r} is an on-demand class itself", code="not_recorded")
+        if meta.get("phase") != "ended" and (await edge.call(session_id, "snapshot"))["phase"] != "ended":
+            raise Conflict(f"class {session_id!r} has not ended: it can be ridden on demand after it aired",
+                           code="not_ended")
+        replay_id = f"{session_id}:od"
+        if not SESSION_ID.match(replay_id):
+            raise BadRequest(f"class id {session_id!r} is too long for an on-demand class id", status=422)
+        created = await edge.directory.create(replay_id, title=meta.get("title"), replay_of=session_id)
+        if created:
+            await SessionRecords(edge.directory.redis, prefix=settings.prefix).indexed(replay_id)
+        replay = await edge.call(replay_id, "set_replay", source=session_id)
+        if created:
+            await edge.record_phase(replay_id, "live")
+        return {"id": replay_id, "of": session_id, "created": created, "replay": replay}
 
     @app.put("/v1/sessions/{session_id}/capacity", dependencies=[Depends(operator)])
     async def set_capacity(session_id: str, body: CapacityRequest, request: Request) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 from devices.protocol import encode_value
 
-_SHARED = ("session", "version", "phase", "n", "cols", "top", "ts", "plan")  # plan: classes with one
+_SHARED = ("session", "version", "phase", "n", "cols", "top", "ts", "plan", "replay")  # (when the class has them)
 
 
 def own_row(board: dict[str, Any], participant: str) -> list[Any] | None:
@@ -160,10 +160,11 @@ def board_encoder(
 
 
 # -- protocol v1.1: the compact board on a device connection ---------------------------------
-_COMPACT_SHARED = ("session", "version", "phase", "n", "ts", "plan")
+_COMPACT_SHARED = ("session", "version", "phase", "n", "ts", "plan", "replay")
 _ME_COLUMNS = ("rank", "energy_kj", "power_w", "hr_bpm", "cadence_rpm", "samples", "last_ts")
 _ME_METRICS = ("power_zone", "hr_zone", "np_w", "kcal")  # trailing, on boards that carry them
 _ME_TARGETS = ("power_target", "cadence_target", "hr_target")  # after those: -1 below, 0 in, 1 above
+_ME_REPLAY = ("replay_rank", "offset_s")  # after those: on-demand classes (None elsewhere)
 _TARGET_CODE = {"below": -1, "in": 0, "above": 1, None: None}
 
 
@@ -194,11 +195,12 @@ def _me_row(board: dict[str, Any], participant: str) -> list[Any] | None:
     if at is None:  # once per board, not per rider
         cols = board["cols"]
         at = board["_me_at"] = ([cols.index(c) for c in _ME_COLUMNS], [cols.index(c) for c in _ME_METRICS if c in cols],
-                                [cols.index(c) for c in _ME_TARGETS if c in cols])
-    base, metrics, targets = at
+                                [cols.index(c) for c in _ME_TARGETS if c in cols],
+                                [cols.index(c) for c in _ME_REPLAY if c in cols])
+    base, metrics, targets, replay = at
     rank, energy, power, hr, cadence, samples, last_ts = (row[i] for i in base)
     return [rank, _tenths(energy), _whole(power), _whole(hr), _whole(cadence), samples, last_ts,
-            *(_whole(row[i]) for i in metrics), *(_TARGET_CODE.get(row[i]) for i in targets)]
+            *(_whole(row[i]) for i in metrics), *(_TARGET_CODE.get(row[i]) for i in targets), *(row[i] for i in replay)]
 
 
 _ME_KEY = encode_value("me")
