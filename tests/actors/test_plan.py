@@ -26,6 +26,14 @@ class Clock:
         return self.t
 
 
+def _planned(*, start: float, now: float = 1000.0) -> tuple[Clock, SessionState]:
+    """A class at ``now`` (an injected clock) with ``PLAN`` starting at ``start``."""
+    t = Clock(now)
+    state = SessionState("s", clock=t)
+    state.set_plan(check_plan(PLAN), start)
+    return t, state
+
+
 @pytest.mark.parametrize("raw, says", [
     ({}, "segments"),
     ({"segments": []}, "1-200 segments"),
@@ -65,9 +73,7 @@ def test_the_clock_moves_scheduled_lobby_live_ended_at_the_plan_times() -> None:
 
 
 def test_going_live_early_by_hand_starts_the_plan_then() -> None:
-    t = Clock(500.0)
-    state = SessionState("s", clock=t)
-    state.set_plan(check_plan(PLAN), 1000.0)
+    t, state = _planned(start=1000.0, now=500.0)
     assert state.phase is Phase.SCHEDULED
     state.set_phase(Phase.LIVE)  # the instructor starts 500 s early
     assert state.schedule.live_at == 500.0
@@ -81,9 +87,7 @@ def test_going_live_early_by_hand_starts_the_plan_then() -> None:
 
 
 def test_the_board_carries_segment_time_left_next_cue_and_targets() -> None:
-    t = Clock(1000.0)
-    state = SessionState("s", clock=t)
-    state.set_plan(check_plan(PLAN), 1300.0)
+    t, state = _planned(start=1300.0)
     assert state.phase is Phase.LOBBY  # 300 s ahead is inside the default lead
     lobby = state.board()["plan"]
     assert lobby["starts_in_s"] == 300 and lobby["segment"] is None and lobby["next"]["cue"] == "Easy spin"
@@ -106,9 +110,7 @@ def test_the_board_carries_segment_time_left_next_cue_and_targets() -> None:
 
 
 def test_the_board_counts_down_once_a_second_without_data() -> None:
-    t = Clock(1000.0)
-    state = SessionState("s", clock=t)
-    state.set_plan(check_plan(PLAN), 1000.0)
+    t, state = _planned(start=1000.0)
     v0 = state.version
     t.t = 1000.4
     state.advance_plan()
@@ -119,9 +121,7 @@ def test_the_board_counts_down_once_a_second_without_data() -> None:
 
 
 def test_the_plan_survives_a_checkpoint_and_resumes_at_the_right_place() -> None:
-    t = Clock(1000.0)
-    state = SessionState("s", clock=t)
-    state.set_plan(check_plan(PLAN), 1000.0)
+    t, state = _planned(start=1000.0)
     t.t = 1070.0
     state.advance_plan()
     restored = SessionState.from_checkpoint(state.to_checkpoint(), clock=t)
@@ -133,9 +133,7 @@ def test_the_plan_survives_a_checkpoint_and_resumes_at_the_right_place() -> None
 
 
 def test_a_live_class_keeps_its_plan() -> None:
-    t = Clock(1000.0)
-    state = SessionState("s", clock=t)
-    state.set_plan(check_plan(PLAN), 1000.0)
+    t, state = _planned(start=1000.0)
     state.set_plan(check_plan(PLAN), 1000.0)  # the same again: idempotent
     with pytest.raises(PlanError, match="is live"):
         state.set_plan(check_plan(PLAN), 2000.0)
