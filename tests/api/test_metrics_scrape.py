@@ -199,3 +199,28 @@ def test_riders_waiting_for_a_seat_are_counted(metrics_edge: Any, tokens: Any, r
 
     waiting, gone = run(scenario())
     assert waiting == 1 and gone == 0
+
+
+def test_redis_errors_are_counted_when_redis_goes_away(edge_settings: Any, tmp_path: Any) -> None:
+    """An edge on a Redis of its own that then stops counts its failed probes, and still
+    serves its metrics."""
+    from cluster.redis_server import EmbeddedRedis
+
+    redis = EmbeddedRedis(tmp_path / "redis").start()
+    settings = edge_settings.model_copy(update={
+        "port": _free_port(), "metrics_port": _free_port(), "redis_url": redis.url, "redis_timeout_s": 0.5})
+    server = EdgeServer(settings).start()
+    try:
+        scrape_url = f"http://127.0.0.1:{settings.metrics_port}/metrics"
+        page = samples_of(httpx.get(scrape_url, timeout=30).text)
+        before = value(page, "pulseline_redis_errors_total")
+        redis.stop()
+        deadline = time.monotonic() + 30
+        after = before
+        while after <= before and time.monotonic() < deadline:
+            time.sleep(0.5)
+            after = value(samples_of(httpx.get(scrape_url, timeout=30).text), "pulseline_redis_errors_total")
+        assert after > before
+    finally:
+        server.stop()
+        redis.stop()
