@@ -197,6 +197,13 @@ class Resharded(Open):
     moved: int
 
 
+class OnDemand(Open):
+    id: str = Field(description="the on-demand class (`{id}:od`)")
+    of: str = Field(description="the class it replays")
+    created: bool
+    replay: dict[str, Any] | None = None
+
+
 class Webhook(Open):
     """A subscription: its id, URL and events (the secret only in the answer that created it)."""
 
@@ -268,6 +275,7 @@ ROUTES: dict[tuple[str, str], Doc] = {
     ("PUT", f"{S}/capacity"): Doc(Seats, "Set a class's seats", "", (*AUTH, 404, 422, 503)),
     ("POST", f"{S}/phase"): Doc(PhaseSet, "Move a class's phase", "scheduled → lobby → live → cooldown → ended, "
                                 "forward only (409 otherwise). Operators only.", (*AUTH, 404, 409, 422, 503)),
+    ("POST", f"{S}/on-demand"): Doc(OnDemand, "The on-demand class of an ended class", "", (*AUTH, 404, 409, 422, 503)),
     ("POST", f"{S}/flush"): Doc(Flushed, "Checkpoint a class now", "Returns every device's durable seq. Operators only.",
                                 (*AUTH, 404, 503)),
     ("GET", f"{S}/card"): Doc(Card, "A class's card", "", (*AUTH, 404, 503)),
