@@ -27,6 +27,9 @@ def test_every_operation_is_typed_described_and_lists_its_errors(edge: Any) -> N
     schemas = spec["components"]["schemas"]
     operations = [(path, method, op) for path, ops in spec["paths"].items() for method, op in ops.items()]
     assert len(operations) >= 30
+    untyped = [f"{m.upper()} {p}" for p, m, op in operations if p not in NOT_JSON and "$ref" not in str(
+        op["responses"][next(c for c in op["responses"] if c.startswith("2"))].get("content", {}))]
+    assert not untyped, f"routes without an entry in api/openapi.py ROUTES (add one: model, summary, errors): {untyped}"
     for path, method, op in operations:
         where = f"{method.upper()} {path}"
         assert op.get("summary") and op.get("description") and op.get("operationId"), where
