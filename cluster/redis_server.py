@@ -98,7 +98,9 @@ class EmbeddedRedis:
             "--logfile", str(self.data_dir / "redis.log"),
             *self.extra_args,
         ]
-        self._proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # Its own process group: a Ctrl-C in the terminal (SIGINT to the foreground group)
+        # reaches the stack, which then stops this server last, after the edge let go of it.
+        self._proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, process_group=0)
         self._wait_ready(timeout_s)
         log.info("embedded redis-server pid=%s on %s, data in %s", self.pid, self.url, self.data_dir)
         return self
