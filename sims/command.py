@@ -25,6 +25,7 @@ from typing import Any
 
 from sims.report import summary_text, write_report
 from sims.scenario import ScenarioError, load
+from sims.replay import ReplaySwarm
 from sims.swarm import Swarm
 
 __all__ = ["swarm_command"]
@@ -48,7 +49,8 @@ def swarm_command(args: Any, swarm_config: Callable[[Any, str], Any],
     else:
         config = swarm_config(args, args.url)
         config.progress = True  # a bar on a terminal, a plain line every 10 s otherwise (sims.progress)
-    swarm = Swarm(config)
+    on_demand = scenario.on_demand if scenario_path else None
+    swarm: Any = Swarm(config) if on_demand is None else ReplaySwarm(config, **on_demand)
     summary = asyncio.run(swarm.run())
     emit(summary, args.report)
     print(summary_text(summary), file=sys.stderr, flush=True)

@@ -56,6 +56,10 @@ Schema (every table and key optional unless marked; defaults in brackets)::
     in_class = 0.2                   # share of riders in class from the start; the others
     storm_at_s = 10                  # storm in from here, over load.join_window_s
 
+    [on_demand]                      # then ride the classes on demand (sims/replay.py)
+    riders = 20                      # on-demand riders (spread over the classes)
+    seconds = 30                     # how long they ride
+
     [plan]                           # a class plan (docs/protocol.md): the classes start
     start_in_s = 8                   # this long after creation and move through their
     segments = [{ kind = "warm-up", duration_s = 20, ftp_pct = [50, 65], cue = "Easy" }, ...]
@@ -86,7 +90,7 @@ __all__ = ["Scenario", "ScenarioError", "load", "parse"]
 
 DEVICE_KINDS = tuple(_KINDS)
 _TOP = {"name", "description", "seed", "mode", "ble", "sessions", "riders", "connections", "load", "faults", "run",
-        "plan", "admission"}
+        "plan", "admission", "on_demand"}
 MODES = ("protocol", "ble")
 
 
@@ -125,6 +129,7 @@ class Scenario:
     capacity: int | None = None
     in_class: float = 0.0
     storm_at_s: float = 0.0
+    on_demand: dict[str, Any] | None = None  # {"riders", "seconds"}: ReplaySwarm's arguments
     mode: str = "protocol"
     ble_speed: float = 1.0
 
@@ -286,9 +291,18 @@ def parse(data: Any) -> Scenario:
         phases=run.boolean("phases", True),
         **_class_plan(root),
         **_admission(root, seconds),
+        on_demand=_on_demand(root),
         mode=mode,
         ble_speed=ble_speed,
     )
+
+
+def _on_demand(root: _Table) -> dict[str, Any] | None:
+    """``[on_demand]``: riders and seconds of the ride on demand after the classes aired."""
+    if "on_demand" not in root.data:
+        return None
+    table = _Table(root.data["on_demand"], "on_demand", {"riders", "seconds"})
+    return {"riders": table.integer("riders", 20, 1, 100_000), "seconds": table.number("seconds", 30.0, 1.0, 86_400.0)}
 
 
 def _admission(root: _Table, seconds: float) -> dict[str, Any]:

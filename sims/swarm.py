@@ -139,6 +139,7 @@ class SwarmConfig:
     capacity: int | None = None
     in_class: float = 0.0
     storm_at_s: float = 0.0
+    session_ids: tuple[str, ...] = ()  # ride these classes (e.g. on-demand ones) instead of prefix-N
     # where the server runs each class: None lets it choose by the expected size (the
     # riders per class are sent as ``expected_riders``); "dense" or "dedicated" forces it
     placement: str | None = None
@@ -233,7 +234,7 @@ class Swarm:
         self.config = config
         self.fault_config = config.fault_config()
         self.rng = random.Random(config.seed)
-        self.sessions = [f"{config.session_prefix}-{i}" for i in range(config.sessions)]
+        self.sessions = list(config.session_ids) or [f"{config.session_prefix}-{i}" for i in range(config.sessions)]
         self.late_sessions: list[str] = []
         self.participants: list[Participant] = []
         self.riders: list[Rider] = []

@@ -46,6 +46,9 @@ class Viewer:
     connects: int = 0
     reconnecting: set[str] = field(default_factory=set)  # riders a board showed reconnecting
     plan: PlanSeen = field(default_factory=PlanSeen)  # the class plan as its boards showed it
+    replay_recorded: int = 0  # on-demand classes: the recorded riders its boards said
+    replay_ranked: set[str] = field(default_factory=set)  # riders a board gave a replay_rank
+    replay_rank_boards: int = 0  # rider-rows with a replay_rank
     tracked: set[str] = field(default_factory=set)  # riders timed apart too (those already in class)
     tracked_histogram: LatencyHistogram = field(default_factory=LatencyHistogram)
     tracked_timeline: dict[int, LatencyHistogram] = field(default_factory=dict)
@@ -63,6 +66,8 @@ class Viewer:
         if pages is not None and pages > self.watched and self.on_pages is not None:
             self.on_pages(pages)
         cols = frame["cols"]
+        if frame.get("replay") and "replay_rank" in cols:
+            self._replay(frame, cols)
         ip, its = cols.index("participant"), cols.index("last_ts")
         at = cols.index("presence") if "presence" in cols else None
         for row in frame.get("rows") or ():
@@ -75,6 +80,13 @@ class Viewer:
             while heap and heap[0][0] <= last + 1e-6:
                 _, scheduled = heapq.heappop(heap)
                 self._record(scheduled, (now - scheduled) * 1000.0, row[ip] in self.tracked)
+
+    def _replay(self, frame: dict[str, Any], cols: list[str]) -> None:
+        self.replay_recorded = int(frame["replay"].get("recorded") or 0)
+        ir, who = cols.index("replay_rank"), cols.index("participant")
+        ranked = [row[who] for row in frame.get("rows") or () if row[ir] is not None]
+        self.replay_rank_boards += len(ranked)
+        self.replay_ranked.update(ranked)
 
     def _record(self, scheduled: float, latency_ms: float, tracked: bool = False) -> None:
         second = int(scheduled - self.origin)
