@@ -27,6 +27,8 @@ from api.scopes import RedactTokens, redact_tokens
 _BEARER = re.compile(r"(?i)(bearer[ .]+)[A-Za-z0-9._~+/=-]+")
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
+# (ids go first; uvicorn's colour copy of the message and Ray's private fields are noise)
+_NOT_FIELDS = {"request_id", "session", "color_message", "context"}
 
 
 def redact(text: str) -> str:
@@ -60,7 +62,7 @@ class JsonFormatter(logging.Formatter):
             if getattr(record, key, None) is not None:
                 line[key] = getattr(record, key)
         for key, value in vars(record).items():
-            if key not in _STANDARD and key not in line and key not in ("request_id", "session"):
+            if key not in _STANDARD and key not in line and key not in _NOT_FIELDS and not key.startswith("_"):
                 line[key] = value if isinstance(value, int | float | bool | type(None)) else redact(str(value))
         if record.exc_info:
             line["exc"] = redact(self.formatException(record.exc_info))
