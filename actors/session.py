@@ -215,6 +215,7 @@ class SessionState:
         self.metrics_errors = 0
         self.presence = PresenceTable(quiet_s=presence_quiet_s, grace_s=presence_grace_s)
         self.recording = Recording()
+        self.gone: list[str] = []  # riders the grace took off the board since the cell last looked (seats)
         self.replay: Replay | None = None  # an on-demand class: the recorded class's riders
         self.replay_of: str | None = None  # (the source's id: kept while the ghosts load)
         self._replay_starts: dict[str, Any] | None = None
@@ -376,7 +377,10 @@ class SessionState:
         changed = self.presence.age(self.active, len(self.participants), now)
         if changed is None:
             return False
-        self.active[changed[self.presence.code[changed] == LEFT]] = False
+        gone = changed[self.presence.code[changed] == LEFT]
+        gone = gone[self.active[gone]]  # (riders who left by the grace now, not by a leave)
+        self.active[gone] = False
+        self.gone.extend(self.participants[slot] for slot in gone.tolist())
         self._touch()
         return True
 

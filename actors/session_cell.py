@@ -127,6 +127,7 @@ class SessionCell:
         self.profile_refresh_s = settings.profile_refresh_s
         self._profiles_read_at = time.monotonic()
         self._profile_task: asyncio.Task[None] | None = None
+        self._seat_tasks: set[asyncio.Task[None]] = set()
         self._parts = BoardParts()
 
     @property
@@ -227,7 +228,8 @@ class SessionCell:
 
     def _result(self, request: TickRequest, result: Any) -> TickResult:
         self._want_profiles()
-        self.state.age_presence()
+        if self.state.age_presence() and self.state.gone:
+            self._free_seats()
         self.advance()
         self.ticks_served += 1
         self.samples_applied += result.applied
@@ -260,6 +262,21 @@ class SessionCell:
             "epoch": result.epoch, "version": result.version, "board": result.board,
             "durable": result.durable, "applied": result.applied, "duplicates": result.duplicates,
         }
+
+    # -- seats (cluster.admission keeps them; the class frees those of riders who left) ---------
+    def _free_seats(self) -> None:
+        """Riders the presence grace took off the board give their seat back (``SREM`` on the
+        class's ``seats`` set, the key ``cluster.admission`` owns), in the background."""
+        gone, self.state.gone = self.state.gone, []
+        task = asyncio.get_running_loop().create_task(self._srem_seats(gone))
+        self._seat_tasks.add(task)
+        task.add_done_callback(self._seat_tasks.discard)
+
+    async def _srem_seats(self, riders: list[str]) -> None:
+        try:
+            await self.store.client().srem(f"{key_base(self.store.prefix, 'session', self.session_id)}:seats", *riders)
+        except Exception as exc:  # the seats stay taken until a leave: logged, never fails a tick
+            log.warning("session %s: freeing %d seat(s) failed: %r", self.session_id, len(riders), exc)
 
     # -- on demand (actors.replay) --------------------------------------------------------
     def _source_keys(self, source: str) -> tuple[str, str]:
@@ -407,7 +424,8 @@ class SessionCell:
     def snapshot(self) -> dict[str, Any]:
         self.check()
         self.advance()
-        self.state.age_presence(force=True)
+        if self.state.age_presence(force=True) and self.state.gone:
+            self._free_seats()
         snap = self.state.snapshot()
         snap["epoch"] = self.store.epoch
         snap["durable"] = dict(self.durable)

@@ -87,3 +87,39 @@ def test_a_join_storm_is_admitted_in_order_at_the_admission_rate_nothing_lost(
     assert [c.queue_position for _, c, _ in extra] == [1, 2, 3, 4, 5]
     state = httpx.get(f"{server.url}/v1/sessions/{sid}", headers=tokens.headers(), timeout=60).json()
     assert len(state["participants"]) == n and state["totals"]["applied"] == 3 * n
+
+
+def test_a_rider_gone_for_the_grace_period_frees_the_seat(own_edge: Any, unique_id: str, run: Any) -> None:
+    server, tokens = own_edge(presence_grace_s=3.0)
+    sid = f"grace-seat-{unique_id}"
+    with httpx.Client(base_url=server.url, headers=tokens.headers(), timeout=60) as http:
+        assert http.post("/v1/sessions", json={"id": sid, "capacity": 1}).status_code == 201
+        http.post(f"/v1/sessions/{sid}/phase", json={"phase": "live"}).raise_for_status()
+
+        async def ride_briefly() -> None:
+            stream = DeviceStream("ann-bike", "ann", sid)
+            token = tokens("device", device=stream.device, participant="ann", sessions=[sid])
+            client = HubClient(f"{server.ws_url}/v1/devices", [stream], token=token)
+            client.start()
+            await asyncio.wait_for(client.ready.wait(), 60)
+            await client.send_rows(stream, [stream.new_sample(time.time(), 120.0, 150.0)])
+            while stream.unacked:
+                await asyncio.sleep(0.1)
+            await client.close()
+
+        run(ride_briefly())
+        assert http.post(f"/v1/sessions/{sid}/participants", json={"participant": "bob"}).status_code == 429
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # ann goes reconnecting, then left after 3 s: her seat frees
+            state = http.get(f"/v1/sessions/{sid}").json()  # (a snapshot ages presence)
+            if state["presence"].get("left") == 1:
+                break
+            time.sleep(0.5)
+        assert state["presence"]["left"] == 1, state["presence"]
+        joined = None
+        for _ in range(20):  # (the seat is given back in the background: a moment)
+            joined = http.post(f"/v1/sessions/{sid}/participants", json={"participant": "bob"})
+            if joined.status_code == 201:
+                break
+            time.sleep(0.25)
+        assert joined is not None and joined.status_code == 201, joined.text
