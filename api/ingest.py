@@ -448,13 +448,18 @@ class DeviceConnection:
                     device=binding.device,
                 )))
                 continue
-            if binding.device not in self.links:  # (a re-bound device keeps the seat it has)
+            if binding.device not in self.links and not self._ended(binding.session):  # (re-bound: keeps its seat)
                 position = await self.edge.admission.admit(binding.session, binding.participant)
                 if position:
                     self._queue(binding, position)
                     continue
             self._attach(binding)
         return unknown
+
+    def _ended(self, session: str) -> bool:
+        """The class is over as this edge knows it: its late data is let in unqueued."""
+        pump = self.edge.pumps.get(session)
+        return pump is not None and (pump.board or {}).get("phase") == "ended"
 
     def _attach(self, binding: DeviceBinding) -> None:
         previous = self.links.get(binding.device)
