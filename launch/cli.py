@@ -88,6 +88,8 @@ def parser() -> argparse.ArgumentParser:
     _serve_args(demo)
     _swarm_args(demo, 2, 20, 180.0, 10.0)
     demo.add_argument("--once", action="store_true", help="stop after the swarm")
+    demo.add_argument("--no-plan", action="store_true",
+                      help="classes without a class plan (default: a plan of --seconds, starting 10 s after creation)")
     bridge = sub.add_parser("bridge", help="BLE bridge: scan, connect sensors, forward to an edge", add_help=False)
     bridge.add_argument("bridge_args", nargs=argparse.REMAINDER)
     token = sub.add_parser("token", help="mint a development token (docs/security.md)")
@@ -292,11 +294,14 @@ def _demo(args: argparse.Namespace) -> int:
     async def after_start(server: Any) -> None:
         url = f"http://{server.config.host}:{server.config.port}"
         config = _swarm_config(args, url)
+        if not args.no_plan:  # the classes run themselves: lobby, segments with cues, ended
+            config.class_plan, config.plan_start_in_s = demo_plan(args.seconds), DEMO_LOBBY_S
         sessions = [f"{config.session_prefix}-{i}" for i in range(config.sessions)]
         await _create_demo_classes(args, url, sessions)
         _print_where_to_look(args, url, sessions)
-        print(f"pulseline: the class runs for {args.seconds:g} s ({args.devices} simulated riders); Ctrl-C stops everything",
-              file=sys.stderr, flush=True)
+        when = "" if args.no_plan else f", follows its plan from {DEMO_LOBBY_S:g} s from now (lobby until then)"
+        print(f"pulseline: the class runs for {args.seconds:g} s{when} ({args.devices} simulated riders); "
+              "Ctrl-C stops everything", file=sys.stderr, flush=True)
         result = await run_swarm(config)
         _emit(result, args.report)
         if args.once:
@@ -306,6 +311,23 @@ def _demo(args: argparse.Namespace) -> int:
                   file=sys.stderr, flush=True)
 
     return _run_stack(args, after_start)
+
+
+DEMO_LOBBY_S = 10.0  # a demo class opens in the lobby and starts this long after creation
+
+
+def demo_plan(seconds: float) -> dict[str, Any]:
+    """The demo classes' plan, ``seconds`` long: warm-up, two intervals around a recovery,
+    cool-down, each with targets and a cue (docs/protocol.md, "The class plan")."""
+    parts = (
+        ("warm-up", 0.25, {"ftp_pct": [50, 65], "cadence_rpm": [80, 95]}, "Easy spin, find your legs"),
+        ("interval", 0.2, {"power_zone": [4, 5], "cadence_rpm": [90, 105]}, "Push! Zone 4 to 5"),
+        ("recovery", 0.15, {"power_zone": [1, 2]}, "Recover, keep the legs turning"),
+        ("interval", 0.2, {"ftp_pct": [105, 120]}, "Last one, out of the saddle"),
+        ("cool-down", 0.2, {"power_zone": 1}, "Breathe. Well ridden"),
+    )
+    return {"segments": [{"kind": kind, "duration_s": max(5, round(seconds * share)), **targets, "cue": cue}
+                         for kind, share, targets, cue in parts]}
 
 
 async def _create_demo_classes(args: argparse.Namespace, url: str, sessions: list[str]) -> None:
