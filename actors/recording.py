@@ -173,22 +173,21 @@ class Recording:
         self._grow(int(slot.max()) + 1)
         chunk = np.floor_divide(offset, self.chunk_s)
         pos = offset - chunk * self.chunk_s
-        for field in FIELDS:
-            present = np.flatnonzero(~np.isnan(values[:, field.value_column]))
-            if not unique and len(present):
-                present = present[_last_per_key(key[present])]
-            self._put(field, slot[present], chunk[present], pos[present], values[present, field.value_column])
-        self.changed[slot] = True
-
-    def _put(self, field: Field, slot: np.ndarray, chunk: np.ndarray, pos: np.ndarray, values: np.ndarray) -> None:
-        if not len(slot):
-            return
-        stored = field.quantise(values)
-        numbers = np.unique(chunk)
-        for number in numbers.tolist():
-            mine = chunk == number if len(numbers) > 1 else slice(None)
-            self._chunk(number)[field.name][slot[mine], pos[mine]] = stored[mine]
+        low, high = int(chunk.min()), int(chunk.max())
+        numbers = [low] if low == high else np.unique(chunk).tolist()  # (a tick: one chunk, or two)
+        present = ~np.isnan(values)
+        for number in numbers:
+            mine = slice(None) if low == high else chunk == number
+            arrays = self._chunk(number)
             self.dirty.add(number)
+            for field in FIELDS:
+                column = field.value_column
+                rows = np.flatnonzero(present[mine, column])
+                if not unique and len(rows):
+                    rows = rows[_last_per_key(key[mine][rows])]
+                if len(rows):
+                    arrays[field.name][slot[mine][rows], pos[mine][rows]] = field.quantise(values[mine][rows, column])
+        self.changed[slot] = True
 
     def _chunk(self, number: int) -> dict[str, np.ndarray]:
         found = self.chunks.get(number)

@@ -20,6 +20,7 @@ a rider sees only their own rides. A ride id is the id of its class. An unknown 
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Path, Query, Request
@@ -33,6 +34,7 @@ from history.records import RecordStore
 from history.rides import Ride, RideStore
 
 RiderId = Annotated[str, Path(pattern=SESSION_ID.pattern, description="the rider's participant id")]
+EXPORTS = {"fit": to_fit, "tcx": to_tcx}
 RideId = Annotated[str, Path(pattern=SESSION_ID.pattern, description="the ride's id (its class's id)")]
 
 
@@ -71,15 +73,23 @@ def install(app: FastAPI, settings: Settings) -> None:
             "Content-Disposition": f'attachment; filename="{ride.rider}-{ride.id}.{kind}"',
             "X-Ride-Revision": str(ride.summary["revision"])})
 
+    async def export(request: Request, found: Ride, kind: str) -> Response:
+        """A file export, made once per ride revision (kept in the ride's hash) and off the
+        event loop: writing a FIT file with fit-tool takes seconds for an hour's ride."""
+        rides = stores(request)[0]
+        body = await rides.cached_export(found, kind)
+        if body is None:
+            body = await asyncio.to_thread(EXPORTS[kind], found)
+            await rides.keep_export(found, kind, body)
+        return download(found, kind, body)
+
     @app.get("/v1/riders/{rider}/rides/{ride}.fit", response_class=Response)
     async def ride_fit(rider: RiderId, ride: RideId, who: Caller, request: Request) -> Response:
-        found = await load(request, who, rider, ride)
-        return download(found, "fit", to_fit(found))
+        return await export(request, await load(request, who, rider, ride), "fit")
 
     @app.get("/v1/riders/{rider}/rides/{ride}.tcx", response_class=Response)
     async def ride_tcx(rider: RiderId, ride: RideId, who: Caller, request: Request) -> Response:
-        found = await load(request, who, rider, ride)
-        return download(found, "tcx", to_tcx(found))
+        return await export(request, await load(request, who, rider, ride), "tcx")
 
     @app.get("/v1/riders/{rider}/rides/{ride}.json")
     async def ride_json(rider: RiderId, ride: RideId, who: Caller, request: Request) -> dict[str, Any]:

@@ -6,7 +6,8 @@ A ride (``build_ride``) is a summary and a series:
 * summary: ``id`` (the class id: a rider rides a class once), ``rider``, ``class``,
   ``sport``, ``start_ts``/``end_ts`` (epoch s: the rider's first recorded second and the
   end of the last), ``elapsed_s``, ``recorded_s`` (seconds with data), ``totals``, the
-  class ``rank`` (by work, among the class's riders with samples) and ``riders``,
+  class ``rank`` (by work, among the class's riders with samples; a class split over
+  shard actors ranks among the whole class, ``actors/class_shard.py``) and ``riders``,
   ``zones`` (seconds per power and heart-rate zone), ``bests`` (``history.records``);
 * series: the rider's recorded seconds (``t``, seconds from ``start_ts``) and each of
   ``power_w``, ``hr_bpm``, ``cadence_rpm``, ``speed_mps``, ``distance_m`` (None: no value).
@@ -19,7 +20,9 @@ key                                          type  content
 ===========================================  ====  ==========================================
 ``{p}:rider:{{id}}:rides``                    zset  member: ride id, score: ``start_ts``
 ``{p}:rider:{{id}}:ride:{ride}``              hash  ``summary`` (JSON), ``series`` (below),
-                                                   ``digest``, ``revision``, ``updated_at``
+                                                   ``digest``, ``revision``, ``updated_at``;
+                                                   ``export_fit``/``export_tcx`` and their
+                                                   ``..._rev``: the files last served
 ===========================================  ====  ==========================================
 
 ``series`` is zlib-compressed msgpack ``{"v": 1, "t": int32 bytes, column: bytes}`` with the
@@ -196,6 +199,19 @@ class RideStore:
         blob = raw[3]
         assert isinstance(blob, bytes), "these clients never decode responses"
         return Ride(summary, decode_series(blob))
+
+    async def cached_export(self, ride: Ride, kind: str) -> bytes | None:
+        """The ``kind`` export of this revision of ``ride`` if one was kept (``keep_export``)."""
+        body, revision = await self.client.hmget(  # type: ignore[misc]
+            self.ride_key(ride.rider, ride.id), [f"export_{kind}", f"export_{kind}_rev"])
+        if body is None or revision is None or int(revision) != int(ride.summary["revision"]):
+            return None
+        return body if isinstance(body, bytes) else body.encode()
+
+    async def keep_export(self, ride: Ride, kind: str, body: bytes) -> None:
+        """Keep an export of this revision (a later revision makes it stale; see above)."""
+        await self.client.hset(self.ride_key(ride.rider, ride.id), mapping={  # type: ignore[misc]
+            f"export_{kind}": body, f"export_{kind}_rev": str(ride.summary["revision"])})
 
     async def page(self, rider: str, *, limit: int, before: str | None) -> tuple[list[dict[str, Any]], str | None]:
         """A rider's rides newest first (``limit`` of them, after the cursor ``before``), and

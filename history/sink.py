@@ -76,8 +76,11 @@ def class_result(session: str, participants: list[Mapping[str, Any]], ranks: Map
     riders = [{"rider": rider, "rank": rank, "energy_kj": by_name[rider].get("energy_kj"),
                "samples": by_name[rider].get("samples"), "distance_m": by_name[rider].get("distance_m"),
                "power_avg": by_name[rider].get("power_avg"), "hr_avg": by_name[rider].get("hr_avg")}
-              for rider, rank in sorted(ranks.items(), key=lambda item: item[1])]
-    return {"session": session, "revised": revised, "riders": riders}
+              for rider, rank in sorted(ranks.items(), key=lambda item: item[1]) if rider in by_name]
+    result: dict[str, Any] = {"session": session, "revised": revised, "riders": riders}
+    if len(riders) < len(ranks):  # one shard of a big class: its riders, with their ranks in the class
+        result["partial"] = True
+    return result
 
 
 def _entry(session: str, event: Mapping[str, Any]) -> dict[str, str]:

@@ -246,6 +246,7 @@ class WebhookDispatcher:
         self._slots = asyncio.Semaphore(self.policy.max_in_flight)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loops: list[asyncio.Task[None]] = []
+        self._left_behind: set[asyncio.Future[Any]] = set()  # (a reference, so they are not collected)
         self.counters = {"delivered": 0, "failed": 0, "retried": 0, "errors": 0}
 
     async def start(self) -> None:
@@ -260,16 +261,26 @@ class WebhookDispatcher:
         self._loops.append(loop.create_task(self._retry_loop()))
 
     async def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop reading, give deliveries in flight ``timeout_s`` to finish, cancel the rest.
+        Every step is bounded: a cancelled request that will not unwind (seen with a
+        receiver that hangs) is logged and left behind, never a hang of the edge's shutdown."""
         for task in self._loops:
             task.cancel()
-        await asyncio.gather(*self._loops, return_exceptions=True)
+        await self._bounded(asyncio.gather(*self._loops, return_exceptions=True), "reading loops", timeout_s)
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=timeout_s)
             for task in self._tasks:
                 task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self._bounded(asyncio.gather(*self._tasks, return_exceptions=True), "deliveries", timeout_s)
         if self._owns_http:
-            await self.http.aclose()
+            await self._bounded(self.http.aclose(), "the HTTP client", timeout_s)
+
+    async def _bounded(self, step: Any, what: str, timeout_s: float) -> None:
+        task = asyncio.ensure_future(step)
+        done, _ = await asyncio.wait({task}, timeout=timeout_s)  # (wait_for would wait out the cancel too)
+        if not done:
+            self._left_behind.add(task)
+            log.warning("webhooks: %s did not stop within %.1f s; left behind", what, timeout_s)
 
     # -- reading -----------------------------------------------------------------------
     async def _read_loop(self, stream: str) -> None:

@@ -192,9 +192,13 @@ def test_late_data_revises_the_ride(edge: Any, tokens: Any, unique_id: str, run:
     url = f"{edge.url}/v1/riders/{ann}/rides/{sid}"
     first = eventually(lambda: (r := httpx.get(url, headers=ops)).status_code == 200 and r.json(), "the ride")
     assert first["revision"] == 1 and first["recorded_s"] == 20
+    assert len(from_fitdecode(httpx.get(f"{url}.fit", headers=ops).content)) == 20  # (kept for revision 1)
     run(send([[seq, start + seq, 150.0, 400.0, 95.0, 9.0, 8.0 * seq] for seq in range(21, 31)]))  # a late sync
-    second = eventually(lambda: (r := httpx.get(url, headers=ops).json())["revision"] >= 2 and r, "the revision")
+    second = eventually(lambda: (r := httpx.get(url, headers=ops).json())["revision"] >= 2
+                        and r["recorded_s"] == 30 and r, "the revision with every late second")
     assert second["recorded_s"] == 30 and second["bests"]["power_5s_w"] == 400.0
+    fit = httpx.get(f"{url}.fit", headers=ops)  # the kept revision-1 file is not served again
+    assert len(from_garmin(fit.content)) == 30 and int(fit.headers["x-ride-revision"]) >= second["revision"]
     series = httpx.get(f"{url}/series", headers=ops).json()
     assert series["power_w"][-1] == 400.0 and series["t"] == list(range(30))
     stream = results_stream.stream_key(edge.settings.prefix)

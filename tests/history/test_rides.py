@@ -4,6 +4,7 @@ records that follow revised rides, and the bests of a ride."""
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import numpy as np
@@ -95,6 +96,44 @@ def test_records_follow_the_best_ride_both_ways(redis_server: Any, unique_id: st
             await store.update("bob", "c2", {"power_5s_w": 200.0})  # revised down: c1 holds it again
             records = await store.records("bob")
             assert records["power_5s_w"] == {"value": 300.0, "ride": "c1"} and records["power_20m_w"] is None
+        finally:
+            await client.aclose()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.integration
+def test_the_sink_records_rides_and_a_shard_publishes_a_partial_class_result(redis_server: Any,
+                                                                           unique_id: str) -> None:
+    """The history sink as a session calls it: every rider with seconds gets a ride, a rider
+    without none; a shard of a big class ranks its riders in the whole class (the ranks it
+    is handed) and its class result says it is partial."""
+    from history.sink import record_rides
+    from history.results_stream import stream_key
+    from storage.checkpoint import client_for
+
+    prefix = f"sink{unique_id}"
+    participants = [summary("ann", 20.0), summary("bob", 30.0), {"participant": "cat", "samples": 0}]
+    snapshot = {"session": "big", "participants": participants,
+                "series": {"ann": series([200.0] * 6), "bob": series([300.0] * 6), "cat": series([])}}
+
+    async def scenario() -> None:
+        settings = {"redis_url": redis_server.url, "prefix": prefix}
+        whole = await record_rides(settings, snapshot)
+        assert whole["rides"] == 2 and whole["records"] == 4  # 5 s power and class output, each rider
+        client = client_for(redis_server.url)
+        try:
+            store = RideStore(client, prefix=prefix)
+            assert (await store.summary("bob", "big"))["rank"] == 1
+            with pytest.raises(RideNotFound):
+                await store.summary("cat", "big")
+            shard = {**snapshot, "class_ranks": {"zed": 1, "bob": 2, "ann": 3}, "class_riders": 3}
+            assert (await record_rides({**settings, "prefix": f"{prefix}s"}, shard))["rides"] == 2
+            ann = await RideStore(client, prefix=f"{prefix}s").summary("ann", "big")
+            assert ann["rank"] == 3 and ann["riders"] == 3
+            entries = await client.xrange(stream_key(f"{prefix}s"))
+            result = json.loads(next(f for _, f in entries if f[b"type"] == b"class.result")[b"data"])
+            assert result["partial"] is True and [r["rider"] for r in result["riders"]] == ["bob", "ann"]
         finally:
             await client.aclose()
 
