@@ -21,9 +21,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +36,21 @@ def run(riders: int, mode: str, args: argparse.Namespace) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "launch.capacity", "--shapes", args.shape, "--steps", str(riders),
            "--class-size", str(riders), "--step-seconds", str(args.seconds), "--port", str(args.port),
            "--data-dir", str(out.parent / "data"), "--out", str(out), "--loop", args.loop]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.seconds * 4 + 300)
-    if done.returncode != 0 or not out.exists():
-        return {"error": done.stderr[-2000:]}
+    log = out.parent / "capacity.log"
+    with open(log, "wb") as sink:  # its own process group: a run that hangs is ended whole
+        proc = subprocess.Popen(cmd, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + args.seconds * 4 + 240
+        while proc.poll() is None and not out.exists() and time.monotonic() < deadline:
+            time.sleep(1.0)
+        if proc.poll() is None:  # the result is written (or time is up): stop the stack
+            os.killpg(proc.pid, signal.SIGINT)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    if not out.exists():
+        return {"error": f"no result; see {log}"}
     step = json.loads(out.read_text())["shapes"][args.shape]["steps"][0]
     cpu = step.get("cpu", {})
     latency = step.get("latency_ms", {})
