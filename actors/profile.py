@@ -51,6 +51,7 @@ from typing import Any
 from redis.typing import EncodableT, FieldT
 
 from actors.errors import ActorError
+from devices.text import TextError, clean_text
 from storage.checkpoint import key_base
 from storage.redis_url import AsyncRedis
 
@@ -58,6 +59,9 @@ DEFAULT_WEIGHT_KG = 75.0
 DEFAULT_AGE_Y = 35
 DEFAULT_HR_REST_BPM = 60.0
 DEFAULT_FTP_W_PER_KG = 2.0
+
+
+MAX_NAME_CHARS = 40  # a display name, as boards show it
 
 
 class Sex(str, enum.Enum):
@@ -96,6 +100,7 @@ class Profile:
     birth_year: int | None = None
     sex: Sex | None = None
     units: Units = Units.METRIC
+    display_name: str | None = None  # what class boards show instead of the rider's id
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready: enums as their values, unset fields as None. (Field by field, not
@@ -187,6 +192,11 @@ def check_profile(raw: Mapping[str, Any], *, year: int | None = None) -> Profile
         values["sex"] = _choice("sex", raw["sex"], Sex)
     if raw.get("units") is not None:
         values["units"] = _choice("units", raw["units"], Units)
+    if raw.get("display_name") is not None:
+        try:
+            values["display_name"] = clean_text(raw["display_name"], "display_name", max_chars=MAX_NAME_CHARS)
+        except TextError as exc:
+            raise ProfileError(str(exc)) from None
     return Profile(**values)
 
 
@@ -225,6 +235,8 @@ def _from_hash(raw: Mapping[bytes | str, bytes | str]) -> Profile:
         values["sex"] = Sex(text["sex"])
     if "units" in text:
         values["units"] = Units(text["units"])
+    if "display_name" in text:
+        values["display_name"] = text["display_name"]
     return Profile(**values)
 
 

@@ -125,6 +125,11 @@ class Card(Open):
     phase: str
 
 
+class Names(Open):
+    names: dict[str, str] = Field(description="participant id -> display name, for the asked riders of the class's "
+                                              "board that set one (docs/protocol.md)")
+
+
 class ViewLink(Open):
     token: str = Field(description="a viewer token for this class only")
     expires_at: int = Field(description="Unix time")
@@ -279,6 +284,9 @@ ROUTES: dict[tuple[str, str], Doc] = {
     ("POST", f"{S}/flush"): Doc(Flushed, "Checkpoint a class now", "Returns every device's durable seq. Operators only.",
                                 (*AUTH, 404, 503)),
     ("GET", f"{S}/card"): Doc(Card, "A class's card", "", (*AUTH, 404, 503)),
+    ("GET", f"{S}/names"): Doc(Names, "Display names of a class's riders", "For `riders` (comma-separated ids, "
+                               "at most 200) on the class's live board; riders without one, or not on it, are left "
+                               "out. For whoever may watch the board.", (*AUTH, 404, 422, 503)),
     ("POST", f"{S}/view-links"): Doc(ViewLink, "A view link", "", (*AUTH, 404, 422, 503)),
     ("GET", "/v1/cluster/status"): Doc(ClusterStatus, "Cluster status", "Nodes, session slots, classes per node, "
                                        "autoscaler demand, pre-scaling and this edge's pumps. Operators only.", (*AUTH, 503)),

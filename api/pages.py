@@ -28,15 +28,18 @@ from pathlib import Path
 from urllib.parse import quote
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from actors.profile import ProfileStore
 from api.auth import TokenKind, dev_token
 from api.errors import Forbidden
 from api.scopes import Caller, Member, peer_of
+from api.viewer import own_row
 from cluster.session_records import SessionRecords
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -141,6 +144,23 @@ def install(app: FastAPI, settings: Any) -> None:
         await edge.authorise_read(who, session_id, where=f"GET {request.url.path}", peer=peer_of(request), board=True)
         return _card(session_id, await edge.directory.meta(session_id))
 
+    @app.get("/v1/sessions/{session_id}/names")
+    async def names(session_id: str, who: Caller, request: Request,
+                    riders: str = Query("", max_length=MAX_NAMES * 100)) -> dict[str, Any]:
+        """Display names (``display_name`` of their profiles) of ``riders`` on the class's live
+        board: the page asks for the ids it shows and does not know yet."""
+        edge = request.app.state.edge
+        await edge.authorise_read(who, session_id, where=f"GET {request.url.path}", peer=peer_of(request), board=True)
+        wanted = [r for r in dict.fromkeys(riders.split(",")) if r]
+        if len(wanted) > MAX_NAMES:
+            raise RequestValidationError([{"type": "too_long", "loc": ("query", "riders"),
+                                           "msg": f"at most {MAX_NAMES} riders per request", "input": None}])
+        pump = edge.pumps.get(session_id)
+        board = pump.board if pump is not None else None
+        on_board = [r for r in wanted if board is not None and own_row(board, r) is not None]
+        found = await ProfileStore(edge.directory.redis, prefix=settings.prefix).get_many(on_board)
+        return {"names": {r: p.display_name for r, p in found.items() if p.display_name}}
+
     @app.get("/v1/sessions/{session_id}/view", response_class=HTMLResponse, include_in_schema=False)
     async def view_page(session_id: str) -> HTMLResponse:
         return HTMLResponse(page, headers=_page_headers())
@@ -152,6 +172,9 @@ def install(app: FastAPI, settings: Any) -> None:
     if settings.auth_mode == "development":
         _install_view_links(app)
         _install_live_list(app)
+
+
+MAX_NAMES = 200  # riders per GET .../names
 
 
 def _asset(files: dict[str, bytes], types: dict[str, str], name: str, *, cache: str) -> Response:

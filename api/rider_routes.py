@@ -21,7 +21,7 @@ from typing import Annotated, Any
 from fastapi import FastAPI, Path, Request
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from actors.profile import RANGES, Profile, ProfileStore, Sex, Units, check_profile
+from actors.profile import MAX_NAME_CHARS, RANGES, Profile, ProfileStore, Sex, Units, check_profile
 from api.edge import SESSION_ID, edge_of, where_of
 from api.scopes import Caller, authorise_profile, peer_of
 from cluster.settings import Settings
@@ -47,6 +47,8 @@ class ProfileBody(BaseModel):
     birth_year: int | None = Field(default=None, ge=1900, description="year of birth (age = this year - it)")
     sex: Sex | None = Field(default=None, description="for the heart-rate calorie equations only")
     units: Units | None = Field(default=None, description="how the rider's apps show numbers (metric by default)")
+    display_name: str | None = Field(default=None, max_length=4 * MAX_NAME_CHARS,
+                                     description=f"the name class boards show (1-{MAX_NAME_CHARS} characters; default: the rider's id)")
 
     @model_validator(mode="after")
     def _consistent(self) -> ProfileBody:

@@ -294,6 +294,7 @@ def _demo(args: argparse.Namespace) -> int:
     async def after_start(server: Any) -> None:
         url = f"http://{server.config.host}:{server.config.port}"
         config = _swarm_config(args, url)
+        config.display_names = True  # boards show names, not ids
         if not args.no_plan:  # the classes run themselves: lobby, segments with cues, ended
             config.class_plan, config.plan_start_in_s = demo_plan(args.seconds), DEMO_LOBBY_S
         sessions = [f"{config.session_prefix}-{i}" for i in range(config.sessions)]

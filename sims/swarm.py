@@ -28,6 +28,7 @@ import heapq
 import logging
 import math
 import random
+import string
 import time
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
@@ -104,6 +105,10 @@ class EdgeHttp:
         await self._client.aclose()
 
 
+FIRST_NAMES = ("Ana", "Ben", "Chloé", "Dev", "Emma", "Farid", "Grace", "Hiro", "Ines", "Jonas", "Kemi", "Liam",
+               "Maya", "Noor", "Oskar", "Priya", "Quinn", "Rosa", "Sam", "Tariq", "Uma", "Vera", "Wei", "Yara", "Zoe")
+
+
 @dataclass
 class SwarmConfig:
     base_url: str = "http://127.0.0.1:8000"  # several edges comma-separated: clients fail over
@@ -134,6 +139,8 @@ class SwarmConfig:
     # start_at = now + plan_start_in_s, and move through their phases by themselves
     class_plan: dict[str, Any] | None = None
     plan_start_in_s: float = 8.0
+    # Riders get display names in their profiles (the demo: boards show names, not ids).
+    display_names: bool = False
     # seats and admission (sims/admission.py): the classes' capacity (None: no limit); the
     # share of riders in class from the start; when the others' join storm begins
     capacity: int | None = None
@@ -378,6 +385,8 @@ class Swarm:
         try:
             await self._create_sessions(http)
             self._build()
+            if cfg.display_names:
+                await self._name_riders(http)
             self._record_late_rides()
             ready_s = await self._connect_before_start()
             if self.plan_start is not None:  # the classes go live by themselves at their start
@@ -427,6 +436,16 @@ class Swarm:
             response.raise_for_status()
         # a late upload belongs to a class that is long over
         await self._set_phase(http, late_ids, "ended")
+
+    async def _name_riders(self, http: EdgeHttp) -> None:
+        """Give each rider a display name through its profile (the boards and the class page
+        show it): first names and an initial, the same for the same seed."""
+        rng = random.Random(f"{self.config.seed}-names")
+        for p in self.participants:
+            name = f"{rng.choice(FIRST_NAMES)} {rng.choice(string.ascii_uppercase)}."
+            response = await http.request("PUT", f"/v1/riders/{quote(p.id, safe='')}/profile", json={"display_name": name})
+            if response is None or response.status_code != 200:
+                log.warning("swarm: could not name rider %s (%s)", p.id, None if response is None else response.status_code)
 
     def _started_early(self) -> None:
         """Viewers of planned classes watch from the lobby on (their boards count it down)."""

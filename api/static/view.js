@@ -43,8 +43,27 @@ import { BoardClient } from "/static/pulseline.js";  // the JS client (clients/j
     try { return sessionStorage.getItem(storeKey); } catch (e) { return null; }
   }
 
+  // Display names (the riders' profiles), asked for the ids on the board not known yet;
+  // an id without one is asked again after a minute (it may set one meanwhile).
+  const names = new Map();
+  const asked = new Map();
+  let asking = false;
+  async function loadNames(ids) {
+    const now = Date.now();
+    const fresh = ids.filter((id) => typeof id === "string" && !names.has(id) && !(now - (asked.get(id) || 0) < 60000)).slice(0, 200);
+    if (!fresh.length || asking || !token) return;
+    asking = true;
+    fresh.forEach((id) => asked.set(id, now));
+    try {
+      const reply = await fetch(`/v1/sessions/${encodeURIComponent(sid)}/names?riders=${fresh.map(encodeURIComponent).join(",")}`,
+                                { headers: { Authorization: "Bearer " + token } });
+      if (reply.ok) for (const [id, name] of Object.entries((await reply.json()).names || {})) names.set(id, name);
+    } catch (e) { /* ids stay on the board */ } finally { asking = false; }
+  }
+
   function format(col, value) {
     if (value === null || value === undefined) return "–";
+    if (col === "participant") return names.get(value) || String(value);
     if (col.endsWith("_target")) return TARGET[value] || String(value);
     if (typeof value !== "number") return String(value);
     if (col === "speed_mps") return (value * 3.6).toFixed(1);
@@ -136,6 +155,7 @@ import { BoardClient } from "/static/pulseline.js";  // the JS client (clients/j
     const cols = ORDER.filter((c) => c in at);
     renderHead(cols);
     const rows = board.rows || board.top || [];
+    loadNames(rows.map((r) => r[at.participant]));
     let mine = null;
     $("body").replaceChildren(...rows.map((row) => {
       const tr = document.createElement("tr");

@@ -58,9 +58,9 @@ class Riders:
 
 
 def _class(edge: Any, tokens: Any, sid: str, title: str) -> dict[str, Any]:
-    httpx.post(f"{edge.url}/v1/sessions", json={"id": sid, "title": title}, headers=tokens.headers()).raise_for_status()
-    httpx.post(f"{edge.url}/v1/sessions/{sid}/phase", json={"phase": "live"}, headers=tokens.headers()).raise_for_status()
-    return httpx.post(f"{edge.url}/v1/sessions/{sid}/view-links", headers=tokens.headers()).json()  # type: ignore[no-any-return]
+    httpx.post(f"{edge.url}/v1/sessions", json={"id": sid, "title": title}, headers=tokens.headers(), timeout=30).raise_for_status()
+    httpx.post(f"{edge.url}/v1/sessions/{sid}/phase", json={"phase": "live"}, headers=tokens.headers(), timeout=30).raise_for_status()
+    return httpx.post(f"{edge.url}/v1/sessions/{sid}/view-links", headers=tokens.headers(), timeout=30).json()  # type: ignore[no-any-return]
 
 
 def _hub(tokens: Any, sid: str, n: int) -> str:
@@ -134,8 +134,8 @@ def test_the_page_shows_the_class_plan_segment_time_left_and_cue(browser: Any, e
     plan = {"segments": [{"kind": "warm-up", "duration_s": 600, "ftp_pct": [50, 60], "cue": "Easy <b>spin</b>"},
                          {"kind": "interval", "duration_s": 60, "power_zone": 5, "cue": "Sprint!"}]}
     httpx.post(f"{edge.url}/v1/sessions", json={"id": sid, "start_at": time.time() + 1, "plan": plan},
-               headers=tokens.headers()).raise_for_status()
-    link = httpx.post(f"{edge.url}/v1/sessions/{sid}/view-links", headers=tokens.headers()).json()
+               headers=tokens.headers(), timeout=30).raise_for_status()
+    link = httpx.post(f"{edge.url}/v1/sessions/{sid}/view-links", headers=tokens.headers(), timeout=30).json()
     riders = Riders(edge.ws_url, _hub(tokens, sid, 2), sid, ["Ann", "Bob"]).start()
     context = browser.new_context(viewport={"width": 1000, "height": 700})
     page = context.new_page()
@@ -185,10 +185,10 @@ def test_the_landing_page_lists_running_classes_and_the_docs_work_offline(browse
 
     sid = f"page-land-{unique_id}"
     _class(edge, tokens, sid, "Landing class")
-    docs = httpx.get(f"{edge.url}/docs").text
+    docs = httpx.get(f"{edge.url}/docs", timeout=30).text
     assert "/static/swagger/swagger-ui-bundle.js" in docs and "cdn." not in docs
-    assert httpx.get(f"{edge.url}/static/swagger/swagger-ui-bundle.js").status_code == 200
-    redoc = httpx.get(f"{edge.url}/redoc").text
+    assert httpx.get(f"{edge.url}/static/swagger/swagger-ui-bundle.js", timeout=30).status_code == 200
+    redoc = httpx.get(f"{edge.url}/redoc", timeout=30).text
     assert "/static/swagger/redoc.standalone.js" in redoc and "cdn." not in redoc and "fonts.googleapis" not in redoc
     context = browser.new_context()
     # no network beyond the edge: a CDN request would fail the page
@@ -213,19 +213,19 @@ def test_the_card_is_for_board_watchers_only(edge: Any, tokens: Any, unique_id: 
     sid = f"page-card-{unique_id}"
     link = _class(edge, tokens, sid, "Card <b>class</b>")
     viewer = {"Authorization": f"Bearer {link['token']}"}
-    card = httpx.get(f"{edge.url}/v1/sessions/{sid}/card", headers=viewer).json()
+    card = httpx.get(f"{edge.url}/v1/sessions/{sid}/card", headers=viewer, timeout=30).json()
     assert card == {"id": sid, "title": "Card <b>class</b>", "phase": "live", "created_at": pytest.approx(time.time(), abs=120)}
-    assert httpx.get(f"{edge.url}/v1/sessions/{sid}/card").status_code == 401
+    assert httpx.get(f"{edge.url}/v1/sessions/{sid}/card", timeout=30).status_code == 401
     other = {"Authorization": f"Bearer {tokens('viewer', sessions=[f'x-{sid}'])}"}
-    assert httpx.get(f"{edge.url}/v1/sessions/{sid}/card", headers=other).status_code == 403
+    assert httpx.get(f"{edge.url}/v1/sessions/{sid}/card", headers=other, timeout=30).status_code == 403
     stranger = tokens.headers("participant", participant="zed", sessions=[sid])
-    assert httpx.get(f"{edge.url}/v1/sessions/{sid}/card", headers=stranger).status_code == 403
+    assert httpx.get(f"{edge.url}/v1/sessions/{sid}/card", headers=stranger, timeout=30).status_code == 403
 
 
 def test_the_live_list_is_for_loopback_in_development(edge: Any, tokens: Any, unique_id: str) -> None:
     sid = f"page-list-{unique_id}"
     _class(edge, tokens, sid, "Listed")
-    classes = httpx.get(f"{edge.url}/v1/dev/live").json()["classes"]
+    classes = httpx.get(f"{edge.url}/v1/dev/live", timeout=30).json()["classes"]
     mine = [c for c in classes if c["id"] == sid]
     assert mine and mine[0]["title"] == "Listed" and mine[0]["view"].startswith(f"/v1/sessions/{sid}/view#token=")
 

@@ -27,7 +27,7 @@ def pack(frame: Any) -> bytes:
 @pytest.fixture
 def session(edge: Any, unique_id: str, tokens: Any) -> str:
     sid = f"page-{unique_id}"
-    httpx.post(f"{edge.url}/v1/sessions", json={"id": sid}, headers=tokens.headers()).raise_for_status()
+    httpx.post(f"{edge.url}/v1/sessions", json={"id": sid}, headers=tokens.headers(), timeout=30).raise_for_status()
     return sid
 
 
@@ -36,8 +36,8 @@ def _csp(value: str) -> dict[str, str]:
 
 
 def test_the_page_is_the_same_for_known_and_unknown_sessions_and_sends_a_strict_csp(edge: Any, session: str) -> None:
-    known = httpx.get(f"{edge.url}/v1/sessions/{session}/view")
-    unknown = httpx.get(f"{edge.url}/v1/sessions/no-such-{session}/view")
+    known = httpx.get(f"{edge.url}/v1/sessions/{session}/view", timeout=30)
+    unknown = httpx.get(f"{edge.url}/v1/sessions/no-such-{session}/view", timeout=30)
     assert known.status_code == unknown.status_code == 200
     assert known.text == unknown.text and "<script src=\"/static/view.js\"" in known.text
     assert "<script>" not in known.text and "onclick" not in known.text  # no inline script at all
@@ -52,26 +52,26 @@ def test_the_page_is_the_same_for_known_and_unknown_sessions_and_sends_a_strict_
 
 
 def test_static_assets_have_types_and_the_set_is_closed(edge: Any) -> None:
-    js = httpx.get(f"{edge.url}/static/view.js")
-    css = httpx.get(f"{edge.url}/static/view.css")
+    js = httpx.get(f"{edge.url}/static/view.js", timeout=30)
+    css = httpx.get(f"{edge.url}/static/view.css", timeout=30)
     assert js.status_code == css.status_code == 200
     assert js.headers["content-type"].startswith("text/javascript") and css.headers["content-type"].startswith("text/css")
     assert js.headers["x-content-type-options"] == "nosniff"
     assert "innerHTML" not in js.text and "textContent" in js.text
     for name in ("view.html", "../app.py", "..%2Fapp.py", "nope.js"):
-        assert httpx.get(f"{edge.url}/static/{name}").status_code == 404
+        assert httpx.get(f"{edge.url}/static/{name}", timeout=30).status_code == 404
 
 
 def test_api_responses_carry_nosniff_and_a_deny_all_csp(edge: Any, tokens: Any) -> None:
-    for response in (httpx.get(f"{edge.url}/healthz"), httpx.get(f"{edge.url}/v1/sessions/x"),
-                     httpx.get(f"{edge.url}/v1/sessions/x", headers=tokens.headers())):
+    for response in (httpx.get(f"{edge.url}/healthz", timeout=30), httpx.get(f"{edge.url}/v1/sessions/x", timeout=30),
+                     httpx.get(f"{edge.url}/v1/sessions/x", headers=tokens.headers(), timeout=30)):
         assert response.headers["x-content-type-options"] == "nosniff"
         assert response.headers["content-security-policy"] == API_CSP
         assert response.headers["referrer-policy"] == "no-referrer"
 
 
 def test_an_operator_gets_a_view_link_with_the_token_in_the_fragment(edge: Any, session: str, tokens: Any) -> None:
-    reply = httpx.post(f"{edge.url}/v1/sessions/{session}/view-links", headers=tokens.headers())
+    reply = httpx.post(f"{edge.url}/v1/sessions/{session}/view-links", headers=tokens.headers(), timeout=30)
     assert reply.status_code == 201, reply.text
     link = reply.json()
     path, _, fragment = link["url"].partition("#")
@@ -79,34 +79,34 @@ def test_an_operator_gets_a_view_link_with_the_token_in_the_fragment(edge: Any, 
     claims = json.loads(_b64(link["token"].split(".")[1]))
     assert claims["kind"] == "viewer" and claims["sessions"] == [session]
     assert claims["exp"] - claims["iat"] <= edge.settings.view_token_ttl_s
-    unknown = httpx.post(f"{edge.url}/v1/sessions/nope-{session}/view-links", headers=tokens.headers())
+    unknown = httpx.post(f"{edge.url}/v1/sessions/nope-{session}/view-links", headers=tokens.headers(), timeout=30)
     assert unknown.status_code == 404
 
 
 def test_view_links_for_participants_only_of_their_class(edge: Any, session: str, tokens: Any) -> None:
     httpx.post(f"{edge.url}/v1/sessions/{session}/participants", json={"participant": "ann"},
-               headers=tokens.headers()).raise_for_status()
+               headers=tokens.headers(), timeout=30).raise_for_status()
     ann = tokens.headers("participant", participant="ann", sessions=[session], ttl_s=600)
     bob = tokens.headers("participant", participant="bob", sessions=[session])
-    assert httpx.post(f"{edge.url}/v1/sessions/{session}/view-links", headers=ann).status_code == 201
-    assert httpx.post(f"{edge.url}/v1/sessions/{session}/view-links", headers=bob).status_code == 403
-    mine = httpx.post(f"{edge.url}/v1/sessions/{session}/view-links", headers=ann, json={"ttl_s": 86400}).json()
+    assert httpx.post(f"{edge.url}/v1/sessions/{session}/view-links", headers=ann, timeout=30).status_code == 201
+    assert httpx.post(f"{edge.url}/v1/sessions/{session}/view-links", headers=bob, timeout=30).status_code == 403
+    mine = httpx.post(f"{edge.url}/v1/sessions/{session}/view-links", headers=ann, json={"ttl_s": 86400}, timeout=30).json()
     claims = json.loads(_b64(mine["token"].split(".")[1]))
     assert claims["exp"] - claims["iat"] <= 601  # never outlives the participant's own token
     viewer = {"Authorization": f"Bearer {mine['token']}"}
-    assert httpx.post(f"{edge.url}/v1/sessions/{session}/view-links", headers=viewer).status_code == 403
-    assert httpx.post(f"{edge.url}/v1/sessions/{session}/view-links", headers=tokens.headers("device", device="d", participant="ann", sessions=[session])).status_code == 403
+    assert httpx.post(f"{edge.url}/v1/sessions/{session}/view-links", headers=viewer, timeout=30).status_code == 403
+    assert httpx.post(f"{edge.url}/v1/sessions/{session}/view-links", headers=tokens.headers("device", device="d", participant="ann", sessions=[session]), timeout=30).status_code == 403
 
 
 def test_a_viewer_token_watches_one_board_and_does_nothing_else(edge: Any, session: str, tokens: Any, run: Any, unique_id: str) -> None:
     other = f"page-other-{unique_id}"
-    httpx.post(f"{edge.url}/v1/sessions", json={"id": other}, headers=tokens.headers()).raise_for_status()
+    httpx.post(f"{edge.url}/v1/sessions", json={"id": other}, headers=tokens.headers(), timeout=30).raise_for_status()
     token = tokens("viewer", sessions=[session])
     bearer = {"Authorization": f"Bearer {token}"}
-    assert httpx.get(f"{edge.url}/v1/sessions/{session}", headers=bearer).status_code == 403
-    assert httpx.post(f"{edge.url}/v1/sessions/{session}/participants", json={"participant": "x"}, headers=bearer).status_code == 403
-    assert httpx.post(f"{edge.url}/v1/sessions/{session}/phase", json={"phase": "live"}, headers=bearer).status_code == 403
-    assert httpx.get(f"{edge.url}/v1/leaderboards/any", headers=bearer).status_code == 403
+    assert httpx.get(f"{edge.url}/v1/sessions/{session}", headers=bearer, timeout=30).status_code == 403
+    assert httpx.post(f"{edge.url}/v1/sessions/{session}/participants", json={"participant": "x"}, headers=bearer, timeout=30).status_code == 403
+    assert httpx.post(f"{edge.url}/v1/sessions/{session}/phase", json={"phase": "live"}, headers=bearer, timeout=30).status_code == 403
+    assert httpx.get(f"{edge.url}/v1/leaderboards/any", headers=bearer, timeout=30).status_code == 403
 
     async def scenario() -> None:
         async with connect(f"{edge.ws_url}/v1/sessions/{session}/board?format=json",
@@ -164,7 +164,7 @@ def test_a_hub_hello_with_control_characters_is_refused_and_the_hub_may_retry(ed
     run(scenario())
     deadline = time.monotonic() + 20  # the hello's join reaches the actor on the next tick
     while True:
-        state = httpx.get(f"{edge.url}/v1/sessions/{session}", headers=tokens.headers()).json()
+        state = httpx.get(f"{edge.url}/v1/sessions/{session}", headers=tokens.headers(), timeout=30).json()
         names = [p["participant"] for p in state["participants"]]
         if names or time.monotonic() > deadline:
             break
@@ -173,9 +173,9 @@ def test_a_hub_hello_with_control_characters_is_refused_and_the_hub_may_retry(ed
 
 
 def test_a_title_with_control_characters_is_a_422(edge: Any, unique_id: str, tokens: Any) -> None:
-    reply = httpx.post(f"{edge.url}/v1/sessions", json={"id": f"t-{unique_id}", "title": "Spin\u0000"}, headers=tokens.headers())
+    reply = httpx.post(f"{edge.url}/v1/sessions", json={"id": f"t-{unique_id}", "title": "Spin\u0000"}, headers=tokens.headers(), timeout=30)
     assert reply.status_code == 422 and "control" in reply.text
-    ok = httpx.post(f"{edge.url}/v1/sessions", json={"id": f"t2-{unique_id}", "title": "<b>Spin</b> & Climb"}, headers=tokens.headers())
+    ok = httpx.post(f"{edge.url}/v1/sessions", json={"id": f"t2-{unique_id}", "title": "<b>Spin</b> & Climb"}, headers=tokens.headers(), timeout=30)
     assert ok.status_code == 201
 
 

@@ -25,12 +25,12 @@ def put(edge: Any, rider: str, body: Any, headers: dict[str, str]) -> httpx.Resp
 def test_a_rider_sets_and_reads_its_own_profile(edge: Any, tokens: Any, unique_id: str) -> None:
     rider = f"ann-{unique_id}"
     mine = tokens.headers("participant", participant=rider)
-    fresh = httpx.get(f"{edge.url}/v1/riders/{rider}/profile", headers=mine).json()
+    fresh = httpx.get(f"{edge.url}/v1/riders/{rider}/profile", headers=mine, timeout=30).json()
     assert fresh["set"]["ftp_w"] is None and "ftp_w" in fresh["effective"]["estimated"]  # defaults, flagged
     assert fresh["effective"]["weight_kg"] == 75.0
     answer = put(edge, rider, {"ftp_w": 240, "weight_kg": 68.5}, mine)
     assert answer.status_code == 200, answer.text
-    again = httpx.get(f"{edge.url}/v1/riders/{rider}/profile", headers=mine).json()
+    again = httpx.get(f"{edge.url}/v1/riders/{rider}/profile", headers=mine, timeout=30).json()
     assert again["set"]["ftp_w"] == 240 and again["set"]["weight_kg"] == 68.5 and again["set"]["units"] == "metric"
     assert again["effective"]["ftp_w"] == 240 and set(again["effective"]["estimated"]) == {
         "age", "hr_max_bpm", "hr_rest_bpm", "sex"}
@@ -41,7 +41,7 @@ def test_only_the_rider_or_an_operator_may_touch_a_profile(edge: Any, tokens: An
     rider = f"bea-{unique_id}"
     other = tokens.headers("participant", participant=f"eve-{unique_id}")
     assert put(edge, rider, {"ftp_w": 250}, other).status_code == 403
-    assert httpx.get(f"{edge.url}/v1/riders/{rider}/profile", headers=other).status_code == 403
+    assert httpx.get(f"{edge.url}/v1/riders/{rider}/profile", headers=other, timeout=30).status_code == 403
     device = tokens.headers("device", device="d", participant=rider, sessions=["s"])
     assert put(edge, rider, {"ftp_w": 250}, device).status_code == 403
     assert put(edge, rider, {"ftp_w": 250}, {}).status_code == 401
@@ -88,10 +88,10 @@ def test_the_class_reads_the_profile_at_join_and_the_rider_sees_zone_np_and_kcal
     heart-rate zone 3 ((150 - 50) / 140 = 71 % of reserve), NP 200, 8 kJ of work = 7.97 kcal."""
     sid, ann, bob = f"prof-{unique_id}", f"ann-{unique_id}", f"bob-{unique_id}"
     put(edge, ann, ANN, tokens.headers()).raise_for_status()
-    httpx.post(f"{edge.url}/v1/sessions", json={"id": sid}, headers=tokens.headers()).raise_for_status()
+    httpx.post(f"{edge.url}/v1/sessions", json={"id": sid}, headers=tokens.headers(), timeout=30).raise_for_status()
     for who in (ann, bob):
         httpx.post(f"{edge.url}/v1/sessions/{sid}/participants", json={"participant": who},
-                   headers=tokens.headers()).raise_for_status()
+                   headers=tokens.headers(), timeout=30).raise_for_status()
     token = tokens("device", device=f"{ann}-bike", participant=ann, sessions=[sid])
     bob_sees = tokens.headers("participant", participant=bob, sessions=[sid])
 
@@ -109,13 +109,13 @@ def test_the_class_reads_the_profile_at_join_and_the_rider_sees_zone_np_and_kcal
         return me, shared
 
     me, shared = run(scenario())
-    assert me["me"][7:] == [4, 3, 200, 8]  # power_zone, hr_zone, np_w, kcal (whole numbers)
+    assert me["me"][7:11] == [4, 3, 200, 8]  # power_zone, hr_zone, np_w, kcal (whole numbers; targets and replay after)
     assert len(msgpack.packb(me)) < 300
     cols = shared["cols"]
     ann_row = dict(zip(cols, next(r for r in shared["rows"] if r[0] == ann), strict=True))
     assert ann_row["np_w"] == 200.0 and ann_row["hr_zone"] is None and ann_row["kcal"] is None  # bob sees output only
 
-    snap = httpx.get(f"{edge.url}/v1/sessions/{sid}", headers=tokens.headers("participant", participant=ann, sessions=[sid])).json()
+    snap = httpx.get(f"{edge.url}/v1/sessions/{sid}", headers=tokens.headers("participant", participant=ann, sessions=[sid]), timeout=30).json()
     entry = next(p for p in snap["participants"] if p["participant"] == ann)
     assert entry["profile"]["loaded"] is True and entry["profile"]["effective"]["ftp_w"] == 200
     assert entry["profile"]["effective"]["estimated"] == []
@@ -130,7 +130,7 @@ def test_a_rider_who_only_sends_samples_gets_its_profile_too(edge: Any, tokens: 
     the profile in the background (estimates until then)."""
     sid, carl = f"prof2-{unique_id}", f"carl-{unique_id}"
     put(edge, carl, {"ftp_w": 300, "weight_kg": 80}, tokens.headers()).raise_for_status()
-    httpx.post(f"{edge.url}/v1/sessions", json={"id": sid}, headers=tokens.headers()).raise_for_status()
+    httpx.post(f"{edge.url}/v1/sessions", json={"id": sid}, headers=tokens.headers(), timeout=30).raise_for_status()
     token = tokens("device", device=f"{carl}-pm", participant=carl, sessions=[sid])
 
     async def send() -> None:
@@ -148,7 +148,7 @@ def test_a_rider_who_only_sends_samples_gets_its_profile_too(edge: Any, tokens: 
     run(send())
     deadline = time.monotonic() + 30
     while True:
-        snap = httpx.get(f"{edge.url}/v1/sessions/{sid}", headers=tokens.headers()).json()
+        snap = httpx.get(f"{edge.url}/v1/sessions/{sid}", headers=tokens.headers(), timeout=30).json()
         entry = next(p for p in snap["participants"] if p["participant"] == carl)
         if entry["profile"]["loaded"] or time.monotonic() > deadline:
             break
@@ -191,3 +191,36 @@ def test_a_profile_changed_mid_class_reaches_the_class(ray_instance: Any, redis_
         assert ftp_in_class() == 265.0
     finally:
         ray.kill(actor)
+
+
+def test_display_names_reach_the_page_for_riders_on_the_board_only(edge: Any, tokens: Any, unique_id: str, run: Any) -> None:
+    """A rider's ``display_name`` (profile) is what the class page shows: ``GET .../names``
+    answers it for riders on the class's live board, to whoever may watch that board."""
+    sid, ann, bob = f"names-{unique_id}", f"ann-{unique_id}", f"bob-{unique_id}"
+    assert put(edge, ann, {"display_name": "Ann Ö."}, tokens.headers()).json()["set"]["display_name"] == "Ann Ö."
+    assert put(edge, bob, {"display_name": "\u0007bell"}, tokens.headers()).status_code == 422
+    assert put(edge, bob, {"display_name": "x" * 41}, tokens.headers()).status_code == 422
+    stranger = f"eve-{unique_id}"
+    put(edge, stranger, {"display_name": "Eve"}, tokens.headers()).raise_for_status()  # not in the class
+    httpx.post(f"{edge.url}/v1/sessions", json={"id": sid}, headers=tokens.headers(), timeout=30).raise_for_status()
+    for who in (ann, bob):
+        httpx.post(f"{edge.url}/v1/sessions/{sid}/participants", json={"participant": who},
+                   headers=tokens.headers(), timeout=30).raise_for_status()
+    token = tokens("device", device=f"{ann}-bike", participant=ann, sessions=[sid])
+
+    async def ride() -> None:  # a board at the edge: Ann rides a little
+        async with connect(f"{edge.ws_url}/v1/devices", additional_headers={"Authorization": f"Bearer {token}"}) as ws:
+            await ws.send(msgpack.packb({"t": "hello", "v": 1.1, "board": {"rate": 2},
+                                         "devices": [{"device": f"{ann}-bike", "participant": ann, "session": sid}]}))
+            await ws.send(msgpack.packb({"t": "samples", "device": f"{ann}-bike", "samples": [[1, time.time(), None, 150.0]]}))
+            await _boards_until(ws, lambda f: f.get("n") == 2)
+
+    run(ride())
+    viewer = tokens.headers("viewer", sessions=[sid])
+    url = f"{edge.url}/v1/sessions/{sid}/names"
+    reply = httpx.get(url, params={"riders": f"{ann},{bob},{stranger}"}, headers=viewer, timeout=30)
+    assert reply.status_code == 200 and reply.json() == {"names": {ann: "Ann Ö."}}  # bob has none; eve is not in it
+    other = tokens.headers("viewer", sessions=[f"other-{unique_id}"])
+    assert httpx.get(url, params={"riders": ann}, headers=other, timeout=30).status_code == 403
+    too_many = ",".join(f"r{i}" for i in range(201))
+    assert httpx.get(url, params={"riders": too_many}, headers=viewer, timeout=30).status_code == 422
