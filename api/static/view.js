@@ -61,6 +61,9 @@ import { BoardClient } from "/static/pulseline.js";  // the JS client (clients/j
     } catch (e) { /* ids stay on the board */ } finally { asking = false; }
   }
 
+  // Power and heart rate are coloured by the rider's zone (from its profile: Coggan 1-7, HR 1-5).
+  const ZONE_OF = { power_w: "power_zone", hr_bpm: "hr_zone" };
+
   function format(col, value) {
     if (value === null || value === undefined) return "–";
     if (col === "participant") return names.get(value) || String(value);
@@ -162,7 +165,12 @@ import { BoardClient } from "/static/pulseline.js";  // the JS client (clients/j
       if (you !== null && row[at.participant] === you) { tr.classList.add("you"); mine = row; }
       if (at.presence !== undefined ? row[at.presence] === "reconnecting"
         : at.last_ts !== undefined && row[at.last_ts] !== null && board.ts - row[at.last_ts] > AWAY_S) tr.classList.add("away");
-      tr.append(...cols.map((c) => cell("td", format(c, row[at[c]]), (c === "participant" ? "name " : "") + "col-" + c)));
+      tr.append(...cols.map((c) => {
+        const td = cell("td", format(c, row[at[c]]), (c === "participant" ? "name " : "") + "col-" + c);
+        const zone = ZONE_OF[c] !== undefined ? row[at[ZONE_OF[c]]] : undefined;  // (blanked: not this viewer's to see)
+        if (typeof zone === "number") td.classList.add(`${ZONE_OF[c]}-${zone}`);
+        return td;
+      }));
       return tr;
     }));
     renderYou(mine || (you !== null ? board.you : null), at, board.n);

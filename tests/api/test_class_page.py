@@ -8,6 +8,7 @@ itself, a 360 px phone needs no horizontal scroll, and /docs works with no CDN.
 from __future__ import annotations
 
 import asyncio
+import re
 import os
 import threading
 import time
@@ -78,6 +79,8 @@ def test_the_board_updates_while_riders_ride_and_the_own_row_is_highlighted(brow
 
     sid = f"page-live-{unique_id}"
     names = ["Ann", "Bob", "Cat <3", "Dee"]
+    httpx.put(f"{edge.url}/v1/riders/Ann/profile", json={"display_name": "Ann Lee", "ftp_w": 200},
+              headers=tokens.headers(), timeout=30).raise_for_status()
     link = _class(edge, tokens, sid, "Tuesday Climb")
     riders = Riders(edge.ws_url, _hub(tokens, sid, len(names)), sid, names).start()
     context = browser.new_context(viewport={"width": 1000, "height": 700})
@@ -98,6 +101,11 @@ def test_the_board_updates_while_riders_ride_and_the_own_row_is_highlighted(brow
         # the most power leads (once a tick has every rider's latest sample: a tick may carry
         # some riders' samples of a round and the next tick the others')
         expect(page.locator("#body tr:first-child td.name")).to_have_text("Dee", timeout=20000)
+        # Ann's display name (her profile) instead of her id; power coloured by her zone
+        # (150 W of an FTP of 200 is 75 %: Coggan zone 2)
+        ann = page.locator("#body tr", has=page.locator("td.name", has_text="Ann Lee"))
+        expect(ann).to_have_count(1, timeout=20000)
+        expect(ann.locator("td.col-power_w")).to_have_class(re.compile(r"\bpower_zone-2\b"), timeout=20000)
         page.wait_for_timeout(1500)  # a few points on the chart
         _shot(page, "class-page.png")
     finally:
