@@ -26,10 +26,11 @@ from ``t0``, the first recorded second of the class (``floor(ts)``); a sample mo
 ``max_span_s`` (6 h) away from ``t0`` is not recorded (``dropped`` counts it), so memory is
 bounded: at most ``2 * max_span_s`` seconds x riders x 10 bytes.
 
-Storage: the seconds are cut into *chunks* of ``chunk_s`` (10) seconds for every rider.
+Storage: the seconds are cut into *chunks* of ``chunk_s`` (2) seconds for every rider.
 Chunks changed since the last checkpoint are written with it, atomically and fenced by the
 same epoch (``storage.checkpoint``: the side hash ``{p}:session:{{id}}:rec``, one field per
-chunk, the chunk number as decimal text), so a second is durable exactly when the samples
+chunk, the chunk number as decimal text; short chunks keep what each checkpoint carries
+small: ~20 KB at 1,000 riders), so a second is durable exactly when the samples
 that made it are acknowledged; a restarted class reads them back (``restore``). A chunk is
 msgpack ``{"r": riders, "c": {column: bytes}}``, each column ``riders x chunk_s`` values,
 little-endian, row-major (rider by rider). The checkpoint itself carries only ``meta()``
@@ -45,7 +46,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
-CHUNK_S = 10
+CHUNK_S = 2
 MAX_SPAN_S = 6 * 3600
 # The best-effort windows of a ride (personal records: history/records.py, the class summary)
 POWER_WINDOWS_S = {"power_5s_w": 5, "power_1m_w": 60, "power_5m_w": 300, "power_20m_w": 1200}

@@ -65,7 +65,7 @@ def test_samples_beyond_the_span_are_dropped_and_counted() -> None:
 
 
 def test_chunks_round_trip_and_only_changed_chunks_are_taken() -> None:
-    rec = Recording()
+    rec = Recording(chunk_s=10)
     rec.add(np.array([0, 1]), values([[T0, 120, 200, 90, 8, 10], [T0 + 25, 130, 210, 91, 9, 20]]))
     first = rec.take_dirty()
     assert sorted(first) == ["0", "2"] and rec.take_dirty() == {}

@@ -28,6 +28,7 @@ from history import results_stream
 from sims.swarm import Swarm, SwarmConfig
 
 pytestmark = pytest.mark.integration
+HTTP = httpx.Client(timeout=60)  # (the edge answers slowly at load ~50; the default is 5 s)
 XSD = Path(__file__).with_name("TrainingCenterDatabasev2.xsd")
 TCX = "{http://www.garmin.com/xmlschemas/TrainingCenterDatabase/v2}"
 AX = "{http://www.garmin.com/xmlschemas/ActivityExtension/v2}"
@@ -124,44 +125,44 @@ def test_a_swarms_rides_export_sample_for_sample(edge: Any, tokens: Any, unique_
     sent = swarm.sent_samples()
     assert len(sent) == 3
     for (session, rider), samples in sent.items():
-        listing = eventually(lambda rider=rider: httpx.get(f"{edge.url}/v1/riders/{rider}/rides", headers=ops).json()["rides"],
+        listing = eventually(lambda rider=rider: HTTP.get(f"{edge.url}/v1/riders/{rider}/rides", headers=ops).json()["rides"],
                              f"{rider}'s ride")
         assert [r["id"] for r in listing] == [session] and listing[0]["revision"] >= 1
         want = expected_seconds(samples)
         assert len(want) >= 10  # (12 s at 1 Hz)
         base = f"{edge.url}/v1/riders/{rider}/rides/{session}"
-        fit = httpx.get(f"{base}.fit", headers=ops)
+        fit = HTTP.get(f"{base}.fit", headers=ops)
         assert fit.status_code == 200 and fit.headers["content-type"] == "application/vnd.ant.fit"
         close(want, from_garmin(fit.content))
         close(want, from_fitdecode(fit.content))
-        tcx = httpx.get(f"{base}.tcx", headers=ops)
+        tcx = HTTP.get(f"{base}.tcx", headers=ops)
         assert tcx.status_code == 200
         close(want, from_tcx(tcx.content))
-        close(want, from_json(httpx.get(f"{base}.json", headers=ops).json()))
-        summary = httpx.get(base, headers=ops).json()
+        close(want, from_json(HTTP.get(f"{base}.json", headers=ops).json()))
+        summary = HTTP.get(base, headers=ops).json()
         assert summary["rider"] == rider and summary["riders"] == 3 and 1 <= summary["rank"] <= 3
         assert summary["recorded_s"] == len(want) and summary["bests"]["power_5s_w"] > 0
         assert summary["records"]["class_output_kj"] == summary["bests"]["class_output_kj"]  # the first ride: all PRs
-        profile = httpx.get(f"{edge.url}/v1/riders/{rider}/profile", headers=ops).json()
+        profile = HTTP.get(f"{edge.url}/v1/riders/{rider}/profile", headers=ops).json()
         assert profile["records"]["power_5s_w"]["ride"] == session
 
     (session, rider), (_, other) = list(sent)[:2]
     mine = tokens.headers("participant", participant=rider)
-    assert httpx.get(f"{edge.url}/v1/riders/{rider}/rides/{session}", headers=mine).status_code == 200
-    theirs = httpx.get(f"{edge.url}/v1/riders/{other}/rides", headers=mine)
+    assert HTTP.get(f"{edge.url}/v1/riders/{rider}/rides/{session}", headers=mine).status_code == 200
+    theirs = HTTP.get(f"{edge.url}/v1/riders/{other}/rides", headers=mine)
     assert theirs.status_code == 403, theirs.text
-    assert httpx.get(f"{edge.url}/v1/riders/{other}/rides/{session}.fit", headers=mine).status_code == 403
+    assert HTTP.get(f"{edge.url}/v1/riders/{other}/rides/{session}.fit", headers=mine).status_code == 403
 
 
 def test_bad_ride_requests_get_clear_errors(edge: Any, tokens: Any, unique_id: str) -> None:
     ops = tokens.headers()
-    missing = httpx.get(f"{edge.url}/v1/riders/r{unique_id}/rides/nope.fit", headers=ops)
+    missing = HTTP.get(f"{edge.url}/v1/riders/r{unique_id}/rides/nope.fit", headers=ops)
     assert missing.status_code == 404 and missing.json()["error"] == "unknown_ride"
-    cursor = httpx.get(f"{edge.url}/v1/riders/r{unique_id}/rides?before=xyz", headers=ops)
+    cursor = HTTP.get(f"{edge.url}/v1/riders/r{unique_id}/rides?before=xyz", headers=ops)
     assert cursor.status_code == 400 and cursor.json()["error"] == "bad_cursor"
-    assert httpx.get(f"{edge.url}/v1/riders/r{unique_id}/rides?limit=0", headers=ops).status_code == 422
-    assert httpx.get(f"{edge.url}/v1/riders/r{unique_id}/rides").status_code == 401
-    empty = httpx.get(f"{edge.url}/v1/riders/r{unique_id}/rides", headers=ops).json()
+    assert HTTP.get(f"{edge.url}/v1/riders/r{unique_id}/rides?limit=0", headers=ops).status_code == 422
+    assert HTTP.get(f"{edge.url}/v1/riders/r{unique_id}/rides").status_code == 401
+    empty = HTTP.get(f"{edge.url}/v1/riders/r{unique_id}/rides", headers=ops).json()
     assert empty == {"rider": f"r{unique_id}", "rides": [], "next": None}
 
 
@@ -169,8 +170,8 @@ def test_bad_ride_requests_get_clear_errors(edge: Any, tokens: Any, unique_id: s
 def test_late_data_revises_the_ride(edge: Any, tokens: Any, unique_id: str, run: Any) -> None:
     sid, ann = f"late-{unique_id}", f"ann-{unique_id}"
     ops = tokens.headers()
-    httpx.post(f"{edge.url}/v1/sessions", json={"id": sid}, headers=ops).raise_for_status()
-    httpx.post(f"{edge.url}/v1/sessions/{sid}/participants", json={"participant": ann}, headers=ops).raise_for_status()
+    HTTP.post(f"{edge.url}/v1/sessions", json={"id": sid}, headers=ops).raise_for_status()
+    HTTP.post(f"{edge.url}/v1/sessions/{sid}/participants", json={"participant": ann}, headers=ops).raise_for_status()
     token = tokens("device", device=f"{ann}-bike", participant=ann, sessions=[sid])
     start = float(int(time.time()) - 600)
 
@@ -186,20 +187,20 @@ def test_late_data_revises_the_ride(edge: Any, tokens: Any, unique_id: str, run:
                     return
 
     for phase in ("live",):
-        httpx.post(f"{edge.url}/v1/sessions/{sid}/phase", json={"phase": phase}, headers=ops).raise_for_status()
+        HTTP.post(f"{edge.url}/v1/sessions/{sid}/phase", json={"phase": phase}, headers=ops).raise_for_status()
     run(send([[seq, start + seq, 120.0, 200.0, 90.0, 8.0, 8.0 * seq] for seq in range(1, 21)]))
-    httpx.post(f"{edge.url}/v1/sessions/{sid}/phase", json={"phase": "ended"}, headers=ops).raise_for_status()
+    HTTP.post(f"{edge.url}/v1/sessions/{sid}/phase", json={"phase": "ended"}, headers=ops).raise_for_status()
     url = f"{edge.url}/v1/riders/{ann}/rides/{sid}"
-    first = eventually(lambda: (r := httpx.get(url, headers=ops)).status_code == 200 and r.json(), "the ride")
+    first = eventually(lambda: (r := HTTP.get(url, headers=ops)).status_code == 200 and r.json(), "the ride")
     assert first["revision"] == 1 and first["recorded_s"] == 20
-    assert len(from_fitdecode(httpx.get(f"{url}.fit", headers=ops).content)) == 20  # (kept for revision 1)
+    assert len(from_fitdecode(HTTP.get(f"{url}.fit", headers=ops).content)) == 20  # (kept for revision 1)
     run(send([[seq, start + seq, 150.0, 400.0, 95.0, 9.0, 8.0 * seq] for seq in range(21, 31)]))  # a late sync
-    second = eventually(lambda: (r := httpx.get(url, headers=ops).json())["revision"] >= 2
+    second = eventually(lambda: (r := HTTP.get(url, headers=ops).json())["revision"] >= 2
                         and r["recorded_s"] == 30 and r, "the revision with every late second")
     assert second["recorded_s"] == 30 and second["bests"]["power_5s_w"] == 400.0
-    fit = httpx.get(f"{url}.fit", headers=ops)  # the kept revision-1 file is not served again
+    fit = HTTP.get(f"{url}.fit", headers=ops)  # the kept revision-1 file is not served again
     assert len(from_garmin(fit.content)) == 30 and int(fit.headers["x-ride-revision"]) >= second["revision"]
-    series = httpx.get(f"{url}/series", headers=ops).json()
+    series = HTTP.get(f"{url}/series", headers=ops).json()
     assert series["power_w"][-1] == 400.0 and series["t"] == list(range(30))
     stream = results_stream.stream_key(edge.settings.prefix)
     client = redis.Redis.from_url(edge.settings.redis_url)
@@ -222,10 +223,10 @@ def test_the_rider_gets_an_end_of_class_summary_on_its_connection(edge: Any, tok
     records it set; nobody else's summary reaches it."""
     sid, ann, bob = f"sum-{unique_id}", f"ann-{unique_id}", f"bob-{unique_id}"
     ops = tokens.headers()
-    httpx.post(f"{edge.url}/v1/sessions", json={"id": sid}, headers=ops).raise_for_status()
+    HTTP.post(f"{edge.url}/v1/sessions", json={"id": sid}, headers=ops).raise_for_status()
     for who in (ann, bob):
-        httpx.post(f"{edge.url}/v1/sessions/{sid}/participants", json={"participant": who}, headers=ops).raise_for_status()
-    httpx.post(f"{edge.url}/v1/sessions/{sid}/phase", json={"phase": "live"}, headers=ops).raise_for_status()
+        HTTP.post(f"{edge.url}/v1/sessions/{sid}/participants", json={"participant": who}, headers=ops).raise_for_status()
+    HTTP.post(f"{edge.url}/v1/sessions/{sid}/phase", json={"phase": "live"}, headers=ops).raise_for_status()
     start = float(int(time.time()) - 100)
 
     async def ride() -> dict[str, Any]:
@@ -244,7 +245,7 @@ def test_the_rider_gets_an_end_of_class_summary_on_its_connection(edge: Any, tok
                 frame = msgpack.unpackb(await asyncio.wait_for(ws.recv(), 30))
                 if (frame.get("acks") or {}).get(f"{ann}-bike") == 10:
                     break
-            answer = httpx.post(f"{edge.url}/v1/sessions/{sid}/phase", json={"phase": "ended"}, headers=ops)
+            answer = HTTP.post(f"{edge.url}/v1/sessions/{sid}/phase", json={"phase": "ended"}, headers=ops)
             answer.raise_for_status()
             while True:
                 frame = msgpack.unpackb(await asyncio.wait_for(ws.recv(), 30))

@@ -23,6 +23,7 @@ from history.events import publish_event
 from history.webhooks import DeliveryPolicy, WebhookDispatcher, WebhookStore
 
 pytestmark = pytest.mark.integration
+HTTP = httpx.Client(timeout=60)  # (the edge answers slowly at load ~50; the default is 5 s)
 SECRET = "whsec_test_secret_0123456789"
 
 
@@ -161,22 +162,22 @@ def test_subscriptions_over_http_and_a_class_that_a_hanging_receiver_cannot_slow
     bad = [{"url": "ftp://x/y", "events": ["*"]}, {"url": receivers["ok"].url, "events": ["class.exploded"]},
            {"url": receivers["ok"].url, "events": []}, {"url": receivers["ok"].url, "events": ["*"], "secret": "short"}]
     for body in bad:
-        answer = httpx.post(base, json=body, headers=ops)
+        answer = HTTP.post(base, json=body, headers=ops)
         assert answer.status_code == 422, (body, answer.text)
     rider = tokens.headers("participant", participant=f"ann-{unique_id}")
-    assert httpx.post(base, json={"url": receivers["ok"].url, "events": ["*"]}, headers=rider).status_code == 403
-    assert httpx.get(f"{base}/wh_0123456789abcdef", headers=ops).status_code == 404
-    mine = httpx.post(base, json={"url": receivers["ok"].url, "events": ["*"], "secret": SECRET}, headers=ops)
+    assert HTTP.post(base, json={"url": receivers["ok"].url, "events": ["*"]}, headers=rider).status_code == 403
+    assert HTTP.get(f"{base}/wh_0123456789abcdef", headers=ops).status_code == 404
+    mine = HTTP.post(base, json={"url": receivers["ok"].url, "events": ["*"], "secret": SECRET}, headers=ops)
     assert mine.status_code == 201 and mine.json()["secret"] == SECRET
-    stuck = httpx.post(base, json={"url": receivers["hanging"].url, "events": ["*"]}, headers=ops).json()
-    assert "secret" not in httpx.get(f"{base}/{mine.json()['id']}", headers=ops).json()
+    stuck = HTTP.post(base, json={"url": receivers["hanging"].url, "events": ["*"]}, headers=ops).json()
+    assert "secret" not in HTTP.get(f"{base}/{mine.json()['id']}", headers=ops).json()
 
     sid, ann = f"wh-{unique_id}", f"ann-{unique_id}"
     try:
-        httpx.post(f"{edge.url}/v1/sessions", json={"id": sid}, headers=ops).raise_for_status()
-        httpx.post(f"{edge.url}/v1/sessions/{sid}/participants", json={"participant": ann}, headers=ops).raise_for_status()
+        HTTP.post(f"{edge.url}/v1/sessions", json={"id": sid}, headers=ops).raise_for_status()
+        HTTP.post(f"{edge.url}/v1/sessions/{sid}/participants", json={"participant": ann}, headers=ops).raise_for_status()
         for phase in ("live", "ended"):
-            httpx.post(f"{edge.url}/v1/sessions/{sid}/phase", json={"phase": phase}, headers=ops,
+            HTTP.post(f"{edge.url}/v1/sessions/{sid}/phase", json={"phase": phase}, headers=ops,
                        timeout=30).raise_for_status()
 
         def mine_seen() -> list[str]:
@@ -185,11 +186,11 @@ def test_subscriptions_over_http_and_a_class_that_a_hanging_receiver_cannot_slow
         seen = asyncio.run(until(lambda: len(mine_seen()) >= 4 and mine_seen(), "the class's events", 60))
         assert seen == ["class.starting", "rider.joined", "class.live", "class.ended"]
         assert receivers["hanging"].requests  # it was sent events too, and held them
-        listed = httpx.get(base, headers=ops).json()["webhooks"]
+        listed = HTTP.get(base, headers=ops).json()["webhooks"]
         assert mine.json()["id"] in [w["id"] for w in listed]
-        deliveries = httpx.get(f"{base}/{mine.json()['id']}/deliveries?limit=100", headers=ops).json()["deliveries"]
+        deliveries = HTTP.get(f"{base}/{mine.json()['id']}/deliveries?limit=100", headers=ops).json()["deliveries"]
         assert any(d["status"] == "delivered" and d["type"] == "class.ended" for d in deliveries)
     finally:
         for ident in (mine.json()["id"], stuck["id"]):
-            assert httpx.delete(f"{base}/{ident}", headers=ops).status_code == 200
-    assert httpx.delete(f"{base}/{stuck['id']}", headers=ops).status_code == 404
+            assert HTTP.delete(f"{base}/{ident}", headers=ops).status_code == 200
+    assert HTTP.delete(f"{base}/{stuck['id']}", headers=ops).status_code == 404
