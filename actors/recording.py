@@ -46,6 +46,8 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from actors.columnar import _distinct  # (no key twice: the usual tick)
+
 CHUNK_S = 2
 MAX_SPAN_S = 6 * 3600
 # The best-effort windows of a ride (personal records: history/records.py, the class summary)
@@ -124,13 +126,6 @@ def _last_per_key(keys: np.ndarray) -> np.ndarray:
     reverse = keys[::-1]
     _, first = np.unique(reverse, return_index=True)
     return np.sort(len(keys) - 1 - first)
-
-
-def _distinct(keys: np.ndarray) -> bool:
-    if len(keys) < 2:
-        return True
-    ordered = np.sort(keys)
-    return not bool((ordered[1:] == ordered[:-1]).any())
 
 
 class Recording:
