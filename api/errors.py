@@ -39,7 +39,7 @@ from ray import exceptions as ray_errors
 from actors.errors import ActorError, CheckpointError, NotReplicated, PhaseError, StaleInstance
 from actors.plan import PlanError
 from actors.replay import ReplayError
-from history.errors import BadCursor, RideNotFound
+from history.errors import BadCursor, HistoryError, RideNotFound
 from history.webhooks import UnknownWebhook
 
 log = logging.getLogger(__name__)
@@ -311,7 +311,8 @@ def install_handlers(app: FastAPI) -> None:
 
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(HTTPException, _http)
-    for kind in (EdgeError, PhaseError, ActorError, redis_errors.RedisError, ray_errors.RayError, TimeoutError):
+    for kind in (EdgeError, PhaseError, ActorError, HistoryError, redis_errors.RedisError, ray_errors.RayError,
+                 TimeoutError):
         app.add_exception_handler(kind, _any)
     # Anything else: Starlette's ServerErrorMiddleware answers with this and logs the traceback.
     app.add_exception_handler(Exception, _any)
