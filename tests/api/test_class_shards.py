@@ -123,7 +123,9 @@ def test_a_sharded_class_keeps_exact_ranks_and_loses_nothing_when_a_shard_dies(
     assert seen["after"]["pid"] != seen["before"]["pid"] and seen["after"]["epoch"] > seen["before"]["epoch"]
 
     with httpx.Client(base_url=edge.url, headers=tokens.headers("operator"), timeout=60) as http:
-        snap = http.get(f"/v1/sessions/{sid}").json()
+        reply = http.get(f"/v1/sessions/{sid}")
+        assert reply.status_code == 200, reply.text
+        snap = reply.json()
     assert snap["meta"]["shards"] == str(SHARDS) and len(snap["shards"]) == SHARDS
     assert snap["phase"] == "ended" and all(s["phase"] == "ended" for s in snap["shards"])  # one action, every shard
     assert sorted(p["participant"] for p in snap["participants"]) == sorted(t.participant for t in swarm.truths())
