@@ -31,6 +31,7 @@ from websockets.exceptions import ConnectionClosed
 from actors.session_actor import actor_name
 from cluster.class_shards import shard_id, shard_of
 from sims.swarm import Swarm, SwarmConfig
+from tests.cluster.helpers import actor_alive as _alive
 from tests.edge_server import EdgeServer
 
 RIDERS = 300
@@ -51,14 +52,6 @@ def sharding_edge(edge_settings: Any) -> Iterator[EdgeServer]:
                                                          "board_page_rows": 100})).start()
     yield server
     server.stop()
-
-
-def _alive(session_id: str, namespace: str) -> bool:
-    try:
-        ray.get_actor(actor_name(session_id), namespace=namespace)
-    except ValueError:
-        return False
-    return True
 
 
 def _ranks(rows: list[dict[str, Any]], energy: str = "energy_kj", slack: float = 0.0) -> dict[str, tuple[int, int]]:

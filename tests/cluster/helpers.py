@@ -12,3 +12,16 @@ def operator_headers(base_url: str) -> dict[str, str]:
         return {}
     reply.raise_for_status()
     return {"Authorization": f"Bearer {reply.json()['token']}"}
+
+
+def actor_alive(session_id: str, namespace: str) -> bool:
+    """Whether the class's own actor (``actor_name``) exists in Ray's ``namespace``."""
+    import ray
+
+    from actors.session_actor import actor_name
+
+    try:
+        ray.get_actor(actor_name(session_id), namespace=namespace)
+    except ValueError:
+        return False
+    return True

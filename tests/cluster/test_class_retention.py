@@ -12,11 +12,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import ray
 
-from actors.session_actor import actor_name
 from api.cluster_routes import ClusterPolicySettings
 from sims.swarm import Swarm, SwarmConfig
+from tests.cluster.helpers import actor_alive as _alive
 from tests.edge_server import EdgeServer
 
 pytestmark = pytest.mark.integration
@@ -37,14 +36,6 @@ def quick_edge(edge_settings: Any) -> Iterator[EdgeServer]:
                         cluster_settings=ClusterPolicySettings(passivate_idle_s=1.0, passivate_interval_s=0.5)).start()
     yield server
     server.stop()
-
-
-def _alive(session_id: str, namespace: str) -> bool:
-    try:
-        ray.get_actor(actor_name(session_id), namespace=namespace)
-    except ValueError:
-        return False
-    return True
 
 
 def _released(edge: Any, sessions: list[str], namespace: str) -> bool:
