@@ -84,6 +84,7 @@ def create_app(settings: Settings) -> FastAPI:
             dense_hosts=settings.dense_hosts, dense_max_riders=settings.dense_max_riders,
             default_placement=settings.default_placement,
             class_shard_riders=settings.class_shard_riders, max_class_shards=settings.max_class_shards,
+            creation_timeout_s=settings.actor_start_timeout_s,
         )
         app.state.edge = edge = Edge(settings, directory, gate)
         EDGES.edges.add(edge)

@@ -120,6 +120,7 @@ class Edge:
         await asyncio.gather(*(p.stop() for p in self.pumps.values()))
         await self.admission.close()
         await self.channel.close()
+        await asyncio.to_thread(self.directory.close)
 
 
 def redis_client(settings: Settings) -> AsyncRedis:

@@ -45,8 +45,9 @@ from redis.typing import EncodableT, FieldT
 
 from storage.checkpoint import key_base
 from storage.redis_url import AsyncRedis
-from actors.session_actor import SessionActor, actor_name
-from actors.session_host import SessionHost, host_name
+from actors.session_actor import actor_name
+from actors.session_host import host_name
+from cluster.creator import ActorMaker
 from cluster.class_shards import Method, ShardedHandle, class_of, shard_count
 
 log = logging.getLogger(__name__)
@@ -114,6 +115,7 @@ class SessionDirectory:
         default_placement: str = "dedicated",
         class_shard_riders: int = 0,
         max_class_shards: int = 64,
+        creation_timeout_s: float = 25.0,
     ) -> None:
         self.redis = redis_client
         self.prefix = prefix
@@ -131,6 +133,9 @@ class SessionDirectory:
         self.max_class_shards = max_class_shards
         self._handles: dict[str, SessionHandle | ShardedHandle] = {}
         self._known: set[str] = set()
+        # actors are created by a creator actor, so Ray's per-actor state stays out of the edge
+        self.maker = ActorMaker(namespace)
+        self.creation_timeout_s = creation_timeout_s  # a creation (the creator's start included)
 
     def meta_key(self, session_id: str) -> str:
         return f"{key_base(self.prefix, 'session', session_id)}:meta"
@@ -233,14 +238,19 @@ class SessionDirectory:
         return None if host is None else _text(host)
 
     def _get_or_create_host(self, host: str) -> Any:
-        return self._named(SessionHost, host_name(host), host, dict(self.actor_settings))
+        return self._named("host", host_name(host), host, dict(self.actor_settings))
 
     def _get_or_create(self, session_id: str, overrides: dict[str, Any] | None = None) -> Any:
-        return self._named(SessionActor, actor_name(session_id), session_id, {**self.actor_settings, **(overrides or {})})
+        return self._named("session", actor_name(session_id), session_id, {**self.actor_settings, **(overrides or {})})
 
-    def _named(self, actor_class: Any, name: str, *args: Any) -> Any:
-        """The detached actor ``name``, created with ``args`` if it does not exist yet."""
-        return actor_class.options(**self._options(name)).remote(*args)
+    def _named(self, kind: str, name: str, *args: Any) -> Any:
+        """The detached actor ``name``, created with ``args`` (by the creator actor,
+        ``cluster.creator``) if it does not exist yet. Blocking: called off the event loop."""
+        return self.maker.get_or_create(kind, self._options(name), args, timeout_s=self.creation_timeout_s)
+
+    def close(self) -> None:
+        """Stop this edge's creator actors (the class actors they created live on)."""
+        self.maker.close()
 
     def _options(self, name: str) -> dict[str, Any]:
         return {
