@@ -297,6 +297,36 @@ def http_error(exc: HTTPException) -> BadRequest:
     return error
 
 
+class CatchAll:
+    """Unexpected exceptions of an HTTP request become our 500 body (``classify``) here, just
+    outside the routes, and are not raised further. Starlette's ``ServerErrorMiddleware`` would
+    answer too, but then re-raise, and uvicorn closes (resets) a connection whose app raised
+    after it had answered: the client lost its answer and its keep-alive connection. An
+    exception after the response started is raised on as before (nothing else can be sent)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked(message: dict[str, Any]) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception as exc:
+            if started:
+                raise
+            await error_response(classify(exc))(scope, receive, send)
+
+
 def install_handlers(app: FastAPI) -> None:
     async def _any(_: Request, exc: Exception) -> JSONResponse:
         return error_response(classify(exc))
@@ -314,5 +344,7 @@ def install_handlers(app: FastAPI) -> None:
     for kind in (EdgeError, PhaseError, ActorError, HistoryError, redis_errors.RedisError, ray_errors.RayError,
                  TimeoutError):
         app.add_exception_handler(kind, _any)
-    # Anything else: Starlette's ServerErrorMiddleware answers with this and logs the traceback.
+    # Anything else: ``CatchAll`` (the innermost middleware) answers and logs it (``classify``);
+    # Starlette's ServerErrorMiddleware only sees what a middleware outside it raises.
     app.add_exception_handler(Exception, _any)
+    app.add_middleware(CatchAll)

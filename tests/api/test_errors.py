@@ -129,6 +129,31 @@ def test_unknown_routes_and_methods_use_the_same_body(edge: Any) -> None:
     assert reply.status_code == 405 and _json(reply)["error"] == "method_not_allowed"
 
 
+@pytest.mark.timeout(120)
+def test_an_unexpected_exception_is_a_500_with_our_body_and_the_connection_stays(own_edge: Any) -> None:
+    """A bug in a route (any exception nothing classifies) answers 500 with an incident id and
+    no internals, on a connection that stays usable (it used to be reset after the answer)."""
+    server, _ = own_edge()
+
+    async def broken() -> None:
+        raise RuntimeError("internal detail pid=4242 ip=10.1.2.3")
+
+    server.config.app.add_api_route("/v1/broken-on-purpose", broken, include_in_schema=False)  # type: ignore[union-attr]
+    ports = set()  # the client's local address of each answer's connection
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        for _ in range(3):
+            reply = client.get("/v1/broken-on-purpose")
+            assert reply.status_code == 500, reply.text
+            body = _json(reply)
+            assert body["error"] == "internal" and "incident" in body["message"], body
+            assert not INTERNALS.search(reply.text) and "internal detail" not in reply.text, reply.text
+            assert reply.headers.get("x-request-id"), reply.headers
+            ports.add(reply.extensions["network_stream"].get_extra_info("client_addr"))
+        assert client.get("/livez").status_code == 200
+    assert len(ports) == 1, ports  # one keep-alive connection served all three answers
+
+
+
 @pytest.mark.timeout(60)
 def test_bad_sample_names_the_offending_seqs(edge: Any, tokens: Any, unique_id: str, run: Any) -> None:
     sid = _session(edge, tokens, f"seq-{unique_id}")
