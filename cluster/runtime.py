@@ -30,6 +30,10 @@ def init_ray(settings: Settings) -> None:
         # are then found within 5 s.
         os.environ.setdefault("RAY_LOG_MONITOR_MANY_FILES_THRESHOLD", "0")
         os.environ.setdefault("LOG_NAME_UPDATE_INTERVAL_S", "5")
+        # The GCS keeps the record of every dead actor (100,000 by default): with a process
+        # per class, one per class ever served. Keep the newest 1,000 (the state API's view
+        # of dead actors is all that reads them; docs/benchmarks.md "Memory over 200 classes").
+        os.environ.setdefault("RAY_maximum_gcs_destroyed_actor_cached_count", "1000")
         ray.init(
             address="local",  # always a fresh instance; never join a Ray someone else started
             num_cpus=max(2, os.cpu_count() or 2),
