@@ -68,6 +68,12 @@ class Field:
     def quantise(self, values: np.ndarray) -> np.ndarray:
         return np.clip(np.rint(values * self.scale), 0, self.absent - 1).astype(self.dtype)
 
+    def store(self, values: np.ndarray) -> np.ndarray:
+        """Floats (NaN: no value) as the stored integers (``absent`` where NaN)."""
+        stored = self.quantise(np.nan_to_num(values, nan=0.0))
+        stored[np.isnan(values)] = self.absent
+        return stored
+
     def value(self, stored: np.ndarray) -> np.ndarray:
         """Stored integers back as floats (NaN where absent)."""
         out = stored.astype(np.float64) / self.scale

@@ -1,12 +1,12 @@
 """A ride as the files the ecosystem reads: FIT (Garmin's binary activity format), TCX
 (Garmin's TrainingCenterDatabase v2 XML) and JSON.
 
-* **FIT** is written with ``fit-tool`` (a maintained FIT writer; never by hand): a
+* **FIT** is encoded by ``history.fit`` (records in bulk: a one-hour ride in milliseconds): a
   ``file_id`` (activity), a timer start ``event``, one ``record`` per recorded second
   (timestamp, power, heart rate, cadence, speed, distance: whatever that second has), a
   timer stop ``event``, one ``lap`` and one ``session`` (sport cycling, sub-sport indoor
-  cycling, totals) and the ``activity``. What Strava, Garmin Connect and TrainingPeaks
-  import.
+  cycling, totals) and the ``activity``. A second without some field carries FIT's invalid
+  value for it (no value). What Strava, Garmin Connect and TrainingPeaks import.
 * **TCX** follows ``TrainingCenterDatabasev2.xsd``: one ``Activity Sport="Biking"``, one
   ``Lap`` with the totals, one ``Trackpoint`` per recorded second; power goes where Garmin
   puts it, in the ``ActivityExtension/v2`` ``TPX/Watts`` extension (and the lap's average in
@@ -23,16 +23,10 @@ import datetime as dt
 from typing import Any
 
 import numpy as np
-from fit_tool.fit_file_builder import FitFileBuilder
-from fit_tool.profile.messages.activity_message import ActivityMessage
-from fit_tool.profile.messages.event_message import EventMessage
-from fit_tool.profile.messages.file_id_message import FileIdMessage
-from fit_tool.profile.messages.lap_message import LapMessage
-from fit_tool.profile.messages.record_message import RecordMessage
-from fit_tool.profile.messages.session_message import SessionMessage
-from fit_tool.profile.profile_type import Event, EventType, FileType, Manufacturer, Sport, SubSport
 from lxml import etree
 
+from actors.recording import FIELDS
+from history import fit
 from history.rides import Ride
 
 TCX_NS = "http://www.garmin.com/xmlschemas/TrainingCenterDatabase/v2"
@@ -52,86 +46,41 @@ def _seconds(ride: Ride) -> list[tuple[int, dict[str, float | None]]]:
     return out
 
 
-def _ms(epoch_s: float) -> int:
-    return int(round(epoch_s * 1000))
-
-
 # -- FIT ---------------------------------------------------------------------------------------
+# The recording's columns (actors.recording.FIELDS) -> the FIT record fields they fill
+RECORD_FIELDS = {"power_w": "power", "hr_bpm": "heart_rate", "cadence_rpm": "cadence", "speed_mps": "speed",
+                 "distance_m": "distance"}
+
+
 def to_fit(ride: Ride) -> bytes:
     s = ride.summary
-    totals = s["totals"]
-    start, end = float(s["start_ts"]), float(s["end_ts"])
-    builder = FitFileBuilder(auto_define=True, min_string_size=50)
-    file_id = FileIdMessage()
-    file_id.type = FileType.ACTIVITY
-    file_id.manufacturer = Manufacturer.DEVELOPMENT.value
-    file_id.product = 0
-    file_id.serial_number = 0x50_4C  # "PL"
-    file_id.time_created = _ms(start)
-    builder.add(file_id)
-    builder.add(_event(start, EventType.START))
-    records = []
-    for second, values in _seconds(ride):
-        record = RecordMessage()
-        record.timestamp = _ms(second)
-        if values["power_w"] is not None:
-            record.power = int(values["power_w"])
-        if values["hr_bpm"] is not None:
-            record.heart_rate = int(values["hr_bpm"])
-        if values["cadence_rpm"] is not None:
-            record.cadence = int(values["cadence_rpm"])
-        if values["speed_mps"] is not None:
-            record.speed = values["speed_mps"]
-        if values["distance_m"] is not None:
-            record.distance = values["distance_m"]
-        records.append(record)
-    builder.add_all(records)
-    builder.add(_event(end, EventType.STOP_ALL))
-    elapsed = float(s["elapsed_s"])
-    lap = LapMessage()
-    session = SessionMessage()
-    for message in (lap, session):
-        message.timestamp = _ms(end)
-        message.start_time = _ms(start)
-        message.total_elapsed_time = elapsed
-        message.total_timer_time = elapsed
-        message.sport = Sport.CYCLING
-        message.sub_sport = SubSport.INDOOR_CYCLING
-        _totals(message, totals)
-    lap.message_index = 0
-    session.first_lap_index = 0
-    session.num_laps = 1
-    builder.add(lap)
-    builder.add(session)
-    activity = ActivityMessage()
-    activity.timestamp = _ms(end)
-    activity.total_timer_time = elapsed
-    activity.num_sessions = 1
-    builder.add(activity)
-    return bytes(builder.build().to_bytes())
+    start, end, elapsed = float(s["start_ts"]), float(s["end_ts"]), float(s["elapsed_s"])
+    out = fit.FitWriter()
+    out.message(fit.FILE_ID, {"type": fit.FILE_ACTIVITY, "manufacturer": fit.MANUFACTURER_DEVELOPMENT,
+                              "product": 0, "serial_number": 0x50_4C, "time_created": start})  # ("PL")
+    out.message(fit.EVENT, {"timestamp": start, "event": fit.EVENT_TIMER, "event_type": fit.EVENT_TYPE_START})
+    series = ride.series
+    out.records(series.t0 + series.t, {RECORD_FIELDS[f.name]: f.store(series.values[f.name]) for f in FIELDS})
+    out.message(fit.EVENT, {"timestamp": end, "event": fit.EVENT_TIMER, "event_type": fit.EVENT_TYPE_STOP_ALL})
+    common = {"timestamp": end, "start_time": start, "total_elapsed_time": elapsed, "total_timer_time": elapsed,
+              "event_type": fit.EVENT_TYPE_STOP, "sport": fit.SPORT_CYCLING,
+              "sub_sport": fit.SUB_SPORT_INDOOR_CYCLING, "message_index": 0, **_totals(s["totals"])}
+    out.message(fit.LAP, {**common, "event": fit.EVENT_LAP})
+    out.message(fit.SESSION, {**common, "event": fit.EVENT_SESSION, "first_lap_index": 0, "num_laps": 1})
+    out.message(fit.ACTIVITY, {"timestamp": end, "total_timer_time": elapsed, "num_sessions": 1,
+                               "type": fit.ACTIVITY_MANUAL, "event": fit.EVENT_ACTIVITY,
+                               "event_type": fit.EVENT_TYPE_STOP, "local_timestamp": end})
+    return out.finish()
 
 
-def _event(at: float, kind: EventType) -> EventMessage:
-    event = EventMessage()
-    event.timestamp = _ms(at)
-    event.event = Event.TIMER
-    event.event_type = kind
-    return event
-
-
-def _totals(message: LapMessage | SessionMessage, totals: dict[str, Any]) -> None:
-    if totals.get("distance_m") is not None:
-        message.total_distance = totals["distance_m"]
-    if totals.get("kcal") is not None:
-        message.total_calories = int(round(totals["kcal"]))
-    if totals.get("energy_kj") is not None:
-        message.total_work = int(round(totals["energy_kj"] * 1000))
-    for name, key in (("avg_power", "avg_power_w"), ("max_power", "max_power_w"), ("avg_heart_rate", "avg_hr_bpm"),
-                      ("max_heart_rate", "max_hr_bpm"), ("avg_cadence", "avg_cadence_rpm")):
-        if totals.get(key) is not None:
-            setattr(message, name, int(round(totals[key])))
-    if totals.get("np_w") is not None:
-        message.normalized_power = int(round(totals["np_w"]))
+def _totals(totals: dict[str, Any]) -> dict[str, float | None]:
+    """A lap's and a session's totals from a ride's (None: not known, left out)."""
+    energy = totals.get("energy_kj")
+    return {"total_distance": totals.get("distance_m"), "total_calories": totals.get("kcal"),
+            "total_work": None if energy is None else energy * 1000, "avg_power": totals.get("avg_power_w"),
+            "max_power": totals.get("max_power_w"), "avg_heart_rate": totals.get("avg_hr_bpm"),
+            "max_heart_rate": totals.get("max_hr_bpm"), "avg_cadence": totals.get("avg_cadence_rpm"),
+            "normalized_power": totals.get("np_w")}
 
 
 # -- TCX ---------------------------------------------------------------------------------------

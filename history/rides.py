@@ -129,10 +129,7 @@ def build_ride(session: str, summary: Mapping[str, Any], series: Series, *, rank
 def encode_series(series: Series) -> bytes:
     payload: dict[str, Any] = {"v": SERIES_VERSION, "t0": series.t0, "t": series.t.astype("<i4").tobytes()}
     for f in FIELDS:
-        column = series.values[f.name]
-        stored = f.quantise(np.nan_to_num(column, nan=0.0))
-        stored[np.isnan(column)] = f.absent
-        payload[f.name] = stored.astype(np.dtype(f.dtype).newbyteorder("<")).tobytes()
+        payload[f.name] = f.store(series.values[f.name]).astype(np.dtype(f.dtype).newbyteorder("<")).tobytes()
     return zlib.compress(msgpack.packb(payload, use_bin_type=True), 6)
 
 

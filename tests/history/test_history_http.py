@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import io
 import json
 import math
 import time
@@ -15,17 +14,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import fitdecode
 import httpx
 import msgpack
 import pytest
 import redis
-from garmin_fit_sdk import Decoder, Stream
 from lxml import etree
 from websockets.asyncio.client import connect
 
 from history import results_stream
 from sims.swarm import Swarm, SwarmConfig
+from tests.history.fit_decoders import from_fitdecode, from_garmin
 
 pytestmark = pytest.mark.integration
 HTTP = httpx.Client(timeout=60)  # (the edge answers slowly at load ~50; the default is 5 s)
@@ -64,30 +62,6 @@ def close(a: dict[int, dict[str, float]], b: dict[int, dict[str, float]]) -> Non
         assert a[second].keys() == b[second].keys(), second
         for name, value in a[second].items():
             assert b[second][name] == pytest.approx(value, abs=1e-6), (second, name)
-
-
-def from_garmin(fit: bytes) -> dict[int, dict[str, float]]:
-    decoder = Decoder(Stream.from_byte_array(bytearray(fit)))
-    assert decoder.is_fit() and decoder.check_integrity()
-    messages, errors = Decoder(Stream.from_byte_array(bytearray(fit))).read()
-    assert errors == []
-    assert messages["file_id_mesgs"][0]["type"] == "activity" and messages["session_mesgs"][0]["sport"] == "cycling"
-    names = {"heart_rate": "hr_bpm", "power": "power_w", "cadence": "cadence_rpm", "speed": "speed_mps",
-             "distance": "distance_m"}
-    return {int(r["timestamp"].timestamp()): {names[k]: float(v) for k, v in r.items() if k in names}
-            for r in messages["record_mesgs"]}
-
-
-def from_fitdecode(fit: bytes) -> dict[int, dict[str, float]]:
-    names = {"heart_rate": "hr_bpm", "power": "power_w", "cadence": "cadence_rpm", "speed": "speed_mps",
-             "distance": "distance_m"}
-    out = {}
-    with fitdecode.FitReader(io.BytesIO(fit), check_crc=fitdecode.CrcCheck.RAISE) as reader:
-        for frame in reader:
-            if isinstance(frame, fitdecode.FitDataMessage) and frame.name == "record":
-                values = {f.name: f.value for f in frame.fields if f.value is not None}
-                out[int(values["timestamp"].timestamp())] = {names[k]: float(v) for k, v in values.items() if k in names}
-    return out
 
 
 def from_tcx(tcx: bytes) -> dict[int, dict[str, float]]:
