@@ -23,7 +23,7 @@ from devices.links import SensorKind
 from devices.replay import Recording, RecordingError, ReplayLink
 from sims.ble import RECORDINGS, RECORDINGS_DIR, indoor_bike_speed_kmh, record
 
-SPEED = 60.0
+SPEED = 120.0
 
 
 def _integral(f: Any, start: float, end: float, step: float = 0.01) -> float:
