@@ -75,6 +75,20 @@ def _cmdline(p: psutil.Process) -> str:
         return ""
 
 
+def _by_process(processes: list[psutil.Process]) -> dict[str, float]:
+    """RSS by kind of process (its command's short name: gcs_server, raylet, ray::Creator, ...)."""
+    kinds: dict[str, list[psutil.Process]] = {}
+    for p in processes:
+        args = _cmdline(p).split()
+        if not args:
+            continue
+        name = args[0] if args[0].startswith("ray::") else Path(args[0]).name
+        if name.startswith("python") and len(args) > 1:  # a Python process: its script or module
+            name = Path(args[2] if args[1] in ("-m", "-u") and len(args) > 2 else args[1]).name
+        kinds.setdefault(name, []).append(p)
+    return {name: _rss(group) for name, group in sorted(kinds.items())}
+
+
 class Soak:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -149,6 +163,7 @@ class Soak:
             "edge_rss_mib": _rss(tree[:1]), "session_actors": len(actors), "actors_rss_mib": _rss(actors),
             "host_processes": len(hosts), "hosts_rss_mib": _rss(hosts),
             "tree_rss_mib": _rss(tree), "pumps": pumps, **self._redis(tree),
+            "by_process_mib": _by_process(tree[1:]),
         }
 
     @staticmethod
