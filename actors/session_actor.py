@@ -82,7 +82,9 @@ class SessionActor:
         typed = ActorSettings.of(settings)  # (read once, here: the cell gets the typed form)
         self.interval_s = typed.checkpoint_interval_s
         self.cell = SessionCell(session_id, typed, on_fenced=self._fenced)
-        self.telemetry = ActorTelemetry(actor_name(session_id))
+        # ``process="session"``, not the class's name: a label value per class ever served would
+        # leave series behind for good (Ray's WorkerId label tells live processes apart)
+        self.telemetry = ActorTelemetry("session")
         self._loop: asyncio.Task[None] | None = None
         self.host = ray.util.get_node_ip_address()
         self.stream: StreamServer | None = None

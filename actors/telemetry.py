@@ -5,8 +5,11 @@ port (``ray start --metrics-export-port``; Ray writes the ports of every node to
 ``/tmp/ray/prom_metrics_service_discovery.json`` for Prometheus' ``file_sd``), so one
 Prometheus config sees every session actor and host of the cluster wherever Ray placed it,
 with no port of ours to open per process (docs/operations.md). Ray prefixes the names with
-``ray_`` and adds ``WorkerId``, ``NodeAddress`` and ``SessionName`` labels; ours carry
-``process`` (the actor's name) so gauges of different processes never collide.
+``ray_`` and adds ``WorkerId``, ``NodeAddress`` and ``SessionName`` labels (``WorkerId``
+keeps the gauges of different processes apart); ours carry ``process``: a dense host's name
+(``host:pl.0``: a fixed set), or ``session`` for a class's own actor (never the class's id:
+one label value per class ever served would leave series behind for good; Ray's agent already
+keeps one per worker, docs/benchmarks.md "Memory over 200 classes").
 
 Recording a Ray metric costs ~7-15 µs here (measured on a loaded 2-core box), so nothing is
 recorded per tick: cells keep plain counters (``SessionCell.ticks_served`` and friends) and
@@ -32,7 +35,7 @@ LAG_BUCKETS = [0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0, 30.0]
 
 
 class ActorTelemetry:
-    """One per actor process (``process``: the actor's name, e.g. ``session:abc``, ``host:pl.0``)."""
+    """One per actor process (``process``: ``session`` or the host's name, e.g. ``host:pl.0``)."""
 
     def __init__(self, process: str) -> None:
         tag = ("process",)
