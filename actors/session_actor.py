@@ -145,6 +145,10 @@ class SessionActor:
         Bad tags raise ``TagError`` and change nothing."""
         return await self._ensure_loop().join(participant, tags)
 
+    async def member(self, *, participant: str) -> bool:
+        """On the roster (joined, or joined and left): what a rider's read is authorised by."""
+        return self._ensure_loop().member(participant)
+
     async def leave(self, *, participant: str) -> bool:
         return await self._ensure_loop().leave(participant)
 

@@ -353,6 +353,11 @@ class SessionCell:
         await self.checkpoint()
         return slot
 
+    def member(self, participant: str) -> bool:
+        """True if ``participant`` joined this class (left riders too: its roster, O(1))."""
+        self.check()
+        return participant in self.state.slots
+
     async def leave(self, participant: str) -> bool:
         self.check()
         left = self.state.leave(participant)

@@ -154,6 +154,9 @@ class SessionHost:
                    overrides: dict[str, Any] | None = None) -> int:
         return await (await self._cell(session, overrides)).join(participant, tags)
 
+    async def member(self, *, session: str, participant: str, overrides: dict[str, Any] | None = None) -> bool:
+        return (await self._cell(session, overrides)).member(participant)
+
     async def leave(self, *, session: str, participant: str, overrides: dict[str, Any] | None = None) -> bool:
         return await (await self._cell(session, overrides)).leave(participant)
 

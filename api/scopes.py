@@ -117,13 +117,22 @@ def authorise_board(p: Principal, session: str) -> bool:
     return p.kind is TokenKind.VIEWER
 
 
+def reader_of(p: Principal, session: str) -> str:
+    """The participant a non-operator token may read ``session`` as, if it is on the roster
+    (what ``authorise_read`` checks before the roster: the roster is looked up only then)."""
+    if p.kind is not TokenKind.PARTICIPANT:
+        raise _forbid(ScopeReason.WRONG_KIND, f"a {p.kind.value} token cannot read this session")
+    _check_session(p, session)
+    if p.participant is None:  # (the verifier requires it of participant tokens)
+        raise _forbid(ScopeReason.WRONG_PARTICIPANT, "a participant token must name its participant")
+    return p.participant
+
+
 def authorise_read(p: Principal, session: str, roster: Collection[str]) -> None:
     """Read a session's board or state: operators, or a participant on its roster."""
     if p.kind is TokenKind.OPERATOR:
         return
-    if p.kind is not TokenKind.PARTICIPANT:
-        raise _forbid(ScopeReason.WRONG_KIND, f"a {p.kind.value} token cannot read this session")
-    _check_session(p, session)
+    reader_of(p, session)
     if p.participant not in roster:
         raise _forbid(ScopeReason.NOT_JOINED, f"participant {p.participant!r} has not joined session {session!r}")
 

@@ -129,9 +129,8 @@ def install(app: FastAPI, settings: Settings) -> None:
     @app.get("/v1/sessions/{session_id}")
     async def get_session(session_id: str, who: Caller, request: Request) -> dict[str, Any]:
         edge = edge_of(request)
-        snap = await edge.authorise_read(who, session_id, where=where_of(request), peer=peer_of(request))
-        if snap is None:
-            snap = await edge.call(session_id, "snapshot")
+        await edge.authorise_read(who, session_id, where=where_of(request), peer=peer_of(request))
+        snap = await edge.call(session_id, "snapshot")
         snap["meta"] = await edge.directory.meta(session_id)
         if who.kind is TokenKind.PARTICIPANT:
             snap = _as_seen_by(snap, who.participant)

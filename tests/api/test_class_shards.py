@@ -173,9 +173,8 @@ def test_control_calls_reach_every_shard_and_bad_paging_is_refused(sharding_edge
                                                            for i in range(SHARDS)]
     assert sorted(p["participant"] for p in snap["participants"]) == sorted(riders)
 
-    async def refused(query: str) -> tuple[int, str]:
-        url = sharding_edge.url.replace("http", "ws") + f"/v1/sessions/{sid}/board?view=all&{query}"
-        async with connect(url, additional_headers=tokens.headers("operator")) as ws:
+    async def refused_with(url: str, token: str) -> tuple[int, str]:
+        async with connect(url, additional_headers={"Authorization": f"Bearer {token}"}) as ws:
             try:
                 await ws.recv()
             except ConnectionClosed as closed:
@@ -184,8 +183,23 @@ def test_control_calls_reach_every_shard_and_bad_paging_is_refused(sharding_edge
         raise AssertionError("not closed")
 
     for query in ("page=-1", "page_size=0", f"page_size={sharding_edge.settings.board_page_rows + 1}"):
-        code, reason = run(refused(query), timeout=30)
+        url = sharding_edge.url.replace("http", "ws") + f"/v1/sessions/{sid}/board?view=all&{query}"
+        code, reason = run(refused_with(url, tokens("operator")), timeout=30)
         assert code == 4400 and "page" in reason, (query, code, reason)
     frame = run(_board(sharding_edge.url.replace("http", "ws") + f"/v1/sessions/{sid}/board", tokens("operator"),
                        page_size=5), timeout=30)
     assert frame["n"] == 12 and len(frame["top"]) == 5 and frame["pages"] == 3 and len(frame["rows"]) == 5
+
+    # a participant's board socket is authorised by the rider's shard alone (member), not a class snapshot
+    board_url = sharding_edge.url.replace("http", "ws") + f"/v1/sessions/{sid}/board"
+    for rider in (riders[0], riders[-1]):
+        mine = run(_board(board_url, tokens("participant", participant=rider, sessions=[sid]), participant=rider),
+                   timeout=30)
+        assert mine["you"][0] == rider and mine["n"] == 12
+    stranger = tokens("participant", participant="not-joined", sessions=[sid])
+    assert run(refused_with(board_url + "?participant=not-joined", stranger), timeout=30)[0] == 4403
+    with httpx.Client(base_url=sharding_edge.url, timeout=60) as http:
+        assert http.get(f"/v1/sessions/{sid}", headers={"Authorization": f"Bearer {stranger}"}).status_code == 403
+        own = http.get(f"/v1/sessions/{sid}", headers=tokens.headers("participant", participant=riders[1],
+                                                                     sessions=[sid]))
+        assert own.status_code == 200 and len(own.json()["participants"]) == 12, own.text
