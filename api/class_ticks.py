@@ -72,7 +72,7 @@ class ClassShardTicks:
             self.classes.move_to_end(session_id)
         else:
             shards = await self.directory.shards_of(session_id)
-            if shards <= 1:
+            if not shards:
                 if len(self.plain) >= PLAIN_CACHE:
                     self.plain.clear()  # (classes come and go: relearnt with one Redis read each)
                 self.plain.add(session_id)

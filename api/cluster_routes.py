@@ -32,7 +32,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from api.edge import SESSION_ID
 from api.errors import BadRequest
 from api.scopes import operator
-from cluster.placement import Passivator, is_active, passivate
+from cluster.placement import Passivator, held_slots, passivate
 from cluster.prescale import PrescaleBook, PrescalePolicy, Prescaler, ScheduledClass, slots_for
 from cluster.status import cluster_status
 
@@ -75,7 +75,8 @@ class ClusterLoops:
             self.book,
             settings.policy(),
             used_slots=_used_slots,
-            active=lambda sid: is_active(sid, namespace),
+            held=lambda sid, shards: held_slots(sid, shards, namespace),
+            shards=edge.directory.shards_of,
         )
         self.passivator = Passivator(
             edge.directory, self._candidates, idle_s=settings.passivate_idle_s, interval_s=settings.passivate_interval_s,
@@ -93,8 +94,9 @@ class ClusterLoops:
     async def book_class(self, session_id: str, start_at: float, expected_participants: int) -> dict[str, Any]:
         """Book a scheduled class for pre-scaling; what was booked and when it is requested."""
         policy = self.prescaler.policy
-        cls = ScheduledClass(session_id, start_at, expected_participants,
-                             slots_for(expected_participants, policy.participants_per_slot))
+        slots = max(slots_for(expected_participants, policy.participants_per_slot),
+                    await self.edge.directory.shards_of(session_id))  # (a slot per class shard)
+        cls = ScheduledClass(session_id, start_at, expected_participants, slots)
         await self.book.put(cls)
         return {"session": session_id, "start_at": cls.start_at, "slots": cls.slots,
                 "requested_from": cls.requested_from(policy), "released_at": cls.released_at(policy)}

@@ -222,12 +222,10 @@ class SessionDirectory:
                 **({"board_size": int(board_size)} if board_size is not None else {})}
 
     async def shards_of(self, session_id: str) -> int:
-        """How many class shards own the class (1: its own actor or a dense host)."""
-        handle = self._handles.get(session_id)
-        if handle is not None:
-            return handle.shards if isinstance(handle, ShardedHandle) else 1
+        """How many class shards own the class now (0: it is not a class over class shards
+        but has its own actor or a dense host). Read from Redis: a class may grow."""
         shards = await self.redis.hget(self.meta_key(session_id), "shards")
-        return 1 if shards is None else max(1, int(shards))
+        return 0 if shards is None else max(1, int(shards))
 
     async def host_of(self, session_id: str) -> str | None:
         """The dense host of the class (None: it has its own actor)."""

@@ -163,6 +163,14 @@ def is_active(session_id: str, namespace: str) -> bool:
     return True
 
 
+def held_slots(session_id: str, shards: int, namespace: str) -> int:
+    """The session slots a class's actors hold now: 1 if its actor exists (0 if not), or, for
+    a class over ``shards`` class shards (0: it is not), how many of its shard actors exist."""
+    if not shards:
+        return int(is_active(session_id, namespace))
+    return sum(is_active(shard_id(session_id, i), namespace) for i in range(shards))
+
+
 async def passivate(directory: SessionDirectory, session_id: str, *, flush_timeout_s: float = 5.0) -> bool:
     """Checkpoint the session, then end its actor for good; False if it was not active.
 
@@ -171,7 +179,7 @@ async def passivate(directory: SessionDirectory, session_id: str, *, flush_timeo
     then get a fresh ``welcome`` because the epoch changed.
     """
     shards = await directory.shards_of(session_id)
-    if shards > 1:  # a big class: every shard checkpoints, then every shard's actor ends
+    if shards:  # a big class: every shard checkpoints, then every shard's actor ends
         return await _passivate_shards(directory, session_id, shards, flush_timeout_s)
     host = await directory.host_of(session_id)
     if host is not None:  # dense: the host drops this class only (after a checkpoint)

@@ -6,7 +6,11 @@ and every further ``participants_per_slot`` participants reserve one more for th
 that serve them (leaderboard shards also ask for ``session_slot``). From
 ``start_at - lead_time_s`` the class's slots are *requested*; from ``start_at +
 release_after_s`` they no longer are (released after the start). Once the session actor
-is alive, its own slot is already in use and is no longer requested on top.
+is alive, its own slot is already in use and is no longer requested on top. A class over class
+shards (``cluster/class_shards.py``) needs at least one slot per shard, and each of its
+shard actors that is alive already holds its slot: ``shards(session_id)`` says how many
+shards a class has (0: none, it has its own actor) and ``held(session_id, shards)`` how many slots it holds now (0 or 1 for
+a one-actor class, its live shards for a sharded one).
 
 ``request_resources`` is not additive and sizes the *whole* cluster ("make the total
 capacity fit these bundles"), ignoring what is already in use. So the request is
@@ -27,7 +31,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -67,15 +71,19 @@ def slots_for(expected_participants: int, participants_per_slot: int) -> int:
 
 
 def requested_slots(
-    classes: Iterable[ScheduledClass], *, now: float, policy: PrescalePolicy, active: Callable[[str], bool]
+    classes: Iterable[ScheduledClass], *, now: float, policy: PrescalePolicy, held: Callable[[str, int], int],
+    shards: Mapping[str, int] | None = None,
 ) -> int:
-    """Slots to reserve on top of what is in use: classes in their lead window, minus
-    the slot of each class whose session actor already holds it."""
+    """Slots to reserve on top of what is in use: for each class in its lead window, its
+    slots (at least one per shard, ``shards``: class -> its shard count) minus those its
+    actors already hold (``held``: a one-actor class's 1 once its actor exists; a sharded
+    class's live shards)."""
     total = 0
     for cls in classes:
         if cls.in_window(now, policy):
-            total += cls.slots - (1 if active(cls.session_id) else 0)
-    return max(0, total)
+            count = (shards or {}).get(cls.session_id, 0)  # (0: one actor, not class shards)
+            total += max(0, max(cls.slots, count) - int(held(cls.session_id, count)))
+    return total
 
 
 def bundles(used_slots: float, upcoming_slots: int) -> list[dict[str, float]]:
@@ -120,7 +128,9 @@ def _request(bundle_list: list[dict[str, float]]) -> None:
 class Prescaler:
     """The loop: every ``interval_s`` compute the request and send it if it changed.
 
-    ``used_slots()`` and ``active(session_id)`` are blocking Ray reads (run in a thread);
+    ``used_slots()`` and ``held(session_id, shards)`` are blocking Ray reads (run in a thread);
+    ``shards(session_id)`` (async: a Redis read) the class's shard count, asked for the
+    classes in their lead window only;
     ``request`` defaults to Ray's ``request_resources``. The loop logs and goes on after
     any error; ``last`` keeps what was requested and when, for the status endpoint.
     """
@@ -131,14 +141,16 @@ class Prescaler:
         policy: PrescalePolicy,
         *,
         used_slots: Callable[[], float],
-        active: Callable[[str], bool],
+        held: Callable[[str, int], int],
+        shards: Callable[[str], Awaitable[int]] | None = None,
         request: Callable[[list[dict[str, float]]], None] = _request,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.book = book
         self.policy = policy
         self.used_slots = used_slots
-        self.active = active
+        self.held = held
+        self.shards = shards
         self.request = request
         self.clock = clock
         self.requested: int | None = None
@@ -151,8 +163,11 @@ class Prescaler:
         for cls in classes:
             if now >= cls.released_at(self.policy):
                 await self.book.remove(cls.session_id)
+        shards = {}
+        if self.shards is not None:
+            shards = {c.session_id: await self.shards(c.session_id) for c in classes if c.in_window(now, self.policy)}
         upcoming = await asyncio.to_thread(
-            requested_slots, classes, now=now, policy=self.policy, active=self.active
+            requested_slots, classes, now=now, policy=self.policy, held=self.held, shards=shards
         )
         used = await asyncio.to_thread(self.used_slots) if upcoming else 0.0
         wanted = bundles(used, upcoming)

@@ -18,6 +18,7 @@ import asyncio
 import os
 import signal
 import socket
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,10 +26,14 @@ import httpx
 import msgpack
 import pytest
 import ray
+import redis.asyncio as aioredis
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from actors.session_actor import actor_name
+from cluster.directory import SessionDirectory
+from cluster.placement import held_slots
+from cluster.prescale import PrescaleBook, PrescalePolicy, Prescaler, ScheduledClass
 from cluster.class_shards import shard_id, shard_of
 from sims.swarm import Swarm, SwarmConfig
 from tests.cluster.helpers import actor_alive as _alive
@@ -152,11 +157,27 @@ def test_a_sharded_class_keeps_exact_ranks_and_loses_nothing_when_a_shard_dies(
 def test_control_calls_reach_every_shard_and_bad_paging_is_refused(sharding_edge: EdgeServer, tokens: Any,
                                                                    run: Any, unique_id: str) -> None:
     sid = f"ctl-{unique_id}"
+    ns = sharding_edge.settings.namespace
+
+    async def prescaled(class_id: str) -> int:
+        """The slots a prescaler asks for on top of what is used, the class starting now."""
+        client = aioredis.Redis.from_url(sharding_edge.settings.redis_url)
+        directory = SessionDirectory(client, prefix=sharding_edge.settings.prefix, namespace=ns, actor_settings={})
+        book = PrescaleBook(client, prefix=f"ps-{unique_id}")
+        await book.put(ScheduledClass(class_id, time.time(), 250, 1))  # (booked for 1 slot: it has 3 shards)
+        sent: list[int] = []
+        prescaler = Prescaler(book, PrescalePolicy(), used_slots=lambda: 0.0, request=lambda b: sent.append(len(b)),
+                              held=lambda c, shards: held_slots(c, shards, ns), shards=directory.shards_of)
+        wanted = await prescaler.step()
+        await client.aclose()
+        return wanted
     with httpx.Client(base_url=sharding_edge.url, headers=tokens.headers("operator"), timeout=60) as http:
         assert http.post("/v1/sessions", json={"id": sid, "expected_riders": 250, "board_size": 5}).status_code == 201
         riders = [f"rider-{k}" for k in range(12)]
         for rider in riders:
             assert http.post(f"/v1/sessions/{sid}/participants", json={"participant": rider}).status_code == 201
+        # pre-scaling sees the class's shards: each live shard holds its slot (cluster.prescale)
+        assert held_slots(sid, SHARDS, ns) == SHARDS and run(prescaled(sid)) == 0
         assert http.post(f"/v1/sessions/{sid}/phase", json={"phase": "live"}).json() == {"phase": "live"}
         assert http.post(f"/v1/sessions/{sid}/phase", json={"phase": "lobby"}).status_code == 409  # phases move on
         snap = http.get(f"/v1/sessions/{sid}").json()
@@ -164,6 +185,7 @@ def test_control_calls_reach_every_shard_and_bad_paging_is_refused(sharding_edge
         # passivated: every shard checkpoints and its actor ends; the next call brings them all back
         assert http.post(f"/v1/sessions/{sid}/passivate").json() == {"session": sid, "passivated": True}
         assert not any(_alive(shard_id(sid, i), sharding_edge.settings.namespace) for i in range(SHARDS))
+        assert held_slots(sid, SHARDS, ns) == 0 and run(prescaled(sid)) == SHARDS
         back = http.get(f"/v1/sessions/{sid}").json()
         assert all(_alive(shard_id(sid, i), sharding_edge.settings.namespace) for i in range(SHARDS))
         assert sorted(p["participant"] for p in back["participants"]) == sorted(riders) and back["phase"] == "live"

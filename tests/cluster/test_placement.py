@@ -113,12 +113,21 @@ def test_slots_and_bundles() -> None:
     assert bundles(2.5, 2) == [{"session_slot": 1.0}] * 5
     policy = PrescalePolicy(lead_time_s=60, release_after_s=30)
     classes = [ScheduledClass("a", 1000.0, 10, 1), ScheduledClass("b", 1080.0, 3000, 3)]
-    inactive = lambda _sid: False  # noqa: E731
-    assert requested_slots(classes, now=900.0, policy=policy, active=inactive) == 0
-    assert requested_slots(classes, now=950.0, policy=policy, active=inactive) == 1
-    assert requested_slots(classes, now=1025.0, policy=policy, active=inactive) == 4
-    assert requested_slots(classes, now=1025.0, policy=policy, active=lambda sid: sid == "a") == 3
-    assert requested_slots(classes, now=1031.0, policy=policy, active=inactive) == 3  # "a" released
+    inactive = lambda _sid, _shards: 0  # noqa: E731
+    assert requested_slots(classes, now=900.0, policy=policy, held=inactive) == 0
+    assert requested_slots(classes, now=950.0, policy=policy, held=inactive) == 1
+    assert requested_slots(classes, now=1025.0, policy=policy, held=inactive) == 4
+    assert requested_slots(classes, now=1025.0, policy=policy, held=lambda sid, _n: int(sid == "a")) == 3
+    assert requested_slots(classes, now=1031.0, policy=policy, held=inactive) == 3  # "a" released
+    # a class over class shards: a slot per shard at least, and each live shard holds its own
+    held = {"a": 0, "b": 2}
+    assert requested_slots(classes, now=1025.0, policy=policy, held=lambda sid, _n: held[sid],
+                           shards={"a": 0, "b": 3}) == 1 + 1
+    assert requested_slots(classes, now=1025.0, policy=policy, held=lambda sid, _n: held[sid],
+                           shards={"a": 0, "b": 5}) == 1 + 3  # (5 shards, 3 slots booked: 5 wanted)
+    held["b"] = 5
+    assert requested_slots(classes, now=1025.0, policy=policy, held=lambda sid, _n: held[sid],
+                           shards={"a": 0, "b": 5}) == 1
 
 
 def test_prescaler_requests_ahead_and_releases_after_start(redis_server: Any, run: Any, unique_id: str) -> None:
@@ -130,7 +139,7 @@ def test_prescaler_requests_ahead_and_releases_after_start(redis_server: Any, ru
         book = PrescaleBook(client, prefix=f"ps-{unique_id}")
         prescaler = Prescaler(
             book, PrescalePolicy(lead_time_s=60, release_after_s=10),
-            used_slots=lambda: 2.0, active=lambda _sid: False,
+            used_slots=lambda: 2.0, held=lambda _sid, _shards: 0,
             request=lambda b: sent.append(len(b)), clock=lambda: now[0],
         )
         await book.put(ScheduledClass("c1", 1100.0, 1500, 2))
