@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from actors.session import SessionState
-from storage.checkpoint import CheckpointStore
+from storage.checkpoint import CheckpointStore, key_base
 from storage.redis_url import AsyncRedis
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,12 @@ def class_of(session_id: str) -> tuple[str, int] | None:
     if not mark or not owner or not index.isdigit():
         return None
     return owner, int(index)
+
+
+async def class_shard_count(client: AsyncRedis, prefix: str, class_id: str, default: int) -> int:
+    """How many shards the class has now (its meta's ``shards``: a growing class adds shards)."""
+    shards = await client.hget(f"{key_base(prefix, 'session', class_id)}:meta", "shards")
+    return default if shards is None else int(shards)
 
 
 async def class_ranks(own_id: str, shards: int, own: Sequence[Mapping[str, Any]], *, redis_url: str, prefix: str,

@@ -334,6 +334,22 @@ class SessionState:
         self._touch()
         self.advance_plan()
 
+    def follow(self, phase: Phase, clock: ClassClock) -> bool:
+        """Take another shard's class phase and clock (a class shard added while its class runs:
+        ``cluster.class_shards``): its plan and start if this one has none, its live time, and
+        its phase if that is ahead (phases only move forward). Idempotent; True if anything changed."""
+        own, before = self.schedule, (self.phase, self.schedule.as_dict())
+        if not own.active and clock.active:
+            own.plan, own.start_at = clock.plan, clock.start_at
+        if own.live_at is None and clock.live_at is not None:
+            own.live_at = clock.live_at  # (the plan's segments keep the class's times)
+        if self.phase.can_go_to(phase):
+            self.set_phase(phase)
+        changed = (self.phase, own.as_dict()) != before
+        if changed:
+            self._touch()
+        return changed
+
     def set_replay(self, replay: Replay) -> None:
         """Make this an on-demand class of ``replay.source`` (ghosts built by the cell);
         riders' starts from a restored checkpoint are kept."""

@@ -145,6 +145,14 @@ class SessionActor:
         Bad tags raise ``TagError`` and change nothing."""
         return await self._ensure_loop().join(participant, tags)
 
+    async def class_clock(self) -> dict[str, Any]:
+        """The class's phase and clock (what a class shard added later follows)."""
+        return self._ensure_loop().class_clock()
+
+    async def follow(self, *, phase: str, clock: dict[str, Any]) -> str:
+        """Take the class's phase and clock (a class shard added while the class runs; idempotent)."""
+        return await self._ensure_loop().follow(phase, clock)
+
     async def member(self, *, participant: str) -> bool:
         """On the roster (joined, or joined and left): what a rider's read is authorised by."""
         return self._ensure_loop().member(participant)

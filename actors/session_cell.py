@@ -45,9 +45,9 @@ from typing import Any
 
 from storage.checkpoint import CheckpointStore, key_base
 from actors.board_part import BoardParts
-from actors.class_shard import class_ranks
+from actors.class_shard import class_ranks, class_shard_count
 from actors.errors import StaleInstance
-from actors.plan import check_plan
+from actors.plan import ClassClock, check_plan
 from actors.replay import Replay, ReplayError, replay_keys
 from actors.profile import ProfileStore
 from storage.redis_url import AsyncRedis
@@ -338,6 +338,22 @@ class SessionCell:
         await self.checkpoint()
         return {"phase": self.state.phase.value, **self.state.schedule.as_dict()}
 
+    def class_clock(self) -> dict[str, Any]:
+        """This class's phase and clock, for a shard added to its class to follow (O(1))."""
+        self.check()
+        self.advance()
+        return {"phase": self.state.phase.value, "clock": self.state.schedule.as_dict()}
+
+    async def follow(self, phase: str, clock: Mapping[str, Any]) -> str:
+        """Take the phase and clock of the class's shard 0 (``SessionState.follow``); idempotent."""
+        self.check()
+        ended = self.state.phase is Phase.ENDED
+        if self.state.follow(Phase(phase), ClassClock.of(clock, lobby_lead_s=self.state.schedule.lobby_lead_s)):
+            await self.checkpoint()
+            if not ended and self.state.phase is Phase.ENDED:
+                self._publish_results()
+        return self.state.phase.value
+
     async def flush(self) -> dict[str, int]:
         """Checkpoint now; returns the durable seq of every device."""
         self.check()
@@ -410,8 +426,10 @@ class SessionCell:
             return
         names = self.state.participants
         series = dict(zip((names[s] for s in slots), recording.series_many(slots), strict=True))
-        if self.settings.class_shards > 1:  # a class shard: its riders ranked among the whole class
-            ranks, riders = await class_ranks(self.session_id, self.settings.class_shards, snapshot["participants"],
+        if self.settings.class_id:  # a class shard: its riders ranked among the whole class (every shard it has now)
+            shards = await class_shard_count(self.store.client(), self.settings.prefix, self.settings.class_id,
+                                             self.settings.class_shards)
+            ranks, riders = await class_ranks(self.session_id, shards, snapshot["participants"],
                                               redis_url=self.settings.redis_url, prefix=self.settings.prefix,
                                               client=self.store.client())
             snapshot = {**snapshot, "class_ranks": ranks, "class_riders": riders}

@@ -154,6 +154,13 @@ class SessionHost:
                    overrides: dict[str, Any] | None = None) -> int:
         return await (await self._cell(session, overrides)).join(participant, tags)
 
+    async def class_clock(self, *, session: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+        return (await self._cell(session, overrides)).class_clock()
+
+    async def follow(self, *, session: str, phase: str, clock: dict[str, Any],
+                     overrides: dict[str, Any] | None = None) -> str:
+        return await (await self._cell(session, overrides)).follow(phase, clock)
+
     async def member(self, *, session: str, participant: str, overrides: dict[str, Any] | None = None) -> bool:
         return (await self._cell(session, overrides)).member(participant)
 

@@ -85,6 +85,7 @@ def create_app(settings: Settings) -> FastAPI:
             default_placement=settings.default_placement,
             class_shard_riders=settings.class_shard_riders, max_class_shards=settings.max_class_shards,
             creation_timeout_s=settings.actor_start_timeout_s,
+            class_shard_growth=settings.class_shard_growth,
         )
         app.state.edge = edge = Edge(settings, directory, gate)
         EDGES.edges.add(edge)

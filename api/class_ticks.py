@@ -4,8 +4,13 @@ It wraps the edge's channel (``api/session_stream.py``: the stream, or Ray). A c
 not sharded passes straight through. For a sharded class (``cluster/class_shards.py``) one
 pump tick becomes one tick per shard, sent at once over each shard's own stream:
 
-* samples and rejected seqs go to the shard of their device's participant (``shard_of``;
-  the device -> shard map is cached), as numpy masks over the tick's columns;
+* samples and rejected seqs go to the shard of their device's participant (hashed, or as
+  recorded for a growing class: ``ShardedHandle.place``, which places a participant seen for
+  the first time; the device -> shard map is cached: a rider never moves), as numpy masks
+  over the tick's columns;
+* a growing class's shard count is re-read at least every ``REFRESH_S`` (and learnt at once
+  from a placement): a new shard is ticked from then on, and the board is merged again once
+  its first part is in;
 * a device whose durable seq is wanted goes to its shard, or to every shard while the
   channel has not seen its participant yet (the others answer 0; the highest wins);
 * every shard is asked every tick, so a board made newer by another edge's samples comes
@@ -25,6 +30,7 @@ re-resolves every shard; nothing was acknowledged that a checkpoint does not hol
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,7 +40,7 @@ import numpy as np
 from actors.wire import SampleColumns, TickRequest, TickResult
 from api.class_board import PartGap, ShardPart, merge_board
 from api.session_stream import TickChannel
-from cluster.class_shards import shard_id, shard_of
+from cluster.class_shards import REFRESH_S, ShardedHandle, shard_id
 from cluster.directory import SessionDirectory
 
 
@@ -46,12 +52,29 @@ SHARDED_CACHE = 256
 class _Class:
     """What the channel keeps of one sharded class."""
 
+    handle: ShardedHandle
     shards: int
     board_size: int
     parts: list[ShardPart | None]
     epochs: list[int]
     device_shard: dict[str, int] = field(default_factory=dict)
     board: dict[str, Any] | None = None  # the last merged board
+    refreshed: float = field(default_factory=time.monotonic)  # when the shard count was last re-read
+
+    async def place(self, request: TickRequest) -> None:
+        """Every device of the tick has its shard (placing new riders); new shards are ticked."""
+        new = [(d, p) for d, p in request.devices if d not in self.device_shard]
+        if new:
+            placed = await self.handle.place([p for _, p in new])
+            self.device_shard.update((d, placed[p]) for d, p in new)
+        if self.handle.recorded and time.monotonic() - self.refreshed >= REFRESH_S:
+            self.refreshed = time.monotonic()
+            await self.handle.refresh()
+        if self.handle.shards > self.shards:
+            grown = self.handle.shards - self.shards
+            self.parts.extend([None] * grown)
+            self.epochs.extend([0] * grown)
+            self.shards = self.handle.shards
 
 
 class ClassShardTicks:
@@ -79,7 +102,10 @@ class ClassShardTicks:
                 return None
             meta = await self.directory.meta(session_id)
             size = int(meta.get("board_size") or self.board_size)
-            sharded = self.classes[session_id] = _Class(shards, size, [None] * shards, [0] * shards)
+            handle = await self.directory.handle(session_id)
+            assert isinstance(handle, ShardedHandle)  # (its meta names its shards)
+            shards = handle.shards
+            sharded = self.classes[session_id] = _Class(handle, shards, size, [None] * shards, [0] * shards)
             while len(self.classes) > SHARDED_CACHE:
                 self.classes.popitem(last=False)
         return sharded
@@ -88,6 +114,7 @@ class ClassShardTicks:
         sharded = await self._class(request.session)
         if sharded is None:
             return await self.inner.tick(request)
+        await sharded.place(request)
         requests = self._split(request, sharded)
         outcomes = await asyncio.gather(*(self.inner.tick(r) for r in requests), return_exceptions=True)
         for outcome in outcomes:
@@ -142,12 +169,9 @@ class ClassShardTicks:
 
 def split_tick(request: TickRequest, shards: int, owner: dict[str, int], known: list[int]) -> list[TickRequest]:
     """One tick per shard (named by shard id): each device's samples and rejected seqs to the
-    shard of its participant (``owner``, the device -> shard cache, is filled as devices
-    appear), wanted devices to their shard (to every shard while unknown); ``known``: the
-    board version this edge holds of each shard."""
-    for device, participant in request.devices:
-        if device not in owner:
-            owner[device] = shard_of(participant, shards)
+    shard of its participant (``owner``: device -> shard, holding every device of the tick),
+    wanted devices to their shard (to every shard while unknown); ``known``: the board
+    version this edge holds of each shard."""
     of_device = np.fromiter((owner[d] for d, _ in request.devices), np.int32, len(request.devices))
     of_sample = of_device[request.samples.device]
     of_rejected = of_device[request.rejected_device]

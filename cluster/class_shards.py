@@ -23,6 +23,21 @@ handle.method.remote(**kwargs)``), and
 
 A shard's results go to the class's leaderboards from each shard (each rider once, as its
 shard holds it), under the shard's id.
+
+**Growing while the class runs.** A class whose meta has ``shard_riders`` (created with
+``class_shard_growth`` on: ``cluster.directory``) records each rider's shard instead of
+hashing: ``{p}:session:{{id}}:shard_of`` (participant -> shard) and
+``{p}:session:{{id}}:shard_loads`` (shard -> riders placed there), under the class's hash
+tag. ``ASSIGN`` (one Lua script, atomic: every edge gets the same answer) places a new rider
+on the least-loaded shard, or, when every shard has ``shard_riders`` riders and the class has
+fewer than ``max_shards``, on a new shard ``N`` (the meta's ``shards`` becomes ``N+1`` in the
+same script). A recorded rider never moves: its device cursors, seq de-duplication, columns
+and checkpoint stay on its shard, so growing moves nothing and loses nothing, and ranks stay
+exact (the merge counts every shard). An edge learns a new shard from the script's answer or
+by re-reading ``shards`` (before every fanned-out control call, and at least every
+``REFRESH_S`` on the data path); the first to learn starts it and makes it follow the class's
+phase and plan (``follow``, from shard 0's ``class_clock``; idempotent, phases only move
+forward).
 """
 
 from __future__ import annotations
@@ -35,11 +50,50 @@ from typing import Any, Protocol
 
 from actors.class_shard import SHARD_MARK, class_of, shard_id
 from actors.session import Phase
+from storage.checkpoint import key_base
+from storage.redis_url import AsyncRedis
 
 PHASE_ORDER = [p.value for p in Phase]
+REFRESH_S = 1.0  # a growing class's shard count is re-read at least this often on the data path
+_NOT_PLACED = {"member": False, "leave": False}  # what a call about a rider no shard holds answers
+
+# KEYS: the class's meta, shard_of, shard_loads; ARGV: participants. Returns {shards, shard of each}.
+ASSIGN = """
+local n = tonumber(redis.call('HGET', KEYS[1], 'shards') or '0')
+if n < 1 then return redis.error_reply('not a class over class shards') end
+local per = tonumber(redis.call('HGET', KEYS[1], 'shard_riders') or '0')
+local most = tonumber(redis.call('HGET', KEYS[1], 'max_shards') or tostring(n))
+local grew = false
+local loads = {}
+for i = 0, n - 1 do loads[i] = tonumber(redis.call('HGET', KEYS[3], tostring(i)) or '0') end
+local out = {0}
+for k, p in ipairs(ARGV) do
+  local s = redis.call('HGET', KEYS[2], p)
+  if s then
+    s = tonumber(s)
+  else
+    s = 0
+    for i = 1, n - 1 do if loads[i] < loads[s] then s = i end end
+    if per > 0 and loads[s] >= per and n < most then
+      s = n
+      n = n + 1
+      loads[s] = 0
+      grew = true
+    end
+    loads[s] = loads[s] + 1
+    redis.call('HSET', KEYS[2], p, s)
+    redis.call('HSET', KEYS[3], tostring(s), loads[s])
+  end
+  out[k + 1] = s
+end
+if grew then redis.call('HSET', KEYS[1], 'shards', n) end
+out[1] = n
+return out
+"""
 _SUMMED = ("checkpoints_written", "state_bytes", "publish_failures", "metrics_errors", "version", "epoch")
 
-__all__ = ["SHARD_MARK", "Method", "ShardedHandle", "class_of", "merge_snapshots", "shard_count", "shard_id", "shard_of"]
+__all__ = ["SHARD_MARK", "Method", "ShardedHandle", "class_of", "merge_snapshots", "placement_keys", "shard_count",
+           "shard_id", "shard_of"]
 
 
 def shard_count(expected_riders: int | None, riders_per_shard: int, max_shards: int) -> int:
@@ -54,7 +108,18 @@ def shard_of(participant: str, shards: int) -> int:
     return zlib.crc32(participant.encode()) % shards
 
 
+def placement_keys(prefix: str, class_id: str) -> tuple[str, str]:
+    """A growing class's ``shard_of`` and ``shard_loads`` hashes (see the module docstring)."""
+    base = key_base(prefix, "session", class_id)
+    return f"{base}:shard_of", f"{base}:shard_loads"
+
+
 class _Directory(Protocol):
+    redis: AsyncRedis
+    prefix: str
+
+    def meta_key(self, session_id: str) -> str: ...
+
     async def handle(self, session_id: str, *, overrides: dict[str, Any] | None = None) -> Any: ...
 
     def forget(self, session_id: str) -> None: ...
@@ -77,15 +142,20 @@ class Method:
 
 
 class ShardedHandle:
-    """The control handle of a sharded class (see the module docstring)."""
+    """The control handle of a sharded class (see the module docstring). ``recorded``: the
+    class records its riders' shards and may grow (else riders are hashed over a fixed N)."""
 
-    def __init__(self, directory: _Directory, class_id: str, shards: int, overrides: dict[str, Any]) -> None:
+    def __init__(self, directory: _Directory, class_id: str, shards: int, overrides: dict[str, Any],
+                 *, recorded: bool = False) -> None:
         self.directory = directory
         self.session_id = class_id
         self.shards = shards
         self.overrides = overrides
+        self.recorded = recorded
         self.host: str | None = None  # (never on a dense host)
         self.answered = False  # every shard answered a call (the edge's longer first-call bound until then)
+        self.owner: dict[str, int] = {}  # participant -> shard, as recorded (never changes once known)
+        self._growing = asyncio.Lock()
 
     @property
     def hosted(self) -> bool:
@@ -107,13 +177,62 @@ class ShardedHandle:
             raise AttributeError(name)
         return Method(self, name)
 
+    # -- where riders are ----------------------------------------------------------------------
+    async def place(self, participants: Sequence[str], *, assign: bool = True) -> dict[str, int]:
+        """The shard of each participant: hashed (a fixed class), or as recorded in Redis; with
+        ``assign``, a participant not placed yet is placed now (``ASSIGN``: the class may grow,
+        and this handle then starts and brings up the new shards before it answers). Without
+        it, a participant never placed is left out."""
+        unknown = [p for p in dict.fromkeys(participants) if p not in self.owner]
+        if unknown and not self.recorded:
+            self.owner.update((p, shard_of(p, self.shards)) for p in unknown)
+        elif unknown and assign:
+            reply = await self.directory.redis.eval(  # type: ignore[misc]
+                ASSIGN, 3, self.directory.meta_key(self.session_id), *placement_keys(self.directory.prefix,
+                                                                                     self.session_id), *unknown)
+            await self._grown(int(reply[0]))
+            self.owner.update(zip(unknown, (int(s) for s in reply[1:]), strict=True))
+        elif unknown:
+            shard_of_key = placement_keys(self.directory.prefix, self.session_id)[0]
+            found = await self.directory.redis.hmget(shard_of_key, unknown)
+            placed = {p: int(s) for p, s in zip(unknown, found, strict=True) if s is not None}
+            if placed:
+                await self._grown(max(placed.values()) + 1)
+            self.owner.update(placed)
+        return {p: self.owner[p] for p in participants if p in self.owner}
+
+    async def refresh(self) -> int:
+        """Re-read the class's shard count (a growing class); returns it."""
+        if self.recorded:
+            shards = await self.directory.redis.hget(self.directory.meta_key(self.session_id), "shards")
+            await self._grown(int(shards or self.shards))
+        return self.shards
+
+    async def _grown(self, shards: int) -> None:
+        """The class has ``shards`` shards: start the ones this handle did not know and make
+        them follow the class's phase and plan (shard 0's), before anyone here uses them."""
+        if shards <= self.shards:
+            return
+        async with self._growing:
+            old = self.shards
+            if shards <= old:
+                return
+            lead = await self._call_shard(0, "class_clock", {})
+            await asyncio.gather(*(self._call_shard(i, "follow", lead) for i in range(old, shards)))
+            self.shards = shards
+
+    # -- calls ---------------------------------------------------------------------------------
     async def call(self, method: str, **kwargs: Any) -> Any:
         if method in ("endpoint", "tick_wire", "tick"):
             raise TypeError(f"{method}: a sharded class's data path goes to its shards (api/class_ticks.py)")
         participant = kwargs.get("participant")
         if isinstance(participant, str):
-            handle = await self.shard(shard_of(participant, self.shards))
+            placed = await self.place([participant], assign=method not in _NOT_PLACED)
+            if participant not in placed:
+                return _NOT_PLACED[method]
+            handle = await self.shard(placed[participant])
             return await getattr(handle, method).remote(**kwargs)
+        await self.refresh()  # (a shard added by another edge gets the call too)
         results = await asyncio.gather(*(self._call_shard(i, method, kwargs) for i in range(self.shards)))
         self.answered = True
         return _MERGERS.get(method, _first)(self.session_id, results)

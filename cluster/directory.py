@@ -23,11 +23,13 @@ every call, so callers cannot tell the two apart.
 
 A class expected bigger than ``class_shard_riders`` is owned by several class-shard actors
 (``cluster/class_shards.py``, field ``shards`` of its meta); its handle fans control calls
-out to them.
+out to them. With ``class_shard_growth`` such a class (``"sharded"``), or every dedicated
+class (``"all"``, starting with one shard), also records the riders per shard and the most
+shards it may get (fields ``shard_riders``, ``max_shards``) and grows while it runs.
 
 Redis key owned here: ``{prefix}:session:{{id}}:meta`` (hash: created_at, board_size,
-title, host, expected_riders, shards; ``{id}`` is the session's Redis Cluster hash tag,
-``storage.checkpoint.key_base``) — a session exists iff this key exists.
+title, host, expected_riders, shards, shard_riders, max_shards; ``{id}`` is the session's
+Redis Cluster hash tag, ``storage.checkpoint.key_base``) — a session exists iff this key exists.
 """
 
 from __future__ import annotations
@@ -116,6 +118,7 @@ class SessionDirectory:
         class_shard_riders: int = 0,
         max_class_shards: int = 64,
         creation_timeout_s: float = 25.0,
+        class_shard_growth: str = "off",
     ) -> None:
         self.redis = redis_client
         self.prefix = prefix
@@ -131,6 +134,7 @@ class SessionDirectory:
         # a dedicated class expected bigger than this runs as class shards (0: never; cluster/class_shards.py)
         self.class_shard_riders = class_shard_riders
         self.max_class_shards = max_class_shards
+        self.class_shard_growth = class_shard_growth if class_shard_riders > 0 else "off"  # off / sharded / all
         self._handles: dict[str, SessionHandle | ShardedHandle] = {}
         self._known: set[str] = set()
         # actors are created by a creator actor, so Ray's per-actor state stays out of the edge
@@ -163,13 +167,23 @@ class SessionDirectory:
             fields["expected_riders"] = expected_riders
         if self.placement_for(expected_riders, placement) is Placement.DENSE:
             fields["host"] = self.host_for(session_id)
-        elif (shards := shard_count(expected_riders, self.class_shard_riders, self.max_class_shards)) > 1:
-            fields["shards"] = shards
+        else:
+            fields.update(self._shard_fields(expected_riders, grows=not meta.get("replay_of")))
         created = await self.redis.hsetnx(self.meta_key(session_id), "created_at", fields["created_at"])
         if created:
             await self.redis.hset(self.meta_key(session_id), mapping=fields)
         self._known.add(session_id)
         return bool(created)
+
+    def _shard_fields(self, expected_riders: int | None, *, grows: bool) -> dict[FieldT, EncodableT]:
+        """The meta fields of a dedicated class over class shards (none: one actor)."""
+        shards = shard_count(expected_riders, self.class_shard_riders, self.max_class_shards)
+        growth = self.class_shard_growth if grows else "off"
+        if shards <= 1 and growth != "all":
+            return {}
+        if growth == "off":
+            return {"shards": shards}
+        return {"shards": shards, "shard_riders": self.class_shard_riders, "max_shards": self.max_class_shards}
 
     async def exists(self, session_id: str) -> bool:
         if session_id in self._known:
@@ -191,15 +205,16 @@ class SessionDirectory:
         created now); a shard id (``cluster.class_shards``) the shard's own actor."""
         handle = self._handles.get(session_id)
         if handle is None:
-            host, board_size, shards = await self.redis.hmget(
-                self.meta_key(session_id), ["host", "board_size", "shards"])
+            host, board_size, shards, per_shard = await self.redis.hmget(
+                self.meta_key(session_id), ["host", "board_size", "shards", "shard_riders"])
             owner = class_of(session_id)
             if owner is not None:
                 overrides = {**await self._shard_settings(owner[0]), **(overrides or {})}
-            if shards is not None and int(shards) > 1:
+            if shards is not None:
                 sharded = {"board_size": int(board_size)} if board_size is not None else {}
                 sharded.update(overrides or {})
-                handle = await ShardedHandle(self, session_id, int(shards), sharded).start()
+                handle = await ShardedHandle(self, session_id, int(shards), sharded,
+                                             recorded=per_shard is not None).start()
             elif host is not None:
                 hosted = {"board_size": int(board_size)} if board_size is not None else {}
                 hosted.update(overrides or {})

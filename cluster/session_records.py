@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cluster.admission import admission_keys
+from cluster.class_shards import placement_keys
 from storage.checkpoint import key_base
 from storage.redis_url import AsyncRedis
 
@@ -45,7 +46,7 @@ MAX_SCAN = 1000  # index entries read per listing request, whatever the filter
 def session_keys(prefix: str, session_id: str) -> list[str]:
     base = key_base(prefix, "session", session_id)
     return [f"{base}:meta", f"{base}:ckpt", f"{base}:ckpt_epoch", f"{base}:epoch", f"{base}:rec",
-            *admission_keys(prefix, session_id)]
+            *admission_keys(prefix, session_id), *placement_keys(prefix, session_id)]
 
 
 def _member(created_at: float, session_id: str) -> str:

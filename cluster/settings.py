@@ -74,6 +74,11 @@ class Settings(BaseSettings):
     # actors (at most ``max_class_shards``); 0: never shard.
     class_shard_riders: int = Field(default=1000, ge=0)
     max_class_shards: int = Field(default=64, ge=1, le=1024)  # the most class shards one class gets
+    # Growing a class over class shards while it runs (docs/big-classes.md): "off", a class's
+    # shards are fixed when it is created (riders by a hash of their id); "sharded", a class
+    # created over class shards records each rider's shard and adds shards as riders join past
+    # class_shard_riders per shard; "all", every dedicated class starts as one class shard and grows.
+    class_shard_growth: Literal["off", "sharded", "all"] = "off"
     # view=all rows per frame on a sharded class's board (it pages; a single actor's class sends all)
     board_page_rows: int = Field(default=500, ge=10, le=5000)
     # Where a class created without an expected size (or placement) runs.

@@ -41,6 +41,7 @@ from actors.wire import SampleColumns, TickRequest, TickResult, decode_message, 
 from api.class_board import ShardPart, merge_board
 from api.class_ticks import split_tick
 from api.viewer import CompactBoard, Paging, board_encoder
+from cluster.class_shards import shard_of
 
 TICK_S = 0.1
 
@@ -120,6 +121,7 @@ def sharded(ticks: list[TickRequest], riders: int, shards: int) -> dict[str, Any
     everyone = board_encoder(None, everyone=True, paging=Paging(None, 500))
     for n, tick in enumerate(ticks):
         known = [-1 if p is None else p.version for p in parts]
+        owner.update((d, shard_of(p, shards)) for d, p in tick.devices if d not in owner)  # (the edge: placed)
         requests = clock.time("edge_split_ms", lambda: split_tick(tick, shards, owner, known))
         results = []
         slowest = 0.0

@@ -15,12 +15,13 @@ from typing import Any
 import msgpack
 import numpy as np
 import pytest
+import redis
 
 from actors.board_part import KEEP_VERSIONS, BoardParts, board_part, is_part
 from actors.session import DeviceBatch, Phase, SessionState
 from api.class_board import PartGap, ShardPart, merge_board
 from api.viewer import CompactBoard, Paging, board_encoder, own_row, own_summary
-from cluster.class_shards import merge_snapshots, shard_count, shard_of
+from cluster.class_shards import ASSIGN, merge_snapshots, placement_keys, shard_count, shard_of
 
 SHARDS = 3
 RIDERS = 240
@@ -193,3 +194,56 @@ def test_an_ended_class_gives_each_rider_its_summary_with_the_class_rank() -> No
     frame = msgpack.unpackb(CompactBoard(rider)(board), raw=False)
     assert frame["summary"]["rank"] == ranks[rider]
     assert own_summary(board, reference.participants[6]) is None  # left: not ranked, no summary
+
+
+@pytest.mark.timeout(60)
+def test_a_growing_class_places_riders_once_and_its_merge_stays_the_single_actors(redis_server: Any) -> None:
+    """Riders placed by the class's own script (``ASSIGN``, real Redis), 20 per shard: 50
+    riders who join over 5 rounds of riding grow the class from 1 shard to 3 (20, 20, 10);
+    nobody moves, every rider's samples go to its recorded shard, and every rank of the merge
+    is the single reference's. A shard added late follows the class's phase and clock."""
+    client = redis.Redis.from_url(redis_server.url)
+    meta, (placed_key, loads_key) = "grow:session:{g}:meta", placement_keys("grow", "g")
+    client.delete(meta, placed_key, loads_key)
+    client.hset(meta, mapping={"shards": 1, "shard_riders": 20, "max_shards": 64})
+    assign = client.register_script(ASSIGN)
+    clock = lambda: 1_000.0  # noqa: E731
+    reference = SessionState("g", board_size=10, clock=clock)
+    shards = [SessionState("g~0", board_size=10, clock=clock)]
+    reference.set_phase(Phase.LIVE)
+    shards[0].set_phase(Phase.LIVE)
+    rng = random.Random(11)
+    riders: list[str] = []
+    owner: dict[str, int] = {}
+    for tick in range(5):
+        joining = [f"g{k:02d}" for k in range(tick * 10, tick * 10 + 10)]
+        reply = assign(keys=[meta, placed_key, loads_key], args=joining)
+        for rider, shard in zip(joining, reply[1:], strict=True):
+            owner[rider] = int(shard)
+        while len(shards) < int(reply[0]):  # a new shard follows the class (shard 0's phase and clock)
+            shards.append(SessionState(f"g~{len(shards)}", board_size=10, clock=clock))
+            assert shards[-1].follow(shards[0].phase, shards[0].schedule) and shards[-1].phase is Phase.LIVE
+        riders += joining
+        batches = [DeviceBatch(f"{r}-dev", r, [[tick + 1, 100.0 + tick, 120.0, rng.uniform(80, 400), 85.0, 8.0,
+                                                 10.0 * tick]]) for r in riders]
+        reference.apply(batches)
+        for i, shard in enumerate(shards):
+            shard.apply(b for b in batches if owner[b.participant] == i)
+    again = assign(keys=[meta, placed_key, loads_key], args=riders)  # placed once: asked again, the same shards
+    assert [int(s) for s in again[1:]] == [owner[r] for r in riders] and int(again[0]) == 3
+    assert [len(s.participants) for s in shards] == [20, 20, 10] and client.hget(meta, "shards") == b"3"
+    assert {int(k): int(v) for k, v in client.hgetall(loads_key).items()} == {0: 20, 1: 20, 2: 10}
+    client.hset(meta, "max_shards", 3)  # at the most shards: the least loaded takes the next riders anyway
+    assert [int(s) for s in assign(keys=[meta, placed_key, loads_key], args=["late-1", "late-2"])] == [3, 2, 2]
+    client.delete(meta, placed_key, loads_key)
+    client.close()
+    board = _merged(shards)
+    ranks = _expected_rank(reference)
+    assert board["n"] == len(ranks) == 50 and len(board["merged"].page(0, 100)) == 50
+    for rider, rank in ranks.items():
+        mine = own_row(board, rider)
+        assert mine is not None and mine[1] == rank, rider
+    assert [r[0] for r in board["top"]] == [r[0] for r in reference.board()["rows"][:10]]
+    assert not shards[2].follow(Phase.LIVE, shards[0].schedule)  # idempotent
+    assert shards[2].follow(Phase.ENDED, shards[0].schedule) and shards[2].phase is Phase.ENDED
+    assert not shards[2].follow(Phase.LIVE, shards[0].schedule) and shards[2].phase is Phase.ENDED  # only forward

@@ -26,16 +26,19 @@ import httpx
 import msgpack
 import pytest
 import ray
+import redis
 import redis.asyncio as aioredis
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from actors.session_actor import actor_name
+from cluster.class_shards import placement_keys
 from cluster.directory import SessionDirectory
 from cluster.placement import held_slots
 from cluster.prescale import PrescaleBook, PrescalePolicy, Prescaler, ScheduledClass
 from cluster.class_shards import shard_id, shard_of
 from sims.swarm import Swarm, SwarmConfig
+from storage.checkpoint import key_base
 from tests.cluster.helpers import actor_alive as _alive
 from tests.edge_server import EdgeServer
 
@@ -77,8 +80,8 @@ async def _board(url: str, token: str, *, page: int = 0, page_size: int = 100, p
                 return frame  # type: ignore[no-any-return]
 
 
-async def _kill_a_shard(sid: str, namespace: str, seen: dict[str, Any]) -> None:
-    name = actor_name(shard_id(sid, 1))
+async def _kill_a_shard(sid: str, namespace: str, seen: dict[str, Any], index: int = 1) -> None:
+    name = actor_name(shard_id(sid, index))
     while True:
         try:
             handle = ray.get_actor(name, namespace=namespace)
@@ -225,3 +228,71 @@ def test_control_calls_reach_every_shard_and_bad_paging_is_refused(sharding_edge
         own = http.get(f"/v1/sessions/{sid}", headers=tokens.headers("participant", participant=riders[1],
                                                                      sessions=[sid]))
         assert own.status_code == 200 and len(own.json()["participants"]) == 12, own.text
+
+
+GROWN = 50  # riders of the growing class: 20 per shard, so it grows from 1 shard to 3
+
+
+@pytest.mark.timeout(300)
+def test_a_class_grows_its_shards_while_it_runs_and_keeps_every_sample_and_exact_ranks(
+        own_edge: Any, run: Any, unique_id: str) -> None:
+    """Created for 20 riders (one shard), joined by 50 over 6 s of its ride: it grows to 3
+    shards (20, 20, 10: least loaded first), riders stay where they were placed, the new
+    shard 2 is SIGKILLed once it serves and comes back from its checkpoint."""
+    edge, tokens = own_edge(class_shard_riders=20, class_shard_growth="all")
+    config = SwarmConfig(base_url=edge.url, sessions=1, devices=GROWN, seconds=14, rate_hz=2.0, board_hz=4.0,
+                         hub_size=5, session_prefix=f"grow-{unique_id}", drain_timeout_s=90, dup_rate=0.05,
+                         join_window_s=6.0)
+    swarm = Swarm(config)
+    sid = swarm.sessions[0]
+    ops = httpx.Client(base_url=edge.url, headers=tokens.headers("operator"), timeout=60)
+    assert ops.post("/v1/sessions", json={"id": sid, "expected_riders": 20}).status_code == 201
+    assert ops.get(f"/v1/sessions/{sid}").json()["meta"]["shards"] == "1"  # (the swarm's create finds it made)
+    seen: dict[str, Any] = {}
+    shard_of_key, loads_key = placement_keys(edge.settings.prefix, sid)
+
+    async def kill_after_growth() -> None:
+        client = aioredis.Redis.from_url(edge.settings.redis_url)
+        try:
+            while int(await client.hget(f"{key_base(edge.settings.prefix, 'session', sid)}:meta", "shards") or 0) < 3:
+                await asyncio.sleep(0.2)
+        finally:
+            await client.aclose()
+        await _kill_a_shard(sid, edge.settings.namespace, seen, index=2)
+
+    async def scenario() -> dict[str, Any]:
+        result, _ = await asyncio.gather(swarm.run(), asyncio.wait_for(kill_after_growth(), 120))
+        return result  # type: ignore[no-any-return]
+
+    result = run(scenario(), timeout=240)
+    assert result["drained"] and result["lost"] == 0 and result["duplicated"] == 0, result
+    assert result["acknowledged"] == result["applied"] == result["sent"] - result["rejected"] > 0, result
+    assert result["participants_mismatched"] == 0, result
+    assert seen["after"]["pid"] != seen["before"]["pid"] and seen["after"]["epoch"] > seen["before"]["epoch"]
+
+    snap = ops.get(f"/v1/sessions/{sid}").json()
+    ops.close()
+    assert snap["meta"]["shards"] == "3" and [s["participants"] for s in snap["shards"]] == [20, 20, 10]
+    assert snap["phase"] == "ended" and all(s["phase"] == "ended" for s in snap["shards"])
+    truths = {t.participant: t for t in swarm.truths()}
+    assert sorted(p["participant"] for p in snap["participants"]) == sorted(truths)
+    # every rider is in the shard its placement recorded, and only there
+    client = redis.Redis.from_url(edge.settings.redis_url)
+    placed = {k.decode(): int(v) for k, v in client.hgetall(shard_of_key).items()}
+    loads = {int(k): int(v) for k, v in client.hgetall(loads_key).items()}
+    client.close()
+    assert sorted(placed) == sorted(truths) and loads == {0: 20, 1: 20, 2: 10}
+    for index in range(3):
+        shard = ray.get_actor(actor_name(shard_id(sid, index)), namespace=edge.settings.namespace)
+        riders = ray.get(shard.snapshot.remote(), timeout=60)["participants"]
+        assert sorted(p["participant"] for p in riders) == sorted(p for p, s in placed.items() if s == index)
+        for row in riders:  # every sample of a rider's devices was applied once, on its own shard
+            assert row["samples"] == truths[row["participant"]].valid, row
+
+    exact = _ranks(snap["participants"])
+    sent = _ranks([{"participant": t.participant, "energy_kj": t.energy_kj} for t in truths.values()], slack=1e-6)
+    board = run(_board(edge.url.replace("http", "ws") + f"/v1/sessions/{sid}/board", tokens("operator"),
+                       want=lambda f: f["n"] == GROWN and f["phase"] == "ended"), timeout=60)
+    assert sorted(r[0] for r in board["rows"]) == sorted(truths)
+    for who, rank, *_ in board["rows"]:
+        assert exact[who][0] == rank and sent[who][0] <= rank <= sent[who][1], who
