@@ -33,13 +33,16 @@ RECYCLE_EVERY = 200  # creations per creator process: ~13 MiB of Ray's per-actor
 class Creator:
     """Creates named detached actors on an edge's behalf (and keeps Ray's state of them)."""
 
+    def ready(self) -> bool:
+        return True
+
     def create(self, kind: str, options: dict[str, Any], args: tuple[Any, ...]) -> None:
         # Imported here: the creator process needs the actor classes, the edge's import does not.
         from actors.session_actor import SessionActor
         from actors.session_host import SessionHost
 
         actor_class = {"session": SessionActor, "host": SessionHost}[kind]
-        actor_class.options(**options).remote(*args)  # a named actor is registered before this returns
+        actor_class.options(**options).remote(*args)  # a named actor is registered before this returns  # type: ignore[attr-defined]
 
 
 class ActorMaker:
@@ -80,6 +83,18 @@ class ActorMaker:
                 self._release(creator)
         return ray.get_actor(name, namespace=self.namespace)
 
+    def warm(self, timeout_s: float) -> bool:
+        """Start the creator now (its process start, ~0.5 s, is then not in the first class's
+        way); False if it did not answer within ``timeout_s`` (the first creation waits then)."""
+        creator = self._take(count=False)
+        try:
+            return bool(ray.get(creator.ready.remote(), timeout=timeout_s))
+        except (GetTimeoutError, RayActorError):
+            log.warning("the actor creator did not start within %.0f s", timeout_s)
+            return False
+        finally:
+            self._release(creator)
+
     def close(self) -> None:
         """Kill every creator (the actors they created live on)."""
         with self._lock:
@@ -89,7 +104,7 @@ class ActorMaker:
             _kill(creator)
 
     # -- creators -------------------------------------------------------------------------
-    def _take(self) -> Any:
+    def _take(self, *, count: bool = True) -> Any:
         with self._lock:
             if self._creator is None or self._made >= self.recycle_every:
                 if self._creator is not None:
@@ -98,7 +113,7 @@ class ActorMaker:
                 self._made = 0
                 self.creators_started += 1
             creator = self._creator
-            self._made += 1
+            self._made += count
             self._busy[creator] = self._busy.get(creator, 0) + 1
             return creator
 

@@ -74,3 +74,22 @@ def test_creators_are_recycled_and_the_actors_they_made_live_on(edge_settings: A
                 ray.kill(ray.get_actor(actor_name(sid), namespace=namespace), no_restart=True)
             except ValueError:
                 pass
+
+
+@pytest.mark.timeout(120)
+def test_a_warmed_creator_serves_the_first_creation(edge_settings: Any, unique_id: str) -> None:
+    namespace = edge_settings.namespace
+    directory = SessionDirectory(None, prefix=edge_settings.prefix, namespace=namespace,  # type: ignore[arg-type]
+                                 actor_settings=edge_settings.actor_settings(), resources={})
+    sid = f"cw-{unique_id}"
+    try:
+        assert directory.maker.warm(60) is True
+        assert directory.maker.creators_started == 1 and directory.maker._made == 0  # warming creates nothing
+        assert ray.get(directory._get_or_create(sid).info.remote(), timeout=60)["pid"] > 0
+        assert directory.maker.creators_started == 1 and directory.maker._made == 1  # the warm one made it
+    finally:
+        directory.close()
+        try:
+            ray.kill(ray.get_actor(actor_name(sid), namespace=namespace), no_restart=True)
+        except ValueError:
+            pass
