@@ -42,7 +42,8 @@ class Creator:
         from actors.session_host import SessionHost
 
         actor_class = {"session": SessionActor, "host": SessionHost}[kind]
-        actor_class.options(**options).remote(*args)  # a named actor is registered before this returns  # type: ignore[attr-defined]
+        # (a named actor is registered with the GCS before ``remote`` returns)
+        actor_class.options(**options).remote(*args)  # type: ignore[attr-defined]
 
 
 class ActorMaker:
