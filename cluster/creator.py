@@ -27,6 +27,7 @@ from ray.exceptions import GetTimeoutError, RayActorError
 log = logging.getLogger(__name__)
 
 RECYCLE_EVERY = 200  # creations per creator process: ~13 MiB of Ray's per-actor state at most
+IDLE_S = 120.0  # a creator with nothing to create for this long exits (~150 MiB, a Ray worker's idle CPU)
 
 
 @ray.remote(num_cpus=0, max_restarts=0)
@@ -50,9 +51,11 @@ class ActorMaker:
     """The edge's side: ``get_or_create`` a named detached actor through a recycled creator.
     Thread-safe (the directory calls it from worker threads)."""
 
-    def __init__(self, namespace: str, *, recycle_every: int = RECYCLE_EVERY) -> None:
+    def __init__(self, namespace: str, *, recycle_every: int = RECYCLE_EVERY, idle_s: float = IDLE_S) -> None:
         self.namespace = namespace
         self.recycle_every = recycle_every
+        self.idle_s = idle_s
+        self._idle_timer: threading.Timer | None = None
         self._lock = threading.Lock()
         self._creator: Any = None
         self._made = 0  # creations asked of the current creator
@@ -99,6 +102,8 @@ class ActorMaker:
     def close(self) -> None:
         """Kill every creator (the actors they created live on)."""
         with self._lock:
+            if self._idle_timer is not None:
+                self._idle_timer.cancel()
             creators = [c for c in (self._creator, *self._retired) if c is not None]
             self._creator, self._retired, self._busy = None, [], {}
         for creator in creators:
@@ -130,8 +135,23 @@ class ActorMaker:
                 if old not in self._busy:
                     self._retired.remove(old)
                     idle.append(old)
+            if not self._busy and self._creator is not None:  # nothing in flight: retire it if it stays so
+                if self._idle_timer is not None:
+                    self._idle_timer.cancel()
+                self._idle_timer = threading.Timer(self.idle_s, self._retire_idle, args=(self._creator,))
+                self._idle_timer.daemon = True
+                self._idle_timer.start()
         for old in idle:
             _kill(old)
+
+    def _retire_idle(self, creator: Any) -> None:
+        """The idle timer: ``creator`` had nothing to do for ``idle_s``; the next creation starts another."""
+        with self._lock:
+            if self._creator is not creator or self._busy:
+                return  # replaced, or busy again (a newer timer runs when that call returns)
+            self._creator = None
+            self._made = 0
+        _kill(creator)
 
     def _drop(self, creator: Any) -> None:
         """``creator`` is not to be used again (it died or hangs): retire it."""

@@ -93,3 +93,25 @@ def test_a_warmed_creator_serves_the_first_creation(edge_settings: Any, unique_i
             ray.kill(ray.get_actor(actor_name(sid), namespace=namespace), no_restart=True)
         except ValueError:
             pass
+
+
+@pytest.mark.timeout(120)
+def test_an_idle_creator_exits_and_the_next_creation_starts_another(edge_settings: Any, unique_id: str) -> None:
+    namespace = edge_settings.namespace
+    directory = SessionDirectory(None, prefix=edge_settings.prefix, namespace=namespace,  # type: ignore[arg-type]
+                                 actor_settings=edge_settings.actor_settings(), resources={})
+    directory.maker = maker = ActorMaker(namespace, idle_s=1.0)
+    sid = f"ci-{unique_id}"
+    try:
+        assert maker.warm(60) is True
+        first = maker._creator
+        assert _dead_soon(first)  # nothing to create for 1 s: it went
+        assert maker._creator is None
+        assert ray.get(directory._get_or_create(sid).info.remote(), timeout=60)["pid"] > 0
+        assert maker.creators_started == 2 and maker._creator is not first
+    finally:
+        directory.close()
+        try:
+            ray.kill(ray.get_actor(actor_name(sid), namespace=namespace), no_restart=True)
+        except ValueError:
+            pass
