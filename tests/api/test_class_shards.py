@@ -9,12 +9,15 @@
   sent);
 * control calls are one action: a phase change reaches every shard; joins go to the
   rider's shard; passivating the class ends every shard's actor and the next call brings
-  them back from their checkpoints; bad paging is refused with a close code and a reason.
+  them back from their checkpoints; bad paging is refused with a close code and a reason;
+* each rider of an ended sharded class gets its end-of-class summary with the class's rank.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
+import json
 import os
 import signal
 import socket
@@ -296,3 +299,74 @@ def test_a_class_grows_its_shards_while_it_runs_and_keeps_every_sample_and_exact
     assert sorted(r[0] for r in board["rows"]) == sorted(truths)
     for who, rank, *_ in board["rows"]:
         assert exact[who][0] == rank and sent[who][0] <= rank <= sent[who][1], who
+
+
+def _two_per_shard(unique_id: str, shards: int) -> list[str]:
+    riders: list[str] = []
+    for k in itertools.count():
+        name = f"r{k}-{unique_id}"
+        if sum(shard_of(r, shards) == shard_of(name, shards) for r in riders) < 2:
+            riders.append(name)
+        if len(riders) == 2 * shards:
+            return riders
+    raise AssertionError("unreachable")
+
+
+@pytest.mark.timeout(240)
+def test_each_rider_of_a_sharded_class_gets_its_end_of_class_summary(sharding_edge: EdgeServer, tokens: Any,
+                                                                     run: Any, unique_id: str) -> None:
+    """Riders of two shards ride a class (v1.1 device connections); once it ends each gets
+    its own end-of-class summary on its board frames, exactly as a one-actor class gives it:
+    rank and rider count of the whole class (merged across shards, the same rank as the
+    ride in the history), its totals, and the personal records its ride set."""
+    sid = f"sum-{unique_id}"
+    riders = _two_per_shard(unique_id, 2)
+    power = {rider: 150.0 + 40.0 * k for k, rider in enumerate(riders)}  # distinct outputs: ranks by power
+    rank = {rider: 1 + sum(p > power[rider] for p in power.values()) for rider in riders}
+    ops = tokens.headers("operator")
+    with httpx.Client(base_url=sharding_edge.url, headers=ops, timeout=60) as http:
+        assert http.post("/v1/sessions", json={"id": sid, "expected_riders": 150}).status_code == 201
+        for rider in riders:
+            assert http.post(f"/v1/sessions/{sid}/participants", json={"participant": rider}).status_code == 201
+        assert http.post(f"/v1/sessions/{sid}/phase", json={"phase": "live"}).status_code == 200
+    start = float(int(time.time()) - 100)
+    ws_url = sharding_edge.url.replace("http", "ws")
+
+    async def ride() -> dict[str, dict[str, Any]]:
+        sockets = {}
+        for rider in riders:
+            token = tokens("device", device=f"{rider}-bike", participant=rider, sessions=[sid])
+            ws = sockets[rider] = await connect(f"{ws_url}/v1/devices", additional_headers={"Authorization": f"Bearer {token}"})
+            await ws.send(msgpack.packb({"t": "hello", "v": 1.1, "board": {"rate": 2}, "devices": [
+                {"device": f"{rider}-bike", "participant": rider, "session": sid}]}))
+            await ws.send(msgpack.packb({"t": "samples", "device": f"{rider}-bike", "samples": [
+                [seq, start + seq, 140.0, power[rider], 90.0, 8.0, 8.0 * seq] for seq in range(1, 11)]}))
+        try:
+            for rider, ws in sockets.items():
+                while (msgpack.unpackb(await ws.recv()).get("acks") or {}).get(f"{rider}-bike") != 10:
+                    pass
+            async with httpx.AsyncClient(base_url=sharding_edge.url, headers=ops, timeout=60) as http:
+                (await http.post(f"/v1/sessions/{sid}/phase", json={"phase": "ended"})).raise_for_status()
+            summaries = {}
+            for rider, ws in sockets.items():
+                while True:
+                    frame = msgpack.unpackb(await ws.recv())
+                    if frame.get("t") == "board" and (frame.get("summary") or {}).get("records") is not None:
+                        assert frame["phase"] == "ended" and "summaries" not in frame
+                        summaries[rider] = frame["summary"]
+                        break
+            return summaries
+        finally:
+            for ws in sockets.values():
+                await ws.close()
+
+    summaries = run(ride(), timeout=180)
+    with httpx.Client(base_url=sharding_edge.url, headers=ops, timeout=60) as http:
+        rides = {rider: http.get(f"/v1/riders/{rider}/rides/{sid}").json() for rider in riders}
+    for rider, summary in summaries.items():
+        assert summary["rank"] == rank[rider] == rides[rider]["rank"], (rider, summary, rides[rider])
+        assert summary["riders"] == len(riders) == rides[rider]["riders"]
+        assert summary["power_avg"] == power[rider] and summary["duration_s"] == 10
+        assert summary["bests"]["power_5s_w"] == power[rider] and sum(summary["power_zone_s"]) > 0
+        assert sorted(summary["records"]) == ["class_output_kj", "power_5s_w"]  # a first ride sets them
+        assert not any(other in json.dumps(summary) for other in riders if other != rider)
