@@ -60,6 +60,7 @@ class Edge:
                 ack_interval_s=self.settings.ack_interval_s,
                 channel=self.channel,
                 on_phase=self.record_phase,
+                on_join=self.riders_joined,
             )
             pump.start()
         return pump
@@ -73,13 +74,38 @@ class Edge:
         if changed and kind is not None:
             await self.event(kind, session_id, {"session": session_id, "phase": phase})
 
-    async def event(self, kind: str, session_id: str, data: dict[str, Any], *, rider: str = "") -> None:
+    async def event(self, kind: str, session_id: str, data: dict[str, Any], *, rider: str = "") -> bool:
         """Publish a platform event (one XADD); a failure is logged, never fails the caller:
-        the class goes on whatever happens to its webhooks."""
+        the class goes on whatever happens to its webhooks. False: not published."""
         try:
             await publish_event(self.directory.redis, self.settings.prefix, kind, session_id, data, rider=rider)
+            return True
         except Exception as exc:
             log.warning("event %s of %s not published: %r", kind, session_id, exc)
+            return False
+
+    async def riders_joined(self, session_id: str, riders: list[str]) -> None:
+        """``rider.joined`` once per rider per class, whichever way it joined (the join route,
+        or its device's first samples: the pump reports those) and whichever edge saw it:
+        the class's joined set (``SessionRecords.first_join``) lets one call through. A
+        rider whose event could not be published is taken out again, so the next report of
+        it retries; raises when that cannot be done either (the pump reports it again)."""
+        records = SessionRecords(self.directory.redis, prefix=self.settings.prefix)
+        for rider in riders:
+            if await records.first_join(session_id, rider) and not await self.event(
+                    "rider.joined", session_id, {"session": session_id, "rider": rider}, rider=rider):
+                await records.forget_join(session_id, rider)
+
+    async def rider_left(self, session_id: str, rider: str) -> None:
+        """``rider.left``; the rider's next join is announced again (on this edge's pump too)."""
+        try:
+            await SessionRecords(self.directory.redis, prefix=self.settings.prefix).forget_join(session_id, rider)
+        except Exception as exc:
+            log.warning("session %s: rider %s left, not taken out of the joined set: %r", session_id, rider, exc)
+        pump = self.pumps.get(session_id)
+        if pump is not None:
+            pump.joined.discard(rider)
+        await self.event("rider.left", session_id, {"session": session_id, "rider": rider}, rider=rider)
 
     async def require(self, session_id: str) -> None:
         if not SESSION_ID.match(session_id) or not await self.directory.exists(session_id):

@@ -95,12 +95,18 @@ class SessionPump:
         channel: TickChannel | None = None,
         max_tick_interval_s: float | None = None,
         on_phase: Callable[[str, str], Awaitable[None]] | None = None,
+        on_join: Callable[[str, list[str]], Awaitable[None]] | None = None,
     ) -> None:
         self.session_id = session_id
         # called (in the background) when a board shows the class in a new phase: a class
         # plan moves phases by itself, and the edge records them (cluster.session_records)
         self.on_phase = on_phase
         self._phase_task: asyncio.Task[None] | None = None
+        # called (in the background) with the riders whose samples a tick applied for the
+        # first time on this pump: a device's first samples join its rider (rider.joined)
+        self.on_join = on_join
+        self.joined: set[str] = set()  # riders reported to on_join (a leave through this edge takes one out)
+        self._join_tasks: set[asyncio.Task[None]] = set()
         self.ack_interval_s = ack_interval_s
         self.directory = directory
         self.channel: TickChannel = channel if channel is not None else RayTicks(directory)
@@ -178,6 +184,21 @@ class SessionPump:
             await self.on_phase(self.session_id, phase)  # type: ignore[misc]
         except Exception as exc:  # a record is bookkeeping: the class goes on
             log.warning("session %s: recording phase %s failed: %r", self.session_id, phase, exc)
+
+    def _report_joins(self, pending: dict[str, _Pending]) -> None:
+        new = {p.participant for p in pending.values() if p.rows} - self.joined
+        if new:
+            self.joined |= new
+            task = asyncio.get_running_loop().create_task(self._report_join(sorted(new)))
+            self._join_tasks.add(task)
+            task.add_done_callback(self._join_tasks.discard)
+
+    async def _report_join(self, riders: list[str]) -> None:
+        try:
+            await self.on_join(self.session_id, riders)  # type: ignore[misc]
+        except Exception as exc:  # reported again with their next samples
+            self.joined.difference_update(riders)
+            log.warning("session %s: reporting %d joined rider(s) failed: %r", self.session_id, len(riders), exc)
 
     def remove_viewer(self, outbox: Outbox) -> None:
         self.viewers.discard(outbox)
@@ -311,6 +332,8 @@ class SessionPump:
             RESYNCS.inc()
         self.epoch = result.epoch
         self._dispatch_acks(result.durable, batch_at)
+        if self.on_join is not None and pending:
+            self._report_joins(pending)
         now = time.monotonic()
         slack = self.interval_s / 2
         board = result.board

@@ -146,8 +146,10 @@ def install(app: FastAPI, settings: Settings) -> None:
         if position:
             raise Queued(position, edge.admission.retry_after_s(position))
         slot = await edge.call(session_id, "join", participant=body.participant, **extra)
-        await edge.event("rider.joined", session_id, {"session": session_id, "rider": body.participant},
-                         rider=body.participant)
+        try:
+            await edge.riders_joined(session_id, [body.participant])
+        except Exception as exc:  # (bookkeeping: the rider has joined; its device's samples retry)
+            log.warning("session %s: rider.joined of %s not published: %r", session_id, body.participant, exc)
         return {"participant": body.participant, "slot": slot}
 
     @app.delete("/v1/sessions/{session_id}/participants/{participant}")
@@ -157,7 +159,7 @@ def install(app: FastAPI, settings: Settings) -> None:
         left = await edge.call(session_id, "leave", participant=participant)
         await edge.admission.release(session_id, participant)  # its seat goes to the next in the queue
         if left:
-            await edge.event("rider.left", session_id, {"session": session_id, "rider": participant}, rider=participant)
+            await edge.rider_left(session_id, participant)
         return {"participant": participant, "left": left}
 
     @app.post("/v1/sessions/{session_id}/on-demand", status_code=201, dependencies=[Depends(operator)])

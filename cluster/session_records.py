@@ -12,6 +12,10 @@ key                             type    meaning
                                         keyset cursor that neither skips nor repeats
 ``{p}:session:{{id}}:meta``     hash    (``cluster.directory``) plus ``phase``, written
                                         here on every phase change made through the edge
+``{p}:session:{{id}}:joined``   set     the riders announced as joined (``rider.joined``,
+                                        ``history.events``): a rider is in it from its
+                                        first join, by HTTP or by its device's first
+                                        samples, until it leaves over HTTP
 ==============================  ======  ==================================================
 
 A session's own keys are ``session_keys(prefix, id)``: its meta hash, its checkpoint, the
@@ -46,7 +50,7 @@ MAX_SCAN = 1000  # index entries read per listing request, whatever the filter
 def session_keys(prefix: str, session_id: str) -> list[str]:
     base = key_base(prefix, "session", session_id)
     return [f"{base}:meta", f"{base}:ckpt", f"{base}:ckpt_epoch", f"{base}:epoch", f"{base}:rec",
-            *admission_keys(prefix, session_id), *placement_keys(prefix, session_id)]
+            *admission_keys(prefix, session_id), *placement_keys(prefix, session_id), f"{base}:joined"]
 
 
 def _member(created_at: float, session_id: str) -> str:
@@ -67,6 +71,18 @@ _SET_PHASE = """
 local previous = redis.call('HGET', KEYS[1], 'phase')
 redis.call('HSET', KEYS[1], 'phase', ARGV[1])
 return previous
+"""
+
+
+# A rider's first join: 1 if it was not in the joined set. A set made after the class ended
+# takes the meta's TTL (the class's retention), as the checkpoint's KEEPTTL keeps it.
+_FIRST_JOIN = """
+local added = redis.call('SADD', KEYS[1], ARGV[1])
+if added == 1 and redis.call('PTTL', KEYS[1]) == -1 then
+  local ttl = redis.call('PTTL', KEYS[2])
+  if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
+end
+return added
 """
 
 
@@ -97,6 +113,19 @@ class SessionRecords:
                     pipe.expire(key, ttl)
                 await pipe.execute()
         return changed
+
+    def joined_key(self, session_id: str) -> str:
+        return f"{key_base(self.prefix, 'session', session_id)}:joined"
+
+    async def first_join(self, session_id: str, rider: str) -> bool:
+        """Note that ``rider`` is in the class; True the first time (atomic: of several
+        edges or calls noting it, one gets True) and again after ``forget_join``."""
+        keys = (self.joined_key(session_id), self.meta_key(session_id))
+        return bool(await self.redis.eval(_FIRST_JOIN, 2, *keys, rider))  # type: ignore[misc]
+
+    async def forget_join(self, session_id: str, rider: str) -> None:
+        """The rider left: its next join is a first join again."""
+        await self.redis.srem(self.joined_key(session_id), rider)  # type: ignore[misc]
 
     async def page(self, *, phase: str | None, limit: int, after: str | None) -> Page:
         """Sessions in creation order after the cursor, optionally only those in ``phase``."""

@@ -3,7 +3,8 @@
 The edge ``XADD``s ``class.scheduled``, ``class.starting`` (the lobby opened),
 ``class.live``, ``class.ended`` when it sees a class move there (a phase call or the class's
 own plan; ``SessionRecords.record_phase`` says whether the phase really changed, so several
-edges do not repeat it) and ``rider.joined`` / ``rider.left`` on the join and leave routes.
+edges do not repeat it), ``rider.joined`` once per rider (the join route, or a device's first
+samples: ``api.edge.Edge.riders_joined``) and ``rider.left`` on the leave route.
 ``record.set`` and ``result.revised`` come from the results stream (``history.results_stream``):
 the webhook dispatcher (``history.webhooks``) reads both.
 
