@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import math
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -702,14 +703,22 @@ class SessionState:
         return msgpack.packb(payload, use_bin_type=True)  # type: ignore[no-any-return]
 
     @staticmethod
-    def checkpoint_scores(data: bytes) -> tuple[list[str], np.ndarray, np.ndarray]:
-        """From a checkpoint, without restoring it: every rider (slot order), its energy (kJ)
-        and its samples applied (what another shard of the class ranks it by)."""
+    def checkpoint_results(data: bytes) -> list[dict[str, Any]]:
+        """From a checkpoint, without restoring it: every rider (slot order) with what a class
+        result shows of it (``participant``, ``energy_kj``, ``samples``, ``distance_m``,
+        ``power_avg``, ``hr_avg``, as ``summary`` gives them): what another shard of the
+        class ranks it by and publishes of it."""
         raw = msgpack.unpackb(data, raw=False, strict_map_key=False)
-        participants = [str(p) for p in raw["participants"]]
-        cols = raw["cols"]
-        return (participants, np.frombuffer(cols["energy_kj"], np.float64).copy(),
-                np.frombuffer(cols["samples"], np.int64).copy())
+        cols = {name: np.frombuffer(raw["cols"][name], np.int64 if name in _INT_COLUMNS else np.float64).tolist()
+                for name in ("energy_kj", "samples", "distance_m", "power_sum", "power_n", "hr_sum", "hr_n")}
+
+        def avg(total: str, count: str, i: int) -> float | None:
+            return cols[total][i] / cols[count][i] if cols[count][i] else None
+
+        return [{"participant": str(p), "energy_kj": cols["energy_kj"][i], "samples": cols["samples"][i],
+                 "distance_m": None if math.isnan(cols["distance_m"][i]) else cols["distance_m"][i],
+                 "power_avg": avg("power_sum", "power_n", i), "hr_avg": avg("hr_sum", "hr_n", i)}
+                for i, p in enumerate(raw["participants"])]
 
     @classmethod
     def from_checkpoint(cls, data: bytes, *, clock: Callable[[], float] = time.time,

@@ -45,7 +45,7 @@ from typing import Any
 
 from storage.checkpoint import CheckpointStore, key_base
 from actors.board_part import BoardParts
-from actors.class_shard import class_ranks, class_shard_count
+from actors.class_shard import class_shard_count, class_standing, note_ended
 from actors.errors import StaleInstance
 from actors.plan import ClassClock, check_plan
 from actors.replay import Replay, ReplayError, replay_keys
@@ -422,17 +422,26 @@ class SessionCell:
         recording = self.state.recording
         changed = recording.take_changed()
         slots = list(range(recording.used)) if self._history_all else changed.tolist()
-        if not slots:
+        completes = False
+        if self.settings.class_id:  # a class shard (every shard its class has now): one publishes the class's result
+            try:
+                shards = await class_shard_count(self.store.client(), self.settings.prefix, self.settings.class_id,
+                                                 self.settings.class_shards)
+                complete, completes = await note_ended(self.session_id, shards, prefix=self.settings.prefix,
+                                                       client=self.store.client())
+            except Exception as exc:  # its rides still go; the class's result with a later publication
+                log.warning("class shard %s: could not note its end: %r", self.session_id, exc)
+                shards, complete = self.settings.class_shards, False
+        if not slots and not completes:
             return
         names = self.state.participants
         series = dict(zip((names[s] for s in slots), recording.series_many(slots), strict=True))
-        if self.settings.class_id:  # a class shard: its riders ranked among the whole class (every shard it has now)
-            shards = await class_shard_count(self.store.client(), self.settings.prefix, self.settings.class_id,
-                                             self.settings.class_shards)
-            ranks, riders = await class_ranks(self.session_id, shards, snapshot["participants"],
-                                              redis_url=self.settings.redis_url, prefix=self.settings.prefix,
-                                              client=self.store.client())
-            snapshot = {**snapshot, "class_ranks": ranks, "class_riders": riders}
+        if self.settings.class_id:  # its riders ranked among the whole class (actors/class_shard.py)
+            standing = await class_standing(self.session_id, shards, snapshot["participants"],
+                                            redis_url=self.settings.redis_url, prefix=self.settings.prefix,
+                                            client=self.store.client())
+            snapshot = {**snapshot, "class_ranks": standing.ranks, "class_riders": standing.riders,
+                        "class_result": standing.result if complete else None, "class_completed": completes}
         ok, done = await self._call_sink(self.history_sink, {**snapshot, "series": series})
         if not ok:
             recording.changed[changed] = True

@@ -16,6 +16,8 @@ key                             type    meaning
                                         ``history.events``): a rider is in it from its
                                         first join, by HTTP or by its device's first
                                         samples, until it leaves over HTTP
+``{p}:session:{{id}}:shards_ended``  set  a sharded class's shards that have ended
+                                        (``actors.class_shard.note_ended``)
 ==============================  ======  ==================================================
 
 A session's own keys are ``session_keys(prefix, id)``: its meta hash, its checkpoint, the
@@ -36,6 +38,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from actors.class_shard import shards_ended_key
 from cluster.admission import admission_keys
 from cluster.class_shards import placement_keys
 from storage.checkpoint import key_base
@@ -50,7 +53,8 @@ MAX_SCAN = 1000  # index entries read per listing request, whatever the filter
 def session_keys(prefix: str, session_id: str) -> list[str]:
     base = key_base(prefix, "session", session_id)
     return [f"{base}:meta", f"{base}:ckpt", f"{base}:ckpt_epoch", f"{base}:epoch", f"{base}:rec",
-            *admission_keys(prefix, session_id), *placement_keys(prefix, session_id), f"{base}:joined"]
+            *admission_keys(prefix, session_id), *placement_keys(prefix, session_id), f"{base}:joined",
+            shards_ended_key(prefix, session_id)]
 
 
 def _member(created_at: float, session_id: str) -> str:

@@ -55,9 +55,10 @@ async def record_rides(settings: Mapping[str, Any], snapshot: Mapping[str, Any])
             for record in await records.update(rider, ride.id, ride.summary["bests"]):
                 done["records"] += 1
                 done["events"].append({"type": "record.set", "rider": rider, "ride": ride.id, **record.as_dict()})
+        result = _class_result(snapshot, participants, ranks, revised=bool(done["revised"]))
+        if result is not None and (done["events"] or snapshot.get("class_completed")):
+            done["events"].append({"type": "class.result", **result})
         if done["events"]:
-            done["events"].append({"type": "class.result", **class_result(session, participants, ranks,
-                                                                           revised=bool(done["revised"]))})
             await results_stream.publish(
                 client, prefix, (_entry(session, e) for e in done["events"]),
                 retention_s=float(settings.get("results_stream_retention_s", results_stream.DEFAULT_RETENTION_S)),
@@ -69,6 +70,18 @@ async def record_rides(settings: Mapping[str, Any], snapshot: Mapping[str, Any])
     return done
 
 
+def _class_result(snapshot: Mapping[str, Any], participants: list[Mapping[str, Any]], ranks: Mapping[str, int], *,
+                  revised: bool) -> dict[str, Any] | None:
+    """The class's result (None: not this call's to publish). A class shard
+    (``actors/class_shard.py``) hands the whole class's riders as ``class_result`` when it
+    is the one to publish it, None otherwise; a one-actor class ranks its own."""
+    session = str(snapshot["session"])
+    if "class_result" in snapshot:
+        riders = snapshot["class_result"]
+        return None if riders is None else {"session": session, "revised": revised, "riders": list(riders)}
+    return class_result(session, participants, ranks, revised=revised)
+
+
 def class_result(session: str, participants: list[Mapping[str, Any]], ranks: Mapping[str, int], *,
                  revised: bool) -> dict[str, Any]:
     """The class's result: its riders by rank with their totals (``revised``: late data)."""
@@ -77,10 +90,7 @@ def class_result(session: str, participants: list[Mapping[str, Any]], ranks: Map
                "samples": by_name[rider].get("samples"), "distance_m": by_name[rider].get("distance_m"),
                "power_avg": by_name[rider].get("power_avg"), "hr_avg": by_name[rider].get("hr_avg")}
               for rider, rank in sorted(ranks.items(), key=lambda item: item[1]) if rider in by_name]
-    result: dict[str, Any] = {"session": session, "revised": revised, "riders": riders}
-    if len(riders) < len(ranks):  # one shard of a big class: its riders, with their ranks in the class
-        result["partial"] = True
-    return result
+    return {"session": session, "revised": revised, "riders": riders}
 
 
 def _entry(session: str, event: Mapping[str, Any]) -> dict[str, str]:

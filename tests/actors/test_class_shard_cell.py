@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import pytest
@@ -65,5 +66,58 @@ def test_a_shard_ranks_its_riders_among_the_whole_class_for_the_history(redis_se
         assert done[-1]["class_ranks"] == {"ann": 2, "bob": 4} and done[-1]["class_riders"] == 4
         await first.close()
         await second.close()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.timeout(90)
+def test_a_sharded_class_publishes_one_class_result_for_the_whole_class(redis_server: Any, unique_id: str) -> None:
+    """Two shards with the real history sink: when both have ended, the results stream holds
+    one ``class.result`` with every rider of the class in class rank order (not one per
+    shard), whichever shard ends last; late data to one shard publishes one revised result,
+    again of the whole class."""
+    from history.results_stream import stream_key
+    from storage.checkpoint import client_for
+
+    class_id, prefix = f"res-{unique_id}", f"t{unique_id}"
+    common = {"redis_url": redis_server.url, "prefix": prefix, "board_parts": True, "class_id": class_id,
+              "class_shards": 2, "history_sink": "history.sink:record_rides"}
+
+    def rows(power: float, seqs: range = range(1, 8)) -> list[list[float]]:
+        return [[s, 1000.0 + s, 120.0, power, 90.0, 8.0, 10.0 * s] for s in seqs]
+
+    async def results(client: Any, count: int) -> list[dict[str, Any]]:
+        for _ in range(400):
+            found = [json.loads(f[b"data"]) for _, f in await client.xrange(stream_key(prefix))
+                     if f[b"type"] == b"class.result" and f[b"session"].decode() == class_id]
+            if len(found) >= count:
+                return found
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"{count} class result(s) never came")
+
+    async def scenario() -> None:
+        first, second = SessionCell(f"{class_id}~0", common), SessionCell(f"{class_id}~1", common)
+        client = client_for(redis_server.url)
+        try:
+            first.tick(TickRequest.from_batches(first.session_id, [("d-ann", "ann", rows(200.0), []),
+                                                                    ("d-bob", "bob", rows(100.0), [])]))
+            second.tick(TickRequest.from_batches(second.session_id, [("d-cat", "cat", rows(300.0), []),
+                                                                      ("d-dan", "dan", rows(150.0), [])]))
+            await second.set_phase("ended")
+            await first.set_phase("ended")
+            [result] = await results(client, 1)
+            assert [(r["rider"], r["rank"]) for r in result["riders"]] == [("cat", 1), ("ann", 2), ("dan", 3), ("bob", 4)]
+            assert result["revised"] is False and "partial" not in result
+            assert result["riders"][0]["power_avg"] == 300.0 and result["riders"][0]["samples"] == 7
+            await asyncio.gather(*(c._publish_task for c in (first, second) if c._publish_task))
+            assert len(await results(client, 1)) == 1  # both shards done publishing: still one
+            first.tick(TickRequest.from_batches(first.session_id, [("d-bob", "bob", rows(900.0, range(8, 20)), [])]))
+            revised = (await results(client, 2))[-1]
+            assert revised["revised"] is True
+            assert [(r["rider"], r["rank"]) for r in revised["riders"]] == [("bob", 1), ("cat", 2), ("ann", 3), ("dan", 4)]
+        finally:
+            await first.close()
+            await second.close()
+            await client.aclose()
 
     asyncio.run(scenario())

@@ -103,11 +103,11 @@ def test_records_follow_the_best_ride_both_ways(redis_server: Any, unique_id: st
 
 
 @pytest.mark.integration
-def test_the_sink_records_rides_and_a_shard_publishes_a_partial_class_result(redis_server: Any,
-                                                                           unique_id: str) -> None:
+def test_the_sink_records_rides_and_a_shard_publishes_the_class_result_only_when_handed_it(
+        redis_server: Any, unique_id: str) -> None:
     """The history sink as a session calls it: every rider with seconds gets a ride, a rider
     without none; a shard of a big class ranks its riders in the whole class (the ranks it
-    is handed) and its class result says it is partial."""
+    is handed) and publishes the class result only when handed the whole class's."""
     from history.sink import record_rides
     from history.results_stream import stream_key
     from storage.checkpoint import client_for
@@ -127,13 +127,19 @@ def test_the_sink_records_rides_and_a_shard_publishes_a_partial_class_result(red
             assert (await store.summary("bob", "big"))["rank"] == 1
             with pytest.raises(RideNotFound):
                 await store.summary("cat", "big")
-            shard = {**snapshot, "class_ranks": {"zed": 1, "bob": 2, "ann": 3}, "class_riders": 3}
+            shard = {**snapshot, "class_ranks": {"bob": 2, "ann": 3}, "class_riders": 3, "class_result": None}
             assert (await record_rides({**settings, "prefix": f"{prefix}s"}, shard))["rides"] == 2
             ann = await RideStore(client, prefix=f"{prefix}s").summary("ann", "big")
             assert ann["rank"] == 3 and ann["riders"] == 3
-            entries = await client.xrange(stream_key(f"{prefix}s"))
+            kinds = [f[b"type"] for _, f in await client.xrange(stream_key(f"{prefix}s"))]
+            assert b"ride.recorded" in kinds and b"class.result" not in kinds  # another shard publishes it
+            whole = [{"rider": r, "rank": k} for k, r in enumerate(("zed", "bob", "ann"), start=1)]
+            done = await record_rides({**settings, "prefix": f"{prefix}w"},
+                                      {**shard, "class_result": whole, "class_completed": True, "series": {}})
+            assert done["rides"] == 0  # (nothing of its own changed: it completed the class)
+            entries = await client.xrange(stream_key(f"{prefix}w"))
             result = json.loads(next(f for _, f in entries if f[b"type"] == b"class.result")[b"data"])
-            assert result["partial"] is True and [r["rider"] for r in result["riders"]] == ["bob", "ann"]
+            assert result["riders"] == whole and "partial" not in result
         finally:
             await client.aclose()
 
