@@ -22,7 +22,8 @@ key                             type    meaning
 
 A session's own keys are ``session_keys(prefix, id)``: its meta hash, its checkpoint, the
 checkpoint's epoch, the instance epoch and its per-second recording (``storage.checkpoint``,
-``actors.recording``), all under one Redis
+``actors.recording``), its seat book (``cluster.admission``) and, for a growing class over
+class shards, where its riders were placed (``cluster.class_shards.placement_keys``), all under one Redis
 Cluster hash tag (``{id}``), so the pipelines and the ``DEL`` below stay on one slot. The
 index is one key of its own; a listing reads the metas of many sessions with a
 non-transactional pipeline, which a cluster client splits per node. When a class ends
