@@ -13,7 +13,6 @@ codes 4401 / 4403 on WebSockets.
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import logging
 from contextlib import asynccontextmanager
@@ -92,8 +91,7 @@ def create_app(settings: Settings) -> FastAPI:
         EDGES.edges.add(edge)
         monitor = EdgeMonitor(client, redis_timeout_s=settings.redis_timeout_s)
         monitor.start()
-        # the creator actor's process starts now, not when the first class does (not awaited)
-        warming = asyncio.ensure_future(asyncio.to_thread(directory.maker.warm, settings.actor_start_timeout_s))
+
         hooks = webhook_dispatcher(client, settings)
         if hooks is not None:
             await hooks.start()
@@ -111,7 +109,6 @@ def create_app(settings: Settings) -> FastAPI:
         if hooks is not None:
             await hooks.stop()
         EDGES.edges.discard(edge)
-        await asyncio.wait([warming], timeout=1.0)
         await app.state.edge.close()
         await readiness.aclose()
         await client.aclose()

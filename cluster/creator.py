@@ -27,15 +27,12 @@ from ray.exceptions import GetTimeoutError, RayActorError
 log = logging.getLogger(__name__)
 
 RECYCLE_EVERY = 200  # creations per creator process: ~13 MiB of Ray's per-actor state at most
-IDLE_S = 120.0  # a creator with nothing to create for this long exits (~150 MiB, a Ray worker's idle CPU)
+IDLE_S = 60.0  # a creator with nothing to create for this long exits (~150 MiB RSS, ~0.008 idle cores)
 
 
 @ray.remote(num_cpus=0, max_restarts=0)
 class Creator:
     """Creates named detached actors on an edge's behalf (and keeps Ray's state of them)."""
-
-    def ready(self) -> bool:
-        return True
 
     def create(self, kind: str, options: dict[str, Any], args: tuple[Any, ...]) -> None:
         # Imported here: the creator process needs the actor classes, the edge's import does not.
@@ -87,18 +84,6 @@ class ActorMaker:
                 self._release(creator)
         return ray.get_actor(name, namespace=self.namespace)
 
-    def warm(self, timeout_s: float) -> bool:
-        """Start the creator now (its process start, ~0.5 s, is then not in the first class's
-        way); False if it did not answer within ``timeout_s`` (the first creation waits then)."""
-        creator = self._take(count=False)
-        try:
-            return bool(ray.get(creator.ready.remote(), timeout=timeout_s))
-        except (GetTimeoutError, RayActorError):
-            log.warning("the actor creator did not start within %.0f s", timeout_s)
-            return False
-        finally:
-            self._release(creator)
-
     def close(self) -> None:
         """Kill every creator (the actors they created live on)."""
         with self._lock:
@@ -110,7 +95,7 @@ class ActorMaker:
             _kill(creator)
 
     # -- creators -------------------------------------------------------------------------
-    def _take(self, *, count: bool = True) -> Any:
+    def _take(self) -> Any:
         with self._lock:
             if self._creator is None or self._made >= self.recycle_every:
                 if self._creator is not None:
@@ -119,7 +104,7 @@ class ActorMaker:
                 self._made = 0
                 self.creators_started += 1
             creator = self._creator
-            self._made += count
+            self._made += 1
             self._busy[creator] = self._busy.get(creator, 0) + 1
             return creator
 

@@ -77,25 +77,6 @@ def test_creators_are_recycled_and_the_actors_they_made_live_on(edge_settings: A
 
 
 @pytest.mark.timeout(120)
-def test_a_warmed_creator_serves_the_first_creation(edge_settings: Any, unique_id: str) -> None:
-    namespace = edge_settings.namespace
-    directory = SessionDirectory(None, prefix=edge_settings.prefix, namespace=namespace,  # type: ignore[arg-type]
-                                 actor_settings=edge_settings.actor_settings(), resources={})
-    sid = f"cw-{unique_id}"
-    try:
-        assert directory.maker.warm(60) is True
-        assert directory.maker.creators_started == 1 and directory.maker._made == 0  # warming creates nothing
-        assert ray.get(directory._get_or_create(sid).info.remote(), timeout=60)["pid"] > 0
-        assert directory.maker.creators_started == 1 and directory.maker._made == 1  # the warm one made it
-    finally:
-        directory.close()
-        try:
-            ray.kill(ray.get_actor(actor_name(sid), namespace=namespace), no_restart=True)
-        except ValueError:
-            pass
-
-
-@pytest.mark.timeout(120)
 def test_an_idle_creator_exits_and_the_next_creation_starts_another(edge_settings: Any, unique_id: str) -> None:
     namespace = edge_settings.namespace
     directory = SessionDirectory(None, prefix=edge_settings.prefix, namespace=namespace,  # type: ignore[arg-type]
@@ -103,15 +84,17 @@ def test_an_idle_creator_exits_and_the_next_creation_starts_another(edge_setting
     directory.maker = maker = ActorMaker(namespace, idle_s=1.0)
     sid = f"ci-{unique_id}"
     try:
-        assert maker.warm(60) is True
-        first = maker._creator
-        assert _dead_soon(first)  # nothing to create for 1 s: it went
-        assert maker._creator is None
         assert ray.get(directory._get_or_create(sid).info.remote(), timeout=60)["pid"] > 0
+        first = maker._creator
+        assert _dead_soon(first)  # nothing more to create for 1 s: it went
+        assert maker._creator is None
+        again = f"{sid}-again"
+        assert ray.get(directory._get_or_create(again).info.remote(), timeout=60)["pid"] > 0
         assert maker.creators_started == 2 and maker._creator is not first
     finally:
         directory.close()
-        try:
-            ray.kill(ray.get_actor(actor_name(sid), namespace=namespace), no_restart=True)
-        except ValueError:
-            pass
+        for name in (sid, f"{sid}-again"):
+            try:
+                ray.kill(ray.get_actor(actor_name(name), namespace=namespace), no_restart=True)
+            except ValueError:
+                pass
