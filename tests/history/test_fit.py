@@ -1,50 +1,23 @@
-"""The FIT encoder (history/fit.py) without a server: its CRC against Garmin's, its profile
-numbers against Garmin's profile, and rides with gaps (seconds missing, fields missing in
-some seconds or in all) read back by Garmin's SDK and by fitdecode, sample for sample.
-The swarm's rides are checked the same way over HTTP (test_history_http.py)."""
+"""FIT exports (``history.exports.to_fit``, Garmin's SDK encoding) without a server: rides with
+gaps (seconds missing, fields missing in some seconds or in all) read back by Garmin's SDK and
+by fitdecode, sample for sample. The swarm's rides are checked the same way over HTTP
+(test_history_http.py)."""
 
 from __future__ import annotations
 
 import io
-import os
 from typing import Any
 
 import fitdecode
 import numpy as np
-import pytest
-from garmin_fit_sdk.crc_calculator import CrcCalculator
-from garmin_fit_sdk.profile import Profile
 
 from actors.recording import FIELDS, Recording
-from history import fit
-from history.exports import RECORD_FIELDS, to_fit
+from history.exports import to_fit
 from history.rides import build_ride
 from tests.history.fit_decoders import from_fitdecode, from_garmin, garmin_messages
 
 T0 = 1_795_000_000
 NAN = float("nan")
-
-
-@pytest.mark.parametrize("size", [0, 1, 14, 63, 64, 65, 128, 129, 1000, 54_321])
-def test_the_crc_is_garmins(size: int) -> None:
-    data = os.urandom(size)
-    assert fit.crc16(data) == CrcCalculator.calculate_crc(bytearray(data), 0, size)
-    start = 0xBEEF
-    assert fit.crc16(data, start) == fit._crc_bytes(data, start)
-
-
-def test_the_messages_are_garmins_profile() -> None:
-    by_base = {b.code: b for b in (fit.ENUM, fit.UINT8, fit.UINT16, fit.UINT32, fit.UINT32Z)}
-    for message in (fit.FILE_ID, fit.EVENT, fit.RECORD, fit.LAP, fit.SESSION, fit.ACTIVITY):
-        profile = Profile["messages"][message.number]
-        for name, field in message.fields.items():
-            theirs = profile["fields"][field.number]
-            assert theirs["name"] == name and theirs["scale"] == [field.scale], (profile["name"], name)
-            assert by_base[field.base.code].numpy[1:] == {"enum": "u1", "uint8": "u1", "uint16": "u2", "uint32": "u4",
-                                                          "uint32z": "u4"}[theirs["base_type"]], (profile["name"], name)
-            assert (field.offset == fit.FIT_EPOCH_S) == (theirs["type"] in ("date_time", "local_date_time")), name
-    for f in FIELDS:  # the recording's absent marker is the FIT field's invalid value
-        assert f.absent == fit.RECORD.fields[RECORD_FIELDS[f.name]].base.invalid
 
 
 def ride_of(rows: list[list[float]]) -> Any:
@@ -101,4 +74,4 @@ def test_a_field_no_second_has_is_not_in_the_file() -> None:
     with fitdecode.FitReader(io.BytesIO(body)) as reader:
         definitions = [f for f in reader if isinstance(f, fitdecode.FitDefinitionMessage) and f.name == "record"]
     assert [[(d.def_num, d.size) for d in f.field_defs] for f in definitions] == [[(253, 4), (7, 2)]]
-    assert int.from_bytes(body[4:8], "little") == len(body) - fit.HEADER_SIZE - 2  # the header's data size
+    assert int.from_bytes(body[4:8], "little") == len(body) - body[0] - 2  # the header's data size
