@@ -186,7 +186,9 @@ def install(app: FastAPI) -> None:
             raise BadRequest("start_at is in the past")
         if not SESSION_ID.match(session_id):
             raise BadRequest(f"bad session id {session_id!r}")
-        await loops.edge.directory.create(session_id)
+        # the booked size places the class (over class shards when it is that big) unless it
+        # already exists (creation keeps an existing class's placement)
+        await loops.edge.directory.create(session_id, expected_riders=body.expected_participants)
         return await loops.book_class(session_id, body.start_at, body.expected_participants)
 
     @router.post("/v1/sessions/{session_id}/passivate")

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import redis
 import pytest
 import ray
 import redis.asyncio as aioredis
@@ -95,6 +96,9 @@ def test_schedule_records_the_class_without_starting_it(ops: httpx.Client, edge:
     mine = [c for c in classes if c["session_id"] == sid]
     assert mine and mine[0]["in_window"] is False
     assert ops.get(f"/v1/sessions/{sid}").status_code == 200  # the session exists
+    # booked for 2,500, it is placed for 2,500: over three class shards of 1,000
+    meta = redis.Redis.from_url(edge.settings.redis_url).hgetall(edge.config.app.state.edge.directory.meta_key(sid))
+    assert meta[b"expected_riders"] == b"2500" and meta[b"shards"] == b"3", meta
 
 
 @pytest.mark.parametrize(
