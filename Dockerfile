@@ -9,7 +9,8 @@ ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-RUN python -m venv /opt/pulseline
+# python3: both the python image and a plain Debian base (python3.11) have it
+RUN python3 -m venv /opt/pulseline
 WORKDIR /src
 COPY deploy/constraints.txt deploy/constraints.txt
 COPY pyproject.toml README.md ./
@@ -18,6 +19,7 @@ COPY api api
 COPY clients/js clients/js
 COPY cluster cluster
 COPY devices devices
+COPY history history
 COPY launch launch
 COPY leaderboards leaderboards
 COPY sims sims
@@ -42,6 +44,6 @@ WORKDIR /home/pulseline
 # 8000: the edge (HTTP + WebSockets); 9100: its metrics listener (no auth: keep it private)
 EXPOSE 8000 9100
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s \
-    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/livez', timeout=2)"]
+    CMD ["/opt/pulseline/bin/python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/livez', timeout=2)"]
 ENTRYPOINT ["pulseline"]
 CMD ["up"]
