@@ -152,6 +152,7 @@ class SwarmConfig:
     placement: str | None = None
     progress: bool = False
     ready_timeout_s: float = 60.0
+    http_attempts: int = 6  # tries of each control call over the edges before it is given up (and reported)
     # async (**claims) -> JWT; default: development tokens from the edge (DevTokens)
     token_provider: Callable[..., Awaitable[str]] | None = None
     # keep every valid sample each device sent (``Swarm.sent_samples``): what ride exports
@@ -381,7 +382,7 @@ class Swarm:
         cfg = self.config
         self.tokens = cfg.token_provider or DevTokens(cfg.urls)
         self.operator_token = await self.tokens(kind="operator")
-        http = EdgeHttp(cfg.urls, {"Authorization": f"Bearer {self.operator_token}"})
+        http = EdgeHttp(cfg.urls, {"Authorization": f"Bearer {self.operator_token}"}, attempts=cfg.http_attempts)
         try:
             await self._create_sessions(http)
             self._build()

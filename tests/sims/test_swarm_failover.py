@@ -73,7 +73,7 @@ def test_a_swarm_fails_over_to_the_other_edge_and_stays_exact(edge: Any, second_
 def test_a_swarm_whose_edge_never_comes_back_still_reports(second_edge: Any, run: Any, unique_id: str) -> None:
     lonely = second_edge()
     config = SwarmConfig(base_url=lonely.url, sessions=1, devices=4, seconds=6, rate_hz=2.0,
-                         session_prefix=f"gone-{unique_id}", drain_timeout_s=3)
+                         session_prefix=f"gone-{unique_id}", drain_timeout_s=3, http_attempts=2)
 
     async def scenario() -> dict[str, Any]:
         stopper = asyncio.create_task(_stop_after(lonely, 2.5))
