@@ -11,6 +11,17 @@ its samples: it sends none before its ``welcome``). A client that would rather h
 and come back keeps its place for ``stale_s`` (15 s) by saying ``hello`` again.
 
 An HTTP join over the window is a 429 with ``Retry-After`` and the position.
+
+**Leaving.** The edge counts the devices it has bound per rider and class (``hold`` /
+``unhold``). When a rider's last device here goes, its seat is marked to free after a
+grace (``SeatBook.leaving``): ``bye_grace_s`` (10 s) after a ``bye``, ``drop_grace_s`` (60
+s, like the presence grace) after a socket that closed without one, so a phone that drops
+and reconnects — to this edge or any other — keeps its seat: its ``hello`` asks again, and
+that clears the mark. Marks go to Redis in the same per-class batches as the asks, before
+them (a rider that left and came back in one batch keeps its seat), and a mark not yet sent
+is dropped when a device of the rider binds again here. A rider whose devices sit on two
+edges is counted per edge: the one it leaves marks the seat although the other still
+carries a device (that rider is admitted again on its next ``hello``; its samples go on).
 """
 
 from __future__ import annotations
@@ -18,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -43,10 +55,15 @@ class Waiter:
 
 
 class Admission:
-    def __init__(self, redis: AsyncRedis, *, prefix: str, policy: AdmissionPolicy, interval_s: float = 0.5) -> None:
+    def __init__(self, redis: AsyncRedis, *, prefix: str, policy: AdmissionPolicy, interval_s: float = 0.5,
+                 bye_grace_s: float = 10.0, drop_grace_s: float = 60.0) -> None:
         self.book = SeatBook(redis, prefix=prefix, policy=policy)
         self.policy = policy
         self.interval_s = interval_s
+        self.bye_grace_s = bye_grace_s
+        self.drop_grace_s = drop_grace_s
+        self.held: Counter[tuple[str, str]] = Counter()  # (class, rider) -> its devices bound on this edge
+        self._leaves: dict[str, dict[str, float]] = {}  # per class: rider -> grace, waiting to go
         self.waiting: dict[str, list[Waiter]] = {}
         self.admitted_after_wait = 0
         self._arrivals = 0
@@ -69,14 +86,53 @@ class Admission:
         them ran dry in a 300-rider storm before this)."""
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._asks.setdefault(session, []).append((participant, future))
+        self._kick(session)
+        return await future
+
+    def hold(self, session: str, participant: str) -> None:
+        """A device of ``participant`` was bound here (a mark not sent yet is dropped: it is back)."""
+        key = (session, participant)
+        self.held[key] += 1
+        leaves = self._leaves.get(session)
+        if self.held[key] == 1 and leaves:
+            leaves.pop(participant, None)
+            if not leaves:
+                del self._leaves[session]
+
+    def unhold(self, session: str, participant: str, *, bye: bool) -> None:
+        """A device of ``participant`` went (``bye``: said goodbye; else its socket closed):
+        the rider's last one here marks its seat to free after the grace."""
+        key = (session, participant)
+        if self.held[key] > 1:
+            self.held[key] -= 1
+            return
+        self.held.pop(key, None)
+        self._leaves.setdefault(session, {})[participant] = self.bye_grace_s if bye else self.drop_grace_s
+        self._kick(session)
+
+    def _kick(self, session: str) -> None:
         if session not in self._flushing:
             self._flushing[session] = asyncio.get_running_loop().create_task(self._flush(session))
-        return await future
+
+    async def _send_leaves(self, session: str) -> None:
+        leaves = self._leaves.pop(session, None) or {}
+        by_grace: dict[float, list[str]] = {}
+        for rider, grace in leaves.items():
+            by_grace.setdefault(grace, []).append(rider)
+        for grace, riders in by_grace.items():
+            try:
+                await self.book.leaving(session, riders, grace)
+            except Exception as exc:  # the seats stay held (the presence grace frees them in a live class)
+                log.warning("marking %d seat(s) of %s to free failed: %r", len(riders), session, exc)
 
     async def _flush(self, session: str) -> None:
         try:
-            while self._asks.get(session):
-                batch = self._asks.pop(session)
+            while self._asks.get(session) or self._leaves.get(session):
+                if self._leaves.get(session):  # (first: a rider that left, then came back, keeps its seat)
+                    await self._send_leaves(session)
+                batch = self._asks.pop(session, None)
+                if not batch:
+                    continue
                 riders = list(dict.fromkeys(p for p, _ in batch))
                 try:
                     places = dict(zip(riders, await self.book.admit(session, riders), strict=True))

@@ -46,7 +46,8 @@ class Edge:
         # what pumps tick through: a sharded class's ticks go to its shards (api/class_ticks.py)
         self.channel = ClassShardTicks(self.ticks, directory, board_size=settings.board_size)
         self.admission = Admission(directory.redis, prefix=settings.prefix, policy=AdmissionPolicy(
-            rate_per_s=settings.admit_rate_per_s, burst=settings.admit_burst, stale_s=settings.admit_stale_s))
+            rate_per_s=settings.admit_rate_per_s, burst=settings.admit_burst, stale_s=settings.admit_stale_s),
+            bye_grace_s=settings.seat_bye_grace_s, drop_grace_s=settings.seat_drop_grace_s)
 
     def pump(self, session_id: str) -> SessionPump:
         pump = self.pumps.get(session_id)

@@ -142,6 +142,7 @@ class DeviceConnection:
                 self.edge.admission.cancel(waiter)
             for link, pump in self.links.values():
                 pump.detach(link)
+                self.edge.admission.unhold(pump.session_id, link.participant, bye=False)  # (its seat: after the grace)
             if self.board_pump is not None:
                 self.board_pump.remove_viewer(self.outbox)
             if not self.outbox.closed or self.channel is not None:  # (direct: all written already)
@@ -462,9 +463,11 @@ class DeviceConnection:
         return pump is not None and (pump.board or {}).get("phase") == "ended"
 
     def _attach(self, binding: DeviceBinding) -> None:
+        self.edge.admission.hold(binding.session, binding.participant)  # (first: a re-bound rider keeps its seat)
         previous = self.links.get(binding.device)
         if previous is not None:
             previous[1].detach(previous[0])
+            self.edge.admission.unhold(previous[1].session_id, previous[0].participant, bye=False)
         pump = self.edge.pump(binding.session)
         link = DeviceLink(binding.device, binding.participant, self.outbox)
         self.links[binding.device] = (link, pump)
@@ -592,6 +595,7 @@ class DeviceConnection:
             self.rate.forget(device)
             if entry is not None:
                 entry[1].detach(entry[0])
+                self.edge.admission.unhold(entry[1].session_id, entry[0].participant, bye=True)
         if not self.links and not self.waiters:
             self.outbox.close(CloseCode.NORMAL, "bye")
 

@@ -91,6 +91,10 @@ class Settings(BaseSettings):
     admit_rate_per_s: float = Field(default=200.0, ge=0)  # riders admitted into one class per second (0: no limit); the rest queue
     admit_burst: int = Field(default=400, ge=1)  # riders admitted at once into a class after a quiet spell
     admit_stale_s: float = Field(default=15.0, gt=0)  # a queued rider that stopped asking this long loses its place
+    # A seated rider whose last device on an edge went keeps its seat this long, then gives it
+    # to the next in the queue (a hello before then keeps it): after a ``bye`` ...
+    seat_bye_grace_s: float = Field(default=10.0, ge=0)
+    seat_drop_grace_s: float = Field(default=60.0, ge=0)  # ... and after a socket that closed without one (a phone that drops)
     max_board_rate_hz: float = 10.0  # the fastest board rate a viewer may ask
     max_pending_samples_per_session: int = 50_000  # samples waiting for a tick per class; beyond, devices are throttled
     max_unacked_per_device: int = 3_600  # samples in flight per device; beyond, it is throttled

@@ -200,9 +200,18 @@ class HubClient:
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
-    async def close(self) -> None:
+    async def close(self, *, bye: bool = False, timeout_s: float = 10.0) -> None:
+        """Hang up; with ``bye``, say so first (the rider leaves: its seat goes to the next
+        rider sooner, docs/protocol.md#seats-and-admission) and let the server close."""
         self._closing = True
         self._stop.set()  # cuts a reconnect backoff short
+        ws = self.ws
+        if bye and ws is not None:
+            try:
+                await ws.send(encode({"t": "bye"}))
+                await asyncio.wait_for(ws.wait_closed(), timeout_s)
+            except (ConnectionClosed, TimeoutError):
+                pass
         if self.ws is not None:
             await self.ws.close()
         if self._task is not None:

@@ -123,3 +123,52 @@ def test_a_rider_gone_for_the_grace_period_frees_the_seat(own_edge: Any, unique_
                 break
             time.sleep(0.25)
         assert joined is not None and joined.status_code == 201, joined.text
+
+
+def test_a_rider_who_leaves_gives_the_seat_to_the_next_one_a_brief_drop_keeps_it(
+        own_edge: Any, unique_id: str, run: Any) -> None:
+    """Capacity 1, in the lobby (where the presence grace never runs): ann's phone drops and
+    reconnects at once and keeps her seat past the drop grace; her ``bye`` gives it to bob
+    after the bye grace; bob's socket then closes for good (no bye) and carol gets it after
+    the drop grace — all through the real edge, the queued riders welcomed on their sockets."""
+    server, tokens = own_edge(seat_bye_grace_s=1.0, seat_drop_grace_s=3.0)
+    sid = f"leave-seat-{unique_id}"
+    with httpx.Client(base_url=server.url, headers=tokens.headers(), timeout=60) as http:
+        assert http.post("/v1/sessions", json={"id": sid, "capacity": 1}).status_code == 201
+        assert http.get(f"/v1/sessions/{sid}").json()["phase"] == "lobby"
+
+    def rider(name: str) -> HubClient:
+        stream = DeviceStream(f"{name}-bike", name, sid)
+        token = tokens("device", device=stream.device, participant=name, sessions=[sid])
+        return HubClient(f"{server.ws_url}/v1/devices", [stream], token=token)
+
+    async def until(what: Any, timeout_s: float = 60.0) -> float:
+        began = time.monotonic()
+        while not what():
+            assert time.monotonic() - began < timeout_s, "timed out"
+            await asyncio.sleep(0.05)
+        return time.monotonic() - began
+
+    async def scenario() -> dict[str, float]:
+        ann, bob, carol = rider("ann"), rider("bob"), rider("carol")
+        ann.start()
+        await asyncio.wait_for(ann.ready.wait(), 60)
+        bob.start()
+        await until(lambda: bob.queue_position == 1)
+        assert ann.ws is not None
+        await ann.ws.close()  # a brief drop: the client reconnects by itself
+        await until(lambda: ann.connects == 2 and ann.ready.is_set())
+        await asyncio.sleep(5.0)  # past the drop grace: ann came back in time, she keeps the seat
+        assert bob.welcomed_at is None and bob.queue_position == 1
+        await ann.close(bye=True)
+        bye_wait = await until(lambda: bob.welcomed_at is not None)
+        carol.start()
+        await until(lambda: carol.queue_position == 1)
+        await bob.close()  # gone for good, no bye
+        drop_wait = await until(lambda: carol.welcomed_at is not None)
+        await carol.close(bye=True)
+        return {"bye": bye_wait, "drop": drop_wait}
+
+    waits = run(scenario(), timeout=200)
+    assert 0.8 <= waits["bye"] < 30, waits  # the bye grace (1 s), then the next admission round
+    assert 2.8 <= waits["drop"] < 40, waits  # the drop grace (3 s): a drop is not a leave
