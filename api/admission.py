@@ -1,7 +1,11 @@
 """The edge's side of seats and admission (``cluster.admission`` keeps them in Redis).
 
-A device's ``hello`` (and an HTTP join) asks ``Admission.admit``: one Redis round trip.
-Admitted, the device is bound as before. Otherwise it **waits on its connection**: the
+A device's ``hello`` (and an HTTP join) asks ``Admission.admit``. A class without a
+capacity admits everyone at once and costs no Redis call: the edge reads the class's
+``capacity`` (its meta) once and keeps it (``capacity_ttl_s``, 5 s: what another edge's
+``PUT .../capacity`` takes to reach this one; the edge that takes the ``PUT`` knows at
+once). A class with one costs one Redis round trip per batch of hellos (below). Admitted,
+the device is bound as before. Otherwise it **waits on its connection**: the
 edge sends a ``queue`` frame (``position``, ``retry_after_ms``: docs/protocol.md) and
 keeps asking for it, with every other rider waiting on this edge for that class, in one
 batched script call per class every ``interval_s`` (0.5 s); each answer sends a fresh
@@ -29,16 +33,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from cluster.admission import AdmissionPolicy, SeatBook
+from storage.checkpoint import key_base
 from storage.redis_url import AsyncRedis
 
 log = logging.getLogger(__name__)
 
 __all__ = ["Admission", "Waiter"]
+
+MAX_CACHED_CLASSES = 10_000  # capacities kept per edge (the oldest go first beyond four times this)
 
 
 @dataclass(eq=False)
@@ -56,8 +64,14 @@ class Waiter:
 
 class Admission:
     def __init__(self, redis: AsyncRedis, *, prefix: str, policy: AdmissionPolicy, interval_s: float = 0.5,
-                 bye_grace_s: float = 10.0, drop_grace_s: float = 60.0) -> None:
+                 bye_grace_s: float = 10.0, drop_grace_s: float = 60.0, capacity_ttl_s: float = 5.0) -> None:
         self.book = SeatBook(redis, prefix=prefix, policy=policy)
+        self.redis = redis
+        self.prefix = prefix
+        self.capacity_ttl_s = capacity_ttl_s
+        self._capacity: dict[str, tuple[int, float]] = {}  # class -> (its capacity, 0: none; when read)
+        self._capacity_reads: dict[str, asyncio.Future[int]] = {}
+        self.book_calls = 0  # seat book round trips for asks (a class without a capacity makes none)
         self.policy = policy
         self.interval_s = interval_s
         self.bye_grace_s = bye_grace_s
@@ -70,6 +84,39 @@ class Admission:
         self._task: asyncio.Task[None] | None = None
         self._asks: dict[str, list[tuple[str, asyncio.Future[int]]]] = {}  # per class, waiting to go
         self._flushing: dict[str, asyncio.Task[None]] = {}
+
+    # -- the class's capacity, cached -------------------------------------------------------
+    def known_capacity(self, session: str) -> int | None:
+        """The cached capacity (0: none), or None when not known or too old."""
+        cached = self._capacity.get(session)
+        if cached is None or time.monotonic() - cached[1] >= self.capacity_ttl_s:
+            return None
+        return cached[0]
+
+    def note_capacity(self, session: str, capacity: int | None) -> None:
+        """This edge changed (or created) the class's capacity: known at once."""
+        self._capacity[session] = (capacity or 0, time.monotonic())
+
+    async def capacity(self, session: str) -> int:
+        """The class's capacity (0: none): one ``HGET`` per class per ``capacity_ttl_s``,
+        shared by every hello that asks meanwhile."""
+        known = self.known_capacity(session)
+        if known is not None:
+            return known
+        reading = self._capacity_reads.get(session)
+        if reading is None:
+            reading = self._capacity_reads[session] = asyncio.ensure_future(self._read_capacity(session))
+            reading.add_done_callback(lambda _: self._capacity_reads.pop(session, None))
+        return await asyncio.shield(reading)
+
+    async def _read_capacity(self, session: str) -> int:
+        raw = await self.redis.hget(f"{key_base(self.prefix, 'session', session)}:meta", "capacity")
+        capacity = int(raw) if raw else 0
+        self._capacity[session] = (capacity, time.monotonic())
+        if len(self._capacity) > 4 * MAX_CACHED_CLASSES:  # (an edge serves a bounded set of classes at once)
+            for stale in sorted(self._capacity, key=lambda s: self._capacity[s][1])[:len(self._capacity) - MAX_CACHED_CLASSES]:
+                del self._capacity[stale]
+        return capacity
 
     def retry_after_s(self, position: int) -> float:
         """The wait a rider at ``position`` can expect, at the class's admission rate (at
@@ -84,6 +131,8 @@ class Admission:
         Redis together, in arrival order, in the next one — a storm of thousands of hellos
         costs a class one script call at a time, never a connection per hello (a pool of
         them ran dry in a 300-rider storm before this)."""
+        if not await self.capacity(session):
+            return 0  # no seats to count: no Redis call
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._asks.setdefault(session, []).append((participant, future))
         self._kick(session)
@@ -107,6 +156,8 @@ class Admission:
             self.held[key] -= 1
             return
         self.held.pop(key, None)
+        if self.known_capacity(session) == 0:
+            return  # no seats: nothing to give back
         self._leaves.setdefault(session, {})[participant] = self.bye_grace_s if bye else self.drop_grace_s
         self._kick(session)
 
@@ -134,6 +185,7 @@ class Admission:
                 if not batch:
                     continue
                 riders = list(dict.fromkeys(p for p, _ in batch))
+                self.book_calls += 1
                 try:
                     places = dict(zip(riders, await self.book.admit(session, riders), strict=True))
                 except Exception as exc:  # every ask of the batch fails alike (the edge maps it)

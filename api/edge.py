@@ -47,7 +47,8 @@ class Edge:
         self.channel = ClassShardTicks(self.ticks, directory, board_size=settings.board_size)
         self.admission = Admission(directory.redis, prefix=settings.prefix, policy=AdmissionPolicy(
             rate_per_s=settings.admit_rate_per_s, burst=settings.admit_burst, stale_s=settings.admit_stale_s),
-            bye_grace_s=settings.seat_bye_grace_s, drop_grace_s=settings.seat_drop_grace_s)
+            bye_grace_s=settings.seat_bye_grace_s, drop_grace_s=settings.seat_drop_grace_s,
+            capacity_ttl_s=settings.admit_capacity_cache_s)
 
     def pump(self, session_id: str) -> SessionPump:
         pump = self.pumps.get(session_id)

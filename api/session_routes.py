@@ -112,6 +112,8 @@ def install(app: FastAPI, settings: Settings) -> None:
                                               expected_riders=body.expected_riders, placement=body.placement,
                                               capacity=body.capacity)
         if created:
+            edge.admission.note_capacity(session_id, body.capacity)
+        if created:
             await SessionRecords(edge.directory.redis, prefix=settings.prefix).indexed(session_id)
         overrides = {} if body.board_size is None else {"board_size": body.board_size}
         await edge.directory.handle(session_id, overrides=overrides)  # the actor starts now, not on the first sample
@@ -188,14 +190,20 @@ def install(app: FastAPI, settings: Settings) -> None:
     @app.put("/v1/sessions/{session_id}/capacity", dependencies=[Depends(operator)])
     async def set_capacity(session_id: str, body: CapacityRequest, request: Request) -> dict[str, Any]:
         """Change the class's seats (null: no limit); riders queued beyond the old one go in
-        as seats free, in order."""
+        as seats free, in order. A class that had no capacity seats the riders it has now
+        (its joins never asked the seat book) before the limit applies."""
         edge = edge_of(request)
         await edge.require(session_id)
         key = edge.directory.meta_key(session_id)
         if body.capacity is None:
             await edge.directory.redis.hdel(key, "capacity")
         else:
+            if not await edge.directory.redis.hget(key, "capacity"):
+                snapshot = await edge.call(session_id, "snapshot")
+                riders = [p["participant"] for p in snapshot.get("participants", []) if p.get("presence") != "left"]
+                await edge.admission.book.seat(session_id, riders)
             await edge.directory.redis.hset(key, "capacity", body.capacity)
+        edge.admission.note_capacity(session_id, body.capacity)
         return {"session": session_id, "capacity": body.capacity, **await edge.admission.book.counts(session_id)}
 
     @app.post("/v1/sessions/{session_id}/phase", dependencies=[Depends(operator)])

@@ -173,6 +173,13 @@ class SeatBook:
         meta = f"{key_base(self.prefix, 'session', session_id)}:meta"
         return int(await self._leaving(keys=[keys[0], keys[5], meta], args=[max(0.0, after_s), *participants]))
 
+    async def seat(self, session_id: str, participants: Sequence[str]) -> int:
+        """Give ``participants`` a seat each, without asking (riders already in a class that
+        gets a capacity); how many did not hold one."""
+        if not participants:
+            return 0
+        return int(await self.redis.sadd(admission_keys(self.prefix, session_id)[0], *participants))
+
     async def release(self, session_id: str, participant: str) -> bool:
         """Give a participant's seat back (it left); True if it held one."""
         keys = admission_keys(self.prefix, session_id)

@@ -95,6 +95,9 @@ class Settings(BaseSettings):
     # to the next in the queue (a hello before then keeps it): after a ``bye`` ...
     seat_bye_grace_s: float = Field(default=10.0, ge=0)
     seat_drop_grace_s: float = Field(default=60.0, ge=0)  # ... and after a socket that closed without one (a phone that drops)
+    # An edge reads a class's capacity once and keeps it this long (a class without one then
+    # costs its hellos no Redis call); the edge that takes a ``PUT .../capacity`` knows at once.
+    admit_capacity_cache_s: float = Field(default=5.0, ge=0)
     max_board_rate_hz: float = 10.0  # the fastest board rate a viewer may ask
     max_pending_samples_per_session: int = 50_000  # samples waiting for a tick per class; beyond, devices are throttled
     max_unacked_per_device: int = 3_600  # samples in flight per device; beyond, it is throttled

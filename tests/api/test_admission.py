@@ -172,3 +172,59 @@ def test_a_rider_who_leaves_gives_the_seat_to_the_next_one_a_brief_drop_keeps_it
     waits = run(scenario(), timeout=200)
     assert 0.8 <= waits["bye"] < 30, waits  # the bye grace (1 s), then the next admission round
     assert 2.8 <= waits["drop"] < 40, waits  # the drop grace (3 s): a drop is not a leave
+
+
+def test_a_class_without_a_capacity_costs_its_hellos_no_seat_book_call_until_it_gets_one(
+        own_edge: Any, unique_id: str, run: Any, edge_settings: Any) -> None:
+    """No capacity: riders bind without asking the seat book (no script call, no seat keys
+    in Redis). A ``PUT .../capacity`` seats the riders the class has and is known by this
+    edge at once: the next rider over it queues; lifting it lets that rider in."""
+    import redis
+
+    from storage.checkpoint import key_base
+
+    server, tokens = own_edge()
+    admission = server.config.app.state.edge.admission
+    sid = f"no-cap-{unique_id}"
+    http = httpx.Client(base_url=server.url, headers=tokens.headers(), timeout=60)
+    assert http.post("/v1/sessions", json={"id": sid}).status_code == 201
+
+    def rider(name: str) -> tuple[HubClient, DeviceStream]:
+        stream = DeviceStream(f"{name}-bike", name, sid)
+        token = tokens("device", device=stream.device, participant=name, sessions=[sid])
+        return HubClient(f"{server.ws_url}/v1/devices", [stream], token=token), stream
+
+    async def scenario() -> tuple[int, HubClient]:
+        calls = admission.book_calls
+        riders = [rider(name) for name in ("ann", "bob", "cat")]
+        for client, _ in riders:
+            client.start()
+        await asyncio.wait_for(asyncio.gather(*(c.ready.wait() for c, _ in riders)), 60)
+        for client, stream in riders:
+            await client.send_rows(stream, [stream.new_sample(time.time(), 120.0, 150.0)])
+        while any(s.unacked for _, s in riders):
+            await asyncio.sleep(0.1)
+        no_calls = admission.book_calls - calls
+        base = key_base(edge_settings.prefix, "session", sid)
+        client = redis.Redis.from_url(edge_settings.redis_url)
+        try:
+            assert not client.exists(f"{base}:seats", f"{base}:ticket")  # the seat book was never asked
+        finally:
+            client.close()
+        grown = await asyncio.to_thread(http.put, f"/v1/sessions/{sid}/capacity", json={"capacity": 3})
+        assert grown.status_code == 200 and grown.json()["seated"] == 3, grown.text  # the riders it had
+        dan, _ = rider("dan")
+        dan.start()
+        while dan.queue_position != 1:
+            await asyncio.sleep(0.05)
+        lifted = await asyncio.to_thread(http.put, f"/v1/sessions/{sid}/capacity", json={"capacity": None})
+        assert lifted.status_code == 200
+        await asyncio.wait_for(dan.ready.wait(), 60)
+        for client, _ in [*riders, (dan, None)]:
+            await client.close()
+        return no_calls, dan
+
+    no_calls, dan = run(scenario(), timeout=200)
+    http.close()
+    assert no_calls == 0
+    assert dan.welcomed_at is not None and dan.queue_first == 1
