@@ -9,7 +9,8 @@ the device is bound as before. Otherwise it **waits on its connection**: the
 edge sends a ``queue`` frame (``position``, ``retry_after_ms``: docs/protocol.md) and
 keeps asking for it, with every other rider waiting on this edge for that class, in one
 batched script call per class every ``interval_s`` (0.5 s); each answer sends a fresh
-``queue`` frame when the position moved, and the admission binds the device, whose
+``queue`` frame when the position moved (at most every 2 s per rider; every move in the last
+ten places), and the admission binds the device, whose
 ``welcome`` follows on the class's next tick. The client does nothing but wait (and keep
 its samples: it sends none before its ``welcome``). A client that would rather hang up
 and come back keeps its place for ``stale_s`` (15 s) by saying ``hello`` again.
@@ -46,6 +47,11 @@ log = logging.getLogger(__name__)
 
 __all__ = ["Admission", "Waiter"]
 
+# A waiting rider is told its new place at most every QUEUE_FRAME_EVERY_S, and at once in the
+# last QUEUE_FRAME_ALWAYS places: every round moves every place, and a frame for each of
+# thousands of waiters twice a second was most of what a join storm cost the edge.
+QUEUE_FRAME_EVERY_S = 2.0
+QUEUE_FRAME_ALWAYS = 10
 MAX_CACHED_CLASSES = 10_000  # capacities kept per edge (the oldest go first beyond four times this)
 
 
@@ -58,6 +64,7 @@ class Waiter:
     on_position: Callable[[int, float], None]  # (position, retry_after_s)
     on_admitted: Callable[[], None]
     position: int = 0
+    told_at: float = 0.0  # monotonic time of its last queue frame
     order: int = field(default=0)  # arrival on this edge: earlier first in each batch
     done: bool = False
 
@@ -204,6 +211,7 @@ class Admission:
         self._arrivals += 1
         waiter.order = self._arrivals
         waiter.position = position
+        waiter.told_at = time.monotonic()
         waiter.on_position(position, self.retry_after_s(position))
         self.waiting.setdefault(waiter.session, []).append(waiter)
         if self._task is None or self._task.done():
@@ -240,6 +248,7 @@ class Admission:
         riders = list(dict.fromkeys(w.participant for w in waiters))  # (a rider's devices share its seat)
         places = dict(zip(riders, await self.book.admit(session, riders), strict=True))
         asked = set(waiters)
+        now = time.monotonic()
         still = [w for w in self.waiting.get(session, ()) if w not in asked and not w.done]  # (came meanwhile)
         for waiter in waiters:
             if waiter.done:
@@ -252,7 +261,9 @@ class Admission:
                 continue
             if place != waiter.position:
                 waiter.position = place
-                waiter.on_position(place, self.retry_after_s(place))
+                if place <= QUEUE_FRAME_ALWAYS or now - waiter.told_at >= QUEUE_FRAME_EVERY_S:
+                    waiter.told_at = now
+                    waiter.on_position(place, self.retry_after_s(place))
             still.append(waiter)
         if still:
             self.waiting[session] = still

@@ -30,7 +30,7 @@ from typing import Any
 
 import msgpack
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from devices.protocol import MAX_DEVICES_PER_HELLO, encode
 from devices.errors import DevicesError
@@ -101,6 +101,24 @@ class DevTokens:
         self.ttl_s = ttl_s
         self.timeout_s = timeout_s
         self._next = 0
+        # one HTTP client (kept-alive connections) per event loop: a client per token cost a
+        # TLS context and a TCP connection each — tens of ms of CPU per token, which starved a
+        # swarm of a few thousand joiners
+        self._http: tuple[Any, Any] | None = None
+
+    def _client(self) -> Any:
+        import httpx
+
+        loop = asyncio.get_running_loop()
+        if self._http is None or self._http[0] is not loop or self._http[1].is_closed:
+            self._http = (loop, httpx.AsyncClient(timeout=self.timeout_s,
+                                                  limits=httpx.Limits(max_connections=32, max_keepalive_connections=32)))
+        return self._http[1]
+
+    async def aclose(self) -> None:
+        if self._http is not None and self._http[0] is asyncio.get_running_loop():
+            await self._http[1].aclose()
+        self._http = None
 
     @property
     def base_url(self) -> str:
@@ -116,10 +134,9 @@ class DevTokens:
         failure: Exception | None = None
         for _ in range(len(self.base_urls)):
             try:
-                async with httpx.AsyncClient(base_url=self.base_url, timeout=self.timeout_s) as http:
-                    response = await http.post("/v1/dev/tokens", json=body)
-                    response.raise_for_status()
-                    return str(response.json()["token"])
+                response = await self._client().post(f"{self.base_url}/v1/dev/tokens", json=body)
+                response.raise_for_status()
+                return str(response.json()["token"])
             except httpx.HTTPError as exc:  # down, refused, 5xx: the next edge
                 failure = exc
                 self._next = (self._next + 1) % len(self.base_urls)
@@ -269,8 +286,15 @@ class HubClient:
                         await ws.send(encode(self._hello_frame(streams[i : i + MAX_DEVICES_PER_HELLO])))
                     async for message in ws:
                         await self._handle(msgpack.unpackb(message, raw=False) if isinstance(message, bytes) else {})
-            except (OSError, ConnectionClosed, TimeoutError, TokenUnavailable, InvalidStatus) as exc:
+            except (OSError, ConnectionClosed, TimeoutError, TokenUnavailable, InvalidHandshake) as exc:
+                # (InvalidHandshake: a refused upgrade, or a server that closed the connection
+                # before its answer — a loaded edge's head timeout — InvalidMessage: try again)
                 self.errors[type(exc).__name__] += 1
+                if not self._closing:
+                    self._fail_over()
+            except Exception as exc:  # anything else: counted and logged, never the end of the client
+                self.errors[type(exc).__name__] += 1
+                log.warning("device connection to %s failed: %r; reconnecting", self.url, exc)
                 if not self._closing:
                     self._fail_over()
             finally:

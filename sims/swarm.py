@@ -381,6 +381,7 @@ class Swarm:
     async def run(self) -> dict[str, Any]:
         cfg = self.config
         self.tokens = cfg.token_provider or DevTokens(cfg.urls)
+        self._own_tokens = cfg.token_provider is None
         self.operator_token = await self.tokens(kind="operator")
         http = EdgeHttp(cfg.urls, {"Authorization": f"Bearer {self.operator_token}"}, attempts=cfg.http_attempts)
         try:
@@ -698,6 +699,9 @@ class Swarm:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        closer = getattr(self.tokens, "aclose", None)
+        if closer is not None and getattr(self, "_own_tokens", False):  # (our DevTokens keeps one HTTP client)
+            await closer()
 
     # -- results ------------------------------------------------------------------------
     def sent_samples(self) -> dict[tuple[str, str], list[tuple[float, list[float | None]]]]:

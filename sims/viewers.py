@@ -27,7 +27,7 @@ from typing import Any
 
 import msgpack
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from sims.class_plan import PlanSeen
 from sims.histogram import LatencyHistogram
@@ -136,7 +136,7 @@ async def watch(url: str | Sequence[str], on_board: Callable[[dict[str, Any], fl
                     frame = msgpack.unpackb(message, raw=False)
                     if frame.get("t") == "board":
                         on_board(frame, time.time())
-        except (OSError, ConnectionClosed, TimeoutError, InvalidStatus):
+        except (OSError, ConnectionClosed, TimeoutError, InvalidHandshake):  # (a loaded edge may close a slow upgrade)
             attempt += 1
             await asyncio.sleep(backoff * (0.5 + random.random()))
             backoff = min(1.0, backoff * 2)

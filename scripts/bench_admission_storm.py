@@ -1,0 +1,405 @@
+"""A join storm against one class with a capacity, end to end through ``pulseline up``.
+
+    PYTHONPATH=. .venv/bin/python scripts/bench_admission_storm.py --joiners 5000 --in-class 250
+
+Starts its own stack (``python -m launch.cli up``: Redis, Ray, the edge, in its own process
+group, ended whole afterwards), creates one live class with ``--capacity`` seats, connects
+``--in-class`` riders first, then ``--joiners`` phones storm it, spread over ``--window-s``
+(the seeds' spike at a scheduled start). Every rider is one ``devices.client.HubClient``
+with one device (the real client: it waits on its socket through ``queue`` frames, keeps
+its samples until its ``welcome``, resends what was not acknowledged), sending one sample
+every ``--sample-period-s`` from the moment it says hello. Tokens are minted here with the
+stack's secret (a real client gets its token from the identity provider; fetching 5,000 of
+them from the edge's development route would measure the swarm, not the admission).
+
+Prints one JSON object: joiners welcomed / not, how many queued and the longest position,
+``admitted_in_order`` (no two joiners welcomed the other way round from their queue tickets
+by more than one admission round plus a tick), the time from the first joiner's hello to
+the last welcome, waits (hello -> welcome) p50 / p99 / max, samples sent / acknowledged /
+rejected / lost (sent and never acknowledged after the drain) and the class's own count of
+applied samples, reconnects, client errors, the in-class riders' ack latency during the
+storm, the edge's admission queue over time (``pulseline_admission_queue_riders``), and the
+1-minute load average before and after. A benchmark, not a test: it asserts nothing.
+``--url`` drives a stack that is already up instead (then ``--secret`` is its dev secret).
+
+``--driver swarm`` runs the scenario's own swarm instead (``sims/scenarios/admission-storm.toml``
+through ``sims.swarm.Swarm``, sized by the same flags, as ``pulseline swarm`` does: riders
+with physiology, faults off, tokens fetched from the edge's development route per
+connection) and prints its ``admission`` block with the swarm's accounting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import re
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from devices.client import DeviceStream, HubClient  # noqa: E402
+from sims.histogram import LatencyHistogram  # noqa: E402
+
+ROUND_S = 1.0  # one admission round (0.5 s) plus a tick: riders admitted together welcome in any order
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Stack:
+    """``python -m launch.cli up`` in its own process group."""
+
+    def __init__(self, args: argparse.Namespace, secret: str) -> None:
+        self.port = args.port or _free_port()
+        self.workdir = Path(tempfile.mkdtemp(prefix="admission-storm-"))
+        self.log = self.workdir / "stack.log"
+        # (every rider of this box comes from 127.0.0.1: the per-address limit, 4,096 by
+        # default, would close the storm beyond it; real riders come from many addresses)
+        env = dict(os.environ, PULSELINE_AUTH_SECRET=secret, PULSELINE_ADMIT_RATE_PER_S=str(args.rate),
+                   PULSELINE_ADMIT_BURST=str(args.burst), RAY_USAGE_STATS_ENABLED="0",
+                   PULSELINE_MAX_CONNECTIONS_PER_ADDRESS=str(max(4096, 2 * (args.joiners + args.in_class) + 100)))
+        for item in args.env:
+            key, _, value = item.partition("=")
+            env[key] = value
+        cmd = [sys.executable, "-m", "launch.cli", "up", "--port", str(self.port), "--data-dir", str(self.workdir / "data")]
+        self._sink = open(self.log, "wb")
+        self.proc = subprocess.Popen(cmd, env=env, stdout=self._sink, stderr=subprocess.STDOUT, start_new_session=True,
+                                     cwd=Path(__file__).resolve().parents[1])
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def ready(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        async with httpx.AsyncClient(timeout=5) as http:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"the stack exited ({self.proc.returncode}); see {self.log}")
+                try:
+                    if (await http.get(f"{self.url}/readyz")).status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    pass
+                await asyncio.sleep(0.5)
+        raise RuntimeError(f"the stack was not ready in {timeout_s:g} s; see {self.log}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGINT)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self._sink.close()
+
+
+class Rider:
+    def __init__(self, index: int, sid: str, url: str, token: str, joins_at: float) -> None:
+        self.index = index
+        self.stream = DeviceStream(f"{sid}-d{index}", f"{sid}-r{index}", sid)
+        self.client = HubClient(f"{url.replace('http', 'ws', 1)}/v1/devices", [self.stream], token=token)
+        self.joins_at = joins_at  # seconds after the storm's origin
+        self.started_at: float | None = None  # monotonic: its first hello
+        self.ack_ms = LatencyHistogram()  # sample made -> acknowledged (in-class riders)
+        self.made: dict[int, float] = {}
+
+
+async def _sampler(riders: list[Rider], period_s: float, stop: asyncio.Event, storm: tuple[float, float],
+                   during: LatencyHistogram) -> None:
+    """Every rider that has said hello makes one sample per period (kept until welcomed)."""
+    while not stop.is_set():
+        began = time.monotonic()
+        for rider in riders:
+            if rider.started_at is None:
+                continue
+            for seq in [s for s in rider.made if s <= rider.stream.acked]:  # acked since: latency
+                made = rider.made.pop(seq)
+                ms = (began - made) * 1000.0
+                rider.ack_ms.record(ms)
+                if storm[0] <= made <= storm[1]:
+                    during.record(ms)
+            row = rider.stream.new_sample(time.time(), 150.0 + rider.index % 100, 130.0)
+            rider.made[row[0]] = began
+            await rider.client.send_rows(rider.stream, [row])
+        await asyncio.sleep(max(0.0, period_s - (time.monotonic() - began)))
+
+
+async def _queue_gauge(url: str, headers: dict[str, str], series: list[tuple[float, float]], origin: float,
+                       stop: asyncio.Event) -> None:
+    pattern = re.compile(r"^pulseline_admission_queue_riders(?:\{[^}]*\})? ([0-9.e+]+)$", re.M)
+    async with httpx.AsyncClient(timeout=10, headers=headers) as http:
+        while not stop.is_set():
+            try:
+                text = (await http.get(f"{url}/metrics")).text
+                match = pattern.search(text)
+                if match:
+                    series.append((round(time.monotonic() - origin, 1), float(match.group(1))))
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(1.0)
+
+
+def _quantiles(text: str, name: str) -> dict[str, float | None]:
+    """p50 / p99 (bucket upper bounds, s) of a Prometheus histogram in ``text``."""
+    buckets = []
+    for match in re.finditer(rf'^{name}_bucket{{le="([^"]+)"}} ([0-9.e+]+)$', text, re.M):
+        buckets.append((float(match.group(1)), float(match.group(2))))
+    total = buckets[-1][1] if buckets else 0.0
+    out: dict[str, float | None] = {"count": total}
+    for q in (0.5, 0.99):
+        out[f"p{int(q * 100)}_s"] = next((le for le, n in buckets if total and n >= q * total), None)
+    return out
+
+
+async def _edge_histograms(url: str, headers: dict[str, str]) -> dict[str, Any]:
+    """The edge's own view: ack and sample->board latency of every tick of the run."""
+    async with httpx.AsyncClient(timeout=30, headers=headers) as http:
+        text = (await http.get(f"{url}/metrics")).text
+    return {"ack_latency": _quantiles(text, "pulseline_ack_latency_seconds"),
+            "sample_to_board": _quantiles(text, "pulseline_sample_to_board_seconds")}
+
+
+def _progress(text: str) -> None:
+    print(f"[storm {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+async def storm(args: argparse.Namespace, url: str, secret: str) -> dict[str, Any]:
+    from api.auth import mint_token
+
+    def token(**claims: Any) -> str:
+        return mint_token(secret.encode(), audience="pulseline", ttl_s=6 * 3600, **claims)
+
+    operator = {"Authorization": f"Bearer {token(kind='operator', subject='storm')}"}
+    sid = f"storm-{secrets.token_hex(3)}"
+    rng = random.Random(args.seed)
+    async with httpx.AsyncClient(base_url=url, headers=operator, timeout=60) as http:
+        (await http.post("/v1/sessions", json={"id": sid, "capacity": args.capacity,
+                                               "expected_riders": args.in_class + args.joiners})).raise_for_status()
+        (await http.post(f"/v1/sessions/{sid}/phase", json={"phase": "live"})).raise_for_status()
+        n = args.in_class + args.joiners
+        times = sorted(rng.uniform(0, args.window_s) for _ in range(args.joiners))
+        riders = []
+        for i in range(n):
+            joins_at = 0.0 if i < args.in_class else times[i - args.in_class]
+            stream_device, participant = f"{sid}-d{i}", f"{sid}-r{i}"
+            riders.append(Rider(i, sid, url, token(kind="device", device=stream_device, participant=participant,
+                                                   sessions=[sid]), joins_at))
+        in_class, joiners = riders[:args.in_class], riders[args.in_class:]
+        stop, during = asyncio.Event(), LatencyHistogram()
+        queue_series: list[tuple[float, float]] = []
+        origin = time.monotonic()
+        gauge = asyncio.create_task(_queue_gauge(url, operator, queue_series, origin, stop))
+        for rider in in_class:
+            rider.started_at = time.monotonic()
+            rider.client.start()
+        await asyncio.wait_for(asyncio.gather(*(r.client.ready.wait() for r in in_class)), args.admit_timeout_s)
+        _progress(f"{len(in_class)} riders in class {sid}; {len(joiners)} joiners over {args.window_s:g} s")
+        storm_origin = time.monotonic()
+        sampler = asyncio.create_task(_sampler(riders, args.sample_period_s, stop,
+                                               (storm_origin, storm_origin + args.window_s + 30), during))
+        lag = LatencyHistogram()  # how late this process started a joiner (its own lag)
+        for rider in joiners:
+            delay = storm_origin + rider.joins_at - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            else:
+                lag.record(-delay * 1000.0)
+            rider.started_at = time.monotonic()
+            rider.client.start()
+        last_report, deadline = 0.0, time.monotonic() + args.admit_timeout_s
+        while time.monotonic() < deadline:
+            welcomed = sum(1 for r in joiners if r.client.welcomed_at is not None)
+            if welcomed == len(joiners):
+                break
+            if time.monotonic() - last_report > 5:
+                last_report = time.monotonic()
+                queued = sum(1 for r in joiners if r.client.queue_first is not None)
+                _progress(f"welcomed {welcomed}/{len(joiners)}, queued at some point {queued}, "
+                          f"edge queue {queue_series[-1][1] if queue_series else '?'}")
+            await asyncio.sleep(0.2)
+        admit_done = time.monotonic()
+        await asyncio.sleep(args.ride_after_s)
+        stop.set()
+        await asyncio.gather(sampler, gauge, return_exceptions=True)
+        drain_deadline = time.monotonic() + args.drain_s
+        while any(r.stream.unacked for r in riders if r.client.welcomed_at is not None) and time.monotonic() < drain_deadline:
+            await asyncio.sleep(0.2)
+        (await http.post(f"/v1/sessions/{sid}/flush")).raise_for_status()
+        snapshot = (await http.get(f"/v1/sessions/{sid}")).json()
+        edge_view = await _edge_histograms(url, operator)
+        await asyncio.gather(*(r.client.close() for r in riders), return_exceptions=True)
+    result = _summary(args, sid, in_class, joiners, storm_origin, admit_done, during, lag, queue_series, snapshot)
+    result["edge_histograms"] = edge_view  # (the edge's, whole run: not this driver's own lag)
+    return result
+
+
+def _summary(args: argparse.Namespace, sid: str, in_class: list[Rider], joiners: list[Rider], storm_origin: float,
+             admit_done: float, during: LatencyHistogram, lag: LatencyHistogram,
+             queue_series: list[tuple[float, float]], snapshot: dict[str, Any]) -> dict[str, Any]:
+    riders = in_class + joiners
+    welcomed = [r for r in joiners if r.client.welcomed_at is not None]
+    waits = LatencyHistogram()
+    for r in welcomed:
+        assert r.started_at is not None and r.client.welcomed_at is not None
+        waits.record((r.client.welcomed_at - r.started_at) * 1000.0)
+    queued = [r for r in joiners if r.client.queued_at is not None]
+    by_ticket = sorted((r.client.queued_at, r.client.welcomed_at) for r in queued  # type: ignore[type-var]
+                       if r.client.welcomed_at is not None)
+    inversions = sum(1 for a, b in zip(by_ticket, by_ticket[1:]) if a[1] > b[1] + ROUND_S)
+    sent = sum(r.stream.sent for r in riders)
+    rejected = sum(sum(r.stream.rejected.values()) for r in riders)
+    unacked = sum(len(r.stream.unacked) for r in riders)
+    errors: dict[str, int] = {}
+    for r in riders:
+        for kind, count in r.client.errors.items():
+            errors[kind] = errors.get(kind, 0) + count
+    last_welcome = max((r.client.welcomed_at for r in welcomed), default=None)  # type: ignore[type-var]
+    w = waits.summary()
+    return {
+        "session": sid, "joiners": len(joiners), "in_class": len(in_class), "window_s": args.window_s,
+        "capacity": args.capacity, "rate_per_s": args.rate, "burst": args.burst,
+        "welcomed": len(welcomed), "not_welcomed": len(joiners) - len(welcomed),
+        "queued": len(queued), "max_position": max((r.client.queue_first or 0 for r in queued), default=0),
+        "queue_frames": sum(r.client.queue_frames for r in joiners),
+        "admitted_in_order": inversions == 0, "order_inversions": inversions,
+        "time_to_admit_all_s": None if len(welcomed) < len(joiners) or last_welcome is None
+        else round(last_welcome - storm_origin, 2),
+        "admission_gave_up_after_s": None if len(welcomed) == len(joiners) else round(admit_done - storm_origin, 1),
+        "wait_s": {k: (None if w[k] is None else round(w[k] / 1000.0, 2)) for k in ("p50", "p99", "max")},
+        "samples": {"sent": sent, "acknowledged": sent - unacked - rejected, "rejected": rejected, "lost": unacked,
+                    "applied_by_class": (snapshot.get("totals") or {}).get("applied")},
+        "participants_in_class": len(snapshot.get("participants", [])),
+        "reconnects": sum(max(0, r.client.connects - 1) for r in riders),
+        "client_errors": errors,
+        "in_class_ack_ms_during_storm": during.summary(),
+        "driver_start_lag_ms": lag.summary(),
+        "edge_queue_riders": queue_series[:: max(1, len(queue_series) // 60)],
+    }
+
+
+async def swarm_storm(args: argparse.Namespace, url: str) -> dict[str, Any]:
+    """The scenario's swarm (``pulseline swarm``'s riders), sized by the flags."""
+    from sims.scenario import load
+    from sims.swarm import Swarm
+
+    scenario = load(Path(__file__).resolve().parents[1] / "sims" / "scenarios" / "admission-storm.toml")
+    n = args.in_class + args.joiners
+    config = scenario.swarm_config(url, session_prefix=f"storm-{secrets.token_hex(3)}", devices=n,
+                                   seconds=args.swarm_seconds, join_window_s=args.window_s,
+                                   storm_at_s=args.storm_at_s, in_class=args.in_class / n,
+                                   capacity=args.capacity, progress=True)
+    began = time.monotonic()
+    swarm = Swarm(config)
+    result = await swarm.run()
+    keys = ("drained", "sent", "acknowledged", "applied", "rejected", "lost", "duplicated", "connect_s", "http_failures",
+            "swarm_lag_ms", "reconnects", "server_frames", "join_s")
+    errors: dict[str, int] = {}
+    for client in swarm.clients:
+        for kind, count in client.errors.items():
+            errors[kind] = errors.get(kind, 0) + count
+    clients = {
+        "never_started": sum(1 for c in swarm.clients if c.started_at is None),
+        "never_connected": sum(1 for c in swarm.clients if c.started_at is not None and c.connects == 0),
+        "never_welcomed": sum(1 for c in swarm.clients if c.welcomed_at is None),
+        "errors": errors,
+    }
+    return {"driver": "swarm", "joiners": args.joiners, "in_class": args.in_class, "window_s": args.window_s,
+            "capacity": args.capacity, "rate_per_s": args.rate, "burst": args.burst,
+            "admission": result.get("admission"), "clients": clients, **{k: result.get(k) for k in keys},
+            "elapsed_s": round(time.monotonic() - began, 1)}
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    load_before = os.getloadavg()[0]
+    stack = None
+    secret = args.secret or secrets.token_hex(32)
+    if args.url:
+        url = args.url
+    else:
+        stack = Stack(args, secret)
+        url = stack.url
+    try:
+        if stack is not None:
+            await stack.ready(args.ready_timeout_s)
+            _progress(f"stack up on {url} (log {stack.log})")
+        result = await (swarm_storm(args, url) if args.driver == "swarm" else storm(args, url, secret))
+    finally:
+        if stack is not None:
+            await asyncio.to_thread(stack.stop)
+    result["load_1m"] = {"before": round(load_before, 1), "after": round(os.getloadavg()[0], 1)}
+    result["command"] = " ".join(sys.argv)
+    if stack is not None:
+        result["stack_log"] = str(stack.log)
+    return result
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--joiners", type=int, default=5000, help="riders storming the class")
+    p.add_argument("--in-class", type=int, default=250, help="riders in class before the storm")
+    p.add_argument("--window-s", type=float, default=10.0, help="the joiners' hellos are spread over this")
+    p.add_argument("--capacity", type=int, default=None, help="the class's seats (default: everyone fits)")
+    p.add_argument("--rate", type=float, default=200.0, help="PULSELINE_ADMIT_RATE_PER_S of the stack")
+    p.add_argument("--burst", type=int, default=400, help="PULSELINE_ADMIT_BURST of the stack")
+    p.add_argument("--sample-period-s", type=float, default=1.0, help="each rider makes a sample this often")
+    p.add_argument("--admit-timeout-s", type=float, default=300.0, help="give up waiting for welcomes after this")
+    p.add_argument("--ride-after-s", type=float, default=3.0, help="keep riding this long after the last welcome")
+    p.add_argument("--drain-s", type=float, default=60.0, help="wait this long for the last acknowledgements")
+    p.add_argument("--ready-timeout-s", type=float, default=240.0)
+    p.add_argument("--port", type=int, default=0, help="the stack's edge port (default: a free one)")
+    p.add_argument("--env", action="append", default=[], help="KEY=VALUE for the stack (repeatable)")
+    p.add_argument("--url", default=None, help="drive this edge instead of starting a stack")
+    p.add_argument("--secret", default=None, help="with --url: the stack's development secret")
+    p.add_argument("--seed", type=int, default=16)
+    p.add_argument("--driver", choices=["lean", "swarm"], default="lean",
+                   help="lean: one HubClient per rider, tokens minted here; swarm: the scenario's Swarm")
+    p.add_argument("--swarm-seconds", type=float, default=30.0, help="--driver swarm: the class's length")
+    p.add_argument("--storm-at-s", type=float, default=5.0, help="--driver swarm: when the storm starts")
+    p.add_argument("--report", default=None, help="also write the JSON here")
+    return p
+
+
+def main() -> int:
+    import logging
+
+    logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("websockets").setLevel(logging.CRITICAL)  # (a closed socket's keepalive traceback each)
+    args = parser().parse_args()
+    if args.capacity is None:
+        args.capacity = args.in_class + args.joiners + 1000
+    if args.url and not args.secret:
+        raise SystemExit("--url needs --secret (the stack's PULSELINE_AUTH_SECRET or data-dir dev-secret)")
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    result = asyncio.run(main_async(args))
+    text = json.dumps(result, indent=2)
+    print(text, flush=True)
+    if args.report:
+        Path(args.report).write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
