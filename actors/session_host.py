@@ -17,6 +17,15 @@ host does not hold opens it: a new epoch, the last checkpoint restored. That is 
 comes back after the host restarted (Ray restarts it, ``max_restarts=-1``, and retries the
 call, ``max_task_retries=-1``), after it was passivated (``release``) or after it was fenced
 off — one class at a time, without touching the others.
+
+A class that follows a class plan must move on its own clock even when nobody calls it, so
+the host keeps, in Redis, the set of its classes whose plan still runs (``{p}:host:{{name}}
+:clocks``: added by ``set_plan``, removed once the class ended, and by ``set_phase``
+``ended``). A restarted host (SIGKILL, node loss) reads that set in its constructor and
+opens each of those classes from its checkpoint at once, so their plans go on — lobby,
+live, ended on schedule — without waiting for a call (the dedicated actor does the same by
+opening its one class in its constructor). A class whose checkpoint is gone (purged) is
+dropped from the set instead.
 """
 
 from __future__ import annotations
@@ -28,8 +37,9 @@ from typing import Any
 
 import ray
 
-from storage.checkpoint import client_for
+from storage.checkpoint import client_for, key_base
 from storage.redis_url import AsyncRedis
+from actors.session import Phase
 from actors.session_actor import checkpoint_loop
 from actors.session_cell import SessionCell
 from actors.settings import ActorSettings
@@ -40,8 +50,16 @@ from actors.wire import Endpoint, TickRequest, decode_message, encode_message
 log = logging.getLogger(__name__)
 
 
+CLOCK_SWEEP_S = 5.0  # how often the host drops ended classes from its set of running clocks
+
+
 def host_name(name: str) -> str:
     return f"host:{name}"
+
+
+def clocks_key(prefix: str, name: str) -> str:
+    """The Redis set of a host's classes whose plan still runs (see the module docstring)."""
+    return f"{key_base(prefix, 'host', name)}:clocks"
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
@@ -59,7 +77,78 @@ class SessionHost:
         self._redis: AsyncRedis | None = None  # one client (connection pool) for every class here
         self._loop: asyncio.Task[None] | None = None
         self.telemetry = ActorTelemetry(host_name(name))
+        self.clocks_key = clocks_key(self.settings.prefix, name)
+        self.clocked: set[str] = set()  # classes of this host in its set of running clocks
+        self._clocks: asyncio.Task[None] | None = None
+        try:  # (Ray runs an async actor's __init__ on its loop: a restarted host resumes its plans at once)
+            asyncio.get_running_loop()
+            self._clocks = asyncio.get_running_loop().create_task(self._resume_clocks(), name="resume-clocks")
+        except RuntimeError:
+            pass  # no loop here (an older Ray): the classes resume on their next call
         log.info("session host %s up (pid %s)", name, os.getpid())
+
+    # -- class plans: clocks that run with nobody calling ----------------------------------
+    def _client(self) -> AsyncRedis:
+        if self._redis is None:
+            self._redis = client_for(self.settings.redis_url)
+        return self._redis
+
+    async def _resume_clocks(self) -> None:
+        """Open every class of this host whose plan still runs (read from Redis), so the
+        checkpoint loop moves it along its plan; then keep the set tidy (ended classes go)."""
+        redis = self._client()
+        for attempt in range(30):  # (Redis may be restarting with us: a few tries)
+            try:
+                raw = await redis.smembers(self.clocks_key)
+                break
+            except Exception as exc:
+                log.warning("host %s: reading its running clocks failed (%r), retrying", self.name, exc)
+                await asyncio.sleep(min(5.0, 0.2 * 2 ** attempt))
+        else:
+            raw = set()
+        sessions = sorted(m.decode() if isinstance(m, bytes) else str(m) for m in raw)
+        for session in sessions:
+            try:
+                if not await redis.exists(f"{key_base(self.settings.prefix, 'session', session)}:ckpt"):
+                    await redis.srem(self.clocks_key, session)  # purged (or never checkpointed): nothing to resume
+                    continue
+                await self._cell(session)
+                self.clocked.add(session)
+            except Exception:
+                log.exception("host %s: resuming the plan of %s failed (its next call opens it)", self.name, session)
+        if sessions:
+            log.info("host %s resumed the plans of %d class(es)", self.name, len(self.clocked))
+        while True:
+            await self._sweep_clocks()
+            await asyncio.sleep(CLOCK_SWEEP_S)
+
+    async def _sweep_clocks(self) -> None:
+        done = [s for s in self.clocked if (cell := self.cells.get(s)) is not None
+                and (cell.state.phase is Phase.ENDED or not cell.state.schedule.active)]
+        if not done:
+            return
+        try:
+            await self._client().srem(self.clocks_key, *done)
+            self.clocked.difference_update(done)
+        except Exception as exc:  # next sweep
+            log.warning("host %s: dropping %d ended class(es) from its clocks failed: %r", self.name, len(done), exc)
+
+    async def _clock_changed(self, cell: SessionCell) -> None:
+        """After a plan or phase change: the class is in the set while its plan runs (a
+        failed write is logged, never the call's failure: the plan itself is checkpointed)."""
+        running = cell.state.schedule.active and cell.state.phase is not Phase.ENDED
+        try:
+            if running:
+                await self._client().sadd(self.clocks_key, cell.session_id)
+                self.clocked.add(cell.session_id)
+            elif cell.session_id in self.clocked or cell.state.schedule.active:
+                await self._client().srem(self.clocks_key, cell.session_id)
+                self.clocked.discard(cell.session_id)
+        except Exception as exc:
+            log.warning("host %s: recording the clock of %s failed (%r): after a restart of this host it "
+                        "resumes on its next call", self.name, cell.session_id, exc)
+        if self._clocks is None or self._clocks.done():
+            self._clocks = asyncio.get_running_loop().create_task(self._resume_clocks(), name="resume-clocks")
 
     # -- cells ----------------------------------------------------------------------------
     async def _cell(self, session: str, overrides: dict[str, Any] | None = None) -> SessionCell:
@@ -77,9 +166,7 @@ class SessionHost:
         self._opening[session] = future
         try:
             settings = ActorSettings.of(self.settings, **(overrides or {}))
-            if self._redis is None:
-                self._redis = client_for(self.settings.redis_url)
-            cell = await asyncio.to_thread(SessionCell, session, settings, on_fenced=self._fenced, redis=self._redis)
+            cell = await asyncio.to_thread(SessionCell, session, settings, on_fenced=self._fenced, redis=self._client())
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # retrieved: waiters get it through shield
@@ -172,10 +259,17 @@ class SessionHost:
 
     async def set_plan(self, *, session: str, plan: dict[str, Any] | None, start_at: float | None,
                        overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-        return await (await self._cell(session, overrides)).set_plan(plan, start_at)
+        cell = await self._cell(session, overrides)
+        answer = await cell.set_plan(plan, start_at)
+        await self._clock_changed(cell)
+        return answer
 
     async def set_phase(self, *, session: str, phase: str, overrides: dict[str, Any] | None = None) -> str:
-        return await (await self._cell(session, overrides)).set_phase(phase)
+        cell = await self._cell(session, overrides)
+        answer = await cell.set_phase(phase)
+        if cell.state.phase is Phase.ENDED:
+            await self._clock_changed(cell)
+        return answer
 
     async def snapshot(self, *, session: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         return (await self._cell(session, overrides)).snapshot()

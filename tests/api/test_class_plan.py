@@ -123,3 +123,37 @@ def test_a_class_follows_its_plan_by_itself_even_through_a_killed_actor(
     assert ended.phase is Phase.ENDED and ended.schedule.live_at == pytest.approx(start)
     new_pid = ray_instance.get(actor.info.remote(), timeout=60)["pid"]
     assert new_pid != pid
+
+
+def test_a_dense_class_resumes_its_plan_by_itself_after_its_host_is_killed(
+        edge: Any, edge_settings: Any, tokens: Any, unique_id: str, ray_instance: Any) -> None:
+    """A dense class (its host process holds many classes): the host is SIGKILLed in the
+    lobby and nobody calls the class afterwards — no device, no viewer, no HTTP call —
+    yet the restarted host reopens it from the set of its running clocks and the class goes
+    live and ends on schedule."""
+    from actors.session_host import host_name
+
+    sid = f"dense-plan-{unique_id}"
+    start = time.time() + 15
+    response = _create(edge, tokens, {"id": sid, "start_at": start, "plan": SHORT, "placement": "dense"})
+    assert response.status_code == 201 and response.json()["schedule"]["phase"] == "lobby", response.text
+    directory = edge.config.app.state.edge.directory
+    host = ray_instance.get_actor(host_name(directory.host_for(sid)), namespace=edge_settings.namespace)
+    pid = ray_instance.get(host.info.remote(), timeout=60)["pid"]
+    assert sid in ray_instance.get(host.hosted.remote(), timeout=60)
+    os.kill(pid, signal.SIGKILL)
+    # (no call for the class from here on: only Redis is read, and the host's own list)
+    deadline = time.time() + 120
+    phases = []
+    while time.time() < deadline:
+        phase = _checkpointed(edge_settings, sid).phase
+        if not phases or phases[-1] is not phase:
+            phases.append(phase)
+        if phase is Phase.ENDED:
+            break
+        time.sleep(0.25)
+    ended = _checkpointed(edge_settings, sid)
+    assert ended.phase is Phase.ENDED, phases
+    assert ended.schedule.live_at == pytest.approx(start) and Phase.LIVE in phases, phases
+    info = ray_instance.get(host.info.remote(), timeout=60)  # (after the end: a call now changes nothing)
+    assert info["pid"] != pid
