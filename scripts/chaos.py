@@ -155,8 +155,8 @@ class Chaos:
     async def kill(self, victim: str, sessions: list[str]) -> dict[str, Any]:
         at = round(time.monotonic() - self.began, 1)
         pid: int | None
-        if victim == "session-actor":
-            actors = [p for p in self._tree() if _cmdline(p).startswith("ray::SessionActor")]
+        if victim == "session-actor":  # (on a busy box the classes' actors may still be starting: wait)
+            actors = await self._session_actors(within_s=60)
             pid = self.rng.choice(actors).pid if actors else None
         else:
             pid = self._pid("redis-server" if victim == "redis-server" else f"edge-{self.port + 1}")
@@ -174,6 +174,15 @@ class Chaos:
             done = await _until(lambda: self._restarted(name, restarts, url), 180)
         recovered = None if done is None else round(time.monotonic() - killed, 2)
         return {"victim": victim, "pid": pid, "at_s": at, "recovered_s": recovered}
+
+    async def _session_actors(self, within_s: float) -> list[psutil.Process]:
+        """The stack's session actor processes, waiting up to ``within_s`` for one to exist."""
+        deadline = time.monotonic() + within_s
+        while True:
+            actors = [p for p in self._tree() if _cmdline(p).startswith("ray::SessionActor")]
+            if actors or time.monotonic() > deadline:
+                return actors
+            await asyncio.sleep(0.2)
 
     def _restarts(self, name: str) -> int:
         state = read_state(self.data) or {}
