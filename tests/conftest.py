@@ -125,3 +125,14 @@ def own_edge(edge_settings: Any) -> Iterator[Callable[..., tuple[EdgeServer, Dev
     yield make
     for server in started:
         server.stop()
+
+
+# Tests that start Ray clusters or whole stacks of their own run first, while the box is
+# quiet: later, the shared test Ray holds every class earlier tests left running (an idle
+# actor process each, ~0.01 cores), and a Ray node's start is limited to 30 s (hard-coded).
+RUN_FIRST = ("tests/cluster/test_multinode.py", "tests/cluster/test_class_shards_multinode.py",
+             "tests/cluster/test_chaos.py")
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: 0 if item.nodeid.split("::")[0] in RUN_FIRST else 1)  # (stable: order kept within)
