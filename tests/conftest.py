@@ -131,7 +131,8 @@ def own_edge(edge_settings: Any) -> Iterator[Callable[..., tuple[EdgeServer, Dev
 # quiet: later, the shared test Ray holds every class earlier tests left running (an idle
 # actor process each, ~0.01 cores), and a Ray node's start is limited to 30 s (hard-coded).
 RUN_FIRST = ("tests/cluster/test_multinode.py", "tests/cluster/test_class_shards_multinode.py",
-             "tests/cluster/test_chaos.py")
+             "tests/cluster/test_chaos.py", "tests/cluster/test_up_command.py", "tests/cluster/test_up_edges.py",
+             "tests/cluster/test_supervisor.py", "tests/launch/test_demo.py")
 
 
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
