@@ -21,16 +21,18 @@ SCENARIO = Path(__file__).parents[2] / "sims" / "scenarios" / "admission-storm.t
 
 
 def test_a_join_storm_is_admitted_in_order_and_nothing_is_lost(own_edge: Any, run: Any, unique_id: str) -> None:
-    server, _ = own_edge(admit_rate_per_s=20.0, admit_burst=10)
+    # an admission rate well under the storm's arrival rate even on a loaded box (at 20/s a
+    # slow CI box's swarm joined barely faster than it, and few joiners ever queued)
+    server, _ = own_edge(admit_rate_per_s=6.0, admit_burst=3)
     config = load(SCENARIO).swarm_config(server.url, session_prefix=f"storm-{unique_id}", devices=150,
-                                         seconds=20.0, join_window_s=3.0, storm_at_s=3.0, in_class=0.2)
+                                         seconds=35.0, join_window_s=3.0, storm_at_s=3.0, in_class=0.2)
     result = run(Swarm(config).run(), timeout=240)
     print(json.dumps(result["admission"]))
     assert result["drained"] and result["lost"] == 0 and result["duplicated"] == 0, summary_text(result)
     assert result["acknowledged"] == result["applied"] == result["sent"] - result["rejected"]
     admission = result["admission"]
     assert admission["joiners"] > 80 and admission["not_admitted"] == 0, admission
-    assert admission["queued"] > admission["joiners"] // 2 and admission["max_position"] > 30, admission
+    assert admission["queued"] > admission["joiners"] // 2 and admission["max_position"] > 20, admission
     # in order (joiners one round admits together are welcomed in one tick, in any order)
     assert admission["order_inversions"] <= 2, admission
     assert admission["in_class_latency_ms"]["samples"] > 0, admission

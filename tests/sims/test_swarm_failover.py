@@ -47,6 +47,18 @@ async def _stop_after(server: EdgeServer, seconds: float) -> None:
     await asyncio.to_thread(server.stop)
 
 
+async def _stop_once_riding(server: EdgeServer, connections: int, then_s: float, limit_s: float = 60.0) -> None:
+    """Stop ``server`` mid-class: once it holds ``connections`` open connections (the riders'
+    sockets), ``then_s`` later. A fixed delay raced the swarm's start on a loaded CI box
+    (the edge went away before any rider had connected to it, so nothing failed over)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit_s
+    while len(server.server.server_state.connections) < connections and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(then_s)
+    await asyncio.to_thread(server.stop)
+
+
 @pytest.mark.timeout(180)
 def test_a_swarm_fails_over_to_the_other_edge_and_stays_exact(edge: Any, second_edge: Any, run: Any,
                                                              unique_id: str) -> None:
@@ -55,7 +67,8 @@ def test_a_swarm_fails_over_to_the_other_edge_and_stays_exact(edge: Any, second_
                          session_prefix=f"fo-{unique_id}", drain_timeout_s=45)
 
     async def scenario() -> dict[str, Any]:
-        stopper = asyncio.create_task(_stop_after(doomed, 4.0))  # mid-class; before the cooldown call
+        # mid-class (its riders connected and sending), well before the cooldown call
+        stopper = asyncio.create_task(_stop_once_riding(doomed, connections=8, then_s=1.5))
         result = await Swarm(config).run()
         await stopper
         return result
