@@ -8,6 +8,13 @@ fences off older instances. The loop writes a checkpoint whenever the state chan
 most every ``checkpoint_interval_s`` (default 0.25 s, i.e. well over once a second while
 samples arrive), and every phase change is checkpointed before the call returns.
 
+Idle deactivation (``idle_deactivate_s``, default 15 min, like an Orleans grain's collection
+age): an instance that nobody ticked or called for that long, with nothing unsaved, no plan
+still to follow and nothing being published (``SessionCell.idle_for``), closes its stream and
+exits for good (``exit_actor``: Ray does not restart it). Edges see the stream close and forget
+the endpoint; the next sample, connection or call re-resolves the name, which recreates the
+actor from its checkpoint (``cluster.directory``), exactly as after a passivation.
+
 Survives a restart: everything that was checkpointed. Samples applied after the last
 checkpoint are lost from memory, but they were never acknowledged, so devices resend
 them; ``tick`` reports the epoch, so edges notice a restart and ask devices to resume.
@@ -26,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from typing import Any
 
 import ray
@@ -81,6 +89,8 @@ class SessionActor:
         self.session_id = session_id
         typed = ActorSettings.of(settings)  # (read once, here: the cell gets the typed form)
         self.interval_s = typed.checkpoint_interval_s
+        self.idle_deactivate_s = typed.idle_deactivate_s
+        self._idle_watch: asyncio.Task[None] | None = None
         self.cell = SessionCell(session_id, typed, on_fenced=self._fenced)
         # ``process="session"``, not the class's name: a label value per class ever served would
         # leave series behind for good (Ray's WorkerId label tells live processes apart)
@@ -100,7 +110,36 @@ class SessionActor:
         self.cell.check()
         if self._loop is None or self._loop.done():
             self._loop = asyncio.get_running_loop().create_task(checkpoint_loop(lambda: (self.cell,), self.interval_s, self.telemetry))
+        if self.idle_deactivate_s > 0 and (self._idle_watch is None or self._idle_watch.done()):
+            self._idle_watch = asyncio.get_running_loop().create_task(self._watch_idle())
         return self.cell
+
+    async def _watch_idle(self) -> None:
+        """Ask this actor to deactivate once its class has been idle for ``idle_deactivate_s``
+        (through a call to itself: ``exit_actor`` ends an async actor from a method only)."""
+        idle_s = self.idle_deactivate_s
+        while True:
+            await asyncio.sleep(min(30.0, max(0.5, idle_s / 4)))
+            if self.cell.idle_for(time.monotonic()) >= idle_s:
+                ray.get_runtime_context().current_actor.deactivate.options(max_task_retries=0).remote()
+                return
+
+    async def deactivate(self) -> bool:
+        """Exit for good if the class is still idle (False, and it goes on, if not). Not through
+        ``_ensure_loop``: asking is no activity. Its checkpoint already holds everything."""
+        cell = self.cell
+        if cell.fenced or cell.idle_for(time.monotonic()) < self.idle_deactivate_s:
+            if not cell.fenced:
+                self._idle_watch = asyncio.get_running_loop().create_task(self._watch_idle())
+            return False
+        await cell.checkpoint()  # (nothing to write: idle_for says clean; kept for safety)
+        if self.stream is not None:
+            self.stream.close()  # edges forget this endpoint at once
+        log.info("session %s idle for %.0f s: deactivating (epoch %s); the next call restores it",
+                 self.session_id, self.idle_deactivate_s, cell.epoch)
+        await cell.close()
+        ray.actor.exit_actor()
+        return True  # (not reached)
 
     def _fenced(self, cell: SessionCell) -> None:
         """A newer instance exists: stop serving the stream (every later call is refused)."""

@@ -128,6 +128,7 @@ class SessionCell:
         self._profiles_read_at = time.monotonic()
         self._profile_task: asyncio.Task[None] | None = None
         self._seat_tasks: set[asyncio.Task[None]] = set()
+        self.active_at = time.monotonic()  # the last tick or call (``idle_for``)
         self._parts = BoardParts()
 
     @property
@@ -135,9 +136,24 @@ class SessionCell:
         return self.store.epoch
 
     def check(self) -> None:
-        """Raise ``StaleInstance`` once a newer instance of this class exists."""
+        """Raise ``StaleInstance`` once a newer instance of this class exists (every tick and
+        call passes here: it also marks the class active)."""
         if self.fenced:
             raise StaleInstance(self.store.epoch, None)
+        self.active_at = time.monotonic()
+
+    def idle_for(self, now: float) -> float:
+        """Seconds this class has had nothing to do, 0 while it has: a tick or call, unsaved
+        state, a class plan still to follow (its clock moves it with nobody connected), an
+        on-demand class live (its ghosts ride on), results or seats being published."""
+        state = self.state
+        if self.fenced or self.dirty or (self._publish_task is not None and not self._publish_task.done()):
+            return 0.0
+        if self._seat_tasks or (state.phase is not Phase.ENDED and (
+                state.schedule.plan is not None or state.replay is not None
+                or (state.phase in (Phase.SCHEDULED, Phase.LOBBY) and state.schedule.start_at is not None))):
+            return 0.0
+        return max(0.0, now - self.active_at)
 
     # -- checkpoints ----------------------------------------------------------------------
     @property

@@ -21,6 +21,7 @@ class ActorSettings:
     prefix: str = "pl"
     board_size: int = 10  # top-N rows of a class board (a class's own overrides it)
     checkpoint_interval_s: float = 0.25  # a changed class is checkpointed at most this often
+    idle_deactivate_s: float = 900.0  # a class's own actor idle this long exits (0: never; SessionCell.idle_for)
     max_gap_s: float = 5.0  # a longer gap between two samples of a device adds no energy
     presence_grace_s: float = 60.0  # a live rider silent this long has left (actors.presence)
     profile_refresh_s: float = 60.0  # a class re-reads its riders' profiles this often (0: never)
@@ -48,7 +49,7 @@ class ActorSettings:
             raise ValueError("actor settings need a redis_url")
         if "leaderboards" in known:
             known["leaderboards"] = tuple(str(b) for b in known["leaderboards"] or ())
-        for name, kind in (("board_size", int), ("checkpoint_interval_s", float), ("max_gap_s", float),
+        for name, kind in (("board_size", int), ("checkpoint_interval_s", float), ("idle_deactivate_s", float), ("max_gap_s", float),
                            ("presence_grace_s", float), ("profile_refresh_s", float), ("lobby_lead_s", float),
                            ("results_stream_retention_s", float), ("results_stream_maxlen", int)):
             if name in known:

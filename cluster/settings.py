@@ -64,6 +64,11 @@ class Settings(BaseSettings):
     webhook_retry_window_s: float = Field(default=3 * 86400.0, ge=0)  # retried while the first try is younger
     webhook_max_in_flight: int = Field(default=100, ge=1)  # concurrent deliveries per edge
     checkpoint_interval_s: float = 0.25  # a changed class is checkpointed at most this often (acks wait for it)
+    # A class's own actor (dedicated placement) that nobody has ticked or called for this long,
+    # with nothing unsaved, no class plan still to follow and nothing being published, checkpoints
+    # and exits (like an Orleans grain's collection age); the next sample, connection or call
+    # brings it back from its checkpoint. 0: never.
+    idle_deactivate_s: float = Field(default=900.0, ge=0)
     # Dense mode (actors/session_host.py): classes created with ``expected_riders`` at most
     # this many share host processes (0: only classes created with placement "dense");
     # ``dense_hosts`` host processes take them, by a hash of the class id.
@@ -190,6 +195,7 @@ class Settings(BaseSettings):
             "prefix": self.prefix,
             "board_size": self.board_size,
             "checkpoint_interval_s": self.checkpoint_interval_s,
+            "idle_deactivate_s": self.idle_deactivate_s,
             "max_gap_s": self.max_gap_s,
             "presence_grace_s": self.presence_grace_s,
             "profile_refresh_s": self.profile_refresh_s,

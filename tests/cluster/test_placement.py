@@ -276,3 +276,62 @@ def _token(settings: Any, stream: Any) -> Any:
         return device_token(settings, stream)
 
     return provide
+
+
+def test_an_idle_class_actor_deactivates_and_the_next_rider_brings_it_back(
+    own_edge: Any, run: Any, unique_id: str
+) -> None:
+    """``idle_deactivate_s``: a live class nobody ticks or calls exits for good (Ray does not
+    restart it); the next rider's samples recreate it from its checkpoint, exact. A class
+    whose plan still runs stays up however idle (its own clock moves it)."""
+    from devices.client import DeviceStream, HubClient
+
+    server, _ = own_edge(idle_deactivate_s=2.0)
+    settings = server.settings
+    sid, planned = f"idle-{unique_id}", f"idleplan-{unique_id}"
+    ns = settings.namespace
+
+    async def ride(stream: DeviceStream, seqs: range) -> None:
+        client = HubClient(f"{server.ws_url}/v1/devices", [stream], token_provider=_token(settings, stream))
+        client.start()
+        await asyncio.wait_for(client.ready.wait(), 30)
+        for k in seqs:
+            await client.send_rows(stream, [stream.new_sample(time.time(), 120.0, 200.0, 85.0, 8.0, 10.0 * k)])
+        while stream.unacked:
+            await asyncio.sleep(0.05)
+        await client.close()
+
+    async def wait_passive(session: str, limit_s: float) -> bool:
+        deadline = time.monotonic() + limit_s
+        while time.monotonic() < deadline:
+            if not await asyncio.to_thread(is_active, session, ns):
+                return True
+            await asyncio.sleep(0.2)
+        return False
+
+    async def scenario() -> dict[str, Any]:
+        async with httpx.AsyncClient(base_url=server.url, headers=operator_headers(server.url), timeout=60) as http:
+            (await http.post("/v1/sessions", json={"id": sid})).raise_for_status()
+            plan = {"segments": [{"kind": "interval", "duration_s": 3600}]}
+            (await http.post("/v1/sessions", json={"id": planned, "start_at": time.time(), "plan": plan})).raise_for_status()
+            await http.get(f"/v1/sessions/{planned}")  # (its actor is up)
+            (await http.post(f"/v1/sessions/{sid}/phase", json={"phase": "live"})).raise_for_status()
+            epoch = (await http.get(f"/v1/sessions/{sid}")).json()["epoch"]
+            stream = DeviceStream(f"{sid}-d", f"{sid}-p", sid)
+            await ride(stream, range(1, 4))
+            passive = await wait_passive(sid, 60)
+            planned_up = await asyncio.to_thread(is_active, planned, ns)
+            again = DeviceStream(f"{sid}-d", f"{sid}-p", sid)
+            again.next_seq = 4
+            await ride(again, range(4, 6))  # the actor comes back from Redis; nothing is lost or doubled
+            snap = (await http.get(f"/v1/sessions/{sid}")).json()
+            (await http.post(f"/v1/sessions/{planned}/phase", json={"phase": "ended"})).raise_for_status()
+        return {"passive": passive, "planned_up": planned_up, "snap": snap, "epoch": epoch,
+                "active": await asyncio.to_thread(is_active, sid, ns)}
+
+    out = run(scenario(), timeout=180)
+    assert out["passive"], "the idle class's actor did not deactivate"
+    assert out["planned_up"], "a class whose plan still runs was deactivated"
+    assert out["active"] and out["snap"]["phase"] == "live" and out["snap"]["epoch"] > out["epoch"]
+    [rider] = out["snap"]["participants"]
+    assert rider["samples"] == 5
