@@ -69,6 +69,9 @@ def edge_settings(redis_server: Any, ray_instance: Any, tmp_path_factory: pytest
         data_dir=Path(tmp_path_factory.mktemp("data")),
         handshake_timeout_s=5.0,  # short for the handshake test, not so short that a busy CI box trips it
         ray_call_timeout_s=30.0,  # (default 10 s) the shared test Ray runs hundreds of actors; tests of the bound set their own
+        # (default 15 min) a class a test left behind gives its process back soon: the suite
+        # leaves hundreds, and ~150 idle actor processes cost this 2-core box over a core
+        idle_deactivate_s=45.0,
     )
 
 
