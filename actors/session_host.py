@@ -26,6 +26,12 @@ opens each of those classes from its checkpoint at once, so their plans go on â€
 live, ended on schedule â€” without waiting for a call (the dedicated actor does the same by
 opening its one class in its constructor). A class whose checkpoint is gone (purged) is
 dropped from the set instead.
+
+A class idle for ``idle_deactivate_s`` (``SessionCell.idle_for``: no tick or call, nothing
+unsaved, no plan still to follow, nothing being published) is released from memory the way
+a passivation releases it (the host's idle loop, every ``min(30 s, idle/4)``): the host
+stays, the class's next call or tick opens it again from its checkpoint with a new epoch
+(an edge whose tick hits the released class gets ``unknown_session`` and re-resolves it).
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from typing import Any
 
 import ray
@@ -80,6 +87,8 @@ class SessionHost:
         self.clocks_key = clocks_key(self.settings.prefix, name)
         self.clocked: set[str] = set()  # classes of this host in its set of running clocks
         self._clocks: asyncio.Task[None] | None = None
+        self._idle: asyncio.Task[None] | None = None
+        self.released_idle = 0  # classes released for idleness
         try:  # (Ray runs an async actor's __init__ on its loop: a restarted host resumes its plans at once)
             asyncio.get_running_loop()
             self._clocks = asyncio.get_running_loop().create_task(self._resume_clocks(), name="resume-clocks")
@@ -150,12 +159,31 @@ class SessionHost:
         if self._clocks is None or self._clocks.done():
             self._clocks = asyncio.get_running_loop().create_task(self._resume_clocks(), name="resume-clocks")
 
+    async def _release_idle(self) -> None:
+        """Release every class idle for ``idle_deactivate_s`` (a loop that never dies)."""
+        idle_s = self.settings.idle_deactivate_s
+        while True:
+            await asyncio.sleep(min(30.0, max(0.5, idle_s / 4)))
+            now = time.monotonic()
+            for session, cell in list(self.cells.items()):
+                if cell.idle_for(now) < idle_s:
+                    continue
+                try:
+                    if await self.release(session=session):
+                        self.released_idle += 1
+                        log.info("session %s idle for %.0f s: released from host %s (the next call reopens it)",
+                                 session, idle_s, self.name)
+                except Exception:
+                    log.exception("host %s: releasing idle class %s failed", self.name, session)
+
     # -- cells ----------------------------------------------------------------------------
     async def _cell(self, session: str, overrides: dict[str, Any] | None = None) -> SessionCell:
         """The class's cell, opened (new epoch, checkpoint restored) if this host lacks it."""
         if self._loop is None or self._loop.done():
             self._loop = asyncio.get_running_loop().create_task(
                 checkpoint_loop(lambda: tuple(self.cells.values()), self.interval_s, self.telemetry))
+        if self.settings.idle_deactivate_s > 0 and (self._idle is None or self._idle.done()):
+            self._idle = asyncio.get_running_loop().create_task(self._release_idle(), name="release-idle")
         cell = self.cells.get(session)
         if cell is not None:
             return cell
@@ -286,6 +314,7 @@ class SessionHost:
             "host": self.name,
             "sessions": len(self.cells),
             "opened": self.opened,
+            "released_idle": self.released_idle,
         }
 
     async def hosted(self) -> list[str]:

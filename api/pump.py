@@ -32,7 +32,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from actors.wire import TickRequest
+from actors.wire import StreamErrorCode, TickRequest
 from api.metrics import (
     ACK_LATENCY_SECONDS,
     RESYNCS,
@@ -45,7 +45,7 @@ from api.metrics import (
 )
 from api.log_context import REQUEST_ID, SESSION
 from api.outbox import Outbox
-from api.session_stream import RayTicks, TickChannel
+from api.session_stream import RayTicks, SessionStreamError, TickChannel
 from cluster.directory import SessionDirectory
 from devices.protocol import encode
 
@@ -274,10 +274,14 @@ class SessionPump:
             try:
                 if self._has_work() or self.viewers:
                     news = await self._tick()
-            except Exception:  # the loop never dies; devices resend what was not acked
-                self.tick_errors += 1
-                TICK_ERRORS.inc()
-                log.exception("session %s tick failed", self.session_id)
+            except Exception as exc:  # the loop never dies; devices resend what was not acked
+                if isinstance(exc, SessionStreamError) and exc.code is StreamErrorCode.UNKNOWN_SESSION:
+                    # released by its host (idle, or passivated through another edge): not a fault
+                    log.info("session %s is no longer on its host; reopening it", self.session_id)
+                else:
+                    self.tick_errors += 1
+                    TICK_ERRORS.inc()
+                    log.exception("session %s tick failed", self.session_id)
                 self.channel.forget(self.session_id)
                 self._resync_all()
                 await asyncio.sleep(0.5)

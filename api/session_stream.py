@@ -268,8 +268,8 @@ class StreamTicks:
             result = await connection.tick(request)
         except SessionStreamError as exc:
             self.failures += 1
-            if exc.code is not StreamErrorCode.BAD_REQUEST:
-                self.pool.drop(endpoint)
+            if exc.code not in (StreamErrorCode.BAD_REQUEST, StreamErrorCode.UNKNOWN_SESSION):
+                self.pool.drop(endpoint)  # (a class a host released or lost: its other classes go on)
             raise
         if result.epoch != endpoint.epoch:  # another instance answered on a reused address
             self.pool.drop(endpoint)

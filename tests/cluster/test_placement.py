@@ -219,7 +219,7 @@ def test_edge_passivates_an_ended_idle_session_and_late_data_recreates_it(
     edge_settings: Any, run: Any, unique_id: str
 ) -> None:
     from api.cluster_routes import ClusterPolicySettings
-    from devices.client import DeviceStream, HubClient
+    from devices.client import DeviceStream
     from tests.conftest import EdgeServer, _free_port
 
     settings = edge_settings.model_copy(update={"port": _free_port()})
@@ -228,16 +228,6 @@ def test_edge_passivates_an_ended_idle_session_and_late_data_recreates_it(
     server.start()
     sid = f"auto-{unique_id}"
     ns = settings.namespace
-
-    async def ride(stream: DeviceStream, seqs: range) -> None:
-        client = HubClient(f"{server.ws_url}/v1/devices", [stream], token_provider=_token(settings, stream))
-        client.start()
-        await asyncio.wait_for(client.ready.wait(), 30)
-        for k in seqs:
-            await client.send_rows(stream, [stream.new_sample(time.time(), 120.0, 200.0, 85.0, 8.0, 10.0 * k)])
-        while stream.unacked:
-            await asyncio.sleep(0.05)
-        await client.close()
 
     async def wait_passive() -> bool:
         for _ in range(200):  # bounded: 20 s
@@ -251,13 +241,13 @@ def test_edge_passivates_an_ended_idle_session_and_late_data_recreates_it(
         async with httpx.AsyncClient(base_url=server.url, headers=headers, timeout=60) as http:
             (await http.post("/v1/sessions", json={"id": sid})).raise_for_status()
             stream = DeviceStream(f"{sid}-d", f"{sid}-p", sid)
-            await ride(stream, range(1, 4))
+            await _ride(server, stream, range(1, 4))
             (await http.post(f"/v1/sessions/{sid}/phase", json={"phase": "ended"})).raise_for_status()
             stream_late = DeviceStream(f"{sid}-d", f"{sid}-p", sid)
             stream_late.next_seq = 4
-            await ride(stream_late, range(0, 0))  # reconnect once so the pump sees "ended", then idle
+            await _ride(server, stream_late, range(0, 0))  # reconnect once so the pump sees "ended", then idle
             passive = await wait_passive()
-            await ride(stream_late, range(4, 6))  # late data: the actor comes back from Redis
+            await _ride(server, stream_late, range(4, 6))  # late data: the actor comes back from Redis
             snap = (await http.get(f"/v1/sessions/{sid}")).json()
         return passive, await asyncio.to_thread(is_active, sid, ns), snap["participants"][0]["samples"]
 
@@ -267,6 +257,20 @@ def test_edge_passivates_an_ended_idle_session_and_late_data_recreates_it(
         server.stop()
     assert passive and active_again
     assert samples == 5
+
+
+async def _ride(server: Any, stream: Any, seqs: range) -> None:
+    """One device through a ``HubClient``: welcomed, sends ``seqs``, waits for every ack."""
+    from devices.client import HubClient
+
+    client = HubClient(f"{server.ws_url}/v1/devices", [stream], token_provider=_token(server.settings, stream))
+    client.start()
+    await asyncio.wait_for(client.ready.wait(), 30)
+    for k in seqs:
+        await client.send_rows(stream, [stream.new_sample(time.time(), 120.0, 200.0, 85.0, 8.0, 10.0 * k)])
+    while stream.unacked:
+        await asyncio.sleep(0.05)
+    await client.close()
 
 
 def _token(settings: Any, stream: Any) -> Any:
@@ -284,22 +288,12 @@ def test_an_idle_class_actor_deactivates_and_the_next_rider_brings_it_back(
     """``idle_deactivate_s``: a live class nobody ticks or calls exits for good (Ray does not
     restart it); the next rider's samples recreate it from its checkpoint, exact. A class
     whose plan still runs stays up however idle (its own clock moves it)."""
-    from devices.client import DeviceStream, HubClient
+    from devices.client import DeviceStream
 
     server, _ = own_edge(idle_deactivate_s=2.0)
     settings = server.settings
     sid, planned = f"idle-{unique_id}", f"idleplan-{unique_id}"
     ns = settings.namespace
-
-    async def ride(stream: DeviceStream, seqs: range) -> None:
-        client = HubClient(f"{server.ws_url}/v1/devices", [stream], token_provider=_token(settings, stream))
-        client.start()
-        await asyncio.wait_for(client.ready.wait(), 30)
-        for k in seqs:
-            await client.send_rows(stream, [stream.new_sample(time.time(), 120.0, 200.0, 85.0, 8.0, 10.0 * k)])
-        while stream.unacked:
-            await asyncio.sleep(0.05)
-        await client.close()
 
     async def wait_passive(session: str, limit_s: float) -> bool:
         deadline = time.monotonic() + limit_s
@@ -318,12 +312,12 @@ def test_an_idle_class_actor_deactivates_and_the_next_rider_brings_it_back(
             (await http.post(f"/v1/sessions/{sid}/phase", json={"phase": "live"})).raise_for_status()
             epoch = (await http.get(f"/v1/sessions/{sid}")).json()["epoch"]
             stream = DeviceStream(f"{sid}-d", f"{sid}-p", sid)
-            await ride(stream, range(1, 4))
+            await _ride(server, stream, range(1, 4))
             passive = await wait_passive(sid, 60)
             planned_up = await asyncio.to_thread(is_active, planned, ns)
             again = DeviceStream(f"{sid}-d", f"{sid}-p", sid)
             again.next_seq = 4
-            await ride(again, range(4, 6))  # the actor comes back from Redis; nothing is lost or doubled
+            await _ride(server, again, range(4, 6))  # the actor comes back from Redis; nothing is lost or doubled
             snap = (await http.get(f"/v1/sessions/{sid}")).json()
             (await http.post(f"/v1/sessions/{planned}/phase", json={"phase": "ended"})).raise_for_status()
         return {"passive": passive, "planned_up": planned_up, "snap": snap, "epoch": epoch,
@@ -333,5 +327,46 @@ def test_an_idle_class_actor_deactivates_and_the_next_rider_brings_it_back(
     assert out["passive"], "the idle class's actor did not deactivate"
     assert out["planned_up"], "a class whose plan still runs was deactivated"
     assert out["active"] and out["snap"]["phase"] == "live" and out["snap"]["epoch"] > out["epoch"]
+    [rider] = out["snap"]["participants"]
+    assert rider["samples"] == 5
+
+
+def test_an_idle_dense_class_is_released_by_its_host_and_comes_back(own_edge: Any, run: Any, unique_id: str) -> None:
+    """Dense mode: a class idle for ``idle_deactivate_s`` leaves its host's memory (the host
+    process stays, serving its other classes); its next rider reopens it from its checkpoint
+    on the same host, exact."""
+    from devices.client import DeviceStream
+
+    server, _ = own_edge(idle_deactivate_s=2.0)
+    directory = server.config.app.state.edge.directory
+    sid = f"idense-{unique_id}"
+
+    async def hosted() -> list[str]:
+        handle = await directory.handle(sid)
+        return list(await handle.actor.hosted.remote())
+
+    async def scenario() -> dict[str, Any]:
+        async with httpx.AsyncClient(base_url=server.url, headers=operator_headers(server.url), timeout=60) as http:
+            (await http.post("/v1/sessions", json={"id": sid, "placement": "dense"})).raise_for_status()
+            (await http.post(f"/v1/sessions/{sid}/phase", json={"phase": "live"})).raise_for_status()
+            before = (await http.get(f"/v1/sessions/{sid}")).json()
+            pid = (await (await directory.handle(sid)).info.remote())["pid"]
+            stream = DeviceStream(f"{sid}-d", f"{sid}-p", sid)
+            await _ride(server, stream, range(1, 4))
+            deadline = time.monotonic() + 60
+            while sid in await hosted() and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+            released = sid not in await hosted()
+            again = DeviceStream(f"{sid}-d", f"{sid}-p", sid)
+            again.next_seq = 4
+            await _ride(server, again, range(4, 6))
+            info = await (await directory.handle(sid)).info.remote()
+            snap = (await http.get(f"/v1/sessions/{sid}")).json()
+        return {"released": released, "before": before, "snap": snap, "pid": pid, "info": info}
+
+    out = run(scenario(), timeout=180)
+    assert out["released"], "the idle dense class stayed in its host's memory"
+    assert out["info"]["pid"] == out["pid"] and out["info"]["released_idle"] >= 1  # the host lived on
+    assert out["snap"]["phase"] == "live" and out["snap"]["epoch"] > out["before"]["epoch"]
     [rider] = out["snap"]["participants"]
     assert rider["samples"] == 5
