@@ -224,3 +224,46 @@ def test_redis_errors_are_counted_when_redis_goes_away(edge_settings: Any, tmp_p
     finally:
         server.stop()
         redis.stop()
+
+
+def test_checkpoint_failures_are_exported_when_redis_goes_away(edge_settings: Any, tokens: Any,
+                                                               tmp_path: Any, unique_id: str) -> None:
+    """A class whose Redis goes away counts its failed checkpoint writes, and the count
+    reaches Prometheus through Ray's metrics export (the actor side of issue 19's families)."""
+    import ray
+
+    from actors.session_actor import actor_name
+    from cluster.redis_server import EmbeddedRedis
+
+    redis = EmbeddedRedis(tmp_path / "redis").start()
+    settings = edge_settings.model_copy(update={"port": _free_port(), "redis_url": redis.url, "redis_timeout_s": 0.5})
+    server = EdgeServer(settings).start()
+    ray_url = f"http://127.0.0.1:{ray._private.worker._global_node.metrics_export_port}/metrics"
+    sid = f"ckf-{unique_id}"
+    actor = None
+    try:
+        ops = tokens.headers()
+        httpx.post(f"{server.url}/v1/sessions", json={"id": sid}, headers=ops, timeout=60).raise_for_status()
+        httpx.post(f"{server.url}/v1/sessions/{sid}/participants", json={"participant": "ann"}, headers=ops,
+                   timeout=60).raise_for_status()
+        actor = ray.get_actor(actor_name(sid), namespace=settings.namespace)
+        before = value(samples_of(httpx.get(ray_url, timeout=30).text), "ray_pulseline_checkpoint_failures_total")
+        redis.stop()
+        failed = 0
+        for k in range(3):  # each join checkpoints before it answers: with Redis gone, the write fails
+            try:
+                ray.get(actor.join.remote(participant=f"late-{k}"), timeout=60)
+            except Exception:  # noqa: BLE001 - the failure is what this test wants
+                failed += 1
+        assert failed == 3
+        deadline = time.monotonic() + 90
+        after = before
+        while after <= before and time.monotonic() < deadline:
+            time.sleep(2)
+            after = value(samples_of(httpx.get(ray_url, timeout=30).text), "ray_pulseline_checkpoint_failures_total")
+        assert after >= before + 3, (before, after)
+    finally:
+        if actor is not None:  # (its state can never be saved now: it would never go idle)
+            ray.kill(actor, no_restart=True)
+        server.stop()
+        redis.stop()
