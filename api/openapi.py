@@ -186,8 +186,34 @@ class Scores(Open):
     changed: int
 
 
+class RankedEntry(Open):
+    """One entry with its exact rank in the whole board (1 = best): also a user's rank."""
+
+    rank: int = Field(ge=1)
+    user: str
+    score: float
+    achieved_at: float = Field(description="unix time (s) the score was achieved")
+    tags: dict[str, str] = Field(description="the user's cohort values")
+    stale_ms: float | None = Field(default=None, description="None: exact now; else how old other shards' part may be")
+
+
 class RankPage(Open):
-    """A page of ranked entries (top, a user's rank, around a user)."""
+    """A page of the top of a board: ``next_cursor`` asks for the next page (None: the last)."""
+
+    entries: list[RankedEntry]
+    next_cursor: str | None
+    period: str
+    age_s: float = Field(description="how old a cached answer is (0: computed for this call)")
+    cached: bool
+
+
+class Around(Open):
+    """A user's entry with up to ``k`` entries above and below it."""
+
+    above: list[RankedEntry]
+    entry: RankedEntry
+    below: list[RankedEntry]
+    period: str
 
 
 class PeriodDropped(Open):
@@ -317,8 +343,8 @@ ROUTES: dict[tuple[str, str], Doc] = {
     ("GET", f"{L}/{{name}}"): Doc(Board, "A leaderboard's spec", "", (*AUTH, 404, 503)),
     ("POST", f"{L}/{{name}}/scores"): Doc(Scores, "Write scores", "", (*AUTH, 404, 422, 503)),
     ("GET", f"{L}/{{name}}/top"): Doc(RankPage, "Top of a leaderboard", "", (*AUTH, 404, 422, 503)),
-    ("GET", f"{L}/{{name}}/users/{{user}}/rank"): Doc(RankPage, "A user's rank", "", (*AUTH, 404, 422, 503)),
-    ("GET", f"{L}/{{name}}/users/{{user}}/around"): Doc(RankPage, "Entries around a user", "", (*AUTH, 404, 422, 503)),
+    ("GET", f"{L}/{{name}}/users/{{user}}/rank"): Doc(RankedEntry, "A user's rank", "", (*AUTH, 404, 422, 503)),
+    ("GET", f"{L}/{{name}}/users/{{user}}/around"): Doc(Around, "Entries around a user", "", (*AUTH, 404, 422, 503)),
     ("DELETE", f"{L}/{{name}}/periods/{{period}}"): Doc(PeriodDropped, "Drop a period", "", (*AUTH, 404, 503)),
     ("POST", f"{L}/{{name}}/reshard"): Doc(Resharded, "Reshard a leaderboard", "", (*AUTH, 404, 422, 503)),
 }

@@ -134,9 +134,11 @@ def test_a_generated_client_covers_the_rest_of_the_api(generated: Any, edge: Any
     scores = [models.ScoreIn(user=f"u{i}", source=f"s{i}", score=float(10 * i)) for i in range(1, 6)]
     ok(op("write_scores").sync_detailed(board, client=client, body=models.ScoresIn(scores=scores)), "Scores")
     top = ok(op("top").sync_detailed(board, client=client, n=3), "RankPage")
-    assert top.additional_properties["entries"][0]["user"] == "u5"  # (RankPage is an open model: three shapes)
-    ok(op("rank").sync_detailed(board, "u3", client=client), "RankPage")
-    ok(op("around").sync_detailed(board, "u3", client=client, k=1), "RankPage")
+    assert [e.user for e in top.entries] == ["u5", "u4", "u3"] and top.entries[0].rank == 1
+    mine = ok(op("rank").sync_detailed(board, "u3", client=client), "RankedEntry")
+    assert mine.rank == 3 and mine.score == 30.0
+    around = ok(op("around").sync_detailed(board, "u3", client=client, k=1), "Around")
+    assert (around.above[0].user, around.entry.user, around.below[0].user) == ("u4", "u3", "u2")
     ok(op("reshard").sync_detailed(board, client=client, body=models.ReshardIn(shard_count=2)), "Resharded")
 
     # a rider's profile and history
