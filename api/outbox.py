@@ -227,15 +227,22 @@ class Outbox:
 
     def _take_board(self, now: float | None = None, slack_s: float | None = None) -> bytes | str | None:
         """The waiting board, encoded for this viewer, and counted as sent (None: nothing to
-        send); the next slot is one period later, less ``slack_s`` (at most a quarter of the
-        period; default, the ASGI writer's: 10% of it, at most 10 ms)."""
+        send). The next slot is the one after this board's slot (slots keep one grid, so a
+        board sent a little late — a tick late on a busy loop — does not push every later
+        one back: a rider asking 1 board/s gets 1 a second), at least half a period from now;
+        after a gap (no board for over a period) it is one period from now, less ``slack_s``
+        (at most a quarter of the period; default, the ASGI writer's: 10% of it, at most 10 ms)."""
         board, self.board = self.board, None
         if board is None or self.encode_board is None:
             return None
         interval = self.board_interval_s
         now = time.monotonic() if now is None else now
-        slack = min(0.1 * interval, SLOT_SLACK_S) if slack_s is None else min(0.25 * interval, slack_s)
-        self._next_slot = now + interval - slack
+        slot = self._next_slot
+        if slot and now - slot < interval:
+            self._next_slot = max(slot + interval, now + interval / 2)
+        else:
+            slack = min(0.1 * interval, SLOT_SLACK_S) if slack_s is None else min(0.25 * interval, slack_s)
+            self._next_slot = now + interval - slack
         self.boards_sent += 1
         BOARDS_OUT.inc()
         if self.carries_acks:
