@@ -129,7 +129,7 @@ class SessionActor:
         ``_ensure_loop``: asking is no activity. Its checkpoint already holds everything."""
         cell = self.cell
         if cell.fenced or cell.idle_for(time.monotonic()) < self.idle_deactivate_s:
-            if not cell.fenced:
+            if not cell.fenced and (self._idle_watch is None or self._idle_watch.done()):  # (one watcher)
                 self._idle_watch = asyncio.get_running_loop().create_task(self._watch_idle())
             return False
         await cell.checkpoint()  # (nothing to write: idle_for says clean; kept for safety)
