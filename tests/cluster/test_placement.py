@@ -370,3 +370,43 @@ def test_an_idle_dense_class_is_released_by_its_host_and_comes_back(own_edge: An
     assert out["snap"]["phase"] == "live" and out["snap"]["epoch"] > out["before"]["epoch"]
     [rider] = out["snap"]["participants"]
     assert rider["samples"] == 5
+
+
+def test_idle_class_shards_deactivate_and_the_class_comes_back_exact(own_edge: Any, run: Any, unique_id: str) -> None:
+    """A class over class shards: its shards are session actors and go idle together; the
+    next rider's samples bring every shard back from its checkpoint, exact."""
+    from cluster.class_shards import shard_id
+    from devices.client import DeviceStream
+
+    server, _ = own_edge(idle_deactivate_s=2.0, class_shard_riders=2)
+    ns = server.settings.namespace
+    sid = f"ishard-{unique_id}"
+    shards = [shard_id(sid, i) for i in range(3)]
+
+    async def up() -> list[bool]:
+        return [await asyncio.to_thread(is_active, s, ns) for s in shards]
+
+    async def scenario() -> dict[str, Any]:
+        async with httpx.AsyncClient(base_url=server.url, headers=operator_headers(server.url), timeout=60) as http:
+            (await http.post("/v1/sessions", json={"id": sid, "expected_riders": 6})).raise_for_status()
+            (await http.post(f"/v1/sessions/{sid}/phase", json={"phase": "live"})).raise_for_status()
+            riders = [DeviceStream(f"{sid}-d{i}", f"{sid}-p{i}", sid) for i in range(4)]
+            for stream in riders:
+                await _ride(server, stream, range(1, 3))
+            started = await up()
+            deadline = time.monotonic() + 60
+            while any(await up()) and time.monotonic() < deadline:
+                await asyncio.sleep(0.3)
+            gone = not any(await up())
+            for i, old in enumerate(riders):
+                again = DeviceStream(old.device, old.participant, sid)
+                again.next_seq = 3
+                await _ride(server, again, range(3, 5))
+            snap = (await http.get(f"/v1/sessions/{sid}")).json()
+        return {"started": started, "gone": gone, "snap": snap}
+
+    out = run(scenario(), timeout=240)
+    assert all(out["started"]), out["started"]
+    assert out["gone"], "the idle class's shards did not deactivate"
+    samples = sorted(p["samples"] for p in out["snap"]["participants"])
+    assert samples == [4, 4, 4, 4], out["snap"]["participants"]
