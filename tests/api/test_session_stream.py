@@ -50,7 +50,10 @@ def test_an_actor_serves_its_stream_and_a_fenced_instance_stops(ray_instance: An
         assert result.board is not None and result.board["rows"][0][0] == "ann"
         again = await connection.tick(TickRequest.from_batches(
             unique_id, [("d1", "ann", _rows(1, 6), [])], want_durable=["d1"], known_version=result.version))
-        assert (again.applied, again.duplicates, again.board) == (0, 6, None)  # nothing new: no board
+        assert (again.applied, again.duplicates) == (0, 6)
+        # nothing new: no board -- unless the class itself moved on in between (the profile read
+        # for its first rider lands in the background and bumps the version: a CI flake)
+        assert again.board is None or again.version > result.version, (again.version, result.version)
         for _ in range(100):  # the checkpoint loop makes seqs 1-6 durable
             durable = await connection.tick(TickRequest(unique_id, want_durable=("d1",), known_version=result.version))
             if durable.durable == {"d1": 6}:
