@@ -119,7 +119,7 @@ class SessionActor:
         (through a call to itself: ``exit_actor`` ends an async actor from a method only)."""
         idle_s = self.idle_deactivate_s
         while True:
-            await asyncio.sleep(min(30.0, max(0.5, idle_s / 4)))
+            await asyncio.sleep(SessionCell.idle_poll_s(idle_s))
             if self.cell.idle_for(time.monotonic()) >= idle_s:
                 ray.get_runtime_context().current_actor.deactivate.options(max_task_retries=0).remote()
                 return

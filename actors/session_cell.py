@@ -142,6 +142,11 @@ class SessionCell:
             raise StaleInstance(self.store.epoch, None)
         self.active_at = time.monotonic()
 
+    @staticmethod
+    def idle_poll_s(idle_s: float) -> float:
+        """How often a shell looks for idle classes (``idle_for``) given the idle limit."""
+        return min(30.0, max(0.5, idle_s / 4))
+
     def idle_for(self, now: float) -> float:
         """Seconds this class has had nothing to do, 0 while it has: a tick or call, unsaved
         state, a class plan still to follow (its clock moves it with nobody connected), an

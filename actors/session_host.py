@@ -163,7 +163,7 @@ class SessionHost:
         """Release every class idle for ``idle_deactivate_s`` (a loop that never dies)."""
         idle_s = self.settings.idle_deactivate_s
         while True:
-            await asyncio.sleep(min(30.0, max(0.5, idle_s / 4)))
+            await asyncio.sleep(SessionCell.idle_poll_s(idle_s))
             now = time.monotonic()
             for session, cell in list(self.cells.items()):
                 if cell.idle_for(now) < idle_s:
