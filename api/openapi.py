@@ -20,6 +20,8 @@ from fastapi.routing import APIRoute
 from fastapi.utils import create_model_field
 from pydantic import BaseModel, ConfigDict, Field
 
+from history.exports import MEDIA_TYPES
+
 Phase = Literal["scheduled", "lobby", "live", "cooldown", "ended"]
 
 
@@ -156,10 +158,6 @@ class Profile(Open):
     records: dict[str, Any] | None = None
 
 
-class Rides(Open):
-    rider: str
-    rides: list[dict[str, Any]]
-    next: str | None
 
 
 class Records(Open):
@@ -167,8 +165,65 @@ class Records(Open):
     records: dict[str, Any]
 
 
-class Ride(Open):
-    """One ride's summary (or its whole recording as JSON, or its per-second series)."""
+class RideSummary(Open):
+    """One ride: its class, times, totals, rank among the class's riders, zones and bests
+    (docs/history.md); ``revision`` grows when late data changes it."""
+
+    id: str = Field(description="the ride's id: its class's id")
+    rider: str
+    sport: str
+    start_ts: float = Field(description="Unix time of its first recorded second")
+    end_ts: float
+    elapsed_s: int
+    recorded_s: int = Field(description="seconds that hold a value")
+    totals: dict[str, float | None] = Field(description="energy_kj, kcal, distance_m, samples, avg/max power, ...")
+    rank: int | None = Field(description="by work among the class's riders with samples (1 = most)")
+    riders: int
+    zones: dict[str, list[float]] = Field(description="seconds per power zone (power_s) and heart-rate zone (hr_s)")
+    bests: dict[str, float | None] = Field(description="best powers over durations (W) and the class output (kJ)")
+    revision: int
+    updated_at: float
+    records: dict[str, float] | None = Field(default=None, description="metric -> value of the personal records "
+                                                                        "this ride holds (the single-ride route)")
+    model_config = ConfigDict(extra="allow", json_schema_extra={"example": {
+        "id": "spin-7", "rider": "ann", "class": "spin-7", "sport": "cycling", "start_ts": 1796600000,
+        "end_ts": 1796602700, "elapsed_s": 2700, "recorded_s": 2698, "totals": {"energy_kj": 512.3, "avg_power_w": 190.2},
+        "rank": 3, "riders": 24, "zones": {"power_s": [600, 900, 800, 300, 98, 0, 0], "hr_s": []},
+        "bests": {"power_5s_w": 612.0, "class_output_kj": 512.3}, "revision": 1, "updated_at": 1796602710.0,
+        "records": {"power_5s_w": 612.0}}})
+
+
+class RideColumns(Open):
+    """A ride's per-second series as columns: ``t`` (seconds from its first one) and each
+    field's value in that second (null: none)."""
+
+    start_ts: float
+    t: list[int]
+    power_w: list[float | None]
+    hr_bpm: list[float | None]
+    cadence_rpm: list[float | None]
+    speed_mps: list[float | None]
+    distance_m: list[float | None]
+
+
+class RideSeries(RideColumns):
+    """A ride's per-second series, with the revision it is of."""
+
+    id: str
+    rider: str
+    revision: int
+
+
+class RideDocument(RideSummary):
+    """A whole ride as one JSON document: its summary and its series."""
+
+    series: RideColumns
+
+
+class Rides(Open):
+    rider: str
+    rides: list[RideSummary] = Field(description="newest first")
+    next: str | None = Field(description="cursor of the next page (`before`; null: the last page)")
 
 
 class Board(Open):
@@ -264,6 +319,7 @@ class Doc:
     description: str = ""
     errors: tuple[int, ...] = ()
     operation_id: str = ""  # default: the route function's name (what generated clients call it)
+    media_type: str = ""  # a file's media type (routes without a model): the spec says it is binary
 
 
 AUTH = (401, 403)
@@ -283,6 +339,7 @@ S = "/v1/sessions/{session_id}"
 W = "/v1/webhooks"
 R = "/v1/riders/{rider}"
 L = "/v1/leaderboards"
+FIT, TCX = MEDIA_TYPES["fit"], MEDIA_TYPES["tcx"]
 ROUTES: dict[tuple[str, str], Doc] = {
     ("GET", "/livez"): Doc(Health, "Liveness", "The process answers (nothing else is checked): for liveness probes."),
     ("GET", "/readyz"): Doc(Readiness, "Readiness", "Redis and Ray answer and the edge has started; 503 with "
@@ -326,11 +383,15 @@ ROUTES: dict[tuple[str, str], Doc] = {
                                  "rider's records.", (*AUTH, 503)),
     ("GET", f"{R}/rides"): Doc(Rides, "A rider's rides", "Newest first, paged with `before`.", (*AUTH, 422, 503)),
     ("GET", f"{R}/records"): Doc(Records, "A rider's records", "", (*AUTH, 503)),
-    ("GET", f"{R}/rides/{{ride}}"): Doc(Ride, "A ride", "Its summary and the records it holds.", (*AUTH, 404, 503)),
-    ("GET", f"{R}/rides/{{ride}}.json"): Doc(Ride, "A ride as JSON", "The whole recording.", (*AUTH, 404, 503)),
-    ("GET", f"{R}/rides/{{ride}}/series"): Doc(Ride, "A ride's per-second series", "", (*AUTH, 404, 503)),
-    ("GET", f"{R}/rides/{{ride}}.fit"): Doc(None, "A ride as a FIT file", "", (*AUTH, 404, 503)),
-    ("GET", f"{R}/rides/{{ride}}.tcx"): Doc(None, "A ride as a TCX file", "", (*AUTH, 404, 503)),
+    ("GET", f"{R}/rides/{{ride}}"): Doc(RideSummary, "A ride", "Its summary and the records it holds.",
+                                        (*AUTH, 404, 503)),
+    ("GET", f"{R}/rides/{{ride}}.json"): Doc(RideDocument, "A ride as JSON", "The whole recording: the summary "
+                                             "and the per-second series.", (*AUTH, 404, 503)),
+    ("GET", f"{R}/rides/{{ride}}/series"): Doc(RideSeries, "A ride's per-second series", "", (*AUTH, 404, 503)),
+    ("GET", f"{R}/rides/{{ride}}.fit"): Doc(None, "A ride as a FIT file", "A FIT activity file (binary, "
+                                            "`application/vnd.ant.fit`).", (*AUTH, 404, 503), media_type=FIT),
+    ("GET", f"{R}/rides/{{ride}}.tcx"): Doc(None, "A ride as a TCX file", "TrainingCenterDatabase v2 XML "
+                                            "(`application/vnd.garmin.tcx+xml`).", (*AUTH, 404, 503), media_type=TCX),
     ("POST", W): Doc(Webhook, "Subscribe a webhook", "Events (class phases, results, ...) are POSTed to `url`, "
                      "signed with HMAC; the secret is returned once. Operators only.", (*AUTH, 422, 503)),
     ("GET", W): Doc(Webhooks, "List webhooks", "Operators only.", (*AUTH, 503)),
@@ -392,9 +453,11 @@ def _typed(spec: dict[str, Any]) -> None:
         for code, response in operation["responses"].items():  # errors are JSON, even from /metrics
             if code[0] in "45" and response.get("content"):
                 response["content"] = {"application/json": next(iter(response["content"].values()))}
+        code = next(c for c in operation["responses"] if c.startswith("2"))
+        if doc.media_type:
+            operation["responses"][code]["content"] = {doc.media_type: {"schema": {"type": "string", "format": "binary"}}}
         if doc.model is None:
             continue
-        code = next(c for c in operation["responses"] if c.startswith("2"))
         schema = doc.model.model_json_schema(ref_template="#/components/schemas/{model}", mode="serialization")
         schemas.update(schema.pop("$defs", {}))
         schemas[doc.model.__name__] = schema

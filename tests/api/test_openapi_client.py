@@ -17,6 +17,8 @@ import httpx
 import pytest
 
 pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+GENERATOR_CONFIG = ROOT / "clients" / "openapi-python-client.json"  # FIT and TCX are files (bytes)
 
 NOT_JSON = {"/metrics", "/v1/riders/{rider}/rides/{ride}.fit", "/v1/riders/{rider}/rides/{ride}.tcx"}
 PUBLIC = {"/livez", "/readyz", "/healthz"}
@@ -54,7 +56,7 @@ def generated(edge: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
     (where / "openapi.json").write_text(httpx.get(f"{edge.url}/openapi.json", timeout=30).text)
     env = dict(os.environ, PATH=f"{tool.parent}{os.pathsep}{os.environ.get('PATH', '')}")  # (its ruff hook)
     done = subprocess.run([str(tool), "generate", "--path", str(where / "openapi.json"), "--meta", "none",
-                           "--output-path", str(where / "pulseline_client")],
+                           "--config", str(GENERATOR_CONFIG), "--output-path", str(where / "pulseline_client")],
                           capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0 and "Warning" not in done.stdout, done.stdout + done.stderr
     sys.path.insert(0, str(where))
