@@ -1,12 +1,15 @@
 """The typed HTTP API: every operation of the edge's ``/openapi.json`` has a summary, a
 description, a response model and its error responses; a Python client generated from it
 by ``openapi-python-client`` (PyPI) imports, and parses real answers of a running edge into
-its typed models (so the models match what the routes return)."""
+its typed models (so the models match what the routes return). Every operation of the spec
+is driven through the generated client: the last test fails if one was not answered 2xx."""
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -14,11 +17,19 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgpack
 import pytest
+from lxml import etree
+from prometheus_client.parser import text_string_to_metric_families
+from websockets.asyncio.client import connect as ws_connect
+
+from tests.history.fit_decoders import from_fitdecode
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 GENERATOR_CONFIG = ROOT / "clients" / "openapi-python-client.json"  # FIT and TCX are files (bytes)
+TCX_XSD = ROOT / "tests" / "history" / "TrainingCenterDatabasev2.xsd"
+TCX_NS = "{http://www.garmin.com/xmlschemas/TrainingCenterDatabase/v2}"
 
 NOT_JSON = {"/metrics", "/v1/riders/{rider}/rides/{ride}.fit", "/v1/riders/{rider}/rides/{ride}.tcx"}
 PUBLIC = {"/livez", "/readyz", "/healthz"}
@@ -69,13 +80,76 @@ def generated(edge: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
         shutil.rmtree(where, ignore_errors=True)
 
 
-def test_a_generated_client_drives_a_class(generated: Any, edge: Any, tokens: Any, unique_id: str) -> None:
+class Driven:
+    """Every operation of the spec, and those a generated client got a 2xx answer from (an
+    httpx response hook on every client the tests make: what the edge really answered)."""
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.operations: dict[str, tuple[str, re.Pattern[str], int]] = {}
+        for path, ops in spec["paths"].items():
+            pattern = re.compile("^" + re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(path)) + "$")
+            literal = len(re.sub(r"\{[^/]+?\}", "", path))  # (the most specific template wins: {ride}.fit over {ride})
+            for method, op in ops.items():
+                self.operations[op["operationId"]] = (method.upper(), pattern, literal)
+        self.answered: set[str] = set()
+
+    def saw(self, response: httpx.Response) -> None:
+        if not 200 <= response.status_code < 300:
+            return
+        path = response.request.url.path
+        matches = [(literal, name) for name, (method, pattern, literal) in self.operations.items()
+                   if method == response.request.method and pattern.match(path)]
+        assert matches, f"{response.request.method} {path} is no operation of the spec"
+        self.answered.add(max(matches)[1])
+
+    def clients(self, generated: Any, edge: Any) -> Any:
+        def make(token: str | None = None) -> Any:
+            hooks = {"httpx_args": {"event_hooks": {"response": [self.saw]}}, "timeout": httpx.Timeout(60)}
+            if token is None:
+                return generated.Client(base_url=edge.url, **hooks)
+            return generated.AuthenticatedClient(base_url=edge.url, token=token, **hooks)
+        return make
+
+
+@pytest.fixture(scope="module")
+def driven(edge: Any) -> Driven:
+    return Driven(httpx.get(f"{edge.url}/openapi.json", timeout=30).json())
+
+
+@pytest.fixture
+def client_of(generated: Any, edge: Any, driven: Driven) -> Any:
+    """``client_of(token)``: a generated client (``None``: anonymous) whose answers are recorded."""
+    return driven.clients(generated, edge)
+
+
+def operation(name: str) -> Any:
+    """The generated client's module of an operation (modules are grouped by the routes' tags)."""
+    import pkgutil
+
+    for group in [m.name for m in pkgutil.iter_modules(importlib.import_module("pulseline_client.api").__path__)]:
+        try:
+            return importlib.import_module(f"pulseline_client.api.{group}.{name}")
+        except ModuleNotFoundError:
+            continue
+    raise AssertionError(f"the generated client has no operation {name!r}")
+
+
+def parsed_as(response: Any, model: str, status: int = 200) -> Any:
+    """The answer's typed model (``File``: a file's bytes), after checking the status."""
+    kind = getattr(importlib.import_module("pulseline_client.models"), model, None) or getattr(
+        importlib.import_module("pulseline_client.types"), model)
+    assert response.status_code == status, (model, response.status_code, response.content[:300])
+    assert isinstance(response.parsed, kind), (model, type(response.parsed))
+    return response.parsed
+
+
+def test_a_generated_client_drives_a_class(generated: Any, client_of: Any, tokens: Any, unique_id: str) -> None:
     api = importlib.import_module("pulseline_client.api.default")
     models = importlib.import_module("pulseline_client.models")
     call = {name: importlib.import_module(f"pulseline_client.api.default.{name}") for name in (
         "create_session", "get_session", "list_sessions", "join", "set_phase", "flush", "livez", "card")}
     assert api is not None
-    client = generated.AuthenticatedClient(base_url=edge.url, token=tokens("operator"), timeout=httpx.Timeout(60))
+    client = client_of(tokens("operator"))
     sid = f"gen-{unique_id}"
 
     created = call["create_session"].sync(client=client, body=models.CreateSession(id=sid, title="Generated"))
@@ -91,10 +165,10 @@ def test_a_generated_client_drives_a_class(generated: Any, edge: Any, tokens: An
     assert isinstance(call["card"].sync(sid, client=client), models.Card)
     page = call["list_sessions"].sync(client=client, limit=500)
     assert isinstance(page, models.SessionPage) and all(isinstance(s, models.SessionSummary) for s in page.sessions)
-    assert isinstance(call["livez"].sync(client=generated.Client(base_url=edge.url)), models.Health)
+    assert isinstance(call["livez"].sync(client=client_of(None)), models.Health)
 
     # errors parse into ErrorBody too
-    anonymous = generated.Client(base_url=edge.url)
+    anonymous = client_of(None)
     refused = call["get_session"].sync_detailed(sid, client=anonymous)
     assert refused.status_code == 401 and isinstance(refused.parsed, models.ErrorBody)
     assert refused.parsed.error == "unauthorised"
@@ -102,32 +176,17 @@ def test_a_generated_client_drives_a_class(generated: Any, edge: Any, tokens: An
     assert unknown.status_code == 404 and isinstance(unknown.parsed, models.ErrorBody)
 
 
-def test_a_generated_client_covers_the_rest_of_the_api(generated: Any, edge: Any, tokens: Any, unique_id: str) -> None:
-    """Leaderboards, rider profiles and history, webhooks, seats, view links, names, cluster
-    status, scheduling, passivation and purge, through the generated client: every answer
-    parses into the model the spec names (the first test drives a class's core routes)."""
+def test_a_generated_client_covers_the_rest_of_the_api(client_of: Any, tokens: Any, unique_id: str) -> None:
+    """Leaderboards, rider profiles, webhooks, seats, view links, names, cluster status,
+    scheduling, passivation and purge, through the generated client: every answer parses
+    into the model the spec names (the first test drives a class's core routes, the next a
+    rider's ride history, its exports, on demand and the metrics)."""
     import time
 
     models = importlib.import_module("pulseline_client.models")
+    op, ok = operation, parsed_as
 
-    import pkgutil
-
-    groups = [m.name for m in pkgutil.iter_modules(importlib.import_module("pulseline_client.api").__path__)]
-
-    def op(name: str) -> Any:  # (modules are grouped by the routes' tags)
-        for group in groups:
-            try:
-                return importlib.import_module(f"pulseline_client.api.{group}.{name}")
-            except ModuleNotFoundError:
-                continue
-        raise AssertionError(f"the generated client has no operation {name!r} (groups: {groups})")
-
-    def ok(response: Any, model: str, status: int = 200) -> Any:
-        assert response.status_code == status, (model, response.status_code, response.content[:300])
-        assert isinstance(response.parsed, getattr(models, model)), (model, type(response.parsed))
-        return response.parsed
-
-    client = generated.AuthenticatedClient(base_url=edge.url, token=tokens("operator"), timeout=httpx.Timeout(60))
+    client = client_of(tokens("operator"))
     board, sid, rider = f"gen{unique_id}", f"genx-{unique_id}", f"genr-{unique_id}"
 
     # leaderboards
@@ -141,7 +200,11 @@ def test_a_generated_client_covers_the_rest_of_the_api(generated: Any, edge: Any
     assert mine.rank == 3 and mine.score == 30.0
     around = ok(op("around").sync_detailed(board, "u3", client=client, k=1), "Around")
     assert (around.above[0].user, around.entry.user, around.below[0].user) == ("u4", "u3", "u2")
-    ok(op("reshard").sync_detailed(board, client=client, body=models.ReshardIn(shard_count=2)), "Resharded")
+    resharded = ok(op("reshard").sync_detailed(board, client=client, body=models.ReshardIn(shard_count=2)), "Resharded")
+    assert resharded.shard_count == 2
+    dropped = ok(op("drop_period").sync_detailed(board, top.period, client=client), "PeriodDropped")
+    assert (dropped.period, dropped.dropped_records) == (top.period, 5)  # every score, over both shards
+    assert ok(op("top").sync_detailed(board, client=client, n=3), "RankPage").entries == []
 
     # a rider's profile and history
     ok(op("put_profile").sync_detailed(rider, client=client, body=models.ProfileBody(ftp_w=250.0)), "Profile")
@@ -170,4 +233,117 @@ def test_a_generated_client_covers_the_rest_of_the_api(generated: Any, edge: Any
     op("set_phase").sync(sid, client=client, body=models.PhaseRequest(phase="ended"))
     ok(op("passivate_route").sync_detailed(sid, client=client), "Passivated")
     ok(op("purge_session").sync_detailed(sid, client=client), "Purged")
-    ok(op("ready").sync_detailed(client=generated.Client(base_url=edge.url)), "Readiness")
+    for probe in ("ready", "healthz"):
+        readiness = ok(op(probe).sync_detailed(client=client_of(None)), "Readiness")
+        assert readiness.ok is True and readiness.checks["redis"]["ok"] is True, (probe, readiness.to_dict())
+
+
+async def _ride_acked(edge: Any, token: str, sid: str, device: str, rider: str,
+                      samples: list[list[Any]]) -> dict[str, Any]:
+    """A hub sends ``samples`` of ``device`` (``rider`` in ``sid``) in one frame over the device
+    protocol (a WebSocket: no route of the spec), and waits until they are all acknowledged
+    as durable; returns the ack frame."""
+    async with ws_connect(f"{edge.ws_url}/v1/devices", additional_headers={"Authorization": f"Bearer {token}"}) as ws:
+        await ws.send(msgpack.packb({"t": "hello", "v": 1, "hub": "studio", "devices": [
+            {"device": device, "participant": rider, "session": sid}]}))
+        await ws.send(msgpack.packb({"t": "samples", "device": device, "samples": samples}))
+        while True:
+            frame = msgpack.unpackb(await asyncio.wait_for(ws.recv(), 60))
+            assert frame["t"] in ("welcome", "ack", "board"), frame  # (no error, no throttle)
+            if frame["t"] == "ack" and frame["acks"].get(device) == len(samples):
+                return frame  # type: ignore[no-any-return]
+
+
+def test_a_generated_client_drives_a_rides_history_exports_and_on_demand(
+        client_of: Any, edge: Any, tokens: Any, unique_id: str, run: Any) -> None:
+    """A rider rides a class (12 s of samples over the device protocol), the class ends: the
+    rider's ride, as a summary, JSON, series, FIT and TCX, the class's on-demand class and the
+    edge's metrics, through the generated client; each answer holds what was ridden."""
+    import time
+
+    models = importlib.import_module("pulseline_client.models")
+    op, ok = operation, parsed_as
+    client = client_of(tokens("operator"))
+    sid, rider, device = f"genride-{unique_id}", f"genrider-{unique_id}", f"genbike-{unique_id}"
+
+    ok(op("create_session").sync_detailed(client=client, body=models.CreateSession(id=sid, title="Ride")), "SessionCreated", 201)
+    ok(op("set_phase").sync_detailed(sid, client=client, body=models.PhaseRequest(phase="live")), "PhaseSet")
+    watts = [150.0 + 10 * i for i in range(12)]
+    start = float(int(time.time()) + 1)  # (whole seconds after the class went live: one sample each)
+    samples = [[i + 1, start + i + 0.5, 120.0 + i, w, 85.0] for i, w in enumerate(watts)]
+    hub = tokens("hub", hub="studio", devices=[device], sessions=[sid])
+    run(_ride_acked(edge, hub, sid, device, rider, samples))
+    flushed = ok(op("flush").sync_detailed(sid, client=client), "Flushed")
+    assert flushed.durable[device] == len(samples)
+    ok(op("set_phase").sync_detailed(sid, client=client, body=models.PhaseRequest(phase="ended")), "PhaseSet")
+
+    # the ride is recorded in the background once the class ended (history sink)
+    deadline = time.monotonic() + 120
+    while not (listing := ok(op("list_rides").sync_detailed(rider, client=client), "Rides")).rides:
+        assert time.monotonic() < deadline, f"{rider}'s ride was never recorded"
+        time.sleep(0.2)
+    assert [type(r).__name__ for r in listing.rides] == ["RideSummary"] and listing.rides[0].id == sid
+
+    summary = ok(op("ride_summary").sync_detailed(rider, sid, client=client), "RideSummary")
+    assert (summary.id, summary.rider, summary.rank, summary.riders) == (sid, rider, 1, 1)
+    assert summary.recorded_s == len(watts) and summary.start_ts == start
+    assert summary.totals["max_power_w"] == max(watts) and summary.totals["samples"] == len(watts)
+    assert summary.bests["class_output_kj"] and summary.records["class_output_kj"] == summary.bests["class_output_kj"]
+
+    document = ok(op("ride_json").sync_detailed(rider, sid, client=client), "RideDocument")
+    assert document.id == sid and document.revision == summary.revision
+    assert isinstance(document.series, models.RideColumns) and document.series.t == list(range(len(watts)))
+    assert document.series.power_w == watts and document.series.hr_bpm == [s[2] for s in samples]
+    series = ok(op("ride_series").sync_detailed(rider, sid, client=client), "RideSeries")
+    assert (series.id, series.rider, series.revision, series.start_ts) == (sid, rider, summary.revision, start)
+    assert series.power_w == watts and series.cadence_rpm == [85.0] * len(watts) and series.speed_mps == [None] * len(watts)
+
+    fit_answer = op("ride_fit").sync_detailed(rider, sid, client=client)
+    fit = ok(fit_answer, "File").payload.read()
+    assert fit_answer.headers["content-type"] == "application/vnd.ant.fit"
+    assert fit[0] in (12, 14) and fit[8:12] == b".FIT"  # the FIT file header: its size, then the magic
+    decoded = from_fitdecode(fit)  # (CRC checked)
+    assert [decoded[int(start) + i]["power_w"] for i in range(len(watts))] == watts
+
+    tcx = ok(op("ride_tcx").sync_detailed(rider, sid, client=client), "File").payload.read()
+    root = etree.fromstring(tcx)
+    assert root.tag == f"{TCX_NS}TrainingCenterDatabase"
+    schema = etree.XMLSchema(etree.parse(str(TCX_XSD)))
+    assert schema.validate(root), schema.error_log
+    assert [float(v) for v in root.xpath("//*[local-name()='Watts']/text()")] == watts
+    assert len(list(root.iter(f"{TCX_NS}Trackpoint"))) == len(watts)
+
+    # the class ridden on demand: the recorded rider is its ghost
+    od = ok(op("on_demand").sync_detailed(sid, client=client), "OnDemand", 201)
+    assert (od.id, od.of, od.created) == (f"{sid}:od", sid, True)
+    assert od.replay["recorded"] == 1 and od.replay["class_s"] >= len(watts), od.replay.to_dict()
+    again = ok(op("on_demand").sync_detailed(sid, client=client), "OnDemand", 201)
+    assert (again.id, again.created) == (od.id, False)
+    ok(op("purge_session").sync_detailed(od.id, client=client, force=True), "Purged")
+
+    # the edge's metrics, Prometheus text: the samples above were acknowledged
+    metrics = op("metrics").sync_detailed(client=client)
+    assert metrics.status_code == 200 and isinstance(metrics.parsed, str)
+    assert metrics.headers["content-type"].startswith("text/plain")
+    families = {f.name: f for f in text_string_to_metric_families(metrics.parsed)}
+    assert families["pulseline_samples_acked"].type == "counter"
+    acked = [s.value for s in families["pulseline_samples_acked"].samples if s.name == "pulseline_samples_acked_total"]
+    assert acked and acked[0] >= len(watts), acked
+    refused = op("metrics").sync_detailed(client=client_of(None))
+    assert refused.status_code == 401 and isinstance(refused.parsed, models.ErrorBody)
+
+
+DRIVERS = ("test_a_generated_client_drives_a_class", "test_a_generated_client_covers_the_rest_of_the_api",
+           "test_a_generated_client_drives_a_rides_history_exports_and_on_demand")
+
+
+def test_every_operation_of_the_spec_is_driven(driven: Driven, request: pytest.FixtureRequest) -> None:
+    """Every operation of ``/openapi.json`` got a 2xx answer through the generated client in
+    the tests above (a route added to the spec and not driven fails here)."""
+    ran = {item.name for item in request.session.items if item.module is request.module}
+    if not set(DRIVERS) <= ran:
+        pytest.skip(f"needs the whole module (the driving tests {sorted(set(DRIVERS) - ran)} were not selected)")
+    assert len(driven.operations) >= 42
+    assert not set(driven.operations) - driven.answered, (
+        f"operations of the spec no test drove through the generated client: "
+        f"{sorted(set(driven.operations) - driven.answered)}")
