@@ -7,11 +7,11 @@ rate the viewer asked for.
 
 With a :class:`~api.directws.DirectChannel` (the edge's default under uvicorn) frames are
 written to the transport at once, from the caller, and boards are sent by the session's
-pump, which ticks at least twice per period of its fastest viewer and, each tick, offers
-the new board to every viewer (``offer``) or lets waiting ones go (``flush_due``): a board
-goes when the viewer's slot has come, the slot being one period after the last board less
-half a tick (at most a quarter of the period), so boards go on the first tick of each
-period and a viewer asking 1 board/s gets 1 board/s. No timer and no task per connection.
+pump, which ticks once per period of its fastest viewer and, each tick, offers the new
+board to every viewer (``offer``) or lets waiting ones go (``flush_due``): a board goes when
+the viewer's slot is at most half a tick away, slots being one period apart on one grid, so
+boards go on the first tick of each period and a viewer asking 1 board/s gets 1 board/s.
+No timer and no task per connection.
 The bounded queue is used only while the transport is paused (the client reads slower
 than we write), with the same close when it fills.
 
@@ -143,8 +143,9 @@ class Outbox:
             self._wake.set()
 
     def flush_due(self, now: float, slack_s: float) -> None:
-        """Direct path, every pump tick: send the waiting board if its slot has come, and
-        acks that waited a whole period without a board."""
+        """Direct path, every pump tick: send the waiting board if its slot is at most
+        ``slack_s`` away (half the pump's tick: the tick nearest the slot sends it, whether
+        it runs a little early or late), and acks that waited a whole period without a board."""
         channel = self.channel
         if self.closed or channel is None or not channel.open:
             return  # (a closing channel never becomes writable again: do not wake the writer)
@@ -152,7 +153,7 @@ class Outbox:
             if self.board is not None or self.acks:
                 self._wake.set()  # the writer sends them once the queue has drained
             return
-        if self.board is not None and now >= self._next_slot:
+        if self.board is not None and now >= self._next_slot - slack_s:
             frame = self._take_board(now, slack_s)
             if frame is not None:
                 channel.write(frame)  # (open and writable: checked above)
@@ -230,8 +231,10 @@ class Outbox:
         send). The next slot is the one after this board's slot (slots keep one grid, so a
         board sent a little late — a tick late on a busy loop — does not push every later
         one back: a rider asking 1 board/s gets 1 a second), at least half a period from now;
-        after a gap (no board for over a period) it is one period from now, less ``slack_s``
-        (at most a quarter of the period; default, the ASGI writer's: 10% of it, at most 10 ms)."""
+        after a gap (no board for over a period) it is one period from now. On the direct
+        path (``slack_s`` given) the pump's tick may send it up to ``slack_s`` (half a tick)
+        before its slot (``flush_due``); the ASGI writer (``slack_s`` None) sleeps until the
+        slot, which after a gap is 10% of a period early, at most 10 ms."""
         board, self.board = self.board, None
         if board is None or self.encode_board is None:
             return None
@@ -241,8 +244,7 @@ class Outbox:
         if slot and now - slot < interval:
             self._next_slot = max(slot + interval, now + interval / 2)
         else:
-            slack = min(0.1 * interval, SLOT_SLACK_S) if slack_s is None else min(0.25 * interval, slack_s)
-            self._next_slot = now + interval - slack
+            self._next_slot = now + interval - (min(0.1 * interval, SLOT_SLACK_S) if slack_s is None else 0.0)
         self.boards_sent += 1
         BOARDS_OUT.inc()
         if self.carries_acks:

@@ -7,13 +7,16 @@ result carries the board (when newer than the one this edge has), which is hande
 every local viewer (latest wins; each sends it when its slot has come, ``api/outbox.py``),
 and the durable seqs of local devices, which become ``ack`` frames.
 
-How often: twice per period of the fastest local viewer (a 10 Hz viewer: every 0.1 s, a
-class of 1 board/s riders: every 0.5 s), never faster than ``tick_interval_s`` nor slower
+How often: once per period of the fastest local viewer (a 10 Hz viewer: every 0.1 s, a
+class of 1 board/s riders: every second), never faster than ``tick_interval_s`` nor slower
 than ``max_tick_interval_s``, which is also the pace of a class with devices and no viewer
-(its acks). A board therefore leaves the edge on the tick that brings it, and one tick
-costs the same whatever the number of samples in it, so a class pays for the boards its
-viewers asked for, not for a fixed 10 Hz. A class with nothing new backs off to one tick per
-period of its fastest viewer, and the next sample wakes it. When the actor's epoch changes (it restarted from its checkpoint), or a
+(its acks). A board therefore leaves the edge on the tick that brings it (a viewer's slot
+allows half a tick of slack, ``api/outbox.py``), and one tick costs the same whatever the
+number of samples in it, so a class pays for the boards its viewers asked for, not for a
+fixed 10 Hz. (Until 7 Dec 2026 a class ticked twice per period: the same boards, the same
+sample-to-board latency, ~25 % more CPU in all; ``docs/benchmarks.md``, "One tick per board
+period".) A class with devices and no viewer that has nothing new backs off, doubling up to
+twice ``max_tick_interval_s``, and the next sample wakes it. When the actor's epoch changes (it restarted from its checkpoint), or a
 tick fails (stream lost, stale instance), every local device is sent a fresh ``welcome``
 so it resends what was not durable, and the channel re-resolves the actor through Ray.
 
@@ -211,12 +214,12 @@ class SessionPump:
 
     @property
     def interval_s(self) -> float:
-        """Seconds between ticks: half the fastest viewer's period, within the bounds (kept
-        up to date as viewers come and go, not recomputed per tick)."""
+        """Seconds between ticks: the fastest viewer's period, within the bounds (kept up to
+        date as viewers come and go, not recomputed per tick)."""
         return self._interval
 
     def _periods_changed(self) -> None:
-        self._interval = min(self.max_tick_interval_s, max(self.tick_interval_s, self._fastest_period() / 2))
+        self._interval = min(self.max_tick_interval_s, max(self.tick_interval_s, self._fastest_period()))
 
     def _fastest_period(self) -> float:
         return min(self._periods) if self._periods else self.max_tick_interval_s * 2

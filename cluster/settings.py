@@ -36,9 +36,10 @@ class Settings(BaseSettings):
     # The fastest a class ticks (one tick per class per interval carries its samples to its
     # actor and its board back): what a 10 Hz viewer needs (see docs/benchmarks.md).
     tick_interval_s: float = 0.1
-    # The slowest a class ticks (a class whose viewers all ask 1 board/s ticks every 0.5 s;
-    # each class ticks twice per period of its fastest viewer, api/pump.py).
-    max_tick_interval_s: float = Field(default=0.5, gt=0, le=5.0)
+    # The slowest a class ticks (a class whose viewers all ask 1 board/s ticks every second;
+    # each class ticks once per period of its fastest viewer, api/pump.py), also the pace of
+    # a class with devices and no viewer (its acks).
+    max_tick_interval_s: float = Field(default=1.0, gt=0, le=5.0)
     # How ticks reach session actors: "stream" (a direct connection per actor process, Ray
     # only for control) or "ray" (one actor call per session per tick, as before the stream).
     session_transport: Literal["stream", "ray"] = "stream"
