@@ -111,10 +111,17 @@ class SampleColumns:
 
 
 def _as_table(rows: list[Sequence[Any]]) -> np.ndarray:
+    """Rows as a float64 table of ``_ROW_WIDTH`` columns: longer rows cut, shorter ones
+    (a phone sending ``[seq, ts, hr, power, cadence]``) padded with NaN (absent)."""
     try:
         table = np.array(rows, dtype=np.float64)
-        if table.ndim == 2 and table.shape[1] >= _ROW_WIDTH:
-            return table[:, :_ROW_WIDTH]
+        if table.ndim == 2:
+            width = table.shape[1]
+            if width >= _ROW_WIDTH:
+                return table[:, :_ROW_WIDTH]
+            padded = np.full((len(table), _ROW_WIDTH), np.nan)  # (one copy, not a list per row)
+            padded[:, :width] = table
+            return padded
     except ValueError:  # rows of different lengths
         pass
     return np.array([(list(row) + _PAD)[:_ROW_WIDTH] for row in rows], dtype=np.float64)

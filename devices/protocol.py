@@ -305,6 +305,27 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
+_METRIC_BOUNDS = tuple(BOUNDS[name] for name in METRICS)  # in wire order
+
+
+def _plainly_valid(row: Any, now_s: float) -> bool:
+    """The common case, a well-formed row of plain ints and floats, in one pass with exact
+    types (a bool is not an int here, and NaN and infinities fail every bound). It accepts
+    only rows the checks in ``validate_sample`` accept; any other row goes through those,
+    which name the reason."""
+    if type(row) is not list or len(row) < 2:
+        return False
+    seq, ts = row[0], row[1]
+    if type(seq) is not int or not 0 < seq < 2**62 or (type(ts) is not float and type(ts) is not int):
+        return False
+    if not now_s - MAX_AGE_S <= ts <= now_s + MAX_FUTURE_S:
+        return False
+    for (low, high), value in zip(_METRIC_BOUNDS, row[2:7]):
+        if value is not None and ((type(value) is not float and type(value) is not int) or not low <= value <= high):
+            return False
+    return True
+
+
 def sample_seq(row: Any) -> int | None:
     """The seq of a wire sample, if it has a usable one (needed to reject it by seq)."""
     if isinstance(row, list) and row and isinstance(row[0], int) and not isinstance(row[0], bool):
@@ -318,6 +339,11 @@ def validate_sample(row: Any, now_s: float) -> ErrorCode | None:
     Rows may be longer than the v1 field list (newer fields are ignored) but not shorter
     than ``[seq, ts]``; missing trailing metrics count as absent.
     """
+    return None if _plainly_valid(row, now_s) else _why_invalid(row, now_s)
+
+
+def _why_invalid(row: Any, now_s: float) -> ErrorCode | None:
+    """``validate_sample``'s every check, in order (what names the reason)."""
     if not isinstance(row, list) or len(row) < 2 or sample_seq(row) is None:
         return ErrorCode.BAD_SAMPLE
     ts = row[1]

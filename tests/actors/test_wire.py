@@ -45,6 +45,18 @@ def test_a_tick_round_trips_with_its_columns() -> None:
     assert decoded.sample_count == 5
 
 
+def test_rows_of_one_short_width_are_padded_as_absent() -> None:
+    """A phone's rows (``[seq, ts, hr, power, cadence]``, all the same width) take the table
+    path and come out as the ragged path would give them: NaN where absent."""
+    rows = [[1, 10.0, 120, 200.0, 88], [2, 11.0, None, 210.0, 90]]
+    columns = TickRequest.from_batches("s1", [("d1", "ann", rows, [])]).samples
+    assert columns.seq.tolist() == [1, 2] and columns.seq.dtype == np.int64
+    np.testing.assert_array_equal(columns.values, np.array(
+        [[10.0, 120, 200.0, 88, np.nan, np.nan], [11.0, np.nan, 210.0, 90, np.nan, np.nan]]))
+    ragged = TickRequest.from_batches("s1", [("d1", "ann", [*rows, [3, 12.0]], [])]).samples
+    np.testing.assert_array_equal(ragged.values[:2], columns.values)
+
+
 def test_results_errors_and_hellos_round_trip() -> None:
     result = TickResult("s1", 3, 12, {"rows": [["ann", 1]]}, {"d1": 5}, applied=2, duplicates=1, id=9)
     error = StreamError("s1", StreamErrorCode.STALE, "fenced", 4)

@@ -166,3 +166,41 @@ def test_a_hundred_thousand_random_and_mutated_frames() -> None:
     # the mutations reach deep: both valid frames and many distinct errors come out
     assert {"Hello", "Samples", "bad_frame"} <= set(outcomes), outcomes
     assert len(outcomes) >= 6, outcomes
+
+
+# -- the sample check's fast path accepts exactly what the full checks accept ----------------
+near_values = st.one_of(
+    st.none(), st.booleans(), st.integers(min_value=-5, max_value=3100), st.integers(min_value=2**61, max_value=2**63),
+    st.floats(min_value=-5, max_value=3100), st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=3),
+)
+NOW = 1_800_000_000.0
+timestamps = st.one_of(st.floats(min_value=NOW - 8 * 86400, max_value=NOW + 400), st.integers(min_value=int(NOW) - 8 * 86400,
+                       max_value=int(NOW) + 400), near_values)
+near_rows = st.one_of(
+    st.tuples(st.one_of(st.integers(min_value=-2, max_value=2**62 + 2), near_values), timestamps,
+              st.lists(near_values, max_size=7)).map(lambda t: [t[0], t[1], *t[2]]),
+    st.lists(near_values, max_size=3),
+    near_values,
+)
+
+
+@given(near_rows)
+@settings(max_examples=3000, suppress_health_check=[HealthCheck.too_slow])
+def test_the_fast_sample_check_accepts_only_what_every_check_accepts(row: Any) -> None:
+    from devices.protocol import _plainly_valid, _why_invalid
+
+    full = _why_invalid(row, NOW)
+    assert validate_sample(row, NOW) == full
+    if _plainly_valid(row, NOW):
+        assert full is None, row
+
+
+def test_the_fast_sample_check_takes_the_common_rows() -> None:
+    from devices.protocol import _plainly_valid
+
+    assert _plainly_valid([1, NOW, 140, 200.5, 88], NOW)  # a phone's short row
+    assert _plainly_valid([7, NOW - 3600, None, 250, None, 8.0, 1000.0, "newer field"], NOW)
+    assert not _plainly_valid([True, NOW, 140], NOW) and validate_sample([True, NOW, 140], NOW) is ErrorCode.BAD_SAMPLE
+    assert validate_sample([1, NOW, float("nan")], NOW) is ErrorCode.BAD_SAMPLE
+    assert validate_sample([1, NOW, 260.0], NOW) is ErrorCode.OUT_OF_RANGE
+    assert validate_sample([1, float("inf")], NOW) is ErrorCode.BAD_TIMESTAMP
