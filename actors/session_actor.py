@@ -38,6 +38,7 @@ from typing import Any
 
 import ray
 
+from actors import gctune
 from actors.errors import StaleInstance
 from actors.session_cell import SessionCell, resolve_sink
 from actors.settings import ActorSettings
@@ -87,6 +88,7 @@ class SessionActor:
     def __init__(self, session_id: str, settings: dict[str, Any]) -> None:
         logging.basicConfig(level=logging.INFO)
         self.session_id = session_id
+        gctune.settle()  # (a long-lived process: actors/gctune.py)
         typed = ActorSettings.of(settings)  # (read once, here: the cell gets the typed form)
         self.interval_s = typed.checkpoint_interval_s
         self.idle_deactivate_s = typed.idle_deactivate_s

@@ -46,6 +46,7 @@ import ray
 
 from storage.checkpoint import client_for, key_base
 from storage.redis_url import AsyncRedis
+from actors import gctune
 from actors.session import Phase
 from actors.session_actor import checkpoint_loop
 from actors.session_cell import SessionCell
@@ -74,6 +75,7 @@ class SessionHost:
     def __init__(self, name: str, settings: dict[str, Any]) -> None:
         logging.basicConfig(level=logging.INFO)
         self.name = name
+        gctune.settle()  # (a long-lived process: actors/gctune.py)
         self.settings = ActorSettings.of(settings)  # read once, here
         self.interval_s = self.settings.checkpoint_interval_s
         self.cells: dict[str, SessionCell] = {}

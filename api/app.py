@@ -13,7 +13,6 @@ codes 4401 / 4403 on WebSockets.
 
 from __future__ import annotations
 
-import gc
 import logging
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator
@@ -22,6 +21,7 @@ from fastapi import Depends, FastAPI, WebSocket
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest, start_http_server
 
+from actors import gctune
 from api import board_socket, dev_tokens, history_routes, rider_routes, session_routes, webhook_routes
 from api.webhook_routes import webhook_dispatcher
 from api.auth import build_verifier
@@ -97,10 +97,11 @@ def create_app(settings: Settings) -> FastAPI:
             await hooks.start()
         scrape = metrics_listener(settings)
         # Everything alive now (Ray, FastAPI, imported modules: ~200k objects) lives as long
-        # as the edge: keep it out of the cyclic GC, whose full passes over it took ~110 ms
-        # of the event loop each in the capacity bench (docs/benchmarks.md).
-        gc.collect()
-        gc.freeze()
+        # as the edge: out of the cyclic GC, whose full passes over it took ~110 ms of the
+        # event loop each in the capacity bench; and young collections every 10,000 new
+        # objects, not 700, so a second-long board no longer reaches the old generation
+        # (actors/gctune.py, docs/benchmarks.md).
+        gctune.settle()
         yield
         if scrape is not None:
             scrape.shutdown()
