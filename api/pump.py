@@ -16,7 +16,10 @@ number of samples in it, so a class pays for the boards its viewers asked for, n
 fixed 10 Hz. (Until 7 Dec 2026 a class ticked twice per period: the same boards, the same
 sample-to-board latency, ~25 % more CPU in all; ``docs/benchmarks.md``, "One tick per board
 period".) A class with devices and no viewer that has nothing new backs off, doubling up to
-twice ``max_tick_interval_s``, and the next sample wakes it. When the actor's epoch changes (it restarted from its checkpoint), or a
+twice ``max_tick_interval_s``, and the next sample wakes it. A class with more than
+``SPREAD_VIEWERS`` viewers on this edge ticks twice per period: its viewers' slots fall on
+either tick, so a 3,000-rider class writes two bursts of ~1,500 boards a second, not one
+of 3,000 (board age p99 113 ms rather than 154 with the peer loader: ``docs/benchmarks.md``). When the actor's epoch changes (it restarted from its checkpoint), or a
 tick fails (stream lost, stale instance), every local device is sent a fresh ``welcome``
 so it resends what was not durable, and the channel re-resolves the actor through Ray.
 
@@ -53,6 +56,8 @@ from cluster.directory import SessionDirectory
 from devices.protocol import encode
 
 log = logging.getLogger(__name__)
+
+SPREAD_VIEWERS = 500  # more local viewers than this: tick twice per period (boards in two bursts)
 
 
 class PumpState(enum.Enum):
@@ -219,7 +224,10 @@ class SessionPump:
         return self._interval
 
     def _periods_changed(self) -> None:
-        self._interval = min(self.max_tick_interval_s, max(self.tick_interval_s, self._fastest_period()))
+        period = self._fastest_period()
+        if len(self.viewers) > SPREAD_VIEWERS:
+            period /= 2  # a big audience's boards leave in two halves (by slot), not one burst
+        self._interval = min(self.max_tick_interval_s, max(self.tick_interval_s, period))
 
     def _fastest_period(self) -> float:
         return min(self._periods) if self._periods else self.max_tick_interval_s * 2
