@@ -9,11 +9,13 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.edge_server import EdgeServer
@@ -140,3 +142,15 @@ RUN_FIRST = ("tests/cluster/test_multinode.py", "tests/cluster/test_class_shards
 
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: 0 if item.nodeid.split("::")[0] in RUN_FIRST else 1)  # (stable: order kept within)
+
+
+def create_retrying(http: httpx.Client, body: dict[str, Any], attempts: int = 3) -> httpx.Response:
+    """POST /v1/sessions as a client should: a 503 (the class's actors not started within the
+    edge's bound, ``actor_start_timeout_s``, on a loaded box) is retried after its
+    Retry-After; creation is idempotent."""
+    for _ in range(attempts - 1):
+        reply = http.post("/v1/sessions", json=body)
+        if reply.status_code != 503:
+            return reply
+        time.sleep(float(reply.headers.get("retry-after", "1")))
+    return http.post("/v1/sessions", json=body)

@@ -44,6 +44,7 @@ from sims.swarm import Swarm, SwarmConfig
 from storage.checkpoint import key_base
 from tests.cluster.helpers import actor_alive as _alive
 from tests.edge_server import EdgeServer
+from tests.conftest import create_retrying
 
 RIDERS = 300
 SHARDS = 3
@@ -178,7 +179,7 @@ def test_control_calls_reach_every_shard_and_bad_paging_is_refused(sharding_edge
         await client.aclose()
         return wanted
     with httpx.Client(base_url=sharding_edge.url, headers=tokens.headers("operator"), timeout=60) as http:
-        created = _create_retrying(http, {"id": sid, "expected_riders": 250, "board_size": 5})
+        created = create_retrying(http, {"id": sid, "expected_riders": 250, "board_size": 5})
         assert created.status_code == 201, created.text
         riders = [f"rider-{k}" for k in range(12)]
         for rider in riders:
@@ -371,14 +372,3 @@ def test_each_rider_of_a_sharded_class_gets_its_end_of_class_summary(sharding_ed
         assert summary["bests"]["power_5s_w"] == power[rider] and sum(summary["power_zone_s"]) > 0
         assert sorted(summary["records"]) == ["class_output_kj", "power_5s_w"]  # a first ride sets them
         assert not any(other in json.dumps(summary) for other in riders if other != rider)
-
-
-def _create_retrying(http: httpx.Client, body: dict[str, Any], attempts: int = 3) -> httpx.Response:
-    """POST /v1/sessions as a client should: a 503 (three shard actors not started within the
-    edge's bound on a loaded box) is retried after its Retry-After; creation is idempotent."""
-    for _ in range(attempts - 1):
-        reply = http.post("/v1/sessions", json=body)
-        if reply.status_code != 503:
-            return reply
-        time.sleep(float(reply.headers.get("retry-after", "1")))
-    return http.post("/v1/sessions", json=body)
