@@ -158,8 +158,6 @@ class Profile(Open):
     records: dict[str, Any] | None = None
 
 
-
-
 class Records(Open):
     rider: str
     records: dict[str, Any]

@@ -19,7 +19,10 @@ period".) A class with devices and no viewer that has nothing new backs off, dou
 twice ``max_tick_interval_s``, and the next sample wakes it. A class with more than
 ``SPREAD_VIEWERS`` viewers on this edge ticks twice per period: its viewers' slots fall on
 either tick, so a 3,000-rider class writes two bursts of ~1,500 boards a second, not one
-of 3,000 (board age p99 113 ms rather than 154 with the peer loader: ``docs/benchmarks.md``). When the actor's epoch changes (it restarted from its checkpoint), or a
+of 3,000 (one 3,000-rider class, peer loader: board age p99 84 ms rather than 154,
+``docs/benchmarks.md``).
+
+When the actor's epoch changes (it restarted from its checkpoint), or a
 tick fails (stream lost, stale instance), every local device is sent a fresh ``welcome``
 so it resends what was not durable, and the channel re-resolves the actor through Ray.
 

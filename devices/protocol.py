@@ -349,12 +349,11 @@ def _why_invalid(row: Any, now_s: float) -> ErrorCode | None:
     ts = row[1]
     if not _is_number(ts) or not now_s - MAX_AGE_S <= ts <= now_s + MAX_FUTURE_S:
         return ErrorCode.BAD_TIMESTAMP
-    for name, value in zip(METRICS, row[2:7], strict=False):
+    for (low, high), value in zip(_METRIC_BOUNDS, row[2:7], strict=False):
         if value is None:
             continue
         if not _is_number(value):
             return ErrorCode.BAD_SAMPLE
-        low, high = BOUNDS[name]
         if not low <= value <= high:
             return ErrorCode.OUT_OF_RANGE
     return None
