@@ -179,19 +179,32 @@ def redact(url: str) -> str:
 # -- clients ------------------------------------------------------------------------------
 
 
-def connect(url: str | RedisTarget, **options: Any) -> AsyncRedis:
+POOL_SIZE = 256  # connections an asyncio client keeps to one server at most (a burst waits for one)
+POOL_WAIT_S = 5.0  # how long a command waits for a free connection when none was given
+
+
+def connect(url: str | RedisTarget, *, pool_size: int = POOL_SIZE, **options: Any) -> AsyncRedis:
     """An asyncio client for the URL; ``options`` are redis-py client options
-    (``socket_timeout``, ``retry``, ...) applied to every connection it makes."""
+    (``socket_timeout``, ``retry``, ...) applied to every connection it makes.
+
+    At most ``pool_size`` connections to a server: a command issued while all are busy waits
+    for one (up to ``socket_timeout``, else ``POOL_WAIT_S``) instead of failing at once as
+    redis-py's default pool does past 100 (``MaxConnectionsError``: an edge whose 3,000
+    phones connect at once issues more than 100 commands at a time). A Sentinel master's
+    pool cannot wait; it is given ``pool_size`` connections as its limit."""
     target = url if isinstance(url, RedisTarget) else parse(url)
     if target.topology is Topology.SINGLE:
-        return aioredis.Redis.from_url(target.url, **options)
+        pool = aioredis.BlockingConnectionPool.from_url(
+            target.url, max_connections=pool_size, timeout=options.get("socket_timeout") or POOL_WAIT_S, **options)
+        return aioredis.Redis.from_pool(pool)
     if target.topology is Topology.CLUSTER:
         return aioredis.RedisCluster(
             startup_nodes=[AsyncClusterNode(h, p) for h, p in target.nodes],
             **_auth(target), **_tls(target), **options,
         )
     sentinel = AsyncSentinel(list(target.nodes), sentinel_kwargs=_sentinel_kwargs(target, options), **options)
-    return sentinel.master_for(target.service, db=target.db, **_auth(target), **_tls(target))
+    return sentinel.master_for(target.service, db=target.db, max_connections=pool_size, **_auth(target),
+                               **_tls(target))
 
 
 def connect_sync(url: str | RedisTarget, **options: Any) -> SyncRedis:

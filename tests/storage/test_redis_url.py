@@ -97,3 +97,20 @@ def test_every_key_of_a_session_or_a_shard_lives_on_one_slot() -> None:
     assert len(slots) > 40  # different sessions spread over the slots (and so over primaries)
     with pytest.raises(ValueError, match="braces"):
         key_base("pl", "session", "a}b")
+
+
+async def test_a_burst_of_more_commands_than_connections_waits_instead_of_failing(redis_server: object) -> None:
+    """300 commands at once, each holding its connection ~0.2 s (redis-py's own pool raises
+    ``MaxConnectionsError`` past 100): with a pool of 64 every one completes, the extra ones
+    after waiting for a free connection, and the client never opens more than 64."""
+    import asyncio
+
+    client = connect(redis_server.url, pool_size=64, client_name="burst")  # type: ignore[attr-defined]
+    try:
+        results = await asyncio.gather(*(client.blpop([f"burst:{k}"], timeout=0.2) for k in range(300)))
+        assert results == [None] * 300
+        opened = [c for c in await client.client_list() if c.get("name") == "burst"]
+        assert 1 <= len(opened) <= 64
+        assert await client.ping()
+    finally:
+        await client.aclose()
