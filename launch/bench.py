@@ -20,6 +20,10 @@ import httpx
 import psutil
 
 
+CLASS_ACTORS = ("SessionActor", "SessionHost")  # a class's own process; a host of dense classes
+CLASS_LABELS = tuple(f"ray-worker:{a}:" for a in CLASS_ACTORS)
+
+
 def _classify(proc: psutil.Process, edge_pid: int, swarm_pid: int | set[int]) -> str | None:
     swarm_pids = swarm_pid if isinstance(swarm_pid, set) else {swarm_pid}
     try:
@@ -32,8 +36,9 @@ def _classify(proc: psutil.Process, edge_pid: int, swarm_pid: int | set[int]) ->
         return None
     if "redis-server" in name:
         return "redis"
-    if "SessionActor" in name:
-        return f"ray-worker:SessionActor:{proc.pid}"
+    for actor in CLASS_ACTORS:
+        if actor in name:
+            return f"ray-worker:{actor}:{proc.pid}"
     if name.startswith("ray::") or "default_worker.py" in name:
         return f"ray-worker:{proc.pid}"
     for part in ("raylet", "gcs_server", "dashboard", "log_monitor", "monitor.py", "runtime_env"):
@@ -79,7 +84,7 @@ class ProcessSampler:
         self.series.append((time.time(), point))
         for proc in self._procs():
             label = self.labels.get(proc.pid)
-            if label is None or (label.startswith("ray-worker:") and "SessionActor" not in label):
+            if label is None or (label.startswith("ray-worker:") and not label.startswith(CLASS_LABELS)):
                 label = _classify(proc, self.edge_pid, self.swarm_pid) or label  # idle workers become actors
             if label is None:
                 continue

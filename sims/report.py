@@ -143,6 +143,11 @@ def merge_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
             by_second[int(s)].merge(LatencyHistogram.from_dict(h))
     merged["latency_ms"] = latency.summary()
     merged["swarm_lag_ms"] = {"p99_max_over_processes": max((r.get("swarm_lag_ms", {}).get("p99") or 0) for r in reports)}
+    gcs = [r["swarm_gc"] for r in reports if r.get("swarm_gc")]
+    if gcs:
+        merged["swarm_gc"] = {"collections": [sum(g["collections"][k] for g in gcs) for k in range(3)],
+                              "pause_ms": [round(sum(g["pause_ms"][k] for g in gcs), 1) for k in range(3)],
+                              "longest_ms": max(g["longest_ms"] for g in gcs)}
     merged["throughput_samples_per_s"] = round(sum(r.get("throughput_samples_per_s") or 0 for r in reports), 1)
     merged["timeline"] = _merge_timelines(reports, by_second)
     merged["participants"] = [p for r in reports for p in r.get("participants", [])]

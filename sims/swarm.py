@@ -24,6 +24,7 @@ offline, reordered, uploaded late) are accounted for but not latency-probed.
 from __future__ import annotations
 
 import asyncio
+import gc
 import heapq
 import logging
 import math
@@ -69,6 +70,51 @@ DEVICE_KINDS: dict[str, tuple[bool, bool, bool, bool, bool]] = {
 
 class SwarmUnavailable(SimsError):
     """No edge answered the swarm's set-up calls (creating its sessions)."""
+
+
+def _settle_collector() -> None:
+    """What lives for the whole class (riders, connections) leaves the cyclic collector, and
+    the young generation is collected every 10,000 net new objects instead of 700: the
+    server's processes do the same (``actors.gctune``, which sims may not import), for the
+    same reason — a swarm's per-sample objects live about a second and, at 700, push full
+    collections over everything it holds, late on its own schedule by their length."""
+    gc.collect()
+    gc.freeze()
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(10_000, gen1, gen2)
+
+
+class GcWatch:
+    """The cyclic collections this process ran while installed, by generation, with their
+    total and longest pause (a collection stops the swarm's loop: it shows as swarm lag)."""
+
+    def __init__(self) -> None:
+        self.counts = [0, 0, 0]
+        self.pause_ms = [0.0, 0.0, 0.0]
+        self.longest_ms = 0.0
+        self._began = 0.0
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._began = time.perf_counter()
+            return
+        ms = (time.perf_counter() - self._began) * 1000.0
+        gen = int(info.get("generation", 0))
+        self.counts[gen] += 1
+        self.pause_ms[gen] += ms
+        self.longest_ms = max(self.longest_ms, ms)
+
+    def install(self) -> None:
+        if self not in gc.callbacks:
+            gc.callbacks.append(self)
+
+    def remove(self) -> None:
+        if self in gc.callbacks:
+            gc.callbacks.remove(self)
+
+    def summary(self) -> dict[str, Any]:
+        return {"collections": list(self.counts), "pause_ms": [round(p, 1) for p in self.pause_ms],
+                "longest_ms": round(self.longest_ms, 1)}
 
 
 class EdgeHttp:
@@ -256,6 +302,7 @@ class Swarm:
         self.frames_in: Counter[str] = Counter()
         self.injected: Counter[str] = Counter()
         self.lag = LatencyHistogram()  # how late the swarm emitted vs its schedule
+        self.gc = GcWatch()  # the collections it ran from the class's start (a pause is lag too)
         self.per_second: dict[str, Counter[int]] = defaultdict(Counter)
         self.connections: dict[int, int] = {}
         self._by_device: dict[str, DeviceStream] = {}
@@ -391,6 +438,8 @@ class Swarm:
                 await self._name_riders(http)
             self._record_late_rides()
             ready_s = await self._connect_before_start()
+            _settle_collector()
+            self.gc.install()
             if self.plan_start is not None:  # the classes go live by themselves at their start
                 self._started_early()
                 await asyncio.sleep(max(0.0, self.plan_start - time.time()))
@@ -411,6 +460,7 @@ class Swarm:
             ids = self.sessions + self.late_sessions
             states = {sid: await self._state(http, sid) for sid in ids}
         finally:
+            self.gc.remove()
             await http.aclose()
         self.http_failures = dict(http.failures)
         elapsed = time.time() - self.started
@@ -787,6 +837,7 @@ class Swarm:
             "latency_over_time": self._windows(),
             "latency_unseen": sum(v.unseen for v in self.viewers.values()),
             "swarm_lag_ms": self.lag.summary(),
+            "swarm_gc": self.gc.summary(),
             "throughput_samples_per_s": round(summary["sent"] / cfg.seconds, 1) if cfg.seconds else None,
             "boards_received": sum(v.boards for v in self.viewers.values()),
             "participant_boards": {

@@ -72,6 +72,7 @@ def test_every_fault_at_once_still_ends_exact(edge: Any, run: Any, unique_id: st
     twice = merge_reports([report, report])
     assert twice["sent"] == 2 * report["sent"]
     assert twice["latency_ms"]["samples"] == 2 * report["latency_ms"]["samples"]
+    assert twice["swarm_gc"]["collections"] == [2 * n for n in report["swarm_gc"]["collections"]]
 
 
 class SkippingSwarm(Swarm):
