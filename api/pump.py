@@ -128,6 +128,9 @@ class SessionPump:
         self.viewers: set[Outbox] = set()
         self._periods: Counter[float] = Counter()  # the viewers' board periods (the fastest sets the pace)
         self._period_of: dict[Outbox, float] = {}
+        # the viewers by board period, fastest first: a tick hands its board to a 10 Hz screen
+        # before the riders' 1 Hz boards, so a big class's fan-out does not delay it
+        self._tiers: dict[float, dict[Outbox, None]] = {}
         self._interval = self.max_tick_interval_s  # (no viewer yet: the slowest pace)
         self.pending: dict[str, _Pending] = {}
         self.pending_count = 0
@@ -172,8 +175,12 @@ class SessionPump:
     def add_viewer(self, outbox: Outbox) -> None:
         self.remove_viewer(outbox)
         self.viewers.add(outbox)
-        self._period_of[outbox] = outbox.board_interval_s
-        self._periods[outbox.board_interval_s] += 1
+        period = outbox.board_interval_s
+        self._period_of[outbox] = period
+        self._periods[period] += 1
+        if period not in self._tiers:
+            self._tiers = dict(sorted({**self._tiers, period: {}}.items()))
+        self._tiers[period][outbox] = None
         self._periods_changed()
         if self.board is not None:
             outbox.set_board(self.board)
@@ -216,9 +223,20 @@ class SessionPump:
         period = self._period_of.pop(outbox, None)
         if period is not None:
             self._periods[period] -= 1
+            tier = self._tiers[period]
+            del tier[outbox]
             if not self._periods[period]:
                 del self._periods[period]
+                del self._tiers[period]
             self._periods_changed()
+
+    def _in_order(self) -> list[Outbox]:
+        """Every viewer, the fastest board periods first (a copy: a viewer may close while
+        its board is handed over)."""
+        tiers = list(self._tiers.values())
+        if len(tiers) == 1:
+            return list(tiers[0])
+        return [viewer for tier in tiers for viewer in tier]
 
     @property
     def interval_s(self) -> float:
@@ -361,12 +379,12 @@ class SessionPump:
             if self.board is not None and self.board.get("phase") != board.get("phase"):
                 self._phase_seen(board["phase"])
             self.board = board
-            for viewer in self.viewers:
+            for viewer in self._in_order():
                 viewer.offer(board, now, slack)
             if pending:
                 SAMPLE_TO_BOARD_SECONDS.observe(time.monotonic() - batch_at)
         else:
-            for viewer in self.viewers:
+            for viewer in self._in_order():
                 viewer.flush_due(now, slack)
         return board is not None or bool(pending)
 
