@@ -26,7 +26,7 @@ from cluster.admission import AdmissionPolicy
 from cluster.directory import SessionDirectory
 from cluster.session_records import SessionRecords
 from cluster.settings import Settings
-from history.events import PHASE_EVENTS, publish_event
+from history.events import PHASE_EVENTS, publish_event, publish_rider_events
 
 log = logging.getLogger(__name__)
 
@@ -89,14 +89,20 @@ class Edge:
     async def riders_joined(self, session_id: str, riders: list[str]) -> None:
         """``rider.joined`` once per rider per class, whichever way it joined (the join route,
         or its device's first samples: the pump reports those) and whichever edge saw it:
-        the class's joined set (``SessionRecords.first_join``) lets one call through. A
-        rider whose event could not be published is taken out again, so the next report of
-        it retries; raises when that cannot be done either (the pump reports it again)."""
+        the class's joined set (``SessionRecords.first_joins``) lets one call through. Two
+        round trips for any number of riders (a class's start reports thousands at once):
+        the joined set, then the events pipelined. Riders whose events could not be
+        published are taken out again, so the next report of them retries; raises when that
+        cannot be done either (the pump reports them again)."""
         records = SessionRecords(self.directory.redis, prefix=self.settings.prefix)
-        for rider in riders:
-            if await records.first_join(session_id, rider) and not await self.event(
-                    "rider.joined", session_id, {"session": session_id, "rider": rider}, rider=rider):
-                await records.forget_join(session_id, rider)
+        first = await records.first_joins(session_id, riders)  # one round trip for the lot
+        if not first:
+            return
+        try:
+            await publish_rider_events(self.directory.redis, self.settings.prefix, "rider.joined", session_id, first)
+        except Exception as exc:
+            log.warning("session %s: rider.joined of %d rider(s) not published: %r", session_id, len(first), exc)
+            await records.forget_joins(session_id, first)
 
     async def rider_left(self, session_id: str, rider: str) -> None:
         """``rider.left``; the rider's next join is announced again (on this edge's pump too)."""

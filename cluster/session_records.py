@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
 from actors.class_shard import shards_ended_key
@@ -82,8 +83,11 @@ return previous
 # A rider's first join: 1 if it was not in the joined set. A set made after the class ended
 # takes the meta's TTL (the class's retention), as the checkpoint's KEEPTTL keeps it.
 _FIRST_JOIN = """
-local added = redis.call('SADD', KEYS[1], ARGV[1])
-if added == 1 and redis.call('PTTL', KEYS[1]) == -1 then
+local added = {}
+for i, rider in ipairs(ARGV) do
+  if redis.call('SADD', KEYS[1], rider) == 1 then added[#added + 1] = rider end
+end
+if #added > 0 and redis.call('PTTL', KEYS[1]) == -1 then
   local ttl = redis.call('PTTL', KEYS[2])
   if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
 end
@@ -125,12 +129,23 @@ class SessionRecords:
     async def first_join(self, session_id: str, rider: str) -> bool:
         """Note that ``rider`` is in the class; True the first time (atomic: of several
         edges or calls noting it, one gets True) and again after ``forget_join``."""
+        return bool(await self.first_joins(session_id, [rider]))
+
+    async def first_joins(self, session_id: str, riders: Sequence[str]) -> list[str]:
+        """``first_join`` for many riders in one round trip: those noted for the first time."""
+        if not riders:
+            return []
         keys = (self.joined_key(session_id), self.meta_key(session_id))
-        return bool(await self.redis.eval(_FIRST_JOIN, 2, *keys, rider))  # type: ignore[misc]
+        added = await self.redis.eval(_FIRST_JOIN, 2, *keys, *riders)  # type: ignore[misc]
+        return [_text(r) for r in added or ()]
 
     async def forget_join(self, session_id: str, rider: str) -> None:
         """The rider left: its next join is a first join again."""
-        await self.redis.srem(self.joined_key(session_id), rider)  # type: ignore[misc]
+        await self.forget_joins(session_id, [rider])
+
+    async def forget_joins(self, session_id: str, riders: Sequence[str]) -> None:
+        if riders:
+            await self.redis.srem(self.joined_key(session_id), *riders)  # type: ignore[misc]
 
     async def page(self, *, phase: str | None, limit: int, after: str | None) -> Page:
         """Sessions in creation order after the cursor, optionally only those in ``phase``."""

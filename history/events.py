@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from storage.checkpoint import key_base
@@ -32,12 +32,29 @@ def events_key(prefix: str) -> str:
     return key_base(prefix, "events", "stream")
 
 
+def _fields(kind: str, session: str, data: Mapping[str, Any], rider: str) -> dict[str, str]:
+    if kind not in EVENT_TYPES:
+        raise ValueError(f"unknown event type {kind!r}")
+    return {"v": SCHEMA_VERSION, "type": kind, "at": str(int(time.time() * 1000)), "session": session,
+            "rider": rider, "data": json.dumps(dict(data), separators=(",", ":"), sort_keys=True)}
+
+
 async def publish_event(client: AsyncRedis, prefix: str, kind: str, session: str, data: Mapping[str, Any], *,
                         rider: str = "") -> str:
     """``XADD`` one event (one round trip); returns its stream id."""
-    if kind not in EVENT_TYPES:
-        raise ValueError(f"unknown event type {kind!r}")
-    fields = {"v": SCHEMA_VERSION, "type": kind, "at": str(int(time.time() * 1000)), "session": session,
-              "rider": rider, "data": json.dumps(dict(data), separators=(",", ":"), sort_keys=True)}
+    fields = _fields(kind, session, data, rider)
     reply = await client.xadd(events_key(prefix), fields, maxlen=MAXLEN, approximate=True)  # type: ignore[arg-type]
     return reply if isinstance(reply, str) else reply.decode()
+
+
+async def publish_rider_events(client: AsyncRedis, prefix: str, kind: str, session: str,
+                               riders: Sequence[str]) -> None:
+    """One ``kind`` event per rider (``{"session", "rider"}``), all in one pipelined round
+    trip: a class's start reports thousands of first joins at once. Raises if any failed
+    (some may be in the stream then: events are at least once)."""
+    key = events_key(prefix)
+    async with client.pipeline(transaction=False) as pipe:
+        for rider in riders:
+            pipe.xadd(key, _fields(kind, session, {"session": session, "rider": rider}, rider),  # type: ignore[arg-type]
+                      maxlen=MAXLEN, approximate=True)
+        await pipe.execute()
