@@ -304,28 +304,43 @@ class WebhookDispatcher:
                 await asyncio.sleep(1.0)
 
     def _take(self, stream: str, entries: Sequence[Any]) -> None:
-        for stream_id, fields in entries:
-            if fields is None:
-                continue
-            self._spawn(self._fan_out(stream, _text(stream_id), fields))
+        batch = [(_text(stream_id), fields) for stream_id, fields in entries if fields is not None]
+        if batch:
+            self._spawn(self._fan_out(stream, batch))
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _fan_out(self, stream: str, stream_id: str, fields: Mapping[Any, Any]) -> None:
+    async def _fan_out(self, stream: str, batch: Sequence[tuple[str, Mapping[Any, Any]]]) -> None:
+        """One read's entries (up to 50): the subscriptions are read once for all of them (a
+        class's start publishes thousands of ``rider.joined`` at once), every delivery
+        attempted, then the entries acknowledged in one ``XACK``."""
         try:
-            event = webhook_event(fields, stream_id)
-            if event is not None:
-                wanted = [s for s in await self.store.subscriptions() if s.wants(event["type"])]
-                now = time.time()
-                await asyncio.gather(*(self._attempt({"delivery": "dlv_" + uuid.uuid4().hex[:16], "subscription": s.id,
-                                                      "event": event, "attempt": 1, "first_at": now}) for s in wanted))
-            await self.client.xack(stream, GROUP, stream_id)
-        except Exception as exc:  # stays pending: claimed again later
+            subscriptions = await self.store.subscriptions()
+            now = time.time()
+            attempts, owners = [], []  # (owners[i]: the stream id of attempts[i])
+            for stream_id, fields in batch:
+                event = webhook_event(fields, stream_id)
+                if event is None:
+                    continue
+                for sub in subscriptions:
+                    if sub.wants(event["type"]):
+                        attempts.append(self._attempt({"delivery": "dlv_" + uuid.uuid4().hex[:16], "subscription": sub.id,
+                                                       "event": event, "attempt": 1, "first_at": now}))
+                        owners.append(stream_id)
+            outcomes = await asyncio.gather(*attempts, return_exceptions=True)
+            failed = {owner: out for owner, out in zip(owners, outcomes) if isinstance(out, BaseException)}
+            done = [stream_id for stream_id, _ in batch if stream_id not in failed]
+            if done:
+                await self.client.xack(stream, GROUP, *done)
+            for stream_id, exc in failed.items():  # it stays pending: claimed again later
+                self.counters["errors"] += 1
+                log.warning("webhooks: entry %s of %s not handled: %r", stream_id, stream, exc)
+        except Exception as exc:  # they all stay pending: claimed again later
             self.counters["errors"] += 1
-            log.warning("webhooks: entry %s of %s not handled: %r", stream_id, stream, exc)
+            log.warning("webhooks: entries %s..%s of %s not handled: %r", batch[0][0], batch[-1][0], stream, exc)
 
     # -- delivering -----------------------------------------------------------------------
     async def _attempt(self, delivery: dict[str, Any]) -> None:

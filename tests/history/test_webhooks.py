@@ -194,3 +194,38 @@ def test_subscriptions_over_http_and_a_class_that_a_hanging_receiver_cannot_slow
         for ident in (mine.json()["id"], stuck["id"]):
             assert HTTP.delete(f"{base}/{ident}", headers=ops).status_code == 200
     assert HTTP.delete(f"{base}/{stuck['id']}", headers=ops).status_code == 404
+
+
+def test_a_burst_of_events_is_delivered_once_each_and_left_acknowledged(redis_server: Any, unique_id: str) -> None:
+    """A class's start: 230 ``rider.joined`` at once (read 50 at a time, the subscriptions
+    once per read): each delivered once, nothing left pending in the group."""
+    from history.events import events_key, publish_rider_events
+    from history.webhooks import GROUP
+    from storage.checkpoint import client_for
+
+    prefix = f"whb{unique_id}"
+    riders = [f"r{k:03d}" for k in range(230)]
+
+    async def scenario() -> None:
+        client = client_for(redis_server.url)
+        store = WebhookStore(client, prefix=prefix)
+        with Receiver([200]) as joined, Receiver([200]) as other:
+            await store.create(joined.url, ["rider.joined"], None)
+            await store.create(other.url, ["class.live"], None)
+            dispatcher = WebhookDispatcher(client, prefix=prefix, policy=DeliveryPolicy(max_in_flight=64), poll_s=0.05)
+            await dispatcher.start()
+            try:
+                await publish_rider_events(client, prefix, "rider.joined", "c1", riders)
+
+                async def drained() -> bool:
+                    pending = await client.xpending(events_key(prefix), GROUP)
+                    return len(joined.requests) >= len(riders) and pending["pending"] == 0
+                await until(drained, "every rider.joined delivered and acknowledged")
+            finally:
+                await dispatcher.stop()
+            assert sorted(e["data"]["rider"] for e in joined.events()) == riders
+            assert other.requests == []
+            assert dispatcher.counters["errors"] == 0 and dispatcher.counters["delivered"] == len(riders)
+        await client.aclose()
+
+    asyncio.run(scenario())
