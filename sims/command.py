@@ -49,6 +49,7 @@ def swarm_command(args: Any, swarm_config: Callable[[Any, str], Any],
     else:
         config = swarm_config(args, args.url)
         config.progress = True  # a bar on a terminal, a plain line every 10 s otherwise (sims.progress)
+    config.settle_gc = True  # this process is the swarm's alone (sims.swarm._settle_collector)
     on_demand = scenario.on_demand if scenario_path else None
     swarm: Any = Swarm(config) if on_demand is None else ReplaySwarm(config, **on_demand)
     summary = asyncio.run(swarm.run())

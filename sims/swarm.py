@@ -197,6 +197,9 @@ class SwarmConfig:
     # riders per class are sent as ``expected_riders``); "dense" or "dedicated" forces it
     placement: str | None = None
     progress: bool = False
+    # settle the process's cyclic collector once the riders are connected (a process of its
+    # own: the CLI and the capacity workers; never inside a test run, it is process-wide)
+    settle_gc: bool = False
     ready_timeout_s: float = 60.0
     http_attempts: int = 6  # tries of each control call over the edges before it is given up (and reported)
     # async (**claims) -> JWT; default: development tokens from the edge (DevTokens)
@@ -438,7 +441,8 @@ class Swarm:
                 await self._name_riders(http)
             self._record_late_rides()
             ready_s = await self._connect_before_start()
-            _settle_collector()
+            if cfg.settle_gc:
+                _settle_collector()
             self.gc.install()
             if self.plan_start is not None:  # the classes go live by themselves at their start
                 self._started_early()
