@@ -36,7 +36,7 @@ import asyncio
 import enum
 import logging
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -126,10 +126,9 @@ class SessionPump:
         self.max_pending = max_pending
         self.links: dict[str, DeviceLink] = {}
         self.viewers: set[Outbox] = set()
-        self._periods: Counter[float] = Counter()  # the viewers' board periods (the fastest sets the pace)
         self._period_of: dict[Outbox, float] = {}
-        # the viewers by board period, fastest first: a tick hands its board to a 10 Hz screen
-        # before the riders' 1 Hz boards, so a big class's fan-out does not delay it
+        # the viewers by board period, fastest first (the fastest sets the pace): a tick hands
+        # its board to a 10 Hz screen before the riders' 1 Hz boards of a big class
         self._tiers: dict[float, dict[Outbox, None]] = {}
         self._interval = self.max_tick_interval_s  # (no viewer yet: the slowest pace)
         self.pending: dict[str, _Pending] = {}
@@ -177,7 +176,6 @@ class SessionPump:
         self.viewers.add(outbox)
         period = outbox.board_interval_s
         self._period_of[outbox] = period
-        self._periods[period] += 1
         if period not in self._tiers:
             self._tiers = dict(sorted({**self._tiers, period: {}}.items()))
         self._tiers[period][outbox] = None
@@ -222,11 +220,9 @@ class SessionPump:
         self.viewers.discard(outbox)
         period = self._period_of.pop(outbox, None)
         if period is not None:
-            self._periods[period] -= 1
             tier = self._tiers[period]
             del tier[outbox]
-            if not self._periods[period]:
-                del self._periods[period]
+            if not tier:
                 del self._tiers[period]
             self._periods_changed()
 
@@ -251,7 +247,7 @@ class SessionPump:
         self._interval = min(self.max_tick_interval_s, max(self.tick_interval_s, period))
 
     def _fastest_period(self) -> float:
-        return min(self._periods) if self._periods else self.max_tick_interval_s * 2
+        return next(iter(self._tiers)) if self._tiers else self.max_tick_interval_s * 2
 
     def _pace(self, news: bool) -> float:
         """Seconds until the next tick. A class with nothing new (no board, no sample, no ack

@@ -350,9 +350,7 @@ def worker_main(scenario_path: str, url: str, out: str) -> int:
     from sims.scenario import load
     from sims.swarm import Swarm
 
-    config = load(scenario_path).swarm_config(url)
-    config.settle_gc = True  # (with the collector off below, only its freeze matters)
-    swarm = Swarm(config)
+    swarm = Swarm(load(scenario_path).swarm_config(url))
     # A step's swarm is a measuring instrument: its own collections (young ones up to ~100 ms
     # on this box at 3,000 riders, ``swarm_gc``) stall its loop and show as the server's
     # latency. Its garbage is acyclic (freed by reference counting), and a step is short: the

@@ -198,7 +198,7 @@ class SwarmConfig:
     placement: str | None = None
     progress: bool = False
     # settle the process's cyclic collector once the riders are connected (a process of its
-    # own: the CLI and the capacity workers; never inside a test run, it is process-wide)
+    # own: the swarm CLI; never inside a test run, it is process-wide)
     settle_gc: bool = False
     ready_timeout_s: float = 60.0
     http_attempts: int = 6  # tries of each control call over the edges before it is given up (and reported)
