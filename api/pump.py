@@ -10,7 +10,11 @@ and the durable seqs of local devices, which become ``ack`` frames.
 How often: once per period of the fastest local viewer (a 10 Hz viewer: every 0.1 s, a
 class of 1 board/s riders: every second), never faster than ``tick_interval_s`` nor slower
 than ``max_tick_interval_s``, which is also the pace of a class with devices and no viewer
-(its acks). A board therefore leaves the edge on the tick that brings it (a viewer's slot
+(its acks). A device that says hello (it waits for its ``welcome``) or a viewer that
+has no board yet does not wait for the next period: it brings the next tick forward to
+``tick_interval_s`` after the last one began (``_hurry``), so a rider joining a 1 Hz class
+is welcomed within ~0.1 s, not up to a second later, and a burst of joins still costs at
+most one tick per ``tick_interval_s``. A board therefore leaves the edge on the tick that brings it (a viewer's slot
 allows half a tick of slack, ``api/outbox.py``), and one tick costs the same whatever the
 number of samples in it, so a class pays for the boards its viewers asked for, not for a
 fixed 10 Hz. (Until 7 Dec 2026 a class ticked twice per period: the same boards, the same
@@ -61,6 +65,11 @@ from devices.protocol import encode
 log = logging.getLogger(__name__)
 
 SPREAD_VIEWERS = 500  # more local viewers than this: tick twice per period (boards in two bursts)
+
+
+def _settle(nap: asyncio.Future[None]) -> None:
+    if not nap.done():
+        nap.set_result(None)
 
 
 class PumpState(enum.Enum):
@@ -144,6 +153,9 @@ class SessionPump:
         self._wake = asyncio.Event()
         self._quiet = 0  # ticks in a row that brought nothing new
         self._pace_s = 0.0  # the wait planned before the next tick (its lag is measured against it)
+        self._tick_began = 0.0  # monotonic time the last tick began
+        self._nap: asyncio.Future[None] | None = None  # the wait before the next tick (``_hurry`` ends it early)
+        self._hurried = False  # ``_hurry`` has already brought this wait's end forward
         self._task: asyncio.Task[None] | None = None
         self.state = PumpState.IDLE
 
@@ -166,6 +178,7 @@ class SessionPump:
         link.needs_welcome = True
         self.links[link.device] = link
         self._wake.set()
+        self._hurry()
 
     def detach(self, link: DeviceLink) -> None:
         if self.links.get(link.device) is link:
@@ -182,6 +195,8 @@ class SessionPump:
         self._periods_changed()
         if self.board is not None:
             outbox.set_board(self.board)
+        else:
+            self._hurry()
         self._wake.set()
 
     def note_phase(self, phase: str) -> None:
@@ -297,7 +312,7 @@ class SessionPump:
         REQUEST_ID.set(None)  # (the task copied the context of the request that made the pump)
         SESSION.set(self.session_id)
         while self.state is PumpState.RUNNING:
-            started = time.monotonic()
+            started = self._tick_began = time.monotonic()
             news = False
             try:
                 if self._has_work() or self.viewers:
@@ -328,8 +343,36 @@ class SessionPump:
                 except TimeoutError:
                     pass
             else:
-                await asyncio.sleep(wait)
-                TICK_LAG_SECONDS.observe(max(0.0, time.monotonic() - started) - self._pace_s)
+                await self._wait(wait)
+                TICK_LAG_SECONDS.observe(max(0.0, time.monotonic() - started - self._pace_s))
+
+    async def _wait(self, wait: float) -> None:
+        """Sleep ``wait`` s before the next tick, unless ``_hurry`` ends it sooner."""
+        if wait <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        nap = self._nap = loop.create_future()
+        self._hurried = False
+        timer = loop.call_later(wait, _settle, nap)
+        try:
+            await nap
+        finally:
+            timer.cancel()
+            self._nap = None
+
+    def _hurry(self) -> None:
+        """Someone waits for a tick (a device's ``welcome``, a viewer's first board): end the
+        wait before the next one, but not sooner than ``tick_interval_s`` after the last
+        tick began (a burst of joins costs at most one tick per ``tick_interval_s``)."""
+        nap = self._nap
+        if nap is None or nap.done() or self._hurried:
+            return  # ticking now (its answer welcomes the device), backing off (``_wake`` ends that), or hurried
+        self._hurried = True
+        delay = self._tick_began + self.tick_interval_s - time.monotonic()
+        if delay <= 0:
+            nap.set_result(None)
+        else:
+            asyncio.get_running_loop().call_later(delay, _settle, nap)
 
     def _resync_all(self) -> None:
         for link in self.links.values():
