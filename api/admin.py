@@ -58,7 +58,7 @@ def install(app: FastAPI) -> None:
             await pump.stop()
         await asyncio.wait_for(asyncio.to_thread(edge.directory.kill, session_id), edge.settings.ray_call_timeout_s)
         deleted = await records_of(edge).purge(session_id)
-        edge.directory.forget_session(session_id)
+        edge.forget_session(session_id)
         return {"id": session_id, "deleted": True, "keys": deleted}
 
     app.include_router(router)

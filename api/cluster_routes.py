@@ -110,7 +110,7 @@ class ClusterLoops:
         del self.edge.pumps[session_id]
         if (pump.board or {}).get("phase") != "ended":  # ended by its plan with nobody attached
             await self.edge.record_phase(session_id, "ended")
-        self.edge.directory.forget_session(session_id)  # its handle and that it exists: re-read on demand
+        self.edge.forget_session(session_id)  # its handle, that it exists, its roster: re-read on demand
         self.passivator.passivated.discard(session_id)
         self.released += 1
         await pump.stop()

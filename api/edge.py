@@ -31,6 +31,7 @@ from history.events import PHASE_EVENTS, publish_event, publish_rider_events
 log = logging.getLogger(__name__)
 
 SESSION_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")  # the edge's session (and HTTP participant) id rule
+ROSTER_CLASSES = 10_000  # classes whose known riders an edge remembers (the oldest is forgotten first)
 
 
 class Edge:
@@ -49,6 +50,24 @@ class Edge:
             rate_per_s=settings.admit_rate_per_s, burst=settings.admit_burst, stale_s=settings.admit_stale_s),
             bye_grace_s=settings.seat_bye_grace_s, drop_grace_s=settings.seat_drop_grace_s,
             capacity_ttl_s=settings.admit_capacity_cache_s)
+        # Riders this edge knows to be on a class's roster: it joined them, or the class said
+        # so. A roster only grows (a rider who left stays on it, ``SessionCell.member``), so
+        # a rider's board socket after its join through this edge costs no actor call.
+        self._rosters: dict[str, set[str]] = {}
+
+    def note_member(self, session_id: str, rider: str) -> None:
+        roster = self._rosters.pop(session_id, None)  # (re-inserted: the most recently used last)
+        if roster is None:
+            roster = set()
+            if len(self._rosters) >= ROSTER_CLASSES:
+                del self._rosters[next(iter(self._rosters))]
+        roster.add(rider)
+        self._rosters[session_id] = roster
+
+    def forget_session(self, session_id: str) -> None:
+        """The class was purged: what this edge knew of its roster goes with it."""
+        self._rosters.pop(session_id, None)
+        self.directory.forget_session(session_id)
 
     def pump(self, session_id: str) -> SessionPump:
         pump = self.pumps.get(session_id)
@@ -138,7 +157,7 @@ class Edge:
         """Check ``who`` may read ``session_id`` (its board only, with ``board``: viewer
         tokens too). A participant is looked up on the roster with one ``member`` call, which
         a class over class shards sends to the rider's shard only: O(1) per socket or request,
-        whatever the size of the class."""
+        whatever the size of the class; none for a rider this edge already knows is on it."""
         if who.kind is TokenKind.OPERATOR or (board and self._may_watch(who, session_id, where=where, peer=peer)):
             await self.require(session_id)
             return
@@ -150,10 +169,16 @@ class Edge:
         self.gate.check(who, authorise_read, session_id, roster, where=where, peer=peer)
 
     async def _member(self, session_id: str, rider: str) -> bool:
+        if rider in self._rosters.get(session_id, ()):
+            await self.require(session_id)  # (the class still exists: no actor call)
+            return True
         try:
-            return bool(await self.call(session_id, "member", participant=rider))
+            member = bool(await self.call(session_id, "member", participant=rider))
         except AttributeError:  # an actor started by an older version has no member(): its roster
-            return rider in roster_of(await self.call(session_id, "snapshot"))
+            member = rider in roster_of(await self.call(session_id, "snapshot"))
+        if member:
+            self.note_member(session_id, rider)
+        return member
 
     def _may_watch(self, who: Principal, session_id: str, *, where: str, peer: str) -> bool:
         try:

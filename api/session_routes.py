@@ -148,6 +148,7 @@ def install(app: FastAPI, settings: Settings) -> None:
         if position:
             raise Queued(position, edge.admission.retry_after_s(position))
         slot = await edge.call(session_id, "join", participant=body.participant, **extra)
+        edge.note_member(session_id, body.participant)
         try:
             await edge.riders_joined(session_id, [body.participant])
         except Exception as exc:  # (bookkeeping: the rider has joined; its device's samples retry)
