@@ -60,6 +60,8 @@ log = logging.getLogger(__name__)
 
 GROUP = "webhooks"
 KEEP_DELIVERIES = 100
+READ_COUNT = 50  # events per read (and per subscriptions read and XACK)
+GATHER_S = 0.1  # after a read of fewer than READ_COUNT: wait this long for more before the next
 MAX_URL_CHARS = 2048
 SIGNATURE_HEADER = "Pulseline-Signature"
 
@@ -247,7 +249,7 @@ class WebhookDispatcher:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loops: list[asyncio.Task[None]] = []
         self._left_behind: set[asyncio.Future[Any]] = set()  # (a reference, so they are not collected)
-        self.counters = {"delivered": 0, "failed": 0, "retried": 0, "errors": 0}
+        self.counters = {"delivered": 0, "failed": 0, "retried": 0, "errors": 0, "batches": 0}
 
     async def start(self) -> None:
         for stream in self.streams:
@@ -292,10 +294,17 @@ class WebhookDispatcher:
                     claimed: Any = await self.client.xautoclaim(stream, GROUP, self.consumer,
                                                            int(self.policy.claim_idle_s * 1000), "0-0", count=100)
                     self._take(stream, claimed[1])
-                got: Any = await self.client.xreadgroup(GROUP, self.consumer, {stream: ">"}, count=50,
+                got: Any = await self.client.xreadgroup(GROUP, self.consumer, {stream: ">"}, count=READ_COUNT,
                                                    block=int(self.poll_s * 1000))
+                taken = 0
                 for _, entries in got or []:
                     self._take(stream, entries)
+                    taken += len(entries)
+                if 0 < taken < READ_COUNT:
+                    # events trickling in (a join surge: one per rider): gather a few before the
+                    # next read, so a burst costs a read (and a subscriptions read, and an XACK)
+                    # per GATHER_S, not per event
+                    await asyncio.sleep(GATHER_S)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -306,6 +315,7 @@ class WebhookDispatcher:
     def _take(self, stream: str, entries: Sequence[Any]) -> None:
         batch = [(_text(stream_id), fields) for stream_id, fields in entries if fields is not None]
         if batch:
+            self.counters["batches"] += 1
             self._spawn(self._fan_out(stream, batch))
 
     def _spawn(self, coro: Any) -> None:

@@ -229,3 +229,40 @@ def test_a_burst_of_events_is_delivered_once_each_and_left_acknowledged(redis_se
         await client.aclose()
 
     asyncio.run(scenario())
+
+
+def test_events_that_trickle_in_are_read_in_batches(redis_server: Any, unique_id: str) -> None:
+    """A join surge publishes one ``rider.joined`` per rider as they come: the reader gathers
+    them (``GATHER_S``) instead of a read, a subscriptions read and an XACK per event."""
+    from history.events import events_key, publish_rider_events
+    from history.webhooks import GATHER_S, GROUP
+    from storage.checkpoint import client_for
+
+    prefix = f"wht{unique_id}"
+    riders = [f"r{k:02d}" for k in range(40)]
+    spacing_s = GATHER_S / 10  # ten events per gathering wait
+
+    async def scenario() -> None:
+        client = client_for(redis_server.url)
+        store = WebhookStore(client, prefix=prefix)
+        with Receiver([200]) as joined:
+            await store.create(joined.url, ["rider.joined"], None)
+            dispatcher = WebhookDispatcher(client, prefix=prefix, policy=DeliveryPolicy(max_in_flight=64), poll_s=0.05)
+            await dispatcher.start()
+            try:
+                for rider in riders:
+                    await publish_rider_events(client, prefix, "rider.joined", "c1", [rider])
+                    await asyncio.sleep(spacing_s)
+
+                async def drained() -> bool:
+                    pending = await client.xpending(events_key(prefix), GROUP)
+                    return len(joined.requests) >= len(riders) and pending["pending"] == 0
+                await until(drained, "every rider.joined delivered and acknowledged")
+            finally:
+                await dispatcher.stop()
+            assert sorted(e["data"]["rider"] for e in joined.events()) == riders
+            # ~40 * spacing_s / GATHER_S reads; one per event without the gathering
+            assert dispatcher.counters["batches"] <= len(riders) // 2, dispatcher.counters
+        await client.aclose()
+
+    asyncio.run(scenario())
