@@ -114,23 +114,27 @@ def own_summary(board: dict[str, Any], participant: str) -> dict[str, Any] | Non
 PRIVATE_COLUMNS = ("hr_bpm", "hr_zone", "power_zone", "kcal", "if", "tss", "power_target", "hr_target")
 
 
-def public_board(board: dict[str, Any]) -> dict[str, Any]:
+def public_board(board: dict[str, Any], rows: bool = True) -> dict[str, Any]:
     """The board with every rider's private columns blanked, built once per board; its
-    ``_index`` keeps the whole rows, so ``own_row`` (``you``) stays whole."""
+    ``_index`` keeps the whole rows, so ``own_row`` (``you``) stays whole. ``rows``: the
+    blanked ``rows`` too (only a ``view=all`` viewer sends them: a rider's own board, the
+    common case, blanks only ``top``)."""
     public = board.get("_public")
     if public is None:
-        hidden = [i for i, c in enumerate(board["cols"]) if c in PRIVATE_COLUMNS]
-
-        def blank(row: list[Any]) -> list[Any]:
-            return [None if i in hidden else v for i, v in enumerate(row)]
-
+        hidden = tuple(i for i, c in enumerate(board["cols"]) if c in PRIVATE_COLUMNS)
         public = board["_public"] = {k: board[k] for k in (*_SHARED, "summaries") if k in board}
+        public.update(top=_blanked(board["top"], hidden), _hidden=hidden)
         if "merged" in board:  # a sharded class: pages are blanked as they are built
-            public.update(top=[blank(r) for r in board["top"]], merged=board["merged"], _hidden=tuple(hidden))
+            public["merged"] = board["merged"]
             return public  # type: ignore[no-any-return]
-        public.update(top=[blank(r) for r in board["top"]], rows=[blank(r) for r in board["rows"]],
-                      _index={row[0]: row for row in board["rows"]})
+        public["_index"] = {row[0]: row for row in board["rows"]}
+    if rows and "rows" not in public and "merged" not in public:
+        public["rows"] = _blanked(board["rows"], public["_hidden"])
     return public  # type: ignore[no-any-return]
+
+
+def _blanked(rows: list[list[Any]], hidden: tuple[int, ...]) -> list[list[Any]]:
+    return [[None if i in hidden else v for i, v in enumerate(row)] for row in rows]
 
 
 def board_encoder(
@@ -142,7 +146,7 @@ def board_encoder(
     rows_of = (paging or Paging()) if everyone else None
 
     def encode_board(whole: dict[str, Any]) -> bytes | str:
-        board = public_board(whole) if private else whole
+        board = public_board(whole, rows=rows_of is not None) if private else whole
         if not as_json:
             return _msgpack_frame(board, participant, rows_of)
         frame: dict[str, Any] = {"t": "board", **{k: board[k] for k in _SHARED if k in board}}

@@ -38,6 +38,15 @@ def test_a_participants_frame_has_no_other_riders_heart_rate() -> None:
     assert public_board(board) is public_board(board)  # built once per board
 
 
+def test_rows_are_blanked_only_when_a_view_all_viewer_asks_and_then_blanked_too() -> None:
+    board = _board()
+    frame = msgpack.unpackb(board_encoder("bob", everyone=False, private=True)(board), raw=False)
+    assert frame["top"] == [["ann", 1, 12.5, None, 250.0]] and frame["you"][3] == 151.0
+    assert "rows" not in board["_public"]  # a rider's own board: no row but its own was needed
+    frame = msgpack.unpackb(board_encoder("bob", everyone=True, private=True)(board), raw=False)
+    assert [row[3] for row in frame["rows"]] == [None, None] and frame["you"][3] == 151.0
+
+
 async def _ride(edge: Any, sid: str, rider: str, hr: float) -> None:
     stream = DeviceStream(f"{rider}-strap", rider, sid)
     client = HubClient(f"{edge.ws_url}/v1/devices", [stream],
