@@ -449,3 +449,56 @@ def test_a_flood_of_hellos_in_one_write_is_answered_in_order(edge: Any, session:
         assert all(acked.get(d) == 2 for d in devices), acked
     finally:
         client.close()
+
+
+@pytest.mark.integration
+def test_a_connection_that_sends_messages_is_not_pinged_a_silent_one_is(own_edge: Any, unique_id: str) -> None:
+    """Keepalive pings go only to connections that sent no message for an interval: a device
+    streaming samples shows it is alive by them."""
+    edge, tokens = own_edge(ws_ping_interval_s=0.3, ws_ping_timeout_s=5.0)
+    sid = f"ping-{unique_id}"
+    httpx.post(f"{edge.url}/v1/sessions", json={"id": sid}, headers=tokens.headers()).raise_for_status()
+    clients = {"chatty": RawClient(edge.ws_url, "/v1/devices"), "silent": RawClient(edge.ws_url, "/v1/devices")}
+    pings = {"chatty": 0, "silent": 0}
+
+    def read(name: str, wait_s: float) -> list[dict[str, Any]]:
+        """Messages that come within ``wait_s``; pings are counted and answered."""
+        client, got = clients[name], []
+        client.sock.settimeout(wait_s)
+        try:
+            while True:
+                opcode, payload = client.recv()
+                if opcode == 0x9:
+                    pings[name] += 1
+                    client.send(RawClient.frame(0xA, payload))  # the pong
+                elif opcode == 0x2:
+                    got.append(msgpack.unpackb(payload, raw=False))
+        except TimeoutError:
+            return got
+
+    try:
+        for name, client in clients.items():
+            client.send(RawClient.frame(0x2, pack(_hello(tokens, sid, name))))
+        welcomed: set[str] = set()
+        deadline = time.monotonic() + 30
+        while welcomed != set(clients) and time.monotonic() < deadline:
+            welcomed |= {name for name in clients if any(m["t"] == "welcome" for m in read(name, 0.05))}
+        assert welcomed == set(clients)
+        seq = 0
+
+        def stream(seconds: float) -> None:
+            nonlocal seq
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                seq += 1  # a message every ~0.1 s: more often than the interval
+                clients["chatty"].send(RawClient.frame(0x2, pack({"t": "samples", "device": "chatty", "samples": _rows(seq, seq)})))
+                read("chatty", 0.05)
+                read("silent", 0.05)
+
+        stream(1.0)  # (a ping sent while the welcome was awaited is answered by now)
+        pings = {"chatty": 0, "silent": 0}
+        stream(2.5)  # ~8 ping intervals
+        assert pings["chatty"] == 0 and pings["silent"] >= 3, pings
+    finally:
+        for client in clients.values():
+            client.close()
