@@ -186,6 +186,10 @@ class SessionActor:
         Bad tags raise ``TagError`` and change nothing."""
         return await self._ensure_loop().join(participant, tags)
 
+    async def join_many(self, *, riders: list[tuple[str, dict[str, str] | None]]) -> list[int]:
+        """Several joins in one call (``[participant, tags]`` each); their slots, in order."""
+        return await self._ensure_loop().join_many([(p, t) for p, t in riders])
+
     async def class_clock(self) -> dict[str, Any]:
         """The class's phase and clock (what a class shard added later follows)."""
         return self._ensure_loop().class_clock()

@@ -51,7 +51,7 @@ from actors.plan import ClassClock, check_plan
 from actors.replay import Replay, ReplayError, replay_keys
 from actors.profile import ProfileStore
 from storage.redis_url import AsyncRedis
-from actors.session import DeviceBatch, Phase, SessionState
+from actors.session import DeviceBatch, Phase, SessionState, check_tags
 from actors.settings import ActorSettings
 from actors.wire import TickRequest, TickResult
 
@@ -389,6 +389,20 @@ class SessionCell:
             self._want_profiles()
         await self.checkpoint()
         return slot
+
+    async def join_many(self, riders: list[tuple[str, dict[str, str] | None]]) -> list[int]:
+        """Several joins at once (a join surge through one edge): one profile read and one
+        checkpoint for the lot. Every rider's tags are checked before anyone joins (a
+        ``TagError`` changes nothing)."""
+        self.check()
+        checked = [(participant, None if tags is None else check_tags(tags)) for participant, tags in riders]
+        slots = [self.state.join(participant, tags) for participant, tags in checked]
+        participants = list(dict.fromkeys(participant for participant, _ in checked))
+        if not await self._load_profiles(participants):
+            self._unprofiled.update(participants)
+            self._want_profiles()
+        await self.checkpoint()
+        return slots
 
     def member(self, participant: str) -> bool:
         """True if ``participant`` joined this class (left riders too: its roster, O(1))."""

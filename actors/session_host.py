@@ -271,6 +271,10 @@ class SessionHost:
                    overrides: dict[str, Any] | None = None) -> int:
         return await (await self._cell(session, overrides)).join(participant, tags)
 
+    async def join_many(self, *, session: str, riders: list[tuple[str, dict[str, str] | None]],
+                        overrides: dict[str, Any] | None = None) -> list[int]:
+        return await (await self._cell(session, overrides)).join_many([(p, t) for p, t in riders])
+
     async def class_clock(self, *, session: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         return (await self._cell(session, overrides)).class_clock()
 

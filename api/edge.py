@@ -17,6 +17,7 @@ from storage.redis_url import AsyncRedis, connect
 from api.admission import Admission
 from api.auth import Principal, TokenKind
 from api.errors import Forbidden, UnknownSession
+from api.joins import JoinBatcher
 from api.limits import ConnectionLimits
 from api.pump import SessionPump
 from api.scopes import Gate, authorise_board, authorise_read, reader_of, roster_of
@@ -54,6 +55,7 @@ class Edge:
         # so. A roster only grows (a rider who left stays on it, ``SessionCell.member``), so
         # a rider's board socket after its join through this edge costs no actor call.
         self._rosters: dict[str, set[str]] = {}
+        self.joins = JoinBatcher(self.call)  # a class's joins that come together: one actor call
 
     def note_member(self, session_id: str, rider: str) -> None:
         roster = self._rosters.pop(session_id, None)  # (re-inserted: the most recently used last)
@@ -188,6 +190,7 @@ class Edge:
 
     async def close(self) -> None:
         await asyncio.gather(*(p.stop() for p in self.pumps.values()))
+        await self.joins.close()
         await self.admission.close()
         await self.channel.close()
         await asyncio.to_thread(self.directory.close)

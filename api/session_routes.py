@@ -142,12 +142,11 @@ def install(app: FastAPI, settings: Settings) -> None:
     async def join(session_id: str, body: JoinRequest, who: Caller, request: Request) -> dict[str, Any]:
         edge = edge_of(request)
         edge.gate.check(who, authorise_membership, session_id, body.participant, where=where_of(request), peer=peer_of(request))
-        extra = {} if body.tags is None else {"tags": body.tags}  # old actors take no tags
         await edge.require(session_id)
         position = await edge.admission.admit(session_id, body.participant)
         if position:
             raise Queued(position, edge.admission.retry_after_s(position))
-        slot = await edge.call(session_id, "join", participant=body.participant, **extra)
+        slot = await edge.joins.join(session_id, body.participant, body.tags)  # (batched with others: api/joins.py)
         edge.note_member(session_id, body.participant)
         try:
             await edge.riders_joined(session_id, [body.participant])

@@ -225,6 +225,8 @@ class ShardedHandle:
     async def call(self, method: str, **kwargs: Any) -> Any:
         if method in ("endpoint", "tick_wire", "tick"):
             raise TypeError(f"{method}: a sharded class's data path goes to its shards (api/class_ticks.py)")
+        if method == "join_many":
+            return await self._join_many(kwargs["riders"])
         participant = kwargs.get("participant")
         if isinstance(participant, str):
             placed = await self.place([participant], assign=method not in _NOT_PLACED)
@@ -236,6 +238,20 @@ class ShardedHandle:
         results = await asyncio.gather(*(self._call_shard(i, method, kwargs) for i in range(self.shards)))
         self.answered = True
         return _MERGERS.get(method, _first)(self.session_id, results)
+
+    async def _join_many(self, riders: Sequence[tuple[str, Any]]) -> list[int]:
+        """Each rider's join on its shard: one ``join_many`` per shard, the slots in order."""
+        placed = await self.place([p for p, _ in riders])
+        by_shard: dict[int, list[int]] = {}
+        for k, (participant, _) in enumerate(riders):
+            by_shard.setdefault(placed[participant], []).append(k)
+        answers = await asyncio.gather(*(self._call_shard(shard, "join_many", {"riders": [riders[k] for k in ks]})
+                                         for shard, ks in by_shard.items()))
+        slots = [0] * len(riders)
+        for ks, got in zip(by_shard.values(), answers, strict=True):
+            for k, slot in zip(ks, got, strict=True):
+                slots[k] = slot
+        return slots
 
     async def _call_shard(self, index: int, method: str, kwargs: Mapping[str, Any]) -> Any:
         handle = await self.shard(index)
