@@ -34,6 +34,12 @@ def init_ray(settings: Settings) -> None:
         # per class, one per class ever served. Keep the newest 1,000 (the state API's view
         # of dead actors is all that reads them; docs/benchmarks.md "Memory over 200 classes").
         os.environ.setdefault("RAY_maximum_gcs_destroyed_actor_cached_count", "1000")
+        # The dashboard agent's reporter reads every worker process's CPU and memory (psutil)
+        # every 5 s for Ray's dashboard and node metrics, which pulseline does not use (its
+        # own /metrics has what it needs): with a process per class its cost grows with the
+        # classes (0.01 cores at 10 classes, 0.02 at 30). Every 30 s instead; Ray's node
+        # metrics (``ray_metrics_export_port``) then move in 30 s steps.
+        os.environ.setdefault("REPORTER_UPDATE_INTERVAL_MS", "30000")
         ray.init(
             address="local",  # always a fresh instance; never join a Ray someone else started
             num_cpus=max(2, os.cpu_count() or 2),
