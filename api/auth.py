@@ -325,12 +325,22 @@ def _reason_for(exc: Exception) -> AuthReason:
     return AuthReason.MALFORMED
 
 
+VERIFIED_TOKENS = 20_000  # tokens a verifier remembers having verified (the oldest go first)
+VERIFIED_FOR_S = 60.0  # ... for at most this long (and never past the token's expiry)
+
+
 class TokenVerifier:
     """Turns a bearer token into a ``Principal`` (or ``Unauthorised``).
 
     ``keys`` (the issuer's JWKS) need ``issuer``: tokens they verify must name it exactly
     in ``iss``; a verifier with keys and no issuer is refused (``ValueError``) rather than
     accepting issuer-signed tokens whatever their ``iss``.
+
+    A token it has verified is remembered (the exact token string) for up to
+    ``VERIFIED_FOR_S`` and never past its ``exp`` (plus the leeway): the same token again —
+    an operator's on every join, a phone reconnecting after a network blip — costs no
+    signature check. So a key withdrawn from the issuer's JWKS stops being accepted for
+    tokens seen in the last minute within a minute, not at once.
     """
 
     def __init__(
@@ -349,10 +359,17 @@ class TokenVerifier:
         self.secret = secret
         self.issuer = issuer
         self.keys = keys
+        self._verified: dict[str, tuple[Principal, float]] = {}  # token -> (principal, valid until)
 
     async def verify(self, token: str | None) -> Principal:
         if not token:
             raise Unauthorised(AuthReason.MISSING, "a bearer token is required")
+        now = time.time()
+        known = self._verified.get(token)
+        if known is not None:
+            if now < known[1]:
+                return known[0]
+            del self._verified[token]
         try:
             claims = await self._decode(token)
         except (Unauthorised, Unavailable):
@@ -360,7 +377,11 @@ class TokenVerifier:
         except Exception as exc:  # PyJWT, cryptography and binascii all raise their own kinds
             reason = _reason_for(exc)
             raise Unauthorised(reason, f"token refused: {reason.value}") from None
-        return principal_from_claims(claims, _token_id(token, claims))
+        principal = principal_from_claims(claims, _token_id(token, claims))
+        if len(self._verified) >= VERIFIED_TOKENS:
+            del self._verified[next(iter(self._verified))]
+        self._verified[token] = (principal, min(principal.expires_at + self.leeway_s, now + VERIFIED_FOR_S))
+        return principal
 
     async def _decode(self, token: str) -> dict[str, Any]:
         header = jwt.get_unverified_header(token)
