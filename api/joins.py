@@ -49,6 +49,7 @@ class JoinBatcher:
         return await answer
 
     async def _drain(self, session_id: str) -> None:
+        live: list[tuple[str, dict[str, str] | None, asyncio.Future[int]]] = []
         try:
             while True:
                 waiting = self._waiting.get(session_id)
@@ -74,7 +75,7 @@ class JoinBatcher:
                         answer.set_result(slot)
         finally:
             self._busy.discard(session_id)
-            for _, _, answer in self._waiting.pop(session_id, []):  # (only if this task was cancelled)
+            for _, _, answer in [*live, *self._waiting.pop(session_id, [])]:  # (only if this task was cancelled)
                 if not answer.done():
                     answer.cancel()
 
