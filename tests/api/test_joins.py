@@ -54,3 +54,57 @@ def test_a_burst_of_joins_is_batched_and_every_rider_joins_once(own_edge: Any, u
         assert len(snap["shards"]) == 3 and all(s["participants"] > 0 for s in snap["shards"])
     else:  # one roster: every slot once
         assert sorted(a["slot"] for a in answers) == list(range(1, RIDERS + 1))
+
+
+class _Class:
+    """What the batcher calls (``Edge.call``'s signature), answering like a class would: a
+    slot per rider, or an error for the whole call; ``join_many`` only if ``batches``."""
+
+    def __init__(self, *, batches: bool = True, fail: Exception | None = None) -> None:
+        self.batches, self.fail = batches, fail
+        self.slots: dict[str, int] = {}
+        self.calls: list[tuple[str, int]] = []
+
+    async def __call__(self, session_id: str, method: str, **kwargs: Any) -> Any:
+        await asyncio.sleep(0.01)  # a call takes a while: joins pile up behind it
+        riders = [p for p, _ in kwargs["riders"]] if method == "join_many" else [kwargs["participant"]]
+        self.calls.append((method, len(riders)))
+        if method == "join_many" and not self.batches:
+            raise AttributeError("join_many")  # an actor started by an older version
+        if self.fail is not None:
+            raise self.fail
+        out = [self.slots.setdefault(p, len(self.slots)) for p in riders]
+        return out if method == "join_many" else out[0]
+
+
+@pytest.mark.parametrize("batches", [True, False])
+def test_the_batcher_answers_every_rider_as_one_call_each_would(batches: bool) -> None:
+    from api.joins import JoinBatcher
+
+    klass = _Class(batches=batches)
+    batcher = JoinBatcher(klass)
+
+    async def scenario() -> list[int]:
+        return list(await asyncio.gather(*(batcher.join("c", f"r{k}", None) for k in range(30)), batcher.join("c", "r3", None)))
+
+    slots = asyncio.run(scenario())
+    assert slots[:30] == list(range(30)) and slots[30] == 3
+    if batches:
+        assert sum(n for _, n in klass.calls) == 31 and len(klass.calls) < 31
+    else:  # every rider still joined, one by one after the refused batch
+        assert sum(n for m, n in klass.calls if m == "join") == 31
+
+
+def test_a_failed_call_fails_every_rider_of_its_batch_and_the_next_batch_goes_on() -> None:
+    from api.joins import JoinBatcher
+
+    klass = _Class(fail=TimeoutError("the class did not answer"))
+    batcher = JoinBatcher(klass)
+
+    async def scenario() -> tuple[list[Any], int]:
+        failed = await asyncio.gather(*(batcher.join("c", f"r{k}", None) for k in range(5)), return_exceptions=True)
+        klass.fail = None
+        return list(failed), await batcher.join("c", "late", None)
+
+    failed, slot = asyncio.run(scenario())
+    assert all(isinstance(f, TimeoutError) for f in failed) and slot == 0
