@@ -156,6 +156,7 @@ class SessionPump:
         self._tick_began = 0.0  # monotonic time the last tick began
         self._nap: asyncio.Future[None] | None = None  # the wait before the next tick (``_hurry`` ends it early)
         self._hurried = False  # ``_hurry`` has already brought this wait's end forward
+        self._hurry_next = False  # ``_hurry`` came during a tick: the wait after it is short
         self._task: asyncio.Task[None] | None = None
         self.state = PumpState.IDLE
 
@@ -348,6 +349,9 @@ class SessionPump:
 
     async def _wait(self, wait: float) -> None:
         """Sleep ``wait`` s before the next tick, unless ``_hurry`` ends it sooner."""
+        if self._hurry_next:  # someone came during the tick that just ended (it did not carry them)
+            self._hurry_next = False
+            wait = min(wait, self._tick_began + self.tick_interval_s - time.monotonic())
         if wait <= 0:
             return
         loop = asyncio.get_running_loop()
@@ -365,8 +369,11 @@ class SessionPump:
         wait before the next one, but not sooner than ``tick_interval_s`` after the last
         tick began (a burst of joins costs at most one tick per ``tick_interval_s``)."""
         nap = self._nap
-        if nap is None or nap.done() or self._hurried:
-            return  # ticking now (its answer welcomes the device), backing off (``_wake`` ends that), or hurried
+        if nap is None:  # ticking now (or backing off: ``_wake`` ends that): the next wait is short
+            self._hurry_next = True
+            return
+        if nap.done() or self._hurried:
+            return
         self._hurried = True
         delay = self._tick_began + self.tick_interval_s - time.monotonic()
         if delay <= 0:
