@@ -325,23 +325,32 @@ class WebhookDispatcher:
 
     async def _fan_out(self, stream: str, batch: Sequence[tuple[str, Mapping[Any, Any]]]) -> None:
         """One read's entries (up to 50): the subscriptions are read once for all of them (a
-        class's start publishes thousands of ``rider.joined`` at once), every delivery
-        attempted, then the entries acknowledged in one ``XACK``."""
+        class's start publishes thousands of ``rider.joined`` at once); each subscription
+        gets its events in stream order, one after the other (subscriptions side by side),
+        then the entries are acknowledged in one ``XACK``."""
         try:
             subscriptions = await self.store.subscriptions()
             now = time.time()
-            attempts, owners = [], []  # (owners[i]: the stream id of attempts[i])
+            chains: dict[str, list[tuple[str, dict[str, Any]]]] = {}  # subscription -> (stream id, delivery)
             for stream_id, fields in batch:
                 event = webhook_event(fields, stream_id)
                 if event is None:
                     continue
                 for sub in subscriptions:
                     if sub.wants(event["type"]):
-                        attempts.append(self._attempt({"delivery": "dlv_" + uuid.uuid4().hex[:16], "subscription": sub.id,
-                                                       "event": event, "attempt": 1, "first_at": now}))
-                        owners.append(stream_id)
-            outcomes = await asyncio.gather(*attempts, return_exceptions=True)
-            failed = {owner: out for owner, out in zip(owners, outcomes) if isinstance(out, BaseException)}
+                        chains.setdefault(sub.id, []).append((stream_id, {
+                            "delivery": "dlv_" + uuid.uuid4().hex[:16], "subscription": sub.id,
+                            "event": event, "attempt": 1, "first_at": now}))
+            failed: dict[str, BaseException] = {}
+
+            async def in_order(chain: list[tuple[str, dict[str, Any]]]) -> None:
+                for stream_id, delivery in chain:
+                    try:
+                        await self._attempt(delivery)
+                    except Exception as exc:  # this entry stays pending; the next ones still go
+                        failed.setdefault(stream_id, exc)
+
+            await asyncio.gather(*(in_order(chain) for chain in chains.values()))
             done = [stream_id for stream_id, _ in batch if stream_id not in failed]
             if done:
                 await self.client.xack(stream, GROUP, *done)
