@@ -188,7 +188,7 @@ class SessionActor:
 
     async def join_many(self, *, riders: list[tuple[str, dict[str, str] | None]]) -> list[int]:
         """Several joins in one call (``[participant, tags]`` each); their slots, in order."""
-        return await self._ensure_loop().join_many([(p, t) for p, t in riders])
+        return await self._ensure_loop().join_many(riders)
 
     async def class_clock(self) -> dict[str, Any]:
         """The class's phase and clock (what a class shard added later follows)."""

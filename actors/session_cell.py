@@ -40,7 +40,7 @@ import asyncio
 import importlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from storage.checkpoint import CheckpointStore, key_base
@@ -382,22 +382,19 @@ class SessionCell:
         return dict(self.durable)
 
     async def join(self, participant: str, tags: dict[str, str] | None = None) -> int:
-        self.check()
-        slot = self.state.join(participant, tags)
-        if not await self._load_profiles([participant]):  # (a join refreshes the profile)
-            self._unprofiled.add(participant)
-            self._want_profiles()
-        await self.checkpoint()
-        return slot
+        return (await self.join_many([(participant, tags)]))[0]
 
-    async def join_many(self, riders: list[tuple[str, dict[str, str] | None]]) -> list[int]:
-        """Several joins at once (a join surge through one edge): one profile read and one
-        checkpoint for the lot. Every rider's tags are checked before anyone joins (a
-        ``TagError`` changes nothing)."""
+    async def join_many(self, riders: Sequence[Sequence[Any]]) -> list[int]:
+        """Join each ``(participant, tags)`` (a join refreshes the profile): one profile read
+        and one checkpoint for the lot (a join surge through one edge). Every rider's tags
+        are checked before anyone joins, so a ``TagError`` changes nothing."""
         self.check()
-        checked = [(participant, None if tags is None else check_tags(tags)) for participant, tags in riders]
-        slots = [self.state.join(participant, tags) for participant, tags in checked]
-        participants = list(dict.fromkeys(participant for participant, _ in checked))
+        if len(riders) > 1:  # (one rider: ``state.join`` checks before it changes anything)
+            for _, tags in riders:
+                if tags is not None:
+                    check_tags(tags)
+        slots = [self.state.join(participant, tags) for participant, tags in riders]
+        participants = list(dict.fromkeys(participant for participant, _ in riders))
         if not await self._load_profiles(participants):
             self._unprofiled.update(participants)
             self._want_profiles()

@@ -273,7 +273,7 @@ class SessionHost:
 
     async def join_many(self, *, session: str, riders: list[tuple[str, dict[str, str] | None]],
                         overrides: dict[str, Any] | None = None) -> list[int]:
-        return await (await self._cell(session, overrides)).join_many([(p, t) for p, t in riders])
+        return await (await self._cell(session, overrides)).join_many(riders)
 
     async def class_clock(self, *, session: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         return (await self._cell(session, overrides)).class_clock()
