@@ -14,8 +14,8 @@ than ``max_tick_interval_s``, which is also the pace of a class with devices and
 has no board yet does not wait for the next period: it brings the next tick forward to
 ``tick_interval_s`` after the last one began (``_hurry``), so a rider joining a 1 Hz class
 is welcomed within ~0.1 s, not up to a second later, and a burst of joins still costs at
-most one tick per ``tick_interval_s``. A board therefore leaves the edge on the tick that brings it (a viewer's slot
-allows half a tick of slack, ``api/outbox.py``), and one tick costs the same whatever the
+most one tick per ``tick_interval_s``. A board therefore leaves the edge on the tick that
+brings it (a viewer's slot allows half a tick of slack, ``api/outbox.py``), and one tick costs the same whatever the
 number of samples in it, so a class pays for the boards its viewers asked for, not for a
 fixed 10 Hz. (Until 7 Dec 2026 a class ticked twice per period: the same boards, the same
 sample-to-board latency, ~25 % more CPU in all; ``docs/benchmarks.md``, "One tick per board
@@ -154,9 +154,8 @@ class SessionPump:
         self._quiet = 0  # ticks in a row that brought nothing new
         self._pace_s = 0.0  # the wait planned before the next tick (its lag is measured against it)
         self._tick_began = 0.0  # monotonic time the last tick began
-        self._nap: asyncio.Future[None] | None = None  # the wait before the next tick (``_hurry`` ends it early)
-        self._hurried = False  # ``_hurry`` has already brought this wait's end forward
-        self._hurry_next = False  # ``_hurry`` came during a tick: the wait after it is short
+        self._nap: asyncio.Future[None] | None = None  # the wait before the next tick
+        self._soon = False  # someone waits for the next tick (``_hurry``): it comes tick_interval_s after the last
         self._task: asyncio.Task[None] | None = None
         self.state = PumpState.IDLE
 
@@ -314,6 +313,7 @@ class SessionPump:
         SESSION.set(self.session_id)
         while self.state is PumpState.RUNNING:
             started = self._tick_began = time.monotonic()
+            self._soon = False  # (this tick welcomes whoever was waiting; a hello during it sets it again)
             news = False
             try:
                 if self._has_work() or self.viewers:
@@ -344,42 +344,30 @@ class SessionPump:
                 except TimeoutError:
                     pass
             else:
-                await self._wait(wait)
+                await self._wait(self._pace_s)
                 TICK_LAG_SECONDS.observe(max(0.0, time.monotonic() - started - self._pace_s))
 
-    async def _wait(self, wait: float) -> None:
-        """Sleep ``wait`` s before the next tick, unless ``_hurry`` ends it sooner."""
-        if self._hurry_next:  # someone came during the tick that just ended (it did not carry them)
-            self._hurry_next = False
-            wait = min(wait, self._tick_began + self.tick_interval_s - time.monotonic())
-        if wait <= 0:
-            return
+    async def _wait(self, pace_s: float) -> None:
+        """Sleep until ``pace_s`` after the last tick began, or ``tick_interval_s`` after it
+        once someone waits for a tick (``_hurry`` ends the nap and the deadline is re-read)."""
         loop = asyncio.get_running_loop()
-        nap = self._nap = loop.create_future()
-        self._hurried = False
-        timer = loop.call_later(wait, _settle, nap)
-        try:
-            await nap
-        finally:
-            timer.cancel()
-            self._nap = None
+        while (left := self._tick_began + (self.tick_interval_s if self._soon else pace_s) - time.monotonic()) > 0:
+            nap = self._nap = loop.create_future()
+            timer = loop.call_later(left, _settle, nap)
+            try:
+                await nap
+            finally:
+                timer.cancel()
+                self._nap = None
 
     def _hurry(self) -> None:
-        """Someone waits for a tick (a device's ``welcome``, a viewer's first board): end the
-        wait before the next one, but not sooner than ``tick_interval_s`` after the last
-        tick began (a burst of joins costs at most one tick per ``tick_interval_s``)."""
-        nap = self._nap
-        if nap is None:  # ticking now (or backing off: ``_wake`` ends that): the next wait is short
-            self._hurry_next = True
-            return
-        if nap.done() or self._hurried:
-            return
-        self._hurried = True
-        delay = self._tick_began + self.tick_interval_s - time.monotonic()
-        if delay <= 0:
-            nap.set_result(None)
-        else:
-            asyncio.get_running_loop().call_later(delay, _settle, nap)
+        """Someone waits for a tick (a device's ``welcome``, a viewer's first board): the next
+        one comes ``tick_interval_s`` after the last began, not a whole period (a burst of
+        joins costs at most one tick per ``tick_interval_s``)."""
+        if not self._soon:
+            self._soon = True
+            if self._nap is not None:
+                _settle(self._nap)
 
     def _resync_all(self) -> None:
         for link in self.links.values():
