@@ -196,11 +196,20 @@ def test_subscriptions_over_http_and_a_class_that_a_hanging_receiver_cannot_slow
     assert HTTP.delete(f"{base}/{stuck['id']}", headers=ops).status_code == 404
 
 
+async def _all_delivered_and_acknowledged(client: Any, prefix: str, receiver: Receiver, count: int) -> None:
+    from history.events import events_key
+    from history.webhooks import GROUP
+
+    async def drained() -> bool:
+        pending = await client.xpending(events_key(prefix), GROUP)
+        return len(receiver.requests) >= count and pending["pending"] == 0
+    await until(drained, "every rider.joined delivered and acknowledged")
+
+
 def test_a_burst_of_events_is_delivered_once_each_and_left_acknowledged(redis_server: Any, unique_id: str) -> None:
     """A class's start: 230 ``rider.joined`` at once (read 50 at a time, the subscriptions
     once per read): each delivered once, nothing left pending in the group."""
-    from history.events import events_key, publish_rider_events
-    from history.webhooks import GROUP
+    from history.events import publish_rider_events
     from storage.checkpoint import client_for
 
     prefix = f"whb{unique_id}"
@@ -216,11 +225,7 @@ def test_a_burst_of_events_is_delivered_once_each_and_left_acknowledged(redis_se
             await dispatcher.start()
             try:
                 await publish_rider_events(client, prefix, "rider.joined", "c1", riders)
-
-                async def drained() -> bool:
-                    pending = await client.xpending(events_key(prefix), GROUP)
-                    return len(joined.requests) >= len(riders) and pending["pending"] == 0
-                await until(drained, "every rider.joined delivered and acknowledged")
+                await _all_delivered_and_acknowledged(client, prefix, joined, len(riders))
             finally:
                 await dispatcher.stop()
             assert sorted(e["data"]["rider"] for e in joined.events()) == riders
@@ -234,8 +239,8 @@ def test_a_burst_of_events_is_delivered_once_each_and_left_acknowledged(redis_se
 def test_events_that_trickle_in_are_read_in_batches(redis_server: Any, unique_id: str) -> None:
     """A join surge publishes one ``rider.joined`` per rider as they come: the reader gathers
     them (``GATHER_S``) instead of a read, a subscriptions read and an XACK per event."""
-    from history.events import events_key, publish_rider_events
-    from history.webhooks import GATHER_S, GROUP
+    from history.events import publish_rider_events
+    from history.webhooks import GATHER_S
     from storage.checkpoint import client_for
 
     prefix = f"wht{unique_id}"
@@ -253,11 +258,7 @@ def test_events_that_trickle_in_are_read_in_batches(redis_server: Any, unique_id
                 for rider in riders:
                     await publish_rider_events(client, prefix, "rider.joined", "c1", [rider])
                     await asyncio.sleep(spacing_s)
-
-                async def drained() -> bool:
-                    pending = await client.xpending(events_key(prefix), GROUP)
-                    return len(joined.requests) >= len(riders) and pending["pending"] == 0
-                await until(drained, "every rider.joined delivered and acknowledged")
+                await _all_delivered_and_acknowledged(client, prefix, joined, len(riders))
             finally:
                 await dispatcher.stop()
             assert sorted(e["data"]["rider"] for e in joined.events()) == riders
