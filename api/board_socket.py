@@ -15,6 +15,7 @@ everything. (Protocol v1.1 devices get their board on their own connection:
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -25,7 +26,7 @@ from starlette.websockets import WebSocketDisconnect
 from api.auth import Principal, TokenKind
 from api.directws import channel_of
 from api.edge import Edge, edge_of
-from api.errors import AuthError, BadRequest, Forbidden, Unauthorised, Unavailable, UnknownSession
+from api.errors import AuthError, BadRequest, Forbidden, Unauthorised, Unavailable, UnknownSession, classify
 from api.limits import FrameRate, Verdict
 from api.metrics import VIEWER_CONNECTIONS
 from api.outbox import Outbox, close_socket
@@ -33,6 +34,8 @@ from api.scopes import ScopeReason, bearer_token, chosen_subprotocol, peer_of
 from api.viewer import Paging, board_encoder
 from cluster.settings import Settings
 from devices.protocol import Auth, CloseCode, ProtocolError, decode_device_frame
+
+log = logging.getLogger(__name__)
 
 
 def install(app: FastAPI, settings: Settings) -> None:
@@ -106,8 +109,14 @@ async def _board_principal(ws: WebSocket, edge: Edge, session_id: str, peer: str
         await close_socket(ws, code, f"{exc.reason.value}: {exc.message}")
     except (UnknownSession, BadRequest) as exc:
         await close_socket(ws, CloseCode.UNKNOWN_SESSION, exc.message)
-    except Unavailable as exc:
-        await close_socket(ws, CloseCode.TRY_AGAIN, exc.message)
+    except Exception as exc:  # Redis or Ray down or slow (the lookups raise their own errors): 1013, never internals
+        error = classify(exc)
+        if isinstance(error, Unavailable):
+            log.warning("closing a board socket from %s: %s (%s)", peer, error.message, type(exc).__name__)
+            await close_socket(ws, CloseCode.TRY_AGAIN, error.message)
+        else:
+            log.error("a board socket from %s failed: %r", peer, exc)
+            await close_socket(ws, CloseCode.INTERNAL, error.message)
     return None
 
 

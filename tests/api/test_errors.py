@@ -264,6 +264,16 @@ async def _hello_closed(server: EdgeServer, tokens: DevTokenFactory, sid: str) -
     return closed.value.rcvd
 
 
+async def _board_closed(server: EdgeServer, tokens: DevTokenFactory, sid: str) -> Any:
+    """A board socket's close frame (its handshake looks the class up in Redis)."""
+    with pytest.raises(ConnectionClosed) as closed:
+        async with connect(f"{server.ws_url}/v1/sessions/{sid}/board?token={tokens('viewer', sessions=[sid])}") as ws:
+            while True:
+                await asyncio.wait_for(ws.recv(), 20)
+    assert closed.value.rcvd is not None, "closed without a close frame (an unhandled error: 1006)"
+    return closed.value.rcvd
+
+
 @pytest.mark.timeout(120)
 def test_a_dead_redis_gives_503_never_500(private_stack: Any, unique_id: str, run: Any) -> None:
     redis, server, tokens = private_stack
@@ -279,6 +289,8 @@ def test_a_dead_redis_gives_503_never_500(private_stack: Any, unique_id: str, ru
         assert reply.headers["retry-after"] and not INTERNALS.search(reply.text)
     assert _wait_status(f"{server.url}/healthz", 503).status_code == 503  # /healthz is /readyz
     closed = run(_hello_closed(server, tokens, f"unseen-{unique_id}"))
+    assert closed.code == 1013 and "redis" in closed.reason.lower() and not INTERNALS.search(closed.reason)
+    closed = run(_board_closed(server, tokens, f"unseen-{unique_id}"))  # (an unhandled error before: 1006)
     assert closed.code == 1013 and "redis" in closed.reason.lower() and not INTERNALS.search(closed.reason)
     redis.start()  # same port, same data dir: the AOF brings the session back
     assert _wait_status(f"{server.url}/readyz", 200).status_code == 200
