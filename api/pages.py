@@ -199,10 +199,10 @@ def _install_live_list(app: FastAPI) -> None:
         if peer_of(request) not in ("127.0.0.1", "::1"):
             raise Forbidden("loopback_only", "the live list is for loopback clients only")
         edge = request.app.state.edge
-        page = await SessionRecords(edge.directory.redis, prefix=edge.directory.prefix).page(phase=None, limit=500, after=None)
-        running = [m for m in page.sessions if m.get("phase", "lobby") in LIVE_PHASES][-MAX_LIVE_LISTED:]
+        newest = await SessionRecords(edge.directory.redis, prefix=edge.directory.prefix).newest(limit=500)
+        running = [m for m in newest if m.get("phase", "lobby") in LIVE_PHASES][:MAX_LIVE_LISTED]
         classes = []
-        for meta in reversed(running):
+        for meta in running:
             sid = meta.get("id") or ""
             if sid:
                 link = view_path(sid, view_token(edge.settings, sid, ttl_s=edge.settings.view_token_ttl_s))

@@ -171,6 +171,12 @@ class SessionRecords:
         more = await self.redis.zrangebylex(self.index_key, start, "+", 0, 1) if cursor else []
         return Page(found, cursor if more else None)
 
+    async def newest(self, *, limit: int) -> list[dict[str, Any]]:
+        """The ``limit`` most recently created sessions, newest first (whatever their phase)."""
+        members = [_text(m) for m in await self.redis.zrevrangebylex(self.index_key, "+", "-", 0, limit)]
+        metas = await self._metas([m.split("|", 1)[1] for m in members])
+        return [meta for meta in metas if meta is not None]
+
     async def _metas(self, session_ids: list[str]) -> list[dict[str, Any] | None]:
         async with self.redis.pipeline(transaction=False) as pipe:
             for sid in session_ids:
@@ -185,6 +191,12 @@ class SessionRecords:
                 result.append(None)
                 continue
             meta: dict[str, Any] = {_text(k): _text(v) for k, v in raw.items()}
+            for name, kind in (("created_at", float), ("expected_riders", int)):  # as the API's schema says
+                if name in meta:
+                    try:
+                        meta[name] = kind(meta[name])
+                    except ValueError:
+                        pass
             meta["id"] = sid
             meta.setdefault("phase", "lobby")
             meta["expires_in_s"] = ttl if isinstance(ttl, int) and ttl >= 0 else None
