@@ -29,6 +29,7 @@ import { BoardClient } from "/static/pulseline.js";  // the JS client (clients/j
   const you = query.get("participant");
   const history_ = [];      // [board ts, class average power]
   let lastVersion = -1;
+  let lastBoard = null;     // re-rendered when display names arrive
 
   function takeToken() {
     const fragment = new URLSearchParams(location.hash.replace(/^#/, ""));
@@ -57,7 +58,9 @@ import { BoardClient } from "/static/pulseline.js";  // the JS client (clients/j
     try {
       const reply = await fetch(`/v1/sessions/${encodeURIComponent(sid)}/names?riders=${fresh.map(encodeURIComponent).join(",")}`,
                                 { headers: { Authorization: "Bearer " + token } });
-      if (reply.ok) for (const [id, name] of Object.entries((await reply.json()).names || {})) names.set(id, name);
+      let got = 0;
+      if (reply.ok) for (const [id, name] of Object.entries((await reply.json()).names || {})) { names.set(id, name); got += 1; }
+      if (got && lastBoard) render(lastBoard);  // an ended class sends no new board: show the names now
     } catch (e) { /* ids stay on the board */ } finally { asking = false; }
   }
 
@@ -154,6 +157,7 @@ import { BoardClient } from "/static/pulseline.js";  // the JS client (clients/j
   }
 
   function render(board) {
+    lastBoard = board;
     const at = Object.fromEntries(board.cols.map((c, i) => [c, i]));
     const cols = ORDER.filter((c) => c in at);
     renderHead(cols);

@@ -113,6 +113,33 @@ def test_the_board_updates_while_riders_ride_and_the_own_row_is_highlighted(brow
         context.close()
 
 
+def test_an_ended_class_shows_its_riders_names_on_the_final_board(browser: Any, edge: Any, tokens: Any, unique_id: str) -> None:
+    """An ended class that nothing changes any more sends its board once: the display names,
+    which the page asks for after that board, must still reach it (before, they showed only
+    on the next board, which never came)."""
+    from playwright.sync_api import expect
+
+    sid = f"page-ended-{unique_id}"
+    names = [f"eve-{unique_id}", f"fay-{unique_id}"]
+    httpx.put(f"{edge.url}/v1/riders/{names[0]}/profile", json={"display_name": "Eve Ng"},
+              headers=tokens.headers(), timeout=30).raise_for_status()
+    link = _class(edge, tokens, sid, "Done")
+    for name in names:  # joined, never rode: no presence left to change the board later
+        httpx.post(f"{edge.url}/v1/sessions/{sid}/participants", json={"participant": name},
+                   headers=tokens.headers(), timeout=30).raise_for_status()
+    httpx.post(f"{edge.url}/v1/sessions/{sid}/phase", json={"phase": "ended"}, headers=tokens.headers(), timeout=30).raise_for_status()
+    context = browser.new_context(viewport={"width": 1000, "height": 700})
+    page = context.new_page()
+    try:
+        path, fragment = link["url"].split("#", 1)
+        page.goto(f"{edge.url}{path}#{fragment}")
+        expect(page.locator("#body tr")).to_have_count(2, timeout=20000)
+        expect(page.locator("#body td.name", has_text="Eve Ng")).to_have_count(1, timeout=20000)
+        expect(page.locator("#body td.name", has_text=names[1])).to_have_count(1, timeout=20000)  # no name: its id
+    finally:
+        context.close()
+
+
 def test_the_phone_layout_needs_no_horizontal_scroll(browser: Any, edge: Any, tokens: Any, unique_id: str) -> None:
     from playwright.sync_api import expect
 
