@@ -86,7 +86,7 @@ def check_json_body(body: bytes) -> None:
         parsed = json.loads(body, parse_constant=_refuse_constant, parse_float=_finite_float)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         if isinstance(exc, json.JSONDecodeError):
-            message = f"body is not valid JSON: {exc.msg} at {exc.pos}"
+            message = f"body is not valid JSON: {exc.msg} (character {exc.pos})"
         else:
             message = "body is not valid JSON (UTF-8, nesting)"
         raise _Refused(BadRequest(message, status=422, code="bad_json")) from None

@@ -60,6 +60,8 @@ def test_static_assets_have_types_and_the_set_is_closed(edge: Any) -> None:
     assert "innerHTML" not in js.text and "textContent" in js.text
     for name in ("view.html", "../app.py", "..%2Fapp.py", "nope.js"):
         assert httpx.get(f"{edge.url}/static/{name}", timeout=30).status_code == 404
+    icon = httpx.get(f"{edge.url}/favicon.ico", timeout=30)  # every browser asks: no 404 in its console
+    assert icon.status_code == 200 and icon.headers["content-type"] == "image/png" and icon.content[:4] == b"\x89PNG"
 
 
 def test_api_responses_carry_nosniff_and_a_deny_all_csp(edge: Any, tokens: Any) -> None:
