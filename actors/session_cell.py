@@ -58,6 +58,7 @@ from actors.wire import TickRequest, TickResult
 log = logging.getLogger(__name__)
 
 PROFILE_RETRY_S = 1.0
+PERIOD_HELD_S = 5.0  # how long the fastest board period an edge asked for holds without being asked again
 
 ResultsSink = Callable[[Mapping[str, Any], Mapping[str, Any]], Awaitable[Any]]
 
@@ -110,6 +111,8 @@ class SessionCell:
         self.checkpoint_times: list[tuple[float, float]] = []  # (write seconds, lag seconds), up to 1000
         self.checkpoint_failures = 0
         self.ticks_served = 0
+        self._fast_period: float | None = None  # the fastest board period an edge asked for lately
+        self._fast_at = 0.0  # (monotonic) when it was last asked for
         self.samples_applied = 0
         self._write_lock = asyncio.Lock()
         # Leaderboards fed with this class's results once it ends (board names; default none),
@@ -264,7 +267,20 @@ class SessionCell:
             board=self._board(request.known_version) if version != request.known_version else None,
             durable={d: self.durable.get(d, 0) for d in request.want_durable},
             applied=result.applied, duplicates=result.duplicates, id=request.id,
+            class_period_s=self._class_period(request.period_s, time.monotonic()),
         )
+
+    def _class_period(self, period_s: float | None, now: float) -> float | None:
+        """The fastest board period any edge asked for in the last ``PERIOD_HELD_S`` (each
+        edge's ticks say its own): an edge whose viewers are slower, or which has none, ticks
+        at it while it has devices, so that their samples reach the fast viewers on other
+        edges within a period, not within its own slow one."""
+        if period_s is not None and (self._fast_period is None or period_s <= self._fast_period
+                                     or now - self._fast_at > PERIOD_HELD_S):
+            self._fast_period, self._fast_at = period_s, now
+        if self._fast_period is not None and now - self._fast_at > PERIOD_HELD_S:
+            self._fast_period = None  # (the edge that asked for it went quiet)
+        return self._fast_period
 
     def _board(self, known_version: int) -> dict[str, Any]:
         """The class board, or a class shard's board part (``settings.board_parts``: whole, or

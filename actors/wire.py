@@ -16,9 +16,11 @@ Messages (msgpack maps, key ``t`` names the type; numpy columns travel as little
                            whose durable seq is wanted, ``dv`` [[device, participant], ...],
                            ``sd`` int32 device index per sample, ``sq`` int64 seq per sample,
                            ``sv`` float64 (n, 6) ts + metrics (NaN: absent), ``rd``/``rq``
-                           device index and seq of each rejected sample
+                           device index and seq of each rejected sample, ``p`` (optional)
+                           the board period of this edge's fastest viewer (s)
 ``result``     actor->edge ``id``, ``s``, ``e`` epoch, ``v`` board version, ``b`` board or
-                           nil, ``d`` {device: durable seq}, ``a`` applied, ``u`` duplicates
+                           nil, ``d`` {device: durable seq}, ``a`` applied, ``u`` duplicates,
+                           ``cp`` (optional) the fastest board period any edge asked for lately
 ``error``      actor->edge ``id``, ``s``, ``c`` code (``StreamErrorCode``), ``m`` message
 =============  ==========  =================================================================
 
@@ -139,6 +141,7 @@ class TickRequest:
     want_durable: tuple[str, ...] = ()
     known_version: int = -1
     id: int = 0
+    period_s: float | None = None  # the board period of this edge's fastest viewer (None: it has none)
 
     @classmethod
     def from_batches(
@@ -149,6 +152,7 @@ class TickRequest:
         want_durable: Iterable[str] = (),
         known_version: int = -1,
         id: int = 0,
+        period_s: float | None = None,
     ) -> TickRequest:
         """From ``(device, participant, rows, rejected seqs)``, at most one per device."""
         batch_list = list(batches)
@@ -163,6 +167,7 @@ class TickRequest:
             want_durable=tuple(want_durable),
             known_version=known_version,
             id=id,
+            period_s=period_s,
         )
 
     @property
@@ -180,6 +185,10 @@ class TickResult:
     applied: int = 0
     duplicates: int = 0
     id: int = 0
+    # the fastest board period an edge asked for lately (``SessionCell``): an edge whose own
+    # viewers are slower ticks at it while it has devices, so their samples reach the fast
+    # viewers of other edges in time (None: no edge has a viewer)
+    class_period_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,19 +217,25 @@ def encode_message(message: Message) -> bytes:
     """One message as msgpack bytes (no frame header): the Ray path's argument and result."""
     if isinstance(message, TickRequest):
         s = message.samples
-        return _pack({
+        tick = {
             "t": "tick", "id": message.id, "s": message.session, "k": message.known_version,
             "w": list(message.want_durable), "dv": [list(d) for d in message.devices],
             "sd": s.device.astype("<i4", copy=False).tobytes(), "sq": s.seq.astype("<i8", copy=False).tobytes(),
             "sv": s.values.astype("<f8", copy=False).tobytes(),
             "rd": message.rejected_device.astype("<i4", copy=False).tobytes(),
             "rq": message.rejected_seq.astype("<i8", copy=False).tobytes(),
-        })
+        }
+        if message.period_s is not None:  # (optional keys: either side may be the older version)
+            tick["p"] = message.period_s
+        return _pack(tick)
     if isinstance(message, TickResult):
-        return _pack({
+        result = {
             "t": "result", "id": message.id, "s": message.session, "e": message.epoch, "v": message.version,
             "b": message.board, "d": message.durable, "a": message.applied, "u": message.duplicates,
-        })
+        }
+        if message.class_period_s is not None:
+            result["cp"] = message.class_period_s
+        return _pack(result)
     if isinstance(message, StreamError):
         return _pack({"t": "error", "id": message.id, "s": message.session, "c": message.code.value,
                       "m": message.message})
@@ -243,7 +258,7 @@ def decode_message(data: bytes) -> Message:
             return TickResult(
                 session=str(raw["s"]), epoch=int(raw["e"]), version=int(raw["v"]), board=raw["b"],
                 durable={str(k): int(v) for k, v in raw["d"].items()}, applied=int(raw["a"]),
-                duplicates=int(raw["u"]), id=int(raw["id"]),
+                duplicates=int(raw["u"]), id=int(raw["id"]), class_period_s=_period(raw.get("cp")),
             )
         if kind == "error":
             return StreamError(str(raw["s"]), StreamErrorCode(raw["c"]), str(raw["m"]), int(raw["id"]))
@@ -272,7 +287,18 @@ def _decode_tick(raw: dict[str, Any]) -> TickRequest:
         session=str(raw["s"]), devices=devices, samples=SampleColumns(sample_device, seq, values),
         rejected_device=rejected_device, rejected_seq=rejected_seq,
         want_durable=tuple(str(d) for d in raw["w"]), known_version=int(raw["k"]), id=int(raw["id"]),
+        period_s=_period(raw.get("p")),
     )
+
+
+def _period(value: Any) -> float | None:
+    """An optional board period: a positive finite number of seconds, or None."""
+    if value is None:
+        return None
+    period = float(value)
+    if not 0 < period < 3600:  # (NaN fails too)
+        raise WireError(f"board period {value!r} out of range")
+    return period
 
 
 class FrameBuffer:

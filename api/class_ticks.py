@@ -150,9 +150,11 @@ class ClassShardTicks:
             for device, seq in result.durable.items():
                 if seq >= durable.get(device, 0):
                     durable[device] = seq
+        periods = [r.class_period_s for r in results if r.class_period_s is not None]
         return TickResult(session=request.session, epoch=sum(sharded.epochs), version=version, board=board,
                           durable=durable, applied=sum(r.applied for r in results),
-                          duplicates=sum(r.duplicates for r in results), id=request.id)
+                          duplicates=sum(r.duplicates for r in results), id=request.id,
+                          class_period_s=min(periods) if periods else None)
 
     def forget(self, session_id: str) -> None:
         self.plain.discard(session_id)
@@ -189,6 +191,6 @@ def split_tick(request: TickRequest, shards: int, owner: dict[str, int], known: 
                                   request.samples.values[take]),
             rejected_device=renumber[request.rejected_device[drop]], rejected_seq=request.rejected_seq[drop],
             want_durable=tuple(d for d in request.want_durable if owner.get(d, i) == i),
-            known_version=known[i],
+            known_version=known[i], period_s=request.period_s,
         ))
     return requests

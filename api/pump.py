@@ -10,7 +10,11 @@ and the durable seqs of local devices, which become ``ack`` frames.
 How often: once per period of the fastest local viewer (a 10 Hz viewer: every 0.1 s, a
 class of 1 board/s riders: every second), never faster than ``tick_interval_s`` nor slower
 than ``max_tick_interval_s``, which is also the pace of a class with devices and no viewer
-(its acks). A device that says hello (it waits for its ``welcome``) or a viewer that
+(its acks). An edge with devices ticks at least as often as the fastest viewer on *any*
+edge of the class: each tick says the period of this edge's fastest viewer and the class
+answers with the fastest one asked for lately (``SessionCell._class_period``), so the
+samples of riders on an edge of 1 Hz phones reach a 10 Hz studio screen on another edge
+within ~0.1 s, not within a second. A device that says hello (it waits for its ``welcome``) or a viewer that
 has no board yet does not wait for the next period: it brings the next tick forward to
 ``tick_interval_s`` after the last one began (``_hurry``), so a rider joining a 1 Hz class
 is welcomed within ~0.1 s, not up to a second later, and a burst of joins still costs at
@@ -140,6 +144,7 @@ class SessionPump:
         # its board to a 10 Hz screen before the riders' 1 Hz boards of a big class
         self._tiers: dict[float, dict[Outbox, None]] = {}
         self._interval = self.max_tick_interval_s  # (no viewer yet: the slowest pace)
+        self._class_period: float | None = None  # the fastest board period of the class, any edge (its last tick said)
         self.pending: dict[str, _Pending] = {}
         self.pending_count = 0
         self.pending_rows = 0  # valid samples in ``pending`` (counted once per tick)
@@ -251,8 +256,11 @@ class SessionPump:
 
     @property
     def interval_s(self) -> float:
-        """Seconds between ticks: the fastest viewer's period, within the bounds (kept up to
-        date as viewers come and go, not recomputed per tick)."""
+        """Seconds between ticks: the fastest local viewer's period, within the bounds (kept up
+        to date as viewers come and go), or, while devices send through this edge, the fastest
+        period of the class on any edge if that is shorter (their samples must reach it)."""
+        if self._class_period is not None and self.links and self._class_period < self._interval:
+            return max(self.tick_interval_s, self._class_period)
         return self._interval
 
     def _periods_changed(self) -> None:
@@ -383,6 +391,7 @@ class SessionPump:
         request = TickRequest.from_batches(
             self.session_id, ((d, p.participant, p.rows, p.rejected) for d, p in pending.items()),
             want_durable=want, known_version=self.known_version,
+            period_s=self._fastest_period() if self._tiers else None,
         )
         began = time.perf_counter()
         result = await self.channel.tick(request)
@@ -401,6 +410,7 @@ class SessionPump:
             self._resync_all()
             RESYNCS.inc()
         self.epoch = result.epoch
+        self._class_period = result.class_period_s
         self._dispatch_acks(result.durable, batch_at)
         if self.on_join is not None and pending:
             self._report_joins(pending)

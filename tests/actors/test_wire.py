@@ -64,6 +64,22 @@ def test_results_errors_and_hellos_round_trip() -> None:
         assert decode_message(encode_message(message)) == message
 
 
+def test_board_periods_are_optional_both_ways() -> None:
+    """An edge says its fastest viewer's period and the class answers the fastest one asked
+    for; either side may be an older version without them (the keys are left out)."""
+    request = TickRequest.from_batches("s1", [], period_s=0.1)
+    assert decode_message(encode_message(request)).period_s == 0.1  # type: ignore[union-attr]
+    assert b"\xa1p" not in encode_message(_request())  # no period: no key
+    assert decode_message(encode_message(_request())).period_s is None  # type: ignore[union-attr]
+    result = TickResult("s1", 3, 12, None, {}, class_period_s=0.25)
+    assert decode_message(encode_message(result)) == result
+    assert decode_message(encode_message(TickResult("s1", 3, 12, None, {}))).class_period_s is None  # type: ignore[union-attr]
+    for bad in (0, -1, float("nan"), "fast"):
+        raw = msgpack.unpackb(encode_message(request))
+        with pytest.raises(WireError):
+            decode_message(msgpack.packb({**raw, "p": bad}))
+
+
 def test_frames_reassemble_from_every_split() -> None:
     stream = encode_frame(_request()) + encode_frame(Hello("t")) + encode_frame(StreamError("", StreamErrorCode.UNAUTHORISED, "no"))
     for cut in range(len(stream) + 1):
