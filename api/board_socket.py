@@ -43,12 +43,14 @@ def install(app: FastAPI, settings: Settings) -> None:
     async def board(
         ws: WebSocket,
         session_id: str,
-        rate: float = Query(default=1.0),
+        # numbers are taken as text and checked here: a typed parameter that does not parse
+        # refuses the handshake (HTTP 403, no reason) before the socket can say why
+        rate_text: str = Query(default="1", alias="rate"),
         participant: str | None = Query(default=None),
         view: str = Query(default="top"),
         format: str = Query(default="msgpack"),
-        page: int | None = Query(default=None),
-        page_size: int | None = Query(default=None),
+        page_text: str | None = Query(default=None, alias="page"),
+        page_size_text: str | None = Query(default=None, alias="page_size"),
     ) -> None:
         await ws.accept(subprotocol=chosen_subprotocol(ws))
         peer = peer_of(ws)
@@ -63,6 +65,13 @@ def install(app: FastAPI, settings: Settings) -> None:
             if private and participant is not None and participant != who.participant:
                 await close_socket(ws, CloseCode.FORBIDDEN,
                                    f"{ScopeReason.WRONG_PARTICIPANT.value}: a participant's token shows only its own row")
+                return
+            try:
+                rate = float(rate_text)
+                page = None if page_text is None else int(page_text)
+                page_size = None if page_size_text is None else int(page_size_text)
+            except ValueError:
+                await close_socket(ws, CloseCode.PROTOCOL, "rate, page and page_size must be numbers")
                 return
             if not 1.0 <= rate <= settings.max_board_rate_hz or view not in ("top", "all") or format not in ("msgpack", "json"):
                 await close_socket(ws, CloseCode.PROTOCOL, f"rate must be 1-{settings.max_board_rate_hz:g} Hz, view top|all, format msgpack|json")

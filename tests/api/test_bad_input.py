@@ -161,7 +161,9 @@ def test_board_viewers_get_close_codes_for_bad_requests(edge: Any, session: str,
     token = tokens("operator")
 
     async def scenario() -> None:
-        for query, sid, code in (("rate=50", session, 4400), ("rate=0.2", session, 4400), ("view=x", session, 4400), ("rate=5", "nope", 4404)):
+        for query, sid, code in (("rate=50", session, 4400), ("rate=0.2", session, 4400), ("view=x", session, 4400),
+                                 ("rate=abc", session, 4400), ("rate=nan", session, 4400), ("view=all&page=x", session, 4400),
+                                 ("view=all&page_size=1e3", session, 4400), ("rate=5", "nope", 4404)):
             async with connect(f"{edge.ws_url}/v1/sessions/{sid}/board?{query}&token={token}") as ws:
                 await expect_close(ws, code)
 
