@@ -387,6 +387,13 @@ def _status(args: argparse.Namespace) -> int:
     if supervised is not None and not args.json:
         print(format_state(supervised), flush=True)
     stack_ray = supervised.get("ray_address") if supervised and supervised.get("alive") else None  # the stack on --data-dir
+    if supervised is not None and stack_ray is None and not settings.ray_address:
+        # the stack on this data dir is stopped: say so, rather than attach to whatever Ray runs here
+        if args.json:
+            print(json.dumps({"supervisor": supervised}, indent=2), flush=True)
+        print(f"pulseline status: the stack on {settings.data_dir} is not running (start it: pulseline up); "
+              "set RAY_ADDRESS to look at another cluster", file=sys.stderr, flush=True)
+        return 1
     address = settings.ray_address or stack_ray or "auto"
     if address == stack_ray:  # before Ray is imported: it reads this once
         os.environ.setdefault("RAY_AUTH_MODE", "token")  # a local stack's Ray 2.60 default (docs/cluster.md)
@@ -502,8 +509,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "results":
         from launch.results import export_command
 
+        from cluster.supervisor import read_state
+
         settings = _settings(args)
-        return export_command(args, args.redis_url or settings.redis_url, args.prefix or settings.prefix)
+        stack = read_state(settings.data_dir) or {}
+        embedded = stack.get("redis_url") if stack.get("alive") else None  # `pulseline up` on this data dir
+        return export_command(args, args.redis_url or settings.redis_url or embedded, args.prefix or settings.prefix)
     if args.command == "bridge":
         from devices.bridge_cli import main as bridge_main
 

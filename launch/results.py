@@ -29,7 +29,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     export.add_argument("--until", default=None, help="ISO 8601 time or epoch seconds (default: now)")
     export.add_argument("--format", choices=results_stream.FORMATS, default="ndjson", help="output format")
     export.add_argument("--out", default="-", help="output file ('-': stdout, NDJSON only)")
-    export.add_argument("--redis-url", default=None, help="default: REDIS_URL / PULSELINE_REDIS_URL")
+    export.add_argument("--redis-url", default=None,
+                        help="default: REDIS_URL / PULSELINE_REDIS_URL, else the embedded Redis of the stack running on --data-dir")
+    export.add_argument("--data-dir", default=None, help="the data dir of a running `pulseline up` (default: PULSELINE_DATA_DIR or .pulseline)")
     export.add_argument("--prefix", default=None, help="key prefix (default: PULSELINE_PREFIX or pl)")
 
 
@@ -53,7 +55,7 @@ def export_command(args: argparse.Namespace, redis_url: str | None, prefix: str)
         until = parse_time(args.until) if args.until else time.time()
         since = parse_time(args.since) if args.since else until - 86400.0
         if not redis_url:
-            raise ValueError("no Redis: pass --redis-url or set REDIS_URL")
+            raise ValueError("no Redis: pass --redis-url, set REDIS_URL, or start the stack (pulseline up) on --data-dir")
         if args.format == "parquet" and args.out == "-":
             raise ValueError("parquet is binary: pass --out FILE")
     except ValueError as exc:

@@ -138,6 +138,8 @@ def supervise(stack: Stack, edges: EdgeProcesses) -> Supervisor:
     s.data_dir.mkdir(parents=True, exist_ok=True)
     external = ExternalRedis(s.redis_url) if stack.redis is None and s.redis_url else None
     info = {"ray_address": ray.get_runtime_context().gcs_address, "edges": [f"http://{s.host}:{s.port}", *edges.urls]}
+    if stack.redis is not None:  # (for local tools: `pulseline results export` finds it here; loopback, no password)
+        info["redis_url"] = stack.redis.url
     supervisor = Supervisor(backoff_min_s=s.restart_backoff_min_s, backoff_max_s=s.restart_backoff_max_s,
                             state_file=s.data_dir / "supervisor.json", external=external, info=info)
     if stack.redis is not None:

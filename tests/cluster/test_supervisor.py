@@ -237,3 +237,19 @@ def test_up_on_an_external_redis_reports_it_down_and_does_not_restart_it(tmp_pat
         proc.wait(60)
         redis.stop()
     assert proc.returncode == 0, log.read_text()[-3000:]
+
+
+def test_status_of_a_stopped_stack_says_so_and_attaches_to_no_other(tmp_path: Path, monkeypatch: Any, capsys: Any) -> None:
+    """`pulseline status --data-dir D` for a stack that is not running reports it stopped and
+    exits 1; it used to attach to whatever Ray ran on the machine and print that as its own."""
+    from launch.cli import main as cli_main
+
+    for name in ("RAY_ADDRESS", "PULSELINE_RAY_ADDRESS"):
+        monkeypatch.delenv(name, raising=False)
+    (tmp_path / "supervisor.json").write_text(json.dumps({
+        "pid": 2**22 + 1, "ray_address": "127.0.0.1:1", "edges": [], "processes": {
+            "redis-server": {"state": "stopped", "pid": None, "restarts": 0}}}))
+    assert cli_main(["status", "--data-dir", str(tmp_path)]) == 1
+    out = capsys.readouterr()
+    assert "not running" in out.out and "is not running (start it: pulseline up)" in out.err
+    assert "session slots" not in out.out

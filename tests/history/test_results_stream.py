@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -133,3 +134,32 @@ def test_export_writes_a_time_range_as_ndjson_and_parquet(redis_server: Any, uni
     assert "neither an ISO 8601 time" in capsys.readouterr().err
     assert cli_main([*common, "--format", "parquet"]) == 2
     assert cli_main(["results", "export", "--since", "100", "--until", "50", "--redis-url", redis_server.url]) == 2
+
+
+def test_export_finds_the_embedded_redis_of_the_stack_on_its_data_dir(redis_server: Any, unique_id: str, tmp_path: Path,
+                                                                      monkeypatch: Any, capsys: Any) -> None:
+    """Without --redis-url, `results export` reads the Redis of the `pulseline up` running on
+    --data-dir (its supervisor's state file), and says what to do when none runs."""
+    from storage.checkpoint import client_for
+
+    for name in ("REDIS_URL", "PULSELINE_REDIS_URL"):
+        monkeypatch.delenv(name, raising=False)
+    prefix = f"dd{unique_id}"
+
+    async def fill() -> None:
+        client = client_for(redis_server.url)
+        try:
+            await results_stream.publish(client, prefix, entries(3))
+        finally:
+            await client.aclose()
+
+    asyncio.run(fill())
+    state = tmp_path / "supervisor.json"
+    state.write_text(json.dumps({"pid": os.getpid(), "redis_url": redis_server.url, "processes": {}}))  # a live stack
+    out = tmp_path / "r.ndjson"
+    args = ["results", "export", "--since", "0", "--data-dir", str(tmp_path), "--prefix", prefix, "--out", str(out)]
+    assert cli_main(args) == 0
+    assert len(out.read_text().splitlines()) == 3
+    state.write_text(json.dumps({"pid": 2**22 + 1, "redis_url": redis_server.url, "processes": {}}))  # stopped
+    capsys.readouterr()
+    assert cli_main(args) == 2 and "start the stack" in capsys.readouterr().err
