@@ -91,7 +91,11 @@ import { BoardClient } from "/static/pulseline.js";  // the JS client (clients/j
   }
 
   function renderYou(row, at, n) {
-    if (!row) { $("you").hidden = true; return; }
+    if (!row) {  // no viewer of its own, or a rider (?participant=) the class does not have
+      $("you").replaceChildren(document.createTextNode(you === null ? "" : `${you} is not riding in this class (yet)`));
+      $("you").hidden = you === null;
+      return;
+    }
     const parts = [
       document.createTextNode("You: "), cell("strong", `#${row[at.rank]}`), document.createTextNode(` of ${n} · `),
       cell("strong", format("energy_kj", row[at.energy_kj])), document.createTextNode(" kJ"),
@@ -124,7 +128,7 @@ import { BoardClient } from "/static/pulseline.js";  // the JS client (clients/j
       $("plan-left").textContent = plan.class_s ? `· ${clock(plan.class_s)} class` : "";
       $("plan-cue").textContent = "";
     } else {
-      $("plan-kind").textContent = `${plan.kind} (${plan.segment + 1}/${plan.segments})`;
+      $("plan-kind").textContent = `${plan.kind.charAt(0).toUpperCase()}${plan.kind.slice(1)} (${plan.segment + 1}/${plan.segments})`;
       $("plan-left").textContent = `· ${clock(plan.segment_left_s)} left · class ${clock(plan.class_left_s)}`;
       $("plan-cue").textContent = plan.cue || "";
     }

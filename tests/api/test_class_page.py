@@ -132,8 +132,9 @@ def test_an_ended_class_shows_its_riders_names_on_the_final_board(browser: Any, 
     page = context.new_page()
     try:
         path, fragment = link["url"].split("#", 1)
-        page.goto(f"{edge.url}{path}#{fragment}")
+        page.goto(f"{edge.url}{path}?participant=zed#{fragment}")  # (zed never joined: the page says so)
         expect(page.locator("#body tr")).to_have_count(2, timeout=20000)
+        expect(page.locator("#you")).to_have_text("zed is not riding in this class (yet)", timeout=20000)
         expect(page.locator("#body td.name", has_text="Eve Ng")).to_have_count(1, timeout=20000)
         expect(page.locator("#body td.name", has_text=names[1])).to_have_count(1, timeout=20000)  # no name: its id
     finally:
@@ -177,7 +178,7 @@ def test_the_page_shows_the_class_plan_segment_time_left_and_cue(browser: Any, e
     try:
         path, fragment = link["url"].split("#", 1)
         page.goto(f"{edge.url}{path}?participant=Bob#{fragment}")
-        expect(page.locator("#plan-kind")).to_contain_text("warm-up (1/2)", timeout=20000)
+        expect(page.locator("#plan-kind")).to_have_text("Warm-up (1/2)", timeout=20000)
         expect(page.locator("#plan-cue")).to_have_text("Easy <b>spin</b>", timeout=20000)  # text, not HTML
         expect(page.locator("#plan-left")).to_contain_text("left · class", timeout=20000)
         expect(page.locator("#plan-next")).to_have_text("Next: interval — Sprint!", timeout=20000)
