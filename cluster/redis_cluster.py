@@ -281,6 +281,10 @@ class EmbeddedSentinels:
         _wait(lambda: self.master_port() == new.port and _client(new.port).info("replication")["role"] == "master",
               timeout_s, "the sentinels to promote the replica")
         old.start()
+        # the sentinels make it a replica when they next look at it (INFO every 10 s, later on a
+        # busy box: a CI run once waited out 60 s); say it now, as they would, and wait for the sync
+        _wait(lambda: _client(old.port).replicaof("127.0.0.1", new.port) is not None, timeout_s,
+              "the old master to take its new role")
         _wait(lambda: self.replica_in_sync(old.port), timeout_s, "the old master to follow the new one")
 
     def stop(self) -> None:
