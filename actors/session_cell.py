@@ -275,11 +275,10 @@ class SessionCell:
         edge's ticks say its own): an edge whose viewers are slower, or which has none, ticks
         at it while it has devices, so that their samples reach the fast viewers on other
         edges within a period, not within its own slow one."""
-        if period_s is not None and (self._fast_period is None or period_s <= self._fast_period
-                                     or now - self._fast_at > PERIOD_HELD_S):
-            self._fast_period, self._fast_at = period_s, now
         if self._fast_period is not None and now - self._fast_at > PERIOD_HELD_S:
             self._fast_period = None  # (the edge that asked for it went quiet)
+        if period_s is not None and (self._fast_period is None or period_s <= self._fast_period):
+            self._fast_period, self._fast_at = period_s, now
         return self._fast_period
 
     def _board(self, known_version: int) -> dict[str, Any]:

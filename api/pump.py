@@ -15,7 +15,8 @@ edge of the class: each tick says the period of this edge's fastest viewer and t
 answers with the fastest one asked for lately (``SessionCell._class_period``), so the
 samples of riders on an edge of 1 Hz phones reach a 10 Hz studio screen on another edge
 within a tick of each edge (~0.2 s), not within a second (``docs/stream.md``). A device
-that says hello (it waits for its ``welcome``) or a viewer that has no board yet does not wait for the next period: it brings the next tick forward to
+that says hello (it waits for its ``welcome``) or a viewer that has no board yet does not
+wait for the next period: it brings the next tick forward to
 ``tick_interval_s`` after the last one began (``_hurry``), so a rider joining a 1 Hz class
 is welcomed within ~0.1 s, not up to a second later, and a burst of joins still costs at
 most one tick per ``tick_interval_s``. A board therefore leaves the edge on the tick that
