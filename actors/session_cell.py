@@ -41,6 +41,7 @@ import importlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from storage.checkpoint import CheckpointStore, key_base
@@ -59,6 +60,7 @@ log = logging.getLogger(__name__)
 
 PROFILE_RETRY_S = 1.0
 PERIOD_HELD_S = 5.0  # how long the fastest board period an edge asked for holds without being asked again
+BEAT_LEAD_S = 0.02  # how long before the reader's tick (``SessionCell._pace``) the other edges' ticks should arrive
 
 ResultsSink = Callable[[Mapping[str, Any], Mapping[str, Any]], Awaitable[Any]]
 
@@ -75,6 +77,16 @@ def resolve_sink(path: str) -> ResultsSink:
     if not callable(target):
         raise ValueError(f"results sink {path!r} is not callable")
     return target  # type: ignore[no-any-return]
+
+
+@dataclass(slots=True)
+class _EdgeSeen:
+    """One edge's ticks as a class sees them (``SessionCell._pace``)."""
+
+    at: float = 0.0  # (monotonic) its last tick
+    anchor: float = 0.0  # when its ticks come, give or take its period (``SessionCell._pace``)
+    period: float | None = None  # its fastest viewer's board period, when it last had one
+    period_at: float = 0.0  # when it last said it
 
 
 class SessionCell:
@@ -111,8 +123,7 @@ class SessionCell:
         self.checkpoint_times: list[tuple[float, float]] = []  # (write seconds, lag seconds), up to 1000
         self.checkpoint_failures = 0
         self.ticks_served = 0
-        self._fast_period: float | None = None  # the fastest board period an edge asked for lately
-        self._fast_at = 0.0  # (monotonic) when it was last asked for
+        self._edges: dict[str, _EdgeSeen] = {}  # the edges that ticked lately, by id ("": one that does not say)
         self.samples_applied = 0
         self._write_lock = asyncio.Lock()
         # Leaderboards fed with this class's results once it ends (board names; default none),
@@ -262,24 +273,55 @@ class SessionCell:
         if result.applied and self.state.phase is Phase.ENDED:
             self._publish_results()  # late data: the corrected results replace the earlier ones
         version = self.state.version
+        period, beat, edges = self._pace(request, time.monotonic())
         return TickResult(
             session=self.session_id, epoch=self.store.epoch, version=version,
             board=self._board(request.known_version) if version != request.known_version else None,
             durable={d: self.durable.get(d, 0) for d in request.want_durable},
             applied=result.applied, duplicates=result.duplicates, id=request.id,
-            class_period_s=self._class_period(request.period_s, time.monotonic()),
+            class_period_s=period, beat_s=beat, edges=edges,
         )
 
-    def _class_period(self, period_s: float | None, now: float) -> float | None:
-        """The fastest board period any edge asked for in the last ``PERIOD_HELD_S`` (each
-        edge's ticks say its own): an edge whose viewers are slower, or which has none, ticks
-        at it while it has devices, so that their samples reach the fast viewers on other
-        edges within a period, not within its own slow one."""
-        if self._fast_period is not None and now - self._fast_at > PERIOD_HELD_S:
-            self._fast_period = None  # (the edge that asked for it went quiet)
-        if period_s is not None and (self._fast_period is None or period_s <= self._fast_period):
-            self._fast_period, self._fast_at = period_s, now
-        return self._fast_period
+    def _pace(self, request: TickRequest, now: float) -> tuple[float | None, float | None, int]:
+        """The class's pace as this tick's edge should keep it, and how many edges tick it.
+
+        The pace is the fastest board period any edge asked for in the last ``PERIOD_HELD_S``
+        (each edge's ticks say its own): an edge whose viewers are slower, or which has none,
+        ticks at it while it has devices, so that their samples reach the fast viewers of
+        other edges within a period, not within its own slow one. An edge other than the one
+        of that fastest viewer (the *reader*) also gets its beat: the wait until its next
+        tick should arrive here, ``BEAT_LEAD_S`` before the reader's next one, so the reader's
+        board holds its samples (edges that each kept their own clock measured a
+        sample-to-board p99 of ~0.2 s at 10 Hz, ``docs/stream.md``). The reader's ticks are
+        placed by its ``anchor``: a tick that comes early moves it at once, a late one only
+        an eighth of the way (a tick delayed on its edge does not drag the others later)."""
+        edges = self._edges
+        key = request.edge or ""
+        seen = edges.get(key)
+        if seen is None:
+            seen = edges[key] = _EdgeSeen(anchor=now)
+        seen.at = now
+        if request.period_s is not None:
+            period = request.period_s
+            predicted = seen.anchor + round((now - seen.anchor) / period) * period
+            late = now - predicted  # (within half a period either way)
+            seen.anchor = now if late < 0 or seen.period != period else predicted + late / 8
+            seen.period, seen.period_at = period, now
+        else:
+            seen.anchor = now
+        fastest: float | None = None
+        reader = ""
+        for edge, other in list(edges.items()):
+            if now - other.at > PERIOD_HELD_S:
+                del edges[edge]  # (that edge went quiet)
+            elif other.period is not None and now - other.period_at <= PERIOD_HELD_S and (
+                    fastest is None or other.period < fastest or (other.period == fastest and edge < reader)):
+                fastest, reader = other.period, edge
+        count = len(edges)
+        if fastest is None or request.edge is None or key == reader or count < 2:
+            return fastest, None, count
+        lead = min(BEAT_LEAD_S, fastest / 4)
+        return fastest, (edges[reader].anchor - lead - now) % fastest, count
 
     def _board(self, known_version: int) -> dict[str, Any]:
         """The class board, or a class shard's board part (``settings.board_parts``: whole, or

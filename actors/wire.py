@@ -45,6 +45,7 @@ from actors.errors import ActorError
 WIRE_VERSION = 1
 HEADER = struct.Struct(">I")
 MAX_FRAME_BYTES = 64 << 20
+MAX_EDGE_ID = 128  # characters of an edge id (``TickRequest.edge``)
 # The metric columns of a sample after its seq, in wire-row order (devices/protocol.py).
 VALUE_COLUMNS = ("ts", "hr_bpm", "power_w", "cadence_rpm", "speed_mps", "distance_m")
 _ROW_WIDTH = 1 + len(VALUE_COLUMNS)
@@ -142,6 +143,7 @@ class TickRequest:
     known_version: int = -1
     id: int = 0
     period_s: float | None = None  # the board period of this edge's fastest viewer (None: it has none)
+    edge: str | None = None  # which edge sends it (a class keeps its edges' ticks in step; None: not said)
 
     @classmethod
     def from_batches(
@@ -153,6 +155,7 @@ class TickRequest:
         known_version: int = -1,
         id: int = 0,
         period_s: float | None = None,
+        edge: str | None = None,
     ) -> TickRequest:
         """From ``(device, participant, rows, rejected seqs)``, at most one per device."""
         batch_list = list(batches)
@@ -168,6 +171,7 @@ class TickRequest:
             known_version=known_version,
             id=id,
             period_s=period_s,
+            edge=edge,
         )
 
     @property
@@ -189,6 +193,11 @@ class TickResult:
     # viewers are slower ticks at it while it has devices, so their samples reach the fast
     # viewers of other edges in time (None: no edge has a viewer)
     class_period_s: float | None = None
+    # seconds from now until this edge's next tick should reach the class so that the edge
+    # of its fastest viewer, ticking just after it, finds its samples in the board (then
+    # every ``class_period_s``); None: no other edge to keep in step with
+    beat_s: float | None = None
+    edges: int = 1  # the edges that ticked the class lately (more than one: keep in step, ``SessionPump``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,6 +236,8 @@ def encode_message(message: Message) -> bytes:
         }
         if message.period_s is not None:  # (optional keys: either side may be the older version)
             tick["p"] = message.period_s
+        if message.edge is not None:
+            tick["g"] = message.edge
         return _pack(tick)
     if isinstance(message, TickResult):
         result = {
@@ -235,6 +246,10 @@ def encode_message(message: Message) -> bytes:
         }
         if message.class_period_s is not None:
             result["cp"] = message.class_period_s
+        if message.beat_s is not None:
+            result["bt"] = message.beat_s
+        if message.edges != 1:
+            result["n"] = message.edges
         return _pack(result)
     if isinstance(message, StreamError):
         return _pack({"t": "error", "id": message.id, "s": message.session, "c": message.code.value,
@@ -259,6 +274,7 @@ def decode_message(data: bytes) -> Message:
                 session=str(raw["s"]), epoch=int(raw["e"]), version=int(raw["v"]), board=raw["b"],
                 durable={str(k): int(v) for k, v in raw["d"].items()}, applied=int(raw["a"]),
                 duplicates=int(raw["u"]), id=int(raw["id"]), class_period_s=_period(raw.get("cp")),
+                beat_s=_beat(raw.get("bt")), edges=int(raw.get("n", 1)),
             )
         if kind == "error":
             return StreamError(str(raw["s"]), StreamErrorCode(raw["c"]), str(raw["m"]), int(raw["id"]))
@@ -287,7 +303,7 @@ def _decode_tick(raw: dict[str, Any]) -> TickRequest:
         session=str(raw["s"]), devices=devices, samples=SampleColumns(sample_device, seq, values),
         rejected_device=rejected_device, rejected_seq=rejected_seq,
         want_durable=tuple(str(d) for d in raw["w"]), known_version=int(raw["k"]), id=int(raw["id"]),
-        period_s=_period(raw.get("p")),
+        period_s=_period(raw.get("p")), edge=_edge(raw.get("g")),
     )
 
 
@@ -299,6 +315,25 @@ def _period(value: Any) -> float | None:
     if not 0 < period < 3600:  # (NaN fails too)
         raise WireError(f"board period {value!r} out of range")
     return period
+
+
+def _beat(value: Any) -> float | None:
+    """An optional wait before the next tick: a finite number of seconds in [0, 3600), or None."""
+    if value is None:
+        return None
+    beat = float(value)
+    if not 0 <= beat < 3600:  # (NaN fails too)
+        raise WireError(f"tick beat {value!r} out of range")
+    return beat
+
+
+def _edge(value: Any) -> str | None:
+    """An optional edge id: a short string, or None."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > MAX_EDGE_ID:
+        raise WireError(f"edge id {value!r:.80} is not a string of at most {MAX_EDGE_ID} characters")
+    return value
 
 
 class FrameBuffer:

@@ -154,7 +154,9 @@ class ClassShardTicks:
         return TickResult(session=request.session, epoch=sum(sharded.epochs), version=version, board=board,
                           durable=durable, applied=sum(r.applied for r in results),
                           duplicates=sum(r.duplicates for r in results), id=request.id,
-                          class_period_s=min(periods) if periods else None)
+                          class_period_s=min(periods) if periods else None,
+                          beat_s=next((r.beat_s for r in results if r.beat_s is not None), None),
+                          edges=max((r.edges for r in results), default=1))
 
     def forget(self, session_id: str) -> None:
         self.plain.discard(session_id)
@@ -191,6 +193,6 @@ def split_tick(request: TickRequest, shards: int, owner: dict[str, int], known: 
                                   request.samples.values[take]),
             rejected_device=renumber[request.rejected_device[drop]], rejected_seq=request.rejected_seq[drop],
             want_durable=tuple(d for d in request.want_durable if owner.get(d, i) == i),
-            known_version=known[i], period_s=request.period_s,
+            known_version=known[i], period_s=request.period_s, edge=request.edge,
         ))
     return requests

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import secrets
 from typing import Any
 
 from fastapi import Request
@@ -44,6 +45,7 @@ class Edge:
         self.gate = gate
         self.connections = ConnectionLimits(settings)
         self.pumps: dict[str, SessionPump] = {}
+        self.edge_id = secrets.token_hex(6)  # how this edge's ticks name it (a class keeps its edges in step)
         self.ticks = tick_channel(settings.session_transport, directory, timeout_s=settings.session_stream_timeout_s)
         # what pumps tick through: a sharded class's ticks go to its shards (api/class_ticks.py)
         self.channel = ClassShardTicks(self.ticks, directory, board_size=settings.board_size)
@@ -84,6 +86,7 @@ class Edge:
                 channel=self.channel,
                 on_phase=self.record_phase,
                 on_join=self.riders_joined,
+                edge_id=self.edge_id,
             )
             pump.start()
         return pump

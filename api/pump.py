@@ -12,9 +12,11 @@ class of 1 board/s riders: every second), never faster than ``tick_interval_s`` 
 than ``max_tick_interval_s``, which is also the pace of a class with devices and no viewer
 (its acks). An edge with devices ticks at least as often as the fastest viewer on *any*
 edge of the class: each tick says the period of this edge's fastest viewer and the class
-answers with the fastest one asked for lately (``SessionCell._class_period``), so the
-samples of riders on an edge of 1 Hz phones reach a 10 Hz studio screen on another edge
-within a tick of each edge (~0.2 s), not within a second (``docs/stream.md``). A device
+answers with the fastest one asked for lately (``SessionCell._pace``), so the samples of
+riders on an edge of 1 Hz phones reach a 10 Hz studio screen on another edge within about
+a period, not within a second. The class also keeps its edges' ticks in step: an edge other
+than the screen's is given a beat (``TickResult.beat_s``) and ticks on it (``_in_step``),
+just before the screen's edge reads its board (``docs/stream.md``, "Several edges"). A device
 that says hello (it waits for its ``welcome``) or a viewer that has no board yet does not
 wait for the next period: it brings the next tick forward to
 ``tick_interval_s`` after the last one began (``_hurry``), so a rider joining a 1 Hz class
@@ -121,8 +123,10 @@ class SessionPump:
         max_tick_interval_s: float | None = None,
         on_phase: Callable[[str, str], Awaitable[None]] | None = None,
         on_join: Callable[[str, list[str]], Awaitable[None]] | None = None,
+        edge_id: str | None = None,
     ) -> None:
         self.session_id = session_id
+        self.edge_id = edge_id  # named in each tick: the class keeps the ticks of its edges in step
         # called (in the background) when a board shows the class in a new phase: a class
         # plan moves phases by itself, and the edge records them (cluster.session_records)
         self.on_phase = on_phase
@@ -146,6 +150,8 @@ class SessionPump:
         self._tiers: dict[float, dict[Outbox, None]] = {}
         self._interval = self.max_tick_interval_s  # (no viewer yet: the slowest pace)
         self._class_period: float | None = None  # the fastest board period of the class, any edge (its last tick said)
+        self._beat_at: float | None = None  # (monotonic) when the class wants this edge's ticks, give or take a class period
+        self._edges = 1  # the edges that tick the class (its last tick said)
         self.pending: dict[str, _Pending] = {}
         self.pending_count = 0
         self.pending_rows = 0  # valid samples in ``pending`` (counted once per tick)
@@ -160,6 +166,7 @@ class SessionPump:
         self._quiet = 0  # ticks in a row that brought nothing new
         self._pace_s = 0.0  # the wait planned before the next tick (its lag is measured against it)
         self._tick_began = 0.0  # monotonic time the last tick began
+        self._planned: float | None = None  # when the next tick was planned to begin (``_wait``)
         self._nap: asyncio.Future[None] | None = None  # the wait before the next tick
         self._soon = False  # someone waits for the next tick (``_hurry``): it comes tick_interval_s after the last
         self._task: asyncio.Task[None] | None = None
@@ -284,6 +291,32 @@ class SessionPump:
         self._quiet = min(self._quiet + 1, 8)
         return min(max(interval, self._fastest_period()), interval * 2 ** self._quiet)
 
+    def _in_step(self, pace_s: float) -> float:
+        """``pace_s`` moved by less than a class period onto the class's beat (when it gave
+        this edge one, ``SessionCell._pace``): the next tick then reaches the class just
+        before the tick of the edge of its fastest viewer, whose board so holds this edge's
+        samples. Later rather than earlier: at most a quarter of a period sooner."""
+        beat_at, period = self._beat_at, self._class_period
+        if beat_at is None or period is None:
+            return pace_s
+        shift = (beat_at - self._tick_began - pace_s) % period
+        return pace_s + (shift - period if shift >= 0.75 * period else shift)
+
+    def _next_beat(self, started: float) -> float:
+        """When a sample that woke this backing-off pump goes (monotonic). Alone on its class,
+        at once. With other edges, on the class's beat for this edge (or, on the edge of the
+        fastest viewer, on its own pace since ``started``, the last tick): ticking at once
+        would put it out of step, and the samples of the edge that missed its reading would
+        wait a whole period more."""
+        now = time.monotonic()
+        if self._edges < 2:
+            return now
+        beat_at, period = self._beat_at, self._class_period
+        if beat_at is not None and period is not None:
+            return now + (beat_at - now) % period
+        interval = self.interval_s
+        return started + -((started - now) // interval) * interval
+
     @property
     def idle(self) -> bool:
         return not self.links and not self.viewers and not self.pending
@@ -321,7 +354,12 @@ class SessionPump:
         REQUEST_ID.set(None)  # (the task copied the context of the request that made the pump)
         SESSION.set(self.session_id)
         while self.state is PumpState.RUNNING:
-            started = self._tick_began = time.monotonic()
+            now = time.monotonic()
+            planned, self._planned = self._planned, None
+            # on the time planned when the wake-up was only a little late: a class's ticks keep
+            # their cadence instead of each one starting the next period late (other edges keep
+            # in step with it, ``_in_step``)
+            started = self._tick_began = planned if planned is not None and now - planned < self.tick_interval_s / 2 else now
             self._soon = False  # (this tick welcomes whoever was waiting; a hello during it sets it again)
             news = False
             try:
@@ -342,16 +380,22 @@ class SessionPump:
                 self._wake.clear()
                 if not self._has_work():
                     await self._wake.wait()
-                    await asyncio.sleep(self.tick_interval_s)  # gather a tick's worth
+                    # gather a tick's worth, or until the class's beat for this edge
+                    began = time.monotonic()
+                    beat = self._next_beat(began) if self._beat_at is not None and self._edges > 1 else began + self.tick_interval_s
+                    await asyncio.sleep(beat - began)
+                    self._planned = beat
                 continue
-            self._pace_s = self._pace(news)
+            self._pace_s = self._in_step(self._pace(news))
             wait = max(0.0, self._pace_s - (time.monotonic() - started))
-            if self._quiet:  # backing off: a sample ends the wait
+            if self._quiet:  # backing off: a sample ends the wait (on the class's beat, if it gave one)
                 self._wake.clear()
                 try:
                     await asyncio.wait_for(self._wake.wait(), wait)
                 except TimeoutError:
                     pass
+                else:
+                    await self._wait(self._next_beat(started) - started)
             else:
                 await self._wait(self._pace_s)
                 TICK_LAG_SECONDS.observe(max(0.0, time.monotonic() - started - self._pace_s))
@@ -360,7 +404,7 @@ class SessionPump:
         """Sleep until ``pace_s`` after the last tick began, or ``tick_interval_s`` after it
         once someone waits for a tick (``_hurry`` ends the nap and the deadline is re-read)."""
         loop = asyncio.get_running_loop()
-        while (left := self._tick_began + (self.tick_interval_s if self._soon else pace_s) - time.monotonic()) > 0:
+        while (left := (deadline := self._tick_began + (self.tick_interval_s if self._soon else pace_s)) - time.monotonic()) > 0:
             nap = self._nap = loop.create_future()
             timer = loop.call_later(left, _settle, nap)
             try:
@@ -368,6 +412,7 @@ class SessionPump:
             finally:
                 timer.cancel()
                 self._nap = None
+        self._planned = deadline
 
     def _hurry(self) -> None:
         """Someone waits for a tick (a device's ``welcome``, a viewer's first board): the next
@@ -392,7 +437,7 @@ class SessionPump:
         request = TickRequest.from_batches(
             self.session_id, ((d, p.participant, p.rows, p.rejected) for d, p in pending.items()),
             want_durable=want, known_version=self.known_version,
-            period_s=self._fastest_period() if self._tiers else None,
+            period_s=self._fastest_period() if self._tiers else None, edge=self.edge_id,
         )
         began = time.perf_counter()
         result = await self.channel.tick(request)
@@ -412,6 +457,8 @@ class SessionPump:
             RESYNCS.inc()
         self.epoch = result.epoch
         self._class_period = result.class_period_s
+        self._beat_at = None if result.beat_s is None else time.monotonic() + result.beat_s
+        self._edges = result.edges
         self._dispatch_acks(result.durable, batch_at)
         if self.on_join is not None and pending:
             self._report_joins(pending)

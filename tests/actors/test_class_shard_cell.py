@@ -121,3 +121,38 @@ def test_a_sharded_class_publishes_one_class_result_for_the_whole_class(redis_se
             await client.aclose()
 
     asyncio.run(scenario())
+
+
+@pytest.mark.timeout(60)
+def test_a_class_keeps_its_edges_ticks_just_before_the_tick_of_its_fastest_viewers_edge(
+        redis_server: Any, unique_id: str) -> None:
+    """Phones on one edge, a 10 Hz screen on another: the class tells the phones' edge when
+    its ticks should arrive (``BEAT_LEAD_S`` before the screen edge's next tick), never the
+    screen's edge, and no edge at all while only one ticks. A screen tick that comes late
+    moves the beat only an eighth of the way; one that comes early moves it at once."""
+    from actors.session_cell import BEAT_LEAD_S, PERIOD_HELD_S
+
+    async def scenario() -> None:
+        cell = SessionCell(f"beat-{unique_id}", {"redis_url": redis_server.url, "prefix": f"t{unique_id}"})
+
+        def tick(edge: str | None, period: float | None, now: float) -> tuple[float | None, float | None, int]:
+            return cell._pace(TickRequest.from_batches(cell.session_id, [], period_s=period, edge=edge), now)
+
+        assert tick("phones", None, 10.0) == (None, None, 1)  # alone, no viewer anywhere
+        assert tick("phones", 1.0, 10.5) == (1.0, None, 1)  # alone: nothing to keep in step with
+        assert tick("screen", 0.1, 10.62) == (0.1, None, 2)  # the reader: the edge of the fastest viewer
+        period, beat, edges = tick("phones", 1.0, 10.65)
+        assert (period, edges) == (0.1, 2) and beat == pytest.approx((10.62 + 0.1 - BEAT_LEAD_S) - 10.65)  # 0.05
+        assert tick("phones", 1.0, 10.68)[1] == pytest.approx(0.02)  # 0.02 s before its beat
+        tick("screen", 0.1, 10.745)  # 25 ms late: the beat moves 1/8 of it
+        assert tick("phones", 1.0, 10.75)[1] == pytest.approx((10.72 + 0.025 / 8 - BEAT_LEAD_S - 10.75) % 0.1)
+        tick("screen", 0.1, 10.81)  # early: the beat moves with it
+        assert tick("phones", 1.0, 10.85)[1] == pytest.approx((10.81 - BEAT_LEAD_S - 10.85) % 0.1)
+        assert tick(None, None, 10.86)[1:] == (None, 3)  # an edge that does not say which it is gets no beat
+        # two readers asking the same period: one of them (the first by id) leads, the other follows
+        assert tick("another-screen", 0.1, 10.87)[:2] == (0.1, None)  # "another-screen" < "screen"
+        assert tick("screen", 0.1, 10.91)[1] == pytest.approx((10.87 - BEAT_LEAD_S - 10.91) % 0.1)
+        # the screens go quiet: their periods and beats go with them
+        assert tick("phones", None, 10.91 + PERIOD_HELD_S + 0.1) == (None, None, 1)
+
+    asyncio.run(scenario())

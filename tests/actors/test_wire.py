@@ -80,6 +80,25 @@ def test_board_periods_are_optional_both_ways() -> None:
             decode_message(msgpack.packb({**raw, "p": bad}))
 
 
+def test_edge_ids_and_beats_are_optional_both_ways() -> None:
+    """An edge names itself and the class answers the beat to keep; older versions leave
+    the keys out, and a malformed one is refused like any other bad field."""
+    request = TickRequest.from_batches("s1", [], edge="edge-a")
+    assert decode_message(encode_message(request)).edge == "edge-a"  # type: ignore[union-attr]
+    assert b"\xa1g" not in encode_message(_request())
+    assert decode_message(encode_message(_request())).edge is None  # type: ignore[union-attr]
+    result = TickResult("s1", 3, 12, None, {}, class_period_s=0.1, beat_s=0.0375, edges=2)
+    assert decode_message(encode_message(result)) == result
+    plain = decode_message(encode_message(TickResult("s1", 3, 12, None, {})))
+    assert plain.beat_s is None and plain.edges == 1  # type: ignore[union-attr]
+    for bad in (7, "x" * 129, ["edge-a"]):
+        with pytest.raises(WireError):
+            decode_message(msgpack.packb({**msgpack.unpackb(encode_message(request)), "g": bad}))
+    for bad_beat in (-0.01, float("nan"), float("inf"), "soon"):
+        with pytest.raises(WireError):
+            decode_message(msgpack.packb({**msgpack.unpackb(encode_message(result)), "bt": bad_beat}))
+
+
 def test_frames_reassemble_from_every_split() -> None:
     stream = encode_frame(_request()) + encode_frame(Hello("t")) + encode_frame(StreamError("", StreamErrorCode.UNAUTHORISED, "no"))
     for cut in range(len(stream) + 1):

@@ -1,7 +1,8 @@
 """A class's pace is set by its fastest viewer on any edge: an edge that carries only riders'
 phones (1 Hz boards, or none) ticks at a 10 Hz screen's pace while that screen watches from
 another edge, so the phones' samples reach the screen within ~0.1 s, not within a second;
-once the screen is gone the phones' edge goes back to its own pace."""
+once the screen is gone the phones' edge goes back to its own pace. While both tick, the
+phones' edge ticks on the beat the class gives it, just before the screen's edge."""
 
 from __future__ import annotations
 
@@ -57,6 +58,11 @@ def test_an_edge_of_phones_ticks_at_the_pace_of_a_screen_on_another_edge(own_edg
             async with connect(screen_url) as screen:
                 assert (await recv(screen, timeout=20))["t"] == "board"
                 assert await _until(lambda: pump.interval_s == pytest.approx(pump.tick_interval_s), ride, 20), pump.interval_s
+                # and in step with it: the phones' edge ticks on the beat the class gives it,
+                # just before the screen's edge, which leads (it gets none)
+                screen_pump = studio.config.app.state.edge.pumps[sid]
+                assert await _until(lambda: pump._beat_at is not None and pump._edges == 2, ride, 20)
+                assert screen_pump._beat_at is None and screen_pump._edges == 2
             # the screen is gone: once the class no longer holds its period, the phones' edge slows down again
             assert await _until(lambda: pump.interval_s == pytest.approx(pump.max_tick_interval_s), ride, PERIOD_HELD_S + 15), pump.interval_s
 

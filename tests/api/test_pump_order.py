@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from api.outbox import Outbox
 from api.pump import SessionPump
 
@@ -45,3 +47,21 @@ def test_viewers_leaving_take_their_period_with_them() -> None:
     pump.remove_viewer(rider)
     pump.remove_viewer(rider)  # twice: nothing left to remove
     assert pump._in_order() == [] and not pump.viewers
+
+
+def test_a_pump_given_a_beat_moves_its_next_tick_onto_it_by_less_than_a_period() -> None:
+    """The class asks an edge to tick on its beat (just before the edge of its fastest
+    viewer): the next wait is moved later by up to 3/4 of a class period, or sooner by at
+    most a quarter, and stays as it is without a beat."""
+    pump = _pump()
+    pump._tick_began = 100.0
+    assert pump._in_step(0.1) == 0.1  # no beat
+    pump._class_period = 0.1
+    pump._beat_at = 100.0 + 0.13  # the class wants a tick at 100.13 (and 100.23, 100.03, ...)
+    assert pump._in_step(0.1) == pytest.approx(0.13)
+    pump._beat_at = 100.0 + 0.08  # 0.02 s sooner than planned: sooner
+    assert pump._in_step(0.1) == pytest.approx(0.08)
+    pump._beat_at = 100.0 + 0.06  # 0.04 s sooner (more than a quarter period): later instead
+    assert pump._in_step(0.1) == pytest.approx(0.16)
+    pump._beat_at = 100.0 + 0.35  # a beat further away is the same beat a few periods on
+    assert pump._in_step(1.0) == pytest.approx(1.05)
