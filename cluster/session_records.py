@@ -175,6 +175,9 @@ class SessionRecords:
         """The ``limit`` most recently created sessions, newest first (whatever their phase)."""
         members = [_text(m) for m in await self.redis.zrevrangebylex(self.index_key, "+", "-", 0, limit)]
         metas = await self._metas([m.split("|", 1)[1] for m in members])
+        gone = [member for member, meta in zip(members, metas, strict=True) if meta is None]
+        if gone:  # expired or purged: forget them (as ``page`` does)
+            await self.redis.zrem(self.index_key, *gone)
         return [meta for meta in metas if meta is not None]
 
     async def _metas(self, session_ids: list[str]) -> list[dict[str, Any] | None]:

@@ -23,6 +23,8 @@ async def test_newest_lists_the_latest_classes_first_with_typed_fields(redis_ser
 
         newest = await records.newest(limit=4)
         assert [m["id"] for m in newest] == ["c11", "c09", "c08"]
+        assert await client.zcard(records.index_key) == 11  # and dropped from the index
+        assert [m["id"] for m in await records.newest(limit=4)] == ["c11", "c09", "c08", "c07"]
         assert newest[0]["created_at"] == 1_700_000_011.25 and newest[0]["expected_riders"] == 21
         page = await records.page(phase=None, limit=3, after=None)  # the admin list: oldest first, same types
         assert [m["id"] for m in page.sessions] == ["c00", "c01", "c02"]
