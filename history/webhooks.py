@@ -161,12 +161,14 @@ class WebhookStore:
             return None
 
     async def subscriptions(self) -> list[Subscription]:
-        out = []
-        for ident in await self.ids():
-            raw: list[Any] = await self.client.hmget(self.key(ident), ["url", "events", "secret"])  # type: ignore[misc]
-            if raw[0] is not None:
-                out.append(Subscription(ident, _text(raw[0]), tuple(json.loads(raw[1])), _text(raw[2])))
-        return out
+        return [sub for sub in [await self.subscription(i) for i in await self.ids()] if sub is not None]
+
+    async def subscription(self, ident: str) -> Subscription | None:
+        """The subscription with its secret (None: deleted), for a delivery."""
+        raw: list[Any] = await self.client.hmget(self.key(ident), ["url", "events", "secret"])  # type: ignore[misc]
+        if raw[0] is None:
+            return None
+        return Subscription(ident, _text(raw[0]), tuple(json.loads(raw[1])), _text(raw[2]))
 
     async def deliveries(self, ident: str, *, limit: int = 20) -> list[dict[str, Any]]:
         await self.get(ident)
@@ -363,7 +365,7 @@ class WebhookDispatcher:
 
     # -- delivering -----------------------------------------------------------------------
     async def _attempt(self, delivery: dict[str, Any]) -> None:
-        sub = next((s for s in await self.store.subscriptions() if s.id == delivery["subscription"]), None)
+        sub = await self.store.subscription(delivery["subscription"])  # (one read: not every subscription's)
         if sub is None:
             return  # deleted meanwhile
         async with self._slots:
