@@ -380,11 +380,12 @@ class SessionPump:
                 self._wake.clear()
                 if not self._has_work():
                     await self._wake.wait()
-                    # gather a tick's worth, or until the class's beat for this edge
-                    began = time.monotonic()
-                    beat = self._next_beat(began) if self._beat_at is not None and self._edges > 1 else began + self.tick_interval_s
-                    await asyncio.sleep(beat - began)
-                    self._planned = beat
+                    if self._beat_at is not None and self._edges > 1 and not self._soon:
+                        beat = self._next_beat(time.monotonic())  # the class's beat for this edge
+                        await self._nap_until(beat)  # (a hello ends it: ``_hurry``)
+                        self._planned = None if self._soon else beat
+                    else:
+                        await asyncio.sleep(self.tick_interval_s)  # gather a tick's worth
                 continue
             self._pace_s = self._in_step(self._pace(news))
             wait = max(0.0, self._pace_s - (time.monotonic() - started))
@@ -403,16 +404,22 @@ class SessionPump:
     async def _wait(self, pace_s: float) -> None:
         """Sleep until ``pace_s`` after the last tick began, or ``tick_interval_s`` after it
         once someone waits for a tick (``_hurry`` ends the nap and the deadline is re-read)."""
-        loop = asyncio.get_running_loop()
-        while (left := (deadline := self._tick_began + (self.tick_interval_s if self._soon else pace_s)) - time.monotonic()) > 0:
-            nap = self._nap = loop.create_future()
-            timer = loop.call_later(left, _settle, nap)
-            try:
-                await nap
-            finally:
-                timer.cancel()
-                self._nap = None
+        while (deadline := self._tick_began + (self.tick_interval_s if self._soon else pace_s)) > time.monotonic():
+            await self._nap_until(deadline)
         self._planned = deadline
+
+    async def _nap_until(self, deadline: float) -> None:
+        """Sleep until ``deadline`` (monotonic), or until ``_hurry`` ends the nap."""
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        nap = self._nap = asyncio.get_running_loop().create_future()
+        timer = nap.get_loop().call_later(left, _settle, nap)
+        try:
+            await nap
+        finally:
+            timer.cancel()
+            self._nap = None
 
     def _hurry(self) -> None:
         """Someone waits for a tick (a device's ``welcome``, a viewer's first board): the next
