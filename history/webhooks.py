@@ -89,6 +89,7 @@ def check_subscription(url: str, events: Sequence[str], secret: str | None) -> t
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise WebhookError("url must be an absolute http:// or https:// URL")
+    _check_sendable(url)
     wanted = list(dict.fromkeys(events))
     if not wanted:
         raise WebhookError("events must name at least one event type (or '*')")
@@ -100,6 +101,19 @@ def check_subscription(url: str, events: Sequence[str], secret: str | None) -> t
     elif not 16 <= len(secret) <= 256:
         raise WebhookError("secret must be 16 to 256 characters")
     return url, wanted, secret
+
+
+def _check_sendable(url: str) -> None:
+    """A URL the HTTP client can send to: no white space or control characters (``urlsplit``
+    lets them through; httpx refuses some at every delivery and quotes others into the host),
+    a port in range."""
+    if any(c.isspace() or not c.isprintable() for c in url):
+        raise WebhookError("url must not contain white space or control characters")
+    try:
+        httpx.URL(url)
+        urlsplit(url).port  # (a ValueError out of 0-65535)
+    except (httpx.InvalidURL, ValueError) as exc:
+        raise WebhookError(f"url is not a valid URL: {exc}") from None
 
 
 def _text(raw: Any) -> str:
@@ -398,7 +412,7 @@ class WebhookDispatcher:
             return answer.status_code, None if answer.is_success else f"HTTP {answer.status_code}"
         except (TimeoutError, httpx.TimeoutException):
             return None, f"no answer within {self.policy.timeout_s:g} s"
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:  # (InvalidURL: stored before check_subscription refused it)
             return None, f"{type(exc).__name__}: {exc}"[:300]
 
     async def _retry_loop(self) -> None:

@@ -267,3 +267,52 @@ def test_events_that_trickle_in_are_read_in_batches(redis_server: Any, unique_id
         await client.aclose()
 
     asyncio.run(scenario())
+
+
+def test_a_subscription_whose_url_cannot_be_sent_to_fails_alone(redis_server: Any, unique_id: str) -> None:
+    """A stored URL that httpx refuses to build a request for (a NUL, from before the API
+    checked for it) is a failed delivery of that subscription only: the entry is still
+    acknowledged, so the other subscribers get it once and are not sent it again when
+    entries left pending are claimed."""
+    from history.events import events_key
+    from history.webhooks import GROUP
+    from storage.checkpoint import client_for
+
+    prefix = f"whu{unique_id}"
+    policy = DeliveryPolicy(timeout_s=0.5, backoff_s=0.1, max_backoff_s=0.1, retry_window_s=0.3, claim_idle_s=0.2)
+
+    async def scenario() -> None:
+        client = client_for(redis_server.url)
+        store = WebhookStore(client, prefix=prefix)
+        with Receiver([200]) as ok:
+            await store.create(ok.url, ["class.live"], None)
+            ident = (await store.create(ok.url, ["class.live"], None))["id"]
+            await client.hset(store.key(ident), "url", ok.url + "\x00")  # type: ignore[misc]
+            dispatcher = WebhookDispatcher(client, prefix=prefix, policy=policy, poll_s=0.05)
+            await dispatcher.start()
+            try:
+                await publish_event(client, prefix, "class.live", "c1", {"session": "c1", "phase": "live"})
+                await until(lambda: ok.requests, "the delivery to the good subscriber")
+                await asyncio.sleep(1.0)  # claims of entries left pending (every 0.1 s)
+                assert len(ok.requests) == 1, [r["headers"]["Pulseline-Delivery"] for r in ok.requests]
+                assert (await client.xpending(events_key(prefix), GROUP))["pending"] == 0
+
+                async def given_up() -> bool:
+                    return (await store.get(ident))["last_status"] == "failed"
+                await until(given_up, "the unusable URL given up")
+            finally:
+                await dispatcher.stop()
+            bad = await store.deliveries(ident)
+            assert bad[0]["code"] is None and "InvalidURL" in bad[0]["error"], bad
+        await client.aclose()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("url", ["https://example.com/\x00", "http://exa mple.com/", "http://example.com:99999/",
+                                 "http://example.com/\n", "http://ex\u00e4mple.com:x/"])
+def test_a_url_that_cannot_be_sent_to_is_refused(url: str) -> None:
+    from history.webhooks import WebhookError, check_subscription
+
+    with pytest.raises(WebhookError):
+        check_subscription(url, ["*"], None)
