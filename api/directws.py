@@ -42,6 +42,8 @@ from websockets.exceptions import ProtocolError as FrameError
 from websockets.frames import Close, CloseCode, Opcode
 from websockets.protocol import State
 
+from api.metrics import count_close
+
 try:
     from websockets.speedups import apply_mask
 except ImportError:  # pragma: no cover - the wheels ship the C speedups
@@ -253,6 +255,8 @@ class DirectProtocol(WebSocketsSansIOProtocol):
 
     def _fail(self, code: int, reason: str) -> None:
         log.info("closing a WebSocket from %s with %d: %s", self.client, code, reason)
+        if not self.close_sent:  # (after our own close, the outbox counted it)
+            count_close(code)
         self._reader = None
         self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
         if not self.close_sent and not self.transport.is_closing() and self.conn.state is State.OPEN:

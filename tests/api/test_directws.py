@@ -190,6 +190,11 @@ def test_fragments_pings_and_text_frames_on_the_direct_path(edge: Any, session: 
 def test_transport_violations_close_with_the_rfc_code_and_spare_other_devices(
     edge: Any, session: str, tokens: Any, frame: bytes, code: int
 ) -> None:
+    from prometheus_client import REGISTRY
+
+    def closes() -> float:  # (the test edge runs in this process: its counters are these)
+        return REGISTRY.get_sample_value("pulseline_closes_total", {"code": str(code)}) or 0.0
+
     bystander = RawClient(edge.ws_url, "/v1/devices")
     offender = RawClient(edge.ws_url, "/v1/devices")
     try:
@@ -197,8 +202,10 @@ def test_transport_violations_close_with_the_rfc_code_and_spare_other_devices(
         assert bystander.recv_message()["t"] == "welcome"
         offender.send(RawClient.frame(0x2, pack(_hello(tokens, session, "rude"))))
         assert offender.recv_message()["t"] == "welcome"
+        before = closes()
         offender.send(frame)
         assert offender.recv_close()[0] == code
+        assert closes() == before + 1  # pulseline_closes_total counts the edge's transport closes too
         bystander.send(RawClient.frame(0x2, pack({"t": "samples", "device": "calm", "samples": _rows(1, 4)})))
         assert "error" not in _acked_up_to(bystander, "calm", 4)
     finally:
