@@ -191,7 +191,7 @@ import { BoardClient } from "/static/pulseline.js";  // the JS client (clients/j
     }
     renderPlan(board.plan, board.phase);
     $("results").hidden = board.phase !== "ended";
-    $("meta").textContent = `${board.phase} · ${board.n} riders · updated ${new Date(board.ts * 1000).toLocaleTimeString()}`;
+    $("meta").textContent = `${board.phase} · ${board.n} ${board.n === 1 ? "rider" : "riders"} · updated ${new Date(board.ts * 1000).toLocaleTimeString()}`;
   }
 
   function stop(message) {

@@ -141,6 +141,22 @@ def test_an_ended_class_shows_its_riders_names_on_the_final_board(browser: Any, 
         context.close()
 
 
+def test_a_class_of_one_says_one_rider(browser: Any, edge: Any, tokens: Any, unique_id: str) -> None:
+    from playwright.sync_api import expect
+
+    sid = f"page-one-{unique_id}"
+    link = _class(edge, tokens, sid, "Solo")
+    riders = Riders(edge.ws_url, _hub(tokens, sid, 1), sid, ["Ann"]).start()
+    context = browser.new_context()
+    page = context.new_page()
+    try:
+        page.goto(f"{edge.url}{link['url']}")
+        expect(page.locator("#meta")).to_contain_text("live · 1 rider · updated", timeout=20000)
+    finally:
+        context.close()
+        riders.stop()
+
+
 def test_the_phone_layout_needs_no_horizontal_scroll(browser: Any, edge: Any, tokens: Any, unique_id: str) -> None:
     from playwright.sync_api import expect
 
