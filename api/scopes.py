@@ -54,6 +54,11 @@ class ScopeReason(str, enum.Enum):
     NOT_SAME_PRINCIPAL = "not_same_principal"
 
 
+def _token_of(kind: TokenKind) -> str:
+    """'a viewer token', 'an operator token'."""
+    return f"{'an' if kind.value[0] in 'aeiou' else 'a'} {kind.value} token"
+
+
 def _forbid(reason: ScopeReason, message: str) -> Forbidden:
     return Forbidden(reason, message)
 
@@ -76,7 +81,7 @@ def authorise_write(p: Principal, binding: DeviceBinding, *, hub: str | None = N
         if binding.device not in p.devices:
             raise _forbid(ScopeReason.WRONG_DEVICE, f"device {binding.device!r} is not registered to hub {p.hub!r}")
     else:
-        raise _forbid(ScopeReason.WRONG_KIND, f"a {p.kind.value} token cannot send samples")
+        raise _forbid(ScopeReason.WRONG_KIND, f"{_token_of(p.kind)} cannot send samples")
     _check_session(p, binding.session)
 
 
@@ -90,7 +95,7 @@ def authorise_membership(p: Principal, session: str, participant: str) -> None:
     if p.kind is TokenKind.OPERATOR:
         return
     if p.kind is not TokenKind.PARTICIPANT:
-        raise _forbid(ScopeReason.WRONG_KIND, f"a {p.kind.value} token cannot change a roster")
+        raise _forbid(ScopeReason.WRONG_KIND, f"{_token_of(p.kind)} cannot change a roster")
     if participant != p.participant:
         raise _forbid(ScopeReason.WRONG_PARTICIPANT, f"token is for participant {p.participant!r}")
     _check_session(p, session)
@@ -101,7 +106,7 @@ def authorise_profile(p: Principal, rider: str) -> None:
     if p.kind is TokenKind.OPERATOR:
         return
     if p.kind is not TokenKind.PARTICIPANT:
-        raise _forbid(ScopeReason.WRONG_KIND, f"a {p.kind.value} token cannot read or set rider profiles")
+        raise _forbid(ScopeReason.WRONG_KIND, f"{_token_of(p.kind)} cannot read or set rider profiles")
     if rider != p.participant:
         raise _forbid(ScopeReason.WRONG_PARTICIPANT, f"token is for participant {p.participant!r}")
 
@@ -121,7 +126,7 @@ def reader_of(p: Principal, session: str) -> str:
     """The participant a non-operator token may read ``session`` as, if it is on the roster
     (what ``authorise_read`` checks before the roster: the roster is looked up only then)."""
     if p.kind is not TokenKind.PARTICIPANT:
-        raise _forbid(ScopeReason.WRONG_KIND, f"a {p.kind.value} token cannot read this session")
+        raise _forbid(ScopeReason.WRONG_KIND, f"{_token_of(p.kind)} cannot read this session")
     _check_session(p, session)
     if p.participant is None:  # (the verifier requires it of participant tokens)
         raise _forbid(ScopeReason.WRONG_PARTICIPANT, "a participant token must name its participant")
