@@ -184,8 +184,34 @@ def run_event_loop(choice: str, main: Any) -> Any:
     return asyncio.run(main)
 
 
+def _start_stack(settings: Any) -> tuple[Any, str | None]:
+    """The stack started, or why it could not be (Ray unreachable or refusing us): then
+    nothing of it is left running (``Stack.start`` stops its redis-server)."""
+    from launch.stack import Stack
+
+    address = settings.ray_address
+    problem = _ray_problem(address) if address else None  # (ray.init would retry for minutes)
+    if problem is not None:
+        return None, f"cannot attach to Ray at {address}: {problem}"
+    try:
+        return Stack(settings).start(), None
+    except Exception as exc:  # Ray raises ConnectionError, RuntimeError, auth errors...
+        if not address:
+            return None, f"cannot start Ray: {_last_words(exc)}"
+        return None, (f"cannot attach to Ray at {address}: {_last_words(exc)} (a Ray with token "
+                      "authentication needs RAY_AUTH_MODE=token and its token: docs/cluster.md)")
+
+
+def _last_words(exc: BaseException) -> str:
+    """What went wrong, in one line: Ray's errors wrap the cause's traceback in their text."""
+    cause = exc.__cause__ or exc
+    lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
+    said = lines[-1] if lines else type(cause).__name__
+    return said if len(said) <= 200 else said[:197] + "..."
+
+
 def _run_stack(args: argparse.Namespace, after_start: Any = None) -> int:
-    from launch.stack import EdgeProcesses, Stack, supervise
+    from launch.stack import EdgeProcesses, supervise
 
     from api.auth import InsecureSettings, check_settings
 
@@ -205,10 +231,18 @@ def _run_stack(args: argparse.Namespace, after_start: Any = None) -> int:
     if problem is not None:
         print(f"pulseline: refusing to start: {problem}", file=sys.stderr, flush=True)
         return 2
-    stack = Stack(settings).start()
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        stack, problem = _start_stack(settings)
+    except KeyboardInterrupt:  # stopped while Ray was starting (Stack.start stopped its Redis)
+        stack, problem = None, "stopped while starting"
+    if stack is None:
+        if lock is not None:
+            lock.close()
+        print(f"pulseline: refusing to start: {problem}", file=sys.stderr, flush=True)
+        return 2
     extra = EdgeProcesses(settings)
     supervisor = None
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         for note in stack.notes:
             print(f"pulseline: {note}", file=sys.stderr, flush=True)

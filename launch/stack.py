@@ -44,7 +44,11 @@ class Stack:
         else:
             self.notes.append(f"attached to Redis at {s.redis_url}")
         if not ray.is_initialized():
-            init_ray(s)
+            try:
+                init_ray(s)
+            except BaseException:  # Ray refused (or SIGTERM came): our redis-server must not outlive us
+                self.stop()
+                raise
             self.started_ray = not s.ray_address
         self.notes.append(f"Ray: {'attached to ' + s.ray_address if s.ray_address else 'local instance'}")
         return self
