@@ -16,7 +16,8 @@ within ``timeout_s`` is delivered; anything else is retried after ``backoff_s * 
 then given up. Retries wait in a sorted set in Redis, so they survive an edge restart; a
 stream entry is acknowledged once each of its deliveries succeeded, failed for good or was
 queued for retry (an edge that dies before that leaves it pending: another edge claims it
-after ``claim_idle_s``, so delivery is at least once).
+after ``claim_idle_s``, so delivery is at least once; an edge still delivering a batch keeps
+its entries claimed, however slow a subscriber is, so they are not sent twice meanwhile).
 
 Redis (prefix ``pl``; ``{id}`` hash tags):
 
@@ -340,6 +341,27 @@ class WebhookDispatcher:
         task.add_done_callback(self._tasks.discard)
 
     async def _fan_out(self, stream: str, batch: Sequence[tuple[str, Mapping[Any, Any]]]) -> None:
+        """Deliver one read's entries, holding them as ours until they are acknowledged."""
+        hold = asyncio.get_running_loop().create_task(self._hold(stream, [stream_id for stream_id, _ in batch]))
+        try:
+            await self._deliver(stream, batch)
+        finally:
+            hold.cancel()
+            await asyncio.gather(hold, return_exceptions=True)
+
+    async def _hold(self, stream: str, ids: list[Any]) -> None:
+        """Reset the idle time of a batch in flight every third of ``claim_idle_s``
+        (``XCLAIM ... JUSTID`` to this consumer): a subscriber that times out on each event
+        makes a batch take longer than that, and entries that looked abandoned were claimed
+        (by this edge or another) and sent again to every subscriber."""
+        while True:
+            await asyncio.sleep(self.policy.claim_idle_s / 3)
+            try:
+                await self.client.xclaim(stream, GROUP, self.consumer, 0, ids, justid=True)
+            except Exception as exc:  # (the next try may work; a claim elsewhere is only a duplicate)
+                log.warning("webhooks: holding entries %s..%s of %s failed: %r", ids[0], ids[-1], stream, exc)
+
+    async def _deliver(self, stream: str, batch: Sequence[tuple[str, Mapping[Any, Any]]]) -> None:
         """One read's entries (up to 50): the subscriptions are read once for all of them (a
         class's start publishes thousands of ``rider.joined`` at once); each subscription
         gets its events in stream order, one after the other (subscriptions side by side),

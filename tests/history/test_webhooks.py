@@ -316,3 +316,36 @@ def test_a_url_that_cannot_be_sent_to_is_refused(url: str) -> None:
 
     with pytest.raises(WebhookError):
         check_subscription(url, ["*"], None)
+
+
+def test_a_slow_subscriber_does_not_get_the_others_sent_an_event_twice(redis_server: Any, unique_id: str) -> None:
+    """A read's entries are acknowledged once every subscription's chain is through them; a
+    subscriber that times out on each of them makes that take longer than ``claim_idle_s``.
+    The entries must not look abandoned meanwhile: claimed again, they were fanned out again,
+    to every subscriber (the fast one got each event twice or more)."""
+    from history.events import publish_rider_events
+    from storage.checkpoint import client_for
+
+    prefix = f"whs{unique_id}"
+    riders = [f"r{k}" for k in range(6)]
+    policy = DeliveryPolicy(timeout_s=0.4, backoff_s=30, max_backoff_s=30, retry_window_s=60, claim_idle_s=1.0)
+
+    async def scenario() -> None:
+        client = client_for(redis_server.url)
+        store = WebhookStore(client, prefix=prefix)
+        with Receiver([200]) as fast, Receiver([200], hang_s=1.0) as slow:
+            await store.create(fast.url, ["rider.joined"], None)
+            await store.create(slow.url, ["rider.joined"], None)
+            dispatcher = WebhookDispatcher(client, prefix=prefix, policy=policy, poll_s=0.05)
+            await dispatcher.start()
+            try:
+                await publish_rider_events(client, prefix, "rider.joined", "c1", riders)
+                await _all_delivered_and_acknowledged(client, prefix, fast, len(riders))  # (6 x 0.4 s for the slow one)
+                await asyncio.sleep(1.5)  # a claim of what looked abandoned would have gone out by now
+            finally:
+                await dispatcher.stop()
+            sent = [e["id"] for e in fast.events()]
+            assert len(sent) == len(set(sent)) == len(riders), sorted(sent)
+        await client.aclose()
+
+    asyncio.run(scenario())
