@@ -517,6 +517,14 @@ def _token_problem(args: argparse.Namespace) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _command(argv)
+    except BrokenPipeError:  # `pulseline status | head`: the reader has gone, nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (no second error at exit's flush)
+        return 141  # 128 + SIGPIPE, as a shell reports a command whose pipe closed
+
+
+def _command(argv: list[str] | None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bridge"]:  # its own parser, options included (argparse REMAINDER drops a leading --flag)
