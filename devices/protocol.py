@@ -265,6 +265,10 @@ def _hello(raw: dict[str, Any], max_devices: int) -> Hello:
                 _check_id(entry.get("session"), "session", fatal=True),
             )
         )
+    named = [binding.device for binding in bindings]
+    if len(set(named)) != len(named):
+        twice = sorted({d for d in named if named.count(d) > 1})
+        raise ProtocolError(ErrorCode.BAD_FIELD, f"hello names device(s) {', '.join(twice)[:200]} more than once", fatal=True)
     token = raw.get("token")
     hub = raw.get("hub")
     if token is not None:

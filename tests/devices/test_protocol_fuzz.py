@@ -204,3 +204,19 @@ def test_the_fast_sample_check_takes_the_common_rows() -> None:
     assert validate_sample([1, NOW, float("nan")], NOW) is ErrorCode.BAD_SAMPLE
     assert validate_sample([1, NOW, 260.0], NOW) is ErrorCode.OUT_OF_RANGE
     assert validate_sample([1, float("inf")], NOW) is ErrorCode.BAD_TIMESTAMP
+
+
+def test_a_hello_naming_a_device_twice_is_refused_with_the_device_named() -> None:
+    """One device bound to two riders in one hello was welcomed and the last binding kept
+    silently (its samples counted for the second rider only): now a fatal ``bad_field``."""
+    twice = {"t": "hello", "v": 1, "devices": [{"device": "h1", "participant": "p1", "session": "s"},
+                                              {"device": "h1", "participant": "p2", "session": "s"},
+                                              {"device": "h2", "participant": "p3", "session": "s"}]}
+    try:
+        decode_device_frame(msgpack.packb(twice))
+    except ProtocolError as exc:
+        assert exc.code is ErrorCode.BAD_FIELD and exc.fatal and "h1" in str(exc) and "h2" not in str(exc)
+    else:
+        raise AssertionError("a hello naming h1 twice was accepted")
+    once = {**twice, "devices": twice["devices"][1:]}
+    assert isinstance(decode_device_frame(msgpack.packb(once)), Hello)
