@@ -7,7 +7,8 @@ resource demand that Ray's autoscaler answers with a new node. This module only 
 that placement back from the GCS (no dashboard needed) and *ends* actors:
 
 * ``read_placement(namespace)`` — a ``Placement``: every alive node with its slots
-  (total / used / free, from the GCS resource tables) and the sessions it hosts, plus the
+  (total / used / free, from the GCS resource tables) and the sessions it hosts (a dense
+  host's classes too, as its ``hosted`` call says: ``dense_classes``), plus the
   sessions still waiting for a slot (``PENDING_CREATION`` / ``RESTARTING``: after a node
   loss, or while the autoscaler adds a node).
 * ``passivate(directory, session_id)`` — virtual-actor passivation: checkpoint, then
@@ -32,6 +33,7 @@ from typing import Any
 import ray
 
 from actors.session_actor import actor_name
+from actors.session_host import host_name
 from cluster.class_shards import shard_id
 from cluster.directory import SessionDirectory
 
@@ -39,6 +41,8 @@ log = logging.getLogger(__name__)
 
 SLOT = "session_slot"
 SESSION_PREFIX = actor_name("")
+HOST_PREFIX = host_name("")
+HOSTED_TIMEOUT_S = 2.0  # how long the placement waits for a dense host to list its classes
 WAITING_STATES = frozenset({"DEPENDENCIES_UNREADY", "PENDING_CREATION", "RESTARTING"})
 
 
@@ -59,8 +63,9 @@ class NodeSlots:
     address: str
     slots_total: float
     slots_free: float
-    sessions: tuple[str, ...]
+    sessions: tuple[str, ...]  # its classes: their own actors' and its dense hosts' (below)
     resources: dict[str, float] = field(default_factory=dict)
+    hosts: dict[str, tuple[str, ...]] = field(default_factory=dict)  # its dense hosts and their classes
 
     @property
     def slots_used(self) -> float:
@@ -75,6 +80,7 @@ class NodeSlots:
             "slots_free": self.slots_free,
             "sessions": list(self.sessions),
             "cpus": self.resources.get("CPU", 0.0),
+            "dense_hosts": {host: list(classes) for host, classes in self.hosts.items()},
         }
 
 
@@ -102,8 +108,9 @@ class Placement:
         return {sid: node.node_id for node in self.nodes for sid in node.sessions}
 
 
-def session_actors(namespace: str) -> list[SessionActorInfo]:
-    """Every non-dead session actor of ``namespace``, read from the GCS actor table."""
+def session_actors(namespace: str, prefix: str = SESSION_PREFIX) -> list[SessionActorInfo]:
+    """Every non-dead session actor of ``namespace`` (or, with ``prefix``, every actor named
+    so: ``HOST_PREFIX``, the dense hosts), read from the GCS actor table."""
     from ray._private.state import state  # the GCS tables; ray.util.state needs the dashboard
     # protobuf builds its message classes at import time and Ray ships no stubs for them
     from ray.core.generated.gcs_pb2 import ActorTableData  # type: ignore[attr-defined]
@@ -112,15 +119,40 @@ def session_actors(namespace: str) -> list[SessionActorInfo]:
     found = []
     for raw in accessor.get_actor_table(None, None):
         entry = ActorTableData.FromString(raw)
-        if entry.ray_namespace != namespace or not entry.name.startswith(SESSION_PREFIX):
+        if entry.ray_namespace != namespace or not entry.name.startswith(prefix):
             continue
         status = ActorTableData.ActorState.Name(entry.state)
         if status == "DEAD":
             continue
         node = entry.address.node_id.hex() if entry.address.node_id and status == "ALIVE" else None
         found.append(
-            SessionActorInfo(entry.name[len(SESSION_PREFIX):], status, node, entry.pid, entry.num_restarts)
+            SessionActorInfo(entry.name[len(prefix):], status, node, entry.pid, entry.num_restarts)
         )
+    return found
+
+
+def dense_classes(namespace: str, *, timeout_s: float = HOSTED_TIMEOUT_S) -> dict[str, tuple[str, tuple[str, ...]]]:
+    """The classes each alive dense host holds in memory now: ``{host: (node, classes)}``
+    (one ``hosted`` call per host, all at once; a host that does not answer in time is
+    listed with none)."""
+    hosts = [h for h in session_actors(namespace, HOST_PREFIX) if h.node_id is not None]
+    refs: list[Any] = []
+    for host in list(hosts):
+        try:
+            refs.append(ray.get_actor(host_name(host.session_id), namespace=namespace).hosted.remote())
+        except ValueError:  # (gone since the table was read)
+            hosts.remove(host)
+    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s) if refs else ([], [])
+    answered = set(ready)
+    found: dict[str, tuple[str, tuple[str, ...]]] = {}
+    for host, ref in zip(hosts, refs, strict=True):
+        classes: tuple[str, ...] = ()
+        if ref in answered:
+            try:
+                classes = tuple(ray.get(ref))
+            except Exception:  # noqa: BLE001 - a host restarting: listed, with none for now
+                log.info("dense host %s did not say its classes", host.session_id)
+        found[host.session_id] = (str(host.node_id), classes)
     return found
 
 
@@ -133,6 +165,10 @@ def read_placement(namespace: str) -> Placement:
     for actor in actors:
         if actor.node_id is not None:
             by_node.setdefault(actor.node_id, []).append(actor.session_id)
+    hosts_by_node: dict[str, dict[str, tuple[str, ...]]] = {}
+    for host, (node_id, classes) in dense_classes(namespace).items():
+        hosts_by_node.setdefault(node_id, {})[host] = classes
+        by_node.setdefault(node_id, []).extend(classes)
     available = state.available_resources_per_node()
     nodes = []
     for info in ray.nodes():
@@ -148,6 +184,7 @@ def read_placement(namespace: str) -> Placement:
                 slots_free=float(available.get(node_id, {}).get(SLOT, 0.0)),
                 sessions=tuple(sorted(by_node.get(node_id, []))),
                 resources=total,
+                hosts=hosts_by_node.get(node_id, {}),
             )
         )
     waiting = tuple(a for a in actors if a.state in WAITING_STATES)

@@ -351,6 +351,7 @@ def test_an_idle_dense_class_is_released_by_its_host_and_comes_back(own_edge: An
             (await http.post(f"/v1/sessions/{sid}/phase", json={"phase": "live"})).raise_for_status()
             before = (await http.get(f"/v1/sessions/{sid}")).json()
             pid = (await (await directory.handle(sid)).info.remote())["pid"]
+            status = (await http.get("/v1/cluster/status")).json()  # the class is listed, on its host
             stream = DeviceStream(f"{sid}-d", f"{sid}-p", sid)
             await _ride(server, stream, range(1, 4))
             deadline = time.monotonic() + 60
@@ -362,9 +363,11 @@ def test_an_idle_dense_class_is_released_by_its_host_and_comes_back(own_edge: An
             await _ride(server, again, range(4, 6))
             info = await (await directory.handle(sid)).info.remote()
             snap = (await http.get(f"/v1/sessions/{sid}")).json()
-        return {"released": released, "before": before, "snap": snap, "pid": pid, "info": info}
+        return {"released": released, "before": before, "snap": snap, "pid": pid, "info": info, "status": status}
 
     out = run(scenario(), timeout=180)
+    [node] = [n for n in out["status"]["nodes"] if sid in n["sessions"]]
+    assert [h for h, classes in node["dense_hosts"].items() if sid in classes] == [out["before"]["meta"]["host"]]
     assert out["released"], "the idle dense class stayed in its host's memory"
     assert out["info"]["pid"] == out["pid"] and out["info"]["released_idle"] >= 1  # the host lived on
     assert out["snap"]["phase"] == "live" and out["snap"]["epoch"] > out["before"]["epoch"]
