@@ -39,12 +39,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import ipaddress
 import json
 import logging
 import secrets
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -247,6 +248,64 @@ class DeliveryPolicy:
         return float(min(self.backoff_s * 2 ** max(attempt - 1, 0), self.max_backoff_s))
 
 
+class HostLookups:
+    """One DNS lookup per host at a time, its answer remembered for ``ttl_s``.
+
+    httpx resolves a receiver's host name on every request, in the event loop's few resolver
+    threads (uvloop: libuv's pool of 4). A resolver that never answers then holds each of them
+    for its whole time-out, new deliveries queue behind them, and closing the loop waits for
+    them all: an edge whose webhook host got no DNS answer did not exit on SIGTERM (QA, 7 Dec
+    2026). So a delivery first asks here: a lookup already running is shared, a host that did
+    not resolve fails its deliveries at once for ``ttl_s``, and at most one lookup per host is
+    ever in flight (an IP literal needs none)."""
+
+    def __init__(self, *, ttl_s: float = 30.0, timeout_s: float = 10.0,
+                 resolve: Callable[[str, int], Awaitable[Any]] | None = None) -> None:
+        self.ttl_s = ttl_s
+        self.timeout_s = timeout_s
+        self._resolve = resolve
+        self._known: dict[tuple[str, int], tuple[float, str | None]] = {}  # (host, port) -> (when, error)
+        self._running: dict[tuple[str, int], asyncio.Future[str | None]] = {}
+
+    async def check(self, url: str) -> str | None:
+        """None when the URL's host resolves (or needs no lookup); else why not."""
+        parsed = httpx.URL(url)
+        host, port = parsed.host, parsed.port or (443 if parsed.scheme == "https" else 80)
+        if not host or _is_ip(host):
+            return None
+        key = (host, port)
+        known = self._known.get(key)
+        if known is not None and time.monotonic() - known[0] < self.ttl_s:
+            return known[1]
+        running = self._running.get(key)
+        if running is None:
+            running = self._running[key] = asyncio.ensure_future(self._lookup(host, port))
+            running.add_done_callback(lambda _: self._running.pop(key, None))
+        return await asyncio.shield(running)
+
+    async def _lookup(self, host: str, port: int) -> str | None:
+        resolve = self._resolve or asyncio.get_running_loop().getaddrinfo
+        try:
+            await asyncio.wait_for(resolve(host, port), self.timeout_s)
+            error = None
+        except TimeoutError:
+            error = f"no DNS answer for {host} within {self.timeout_s:g} s"
+        except OSError as exc:
+            error = f"{host} does not resolve: {exc}"[:300]
+        if len(self._known) >= 1024:
+            self._known.clear()  # (bounded: a thousand receivers' hosts)
+        self._known[(host, port)] = (time.monotonic(), error)
+        return error
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
 class WebhookDispatcher:
     """Reads events, delivers them, retries (see the module docstring). One per edge:
     ``start`` / ``stop``; its loops log and go on, never die."""
@@ -259,6 +318,7 @@ class WebhookDispatcher:
         self.policy = policy or DeliveryPolicy()
         self.http = http or httpx.AsyncClient(timeout=self.policy.timeout_s, follow_redirects=False)
         self._owns_http = http is None
+        self.lookups = HostLookups(timeout_s=self.policy.timeout_s)
         self.consumer = f"edge-{uuid.uuid4().hex[:8]}"
         self.streams = (events_key(prefix), results_stream.stream_key(prefix))
         self.poll_s = poll_s
@@ -429,6 +489,9 @@ class WebhookDispatcher:
                    "Pulseline-Event": event["type"], "Pulseline-Delivery": event["id"],
                    SIGNATURE_HEADER: sign(sub.secret, int(time.time()), body)}
         try:
+            unresolved = await self.lookups.check(sub.url)
+            if unresolved is not None:
+                return None, unresolved
             answer = await asyncio.wait_for(self.http.post(sub.url, content=body, headers=headers),
                                             self.policy.timeout_s)
             return answer.status_code, None if answer.is_success else f"HTTP {answer.status_code}"

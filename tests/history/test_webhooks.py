@@ -349,3 +349,31 @@ def test_a_slow_subscriber_does_not_get_the_others_sent_an_event_twice(redis_ser
         await client.aclose()
 
     asyncio.run(scenario())
+
+
+def test_a_host_that_gets_no_dns_answer_is_looked_up_once_at_a_time_and_then_failed_fast() -> None:
+    """A resolver that never answers held a resolver thread per delivery and the edge's
+    shutdown waited for all of them: now one lookup per host is in flight, deliveries share
+    it, and the host fails at once for ``ttl_s`` after it timed out. IP literals and hosts
+    that resolve (the real resolver: localhost) pass."""
+    from history.webhooks import HostLookups
+
+    calls: list[tuple[str, int]] = []
+
+    async def silent(host: str, port: int) -> Any:  # a DNS server that never answers
+        calls.append((host, port))
+        await asyncio.Event().wait()
+
+    async def scenario() -> None:
+        lookups = HostLookups(ttl_s=0.5, timeout_s=0.2, resolve=silent)
+        answers = await asyncio.gather(*(lookups.check("https://hook.example.com/in") for _ in range(20)))
+        assert calls == [("hook.example.com", 443)] and all("no DNS answer" in str(a) for a in answers)
+        assert "no DNS answer" in str(await lookups.check("https://hook.example.com/other"))
+        assert len(calls) == 1  # remembered: no second lookup
+        assert await lookups.check("http://127.0.0.1:9/in") is None and await lookups.check("http://[::1]/in") is None
+        await asyncio.sleep(0.6)  # forgotten after ttl_s: looked up again
+        await lookups.check("https://hook.example.com/in")
+        assert len(calls) == 2
+        assert await HostLookups(timeout_s=5).check("http://localhost:9/in") is None
+
+    asyncio.run(scenario())
