@@ -231,11 +231,14 @@ def _run_stack(args: argparse.Namespace, after_start: Any = None) -> int:
     if problem is not None:
         print(f"pulseline: refusing to start: {problem}", file=sys.stderr, flush=True)
         return 2
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    stop_on_sigterm = lambda *_: (_ for _ in ()).throw(KeyboardInterrupt())  # noqa: E731
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
     try:
         stack, problem = _start_stack(settings)
     except KeyboardInterrupt:  # stopped while Ray was starting (Stack.start stopped its Redis)
         stack, problem = None, "stopped while starting"
+    # again: ray.init installed its own (sys.exit(15), skipping nothing but exiting 15)
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
     if stack is None:
         if lock is not None:
             lock.close()
