@@ -159,6 +159,9 @@ class TokenUnavailable(DevicesError):
     """The token provider failed; the client backs off and asks again."""
 
 
+STALL_S = 5.0  # samples unanswered this long, then a ping unanswered as long: the edge is frozen
+
+
 class HubClient:
     """One WebSocket carrying ``streams``; reconnects until ``close()``."""
 
@@ -174,6 +177,7 @@ class HubClient:
         chunk: int = 500,
         hub: str | None = None,
         board: dict[str, Any] | None = None,
+        stall_s: float = STALL_S,
     ) -> None:
         self.urls = [url] if isinstance(url, str) else list(url)
         if not self.urls:
@@ -198,6 +202,12 @@ class HubClient:
         self.queue_frames = 0
         self.queued_at: float | None = None  # monotonic time of the first queue frame
         self.connects = 0
+        # an edge that holds the connection but answers nothing (frozen, SIGSTOPped): samples
+        # sent and nothing heard for ``stall_s``, and no pong within it either: reconnect,
+        # to the next URL (the server acks at least once a second while samples flow)
+        self.stall_s = stall_s
+        self._unheard_since: float | None = None  # monotonic: the first send since the edge last said anything
+        self.stalls = 0
         self.errors: Counter[str] = Counter()
         self._welcomed: set[str] = set()
         self._closing = False
@@ -267,6 +277,8 @@ class HubClient:
                 await ws.send(encode({"t": "samples", "device": stream.device, "samples": rows[i : i + self.chunk]}))
         except ConnectionClosed:
             return False
+        if rows and self._unheard_since is None:
+            self._unheard_since = time.monotonic()
         return True
 
     async def _run(self) -> None:
@@ -281,11 +293,17 @@ class HubClient:
                     self.ws = ws
                     self.connects += 1
                     backoff = 0.1
-                    streams = list(self.streams.values())
-                    for i in range(0, len(streams), MAX_DEVICES_PER_HELLO):
-                        await ws.send(encode(self._hello_frame(streams[i : i + MAX_DEVICES_PER_HELLO])))
-                    async for message in ws:
-                        await self._handle(msgpack.unpackb(message, raw=False) if isinstance(message, bytes) else {})
+                    self._unheard_since = None
+                    watch = asyncio.get_running_loop().create_task(self._watch(ws))
+                    try:
+                        streams = list(self.streams.values())
+                        for i in range(0, len(streams), MAX_DEVICES_PER_HELLO):
+                            await ws.send(encode(self._hello_frame(streams[i : i + MAX_DEVICES_PER_HELLO])))
+                        async for message in ws:
+                            self._unheard_since = None
+                            await self._handle(msgpack.unpackb(message, raw=False) if isinstance(message, bytes) else {})
+                    finally:
+                        watch.cancel()
             except (OSError, ConnectionClosed, TimeoutError, TokenUnavailable, InvalidHandshake) as exc:
                 # (InvalidHandshake: a refused upgrade, or a server that closed the connection
                 # before its answer — a loaded edge's head timeout — InvalidMessage: try again)
@@ -307,6 +325,26 @@ class HubClient:
                 except TimeoutError:
                     pass
                 backoff = min(backoff * 2, self.max_backoff_s)
+
+    async def _watch(self, ws: ClientConnection) -> None:
+        """Drop a connection whose edge stopped answering: samples went out ``stall_s`` ago
+        and nothing came back since, and a ping gets no pong within ``stall_s`` either (an
+        edge that is only slow to ack, e.g. while Redis is away, answers the ping and
+        keeps its riders). The reconnect goes to the next URL and resends what was not
+        acknowledged."""
+        while True:
+            await asyncio.sleep(min(1.0, self.stall_s / 4))
+            since = self._unheard_since
+            if since is None or time.monotonic() - since < self.stall_s:
+                continue
+            try:
+                await asyncio.wait_for(await ws.ping(), self.stall_s)
+                self._unheard_since = time.monotonic()  # alive: wait another stall_s
+            except (TimeoutError, ConnectionClosed):
+                self.stalls += 1
+                log.warning("edge %s answered nothing for %.0f s: reconnecting", self.url, time.monotonic() - since)
+                ws.transport.abort()
+                return
 
     async def _held_offline(self) -> bool:
         """Hook for subclasses that go offline on purpose: wait and return True to skip a

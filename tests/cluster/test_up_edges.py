@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import signal
 import socket
@@ -46,6 +48,34 @@ def _wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
     raise AssertionError(f"{url} did not serve: " + log.read_text())
 
 
+async def _ride_through_a_freeze(urls: list[str], frozen_pid: int) -> dict[str, object]:
+    from devices.client import DevTokens, DeviceStream, HubClient, stream_token_source
+
+    httpx.post(f"{urls[1]}/v1/sessions/both/phase", json={"phase": "live"}, headers=operator_headers(urls[1]),
+               timeout=60).raise_for_status()
+    stream = DeviceStream("freeze-bike", "freeze-rider", "both")
+    tokens = DevTokens(urls)
+    client = HubClient([f"{u.replace('http', 'ws')}/v1/devices" for u in urls], [stream], stall_s=2.0,
+                       token_provider=stream_token_source(tokens, [stream]))
+    client.start()
+    try:
+        await asyncio.wait_for(client.ready.wait(), 60)
+        for k in range(12):
+            if k == 4:
+                os.kill(frozen_pid, signal.SIGSTOP)
+            await client.send_rows(stream, [stream.new_sample(time.time(), 120.0, 200.0, 85.0)])
+            await asyncio.sleep(0.5)
+        deadline = time.monotonic() + 60
+        while stream.acked < 12 and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        return {"stalls": client.stalls, "url": client.url.removesuffix("/v1/devices").replace("ws", "http"),
+                "acked": stream.acked, "sent": stream.next_seq - 1}
+    finally:
+        os.kill(frozen_pid, signal.SIGCONT)
+        await client.close()
+        await tokens.aclose()
+
+
 @pytest.mark.timeout(240)
 def test_up_with_two_edges_serves_one_session_from_both(tmp_path: Path) -> None:
     port = _two_free_ports()
@@ -66,6 +96,13 @@ def test_up_with_two_edges_serves_one_session_from_both(tmp_path: Path) -> None:
         assert snap.status_code == 200 and snap.json()["session"] == "both"
         status = httpx.get(f"{second}/v1/cluster/status", headers=operator_headers(second), timeout=60).json()
         assert status["totals"]["sessions"] == 1 and status["nodes"][0]["sessions"] == ["both"]
+        # the second edge freezes (SIGSTOP) under a rider: its client moves to the first edge
+        # and every sample is acknowledged there
+        state = json.loads((tmp_path / "supervisor.json").read_text())
+        frozen = int(state["processes"][f"edge-{port + 1}"]["pid"])
+        out = asyncio.run(_ride_through_a_freeze([second, first], frozen))
+        assert out["stalls"] >= 1 and out["url"] == first, out
+        assert out["acked"] == out["sent"] == 12, out
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
