@@ -290,7 +290,20 @@ def read_state(data_dir: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     state["alive"] = _pid_alive(int(state.get("pid", 0)))
+    for process in state.get("processes", {}).values():
+        if process.get("state") == ChildState.RUNNING.value and _stopped(int(process.get("pid") or 0)):
+            process["state"] = "paused"  # alive but stopped (SIGSTOP, a debugger): it answers nothing
     return state
+
+
+def _stopped(pid: int) -> bool:
+    """True if ``pid`` is stopped by a signal or a tracer (Linux ``/proc``; False elsewhere)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            fields = stat.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return False
+    return bool(fields) and fields[0] in (b"T", b"t")
 
 
 def _pid_alive(pid: int) -> bool:

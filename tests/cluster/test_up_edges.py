@@ -48,7 +48,8 @@ def _wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
     raise AssertionError(f"{url} did not serve: " + log.read_text())
 
 
-async def _ride_through_a_freeze(urls: list[str], frozen_pid: int) -> dict[str, object]:
+async def _ride_through_a_freeze(urls: list[str], frozen_pid: int, data_dir: Path) -> dict[str, object]:
+    from cluster.supervisor import read_state
     from devices.client import DevTokens, DeviceStream, HubClient, stream_token_source
 
     httpx.post(f"{urls[1]}/v1/sessions/both/phase", json={"phase": "live"}, headers=operator_headers(urls[1]),
@@ -63,12 +64,14 @@ async def _ride_through_a_freeze(urls: list[str], frozen_pid: int) -> dict[str, 
         for k in range(12):
             if k == 4:
                 os.kill(frozen_pid, signal.SIGSTOP)
+                await asyncio.sleep(0.2)
+                [paused] = [p for p in read_state(data_dir)["processes"].values() if p["pid"] == frozen_pid]
             await client.send_rows(stream, [stream.new_sample(time.time(), 120.0, 200.0, 85.0)])
             await asyncio.sleep(0.5)
         deadline = time.monotonic() + 60
         while stream.acked < 12 and time.monotonic() < deadline:
             await asyncio.sleep(0.2)
-        return {"stalls": client.stalls, "url": client.url.removesuffix("/v1/devices").replace("ws", "http"),
+        return {"paused": paused["state"], "stalls": client.stalls, "url": client.url.removesuffix("/v1/devices").replace("ws", "http"),
                 "acked": stream.acked, "sent": stream.next_seq - 1}
     finally:
         os.kill(frozen_pid, signal.SIGCONT)
@@ -100,7 +103,8 @@ def test_up_with_two_edges_serves_one_session_from_both(tmp_path: Path) -> None:
         # and every sample is acknowledged there
         state = json.loads((tmp_path / "supervisor.json").read_text())
         frozen = int(state["processes"][f"edge-{port + 1}"]["pid"])
-        out = asyncio.run(_ride_through_a_freeze([second, first], frozen))
+        out = asyncio.run(_ride_through_a_freeze([second, first], frozen, tmp_path))
+        assert out["paused"] == "paused", out  # `pulseline status` says so
         assert out["stalls"] >= 1 and out["url"] == first, out
         assert out["acked"] == out["sent"] == 12, out
     finally:
