@@ -118,6 +118,15 @@ def _check_sendable(url: str) -> None:
         raise WebhookError(f"url is not a valid URL: {exc}") from None
 
 
+_SUBSCRIPTION_FIELDS = ["url", "events", "secret"]
+
+
+def _subscription(ident: str, raw: list[Any]) -> Subscription | None:
+    if raw[0] is None:
+        return None
+    return Subscription(ident, _text(raw[0]), tuple(json.loads(raw[1])), _text(raw[2]))
+
+
 def _text(raw: Any) -> str:
     return raw.decode() if isinstance(raw, bytes) else str(raw)
 
@@ -177,14 +186,17 @@ class WebhookStore:
             return None
 
     async def subscriptions(self) -> list[Subscription]:
-        return [sub for sub in [await self.subscription(i) for i in await self.ids()] if sub is not None]
+        """Every subscription with its secret, in one pipelined round trip."""
+        ids = await self.ids()
+        async with self.client.pipeline(transaction=False) as pipe:
+            for ident in ids:
+                pipe.hmget(self.key(ident), _SUBSCRIPTION_FIELDS)
+            replies = await pipe.execute()
+        return [sub for ident, raw in zip(ids, replies, strict=True) if (sub := _subscription(ident, raw)) is not None]
 
     async def subscription(self, ident: str) -> Subscription | None:
         """The subscription with its secret (None: deleted), for a delivery."""
-        raw: list[Any] = await self.client.hmget(self.key(ident), ["url", "events", "secret"])  # type: ignore[misc]
-        if raw[0] is None:
-            return None
-        return Subscription(ident, _text(raw[0]), tuple(json.loads(raw[1])), _text(raw[2]))
+        return _subscription(ident, await self.client.hmget(self.key(ident), _SUBSCRIPTION_FIELDS))  # type: ignore[misc]
 
     async def deliveries(self, ident: str, *, limit: int = 20) -> list[dict[str, Any]]:
         await self.get(ident)
