@@ -291,16 +291,23 @@ class SessionPump:
         self._quiet = min(self._quiet + 1, 8)
         return min(max(interval, self._fastest_period()), interval * 2 ** self._quiet)
 
+    def _beat_from(self, t: float) -> float | None:
+        """The first of the class's beats for this edge at or after ``t`` (monotonic; None
+        when it gave none: alone on the class, or this edge leads)."""
+        beat_at, period = self._beat_at, self._class_period
+        if beat_at is None or period is None:
+            return None
+        return t + (beat_at - t) % period
+
     def _in_step(self, pace_s: float) -> float:
         """``pace_s`` moved by less than a class period onto the class's beat (when it gave
         this edge one, ``SessionCell._pace``): the next tick then reaches the class just
         before the tick of the edge of its fastest viewer, whose board so holds this edge's
         samples. Later rather than earlier: at most a quarter of a period sooner."""
-        beat_at, period = self._beat_at, self._class_period
-        if beat_at is None or period is None:
+        if self._class_period is None:
             return pace_s
-        shift = (beat_at - self._tick_began - pace_s) % period
-        return pace_s + (shift - period if shift >= 0.75 * period else shift)
+        beat = self._beat_from(self._tick_began + pace_s - self._class_period / 4)
+        return pace_s if beat is None else beat - self._tick_began
 
     def _next_beat(self, started: float) -> float:
         """When a sample that woke this backing-off pump goes (monotonic). Alone on its class,
@@ -311,9 +318,9 @@ class SessionPump:
         now = time.monotonic()
         if self._edges < 2:
             return now
-        beat_at, period = self._beat_at, self._class_period
-        if beat_at is not None and period is not None:
-            return now + (beat_at - now) % period
+        beat = self._beat_from(now)
+        if beat is not None:
+            return beat
         interval = self.interval_s
         return started + -((started - now) // interval) * interval
 
@@ -380,8 +387,8 @@ class SessionPump:
                 self._wake.clear()
                 if not self._has_work():
                     await self._wake.wait()
-                    if self._beat_at is not None and self._edges > 1 and not self._soon:
-                        beat = self._next_beat(time.monotonic())  # the class's beat for this edge
+                    beat = self._beat_from(time.monotonic()) if self._edges > 1 and not self._soon else None
+                    if beat is not None:  # the class's beat for this edge
                         await self._nap_until(beat)  # (a hello ends it: ``_hurry``)
                         self._planned = None if self._soon else beat
                     else:
