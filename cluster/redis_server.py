@@ -124,6 +124,17 @@ class EmbeddedRedis:
         except OSError:
             return False
 
+    def answers(self, timeout_s: float) -> bool:
+        """Any reply to PING within ``timeout_s`` (``-LOADING`` while it reads a big AOF
+        counts: it runs); for the supervisor's liveness probe."""
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=timeout_s) as s:
+                s.settimeout(timeout_s)
+                s.sendall(b"PING\r\n")
+                return bool(s.recv(16))
+        except OSError:
+            return False
+
     def exit_code(self) -> int | None:
         """None while it runs (or before it started); its exit status once it exited."""
         return None if self._proc is None else self._proc.poll()

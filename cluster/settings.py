@@ -178,6 +178,13 @@ class Settings(BaseSettings):
     redis_appendfsync: Literal["always", "everysec"] = "everysec"
     restart_backoff_min_s: float = 0.5  # the supervisor's first restart delay (doubles, jittered)
     restart_backoff_max_s: float = 30.0  # the supervisor's longest restart delay
+    # The supervisor's liveness probe of what it restarts (an extra edge's GET /livez, the
+    # embedded redis-server's PING): one that answers none of liveness_failures probes in a
+    # row (its loop hung, or stopped by SIGSTOP or a debugger) is killed and restarted, as a
+    # Kubernetes liveness probe would. liveness_failures = 0: no probe (attaching a debugger).
+    liveness_period_s: float = Field(default=5.0, gt=0)
+    liveness_timeout_s: float = Field(default=2.0, gt=0)  # per probe
+    liveness_failures: int = Field(default=3, ge=0)
     # An ended class's Redis keys expire this long after it ended (0 = keep for ever);
     # cluster/session_records.py. Results published to leaderboards are not affected.
     ended_retention_s: float = 7 * 24 * 3600.0

@@ -4,7 +4,11 @@
 ``pulseline edge`` processes of ``up --edges N``) from one thread. When one exits without
 being asked to, it is started again after a back-off: ``restart_backoff_min_s`` doubling
 per consecutive failure up to ``restart_backoff_max_s``, with ±20 % jitter; a process that
-stayed up ``STABLE_S`` resets its back-off. Redis comes back on the same port and data
+stayed up ``STABLE_S`` resets its back-off. A process that is alive but answers nothing —
+its event loop hung, or stopped by a signal — is found by a liveness probe, as a Kubernetes
+liveness probe would find it (``Liveness``: an edge's ``GET /livez``, redis-server's
+``PING``, every ``liveness_period_s``): after ``liveness_failures`` unanswered probes in a
+row it is killed (SIGKILL) and so restarted like any process that died. Redis comes back on the same port and data
 directory, so its AOF restores every acknowledged write (see docs/cluster.md,
 "Durability") and the edges' and actors' clients reconnect on their own; an edge comes back
 on its port. An external Redis (``REDIS_URL``) is never restarted: it is only watched, and
@@ -18,8 +22,8 @@ What it sees is visible three ways:
 * a state file, ``<data dir>/supervisor.json``, rewritten on every change and every
   ``HEARTBEAT_S``: what ``pulseline status`` prints. Each process: ``state`` (``running``,
   ``backoff``, ``starting``, ``stopped``), ``pid``, ``restarts``, ``last_exit``
-  (code, or -signal), ``last_exit_at``, ``next_start_in_s``; ``external`` entries have
-  ``reachable``.
+  (code, or -signal), ``last_exit_at``, ``next_start_in_s``, ``unanswered`` (probes in a
+  row), ``hung_kills``; ``external`` entries have ``reachable``.
 """
 
 from __future__ import annotations
@@ -51,6 +55,8 @@ JITTER = 0.2
 
 SUPERVISED_UP = Gauge("pulseline_supervised_up", "1 while a supervised process runs", ["process"])
 SUPERVISED_RESTARTS = Counter("pulseline_supervised_restarts_total", "restarts by the supervisor", ["process"])
+SUPERVISED_HUNG = Counter("pulseline_supervised_hung_kills_total",
+                          "processes killed by the supervisor for not answering its liveness probe", ["process"])
 
 
 class Supervised(Protocol):
@@ -66,6 +72,28 @@ class Supervised(Protocol):
         ...
 
     def stop(self) -> None: ...
+
+    def kill(self) -> None:
+        """SIGKILL (for a process that answers nothing); the supervisor then restarts it."""
+        ...
+
+    def answers(self, timeout_s: float) -> bool | None:
+        """Whether it answered a liveness request within ``timeout_s`` (None: it cannot be
+        probed). Any answer counts, an error one too: the probe asks "does it run", not
+        "is it ready"."""
+        ...
+
+
+@dataclass(frozen=True)
+class Liveness:
+    """The liveness probe (``Settings.liveness_*``)."""
+
+    period_s: float = 5.0
+    timeout_s: float = 2.0
+    failures: int = 3  # unanswered probes in a row before the kill; 0 = no probe
+    # A process that has not answered once since it started is given this long (an edge
+    # attaching to Ray on a busy box takes tens of seconds) before its misses count.
+    start_grace_s: float = 120.0
 
 
 class ChildState(enum.Enum):
@@ -87,12 +115,15 @@ class Child:
     last_exit: int | None = None
     last_exit_at: float | None = None
     last_error: str | None = None
+    unanswered: int = 0  # liveness probes in a row without an answer
+    answered_pid: int | None = None  # the pid that last answered one
+    hung_kills: int = 0
 
     def as_dict(self, now: float) -> dict[str, Any]:
         return {
             "state": self.state.value, "pid": self.process.pid if self.state is ChildState.RUNNING else None,
             "restarts": self.restarts, "last_exit": self.last_exit, "last_exit_at": self.last_exit_at,
-            "last_error": self.last_error,
+            "last_error": self.last_error, "unanswered": self.unanswered, "hung_kills": self.hung_kills,
             "next_start_in_s": round(max(0.0, self.next_start_at - now), 2) if self.state is ChildState.BACKOFF else None,
         }
 
@@ -130,6 +161,7 @@ class Supervisor:
         backoff_max_s: float,
         state_file: Path | None = None,
         external: ExternalRedis | None = None,
+        liveness: Liveness | None = None,
         info: dict[str, Any] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -139,10 +171,12 @@ class Supervisor:
         self.backoff_max_s = backoff_max_s
         self.state_file = state_file
         self.external = external
+        self.liveness = liveness or Liveness(failures=0)
         self.clock = clock
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._prober: threading.Thread | None = None
         self._written_at = 0.0
 
     def watch(self, name: str, process: Supervised) -> Child:
@@ -157,13 +191,17 @@ class Supervisor:
     def start(self) -> Supervisor:
         self._thread = threading.Thread(target=self._loop, name="supervisor", daemon=True)
         self._thread.start()
+        if self.liveness.failures > 0:  # its own thread: a probe waits up to its time-out
+            self._prober = threading.Thread(target=self._probe_loop, name="supervisor-probe", daemon=True)
+            self._prober.start()
         return self
 
     def stop(self) -> None:
         """Stop watching (the caller then stops the processes in its own order)."""
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(15)
+        for thread in (self._thread, self._prober):
+            if thread is not None:
+                thread.join(15)
         for child in self.children:
             child.state = ChildState.STOPPED
         self._write_state(force=True)
@@ -214,6 +252,42 @@ class Supervisor:
             return True
         return False
 
+    # -- the liveness probe ---------------------------------------------------------------------
+    def _probe_loop(self) -> None:
+        while not self._stop.wait(self.liveness.period_s):
+            for child in list(self.children):
+                if self._stop.is_set():
+                    return
+                try:
+                    if self.probe(child):
+                        self._write_state(force=True)
+                except Exception:
+                    log.exception("supervisor: probing %s failed", child.name)
+
+    def probe(self, child: Child) -> bool:
+        """One liveness probe of ``child``; True if it was killed for not answering."""
+        pid = child.process.pid
+        if child.state is not ChildState.RUNNING or pid is None:
+            return False
+        answered = child.process.answers(self.liveness.timeout_s)
+        if answered is None or child.process.exit_code() is not None or child.process.pid != pid:
+            return False  # not probed, or it exited meanwhile (the loop restarts it)
+        if answered:
+            child.unanswered, child.answered_pid = 0, pid
+            return False
+        if child.answered_pid != pid and self.clock() - child.started_at < self.liveness.start_grace_s:
+            return False  # still starting
+        child.unanswered += 1
+        if child.unanswered < self.liveness.failures:
+            return False
+        log.warning("supervisor: %s (pid %s) answered none of %d liveness probes in a row (%s); killing it to restart it",
+                    child.name, pid, child.unanswered, "stopped" if _stopped(pid) else "hung")
+        child.unanswered = 0
+        child.hung_kills += 1
+        SUPERVISED_HUNG.labels(child.name).inc()
+        child.process.kill()
+        return True
+
     def _exited(self, child: Child, code: int, now: float) -> None:
         delay = self._delay(child.failures)
         child.failures += 1
@@ -233,7 +307,7 @@ class Supervisor:
             child.last_error = f"{type(exc).__name__}: {exc}"[:300]
             log.warning("supervisor: %s did not start (%s); next attempt in %.1f s", child.name, child.last_error, delay)
             return
-        child.state, child.started_at, child.last_error = ChildState.RUNNING, self.clock(), None
+        child.state, child.started_at, child.last_error, child.unanswered = ChildState.RUNNING, self.clock(), None, 0
         child.restarts += 1
         SUPERVISED_UP.labels(child.name).set(1)
         SUPERVISED_RESTARTS.labels(child.name).inc()
@@ -324,6 +398,10 @@ def format_state(state: dict[str, Any]) -> str:
         extra = f", last exit {p['last_exit']}" if p.get("last_exit") is not None else ""
         if p.get("next_start_in_s") is not None:
             extra += f", next start in {p['next_start_in_s']} s"
+        if p.get("hung_kills"):
+            extra += f", killed {p['hung_kills']}x for not answering"
+        if p.get("unanswered"):
+            extra += f", {p['unanswered']} probes unanswered"
         lines.append(f"  {name:<12} {p['state']:<8} pid {p.get('pid') or '-'}  restarts {p['restarts']}{extra}")
     ext = state.get("external", {}).get("redis")
     if ext:

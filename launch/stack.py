@@ -11,6 +11,7 @@ is only watched.
 
 from __future__ import annotations
 
+import http.client
 import logging
 import os
 import subprocess
@@ -22,7 +23,7 @@ import ray
 from cluster.redis_server import EmbeddedRedis
 from cluster.runtime import init_ray
 from cluster.settings import Settings
-from cluster.supervisor import ExternalRedis, Supervisor
+from cluster.supervisor import ExternalRedis, Liveness, Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,8 @@ class EdgeProcess:
 
     cmd: list[str]
     env: dict[str, str]
+    # where it answers ``GET /livez`` (host, port), for the supervisor's liveness probe
+    livez: tuple[str, int] | None = None
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -79,6 +82,24 @@ class EdgeProcess:
 
     def exit_code(self) -> int | None:
         return None if self.proc is None else self.proc.poll()
+
+    def answers(self, timeout_s: float) -> bool | None:
+        """Any HTTP answer to ``GET /livez`` within ``timeout_s`` (None: no address to probe)."""
+        if self.livez is None:
+            return None
+        conn = http.client.HTTPConnection(*self.livez, timeout=timeout_s)
+        try:
+            conn.request("GET", "/livez")
+            conn.getresponse().read()
+        except (OSError, http.client.HTTPException):
+            return False
+        finally:
+            conn.close()
+        return True
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
 
     def terminate(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -120,7 +141,7 @@ class EdgeProcesses:
             env["PULSELINE_METRICS_PORT"] = str(s.metrics_port + i if s.metrics_port else 0)
             cmd = [sys.executable, "-m", "launch.cli", "edge", "--host", s.host, "--port", str(s.port + i),
                    "--data-dir", str(s.data_dir)]
-            self.procs.append(EdgeProcess(cmd, dict(env)).start())
+            self.procs.append(EdgeProcess(cmd, dict(env), livez=(_loopback(s.host), s.port + i)).start())
         return self
 
     @property
@@ -135,6 +156,11 @@ class EdgeProcesses:
         self.procs.clear()
 
 
+def _loopback(host: str) -> str:
+    """Where to reach a server bound to ``host`` from this machine."""
+    return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+
+
 def supervise(stack: Stack, edges: EdgeProcesses) -> Supervisor:
     """A running ``Supervisor`` over what ``stack`` and ``edges`` started (state file in the
     data dir); stop it before stopping them."""
@@ -144,8 +170,9 @@ def supervise(stack: Stack, edges: EdgeProcesses) -> Supervisor:
     info = {"ray_address": ray.get_runtime_context().gcs_address, "edges": [f"http://{s.host}:{s.port}", *edges.urls]}
     if stack.redis is not None:  # (for local tools: `pulseline results export` finds it here; loopback, no password)
         info["redis_url"] = stack.redis.url
+    liveness = Liveness(period_s=s.liveness_period_s, timeout_s=s.liveness_timeout_s, failures=s.liveness_failures)
     supervisor = Supervisor(backoff_min_s=s.restart_backoff_min_s, backoff_max_s=s.restart_backoff_max_s,
-                            state_file=s.data_dir / "supervisor.json", external=external, info=info)
+                            state_file=s.data_dir / "supervisor.json", external=external, liveness=liveness, info=info)
     if stack.redis is not None:
         supervisor.watch("redis-server", stack.redis)
     for i, proc in enumerate(edges.procs, start=1):

@@ -23,8 +23,11 @@ import httpx
 import psutil
 import pytest
 
+import redis
+
 from launch.stack import EdgeProcess
-from cluster.supervisor import ChildState, Supervisor, read_state
+from cluster.redis_server import EmbeddedRedis, free_port
+from cluster.supervisor import ChildState, Liveness, Supervisor, read_state
 from devices.client import DevTokens, DeviceStream, HubClient, stream_token_source
 from tests.cluster.helpers import operator_headers
 
@@ -69,6 +72,71 @@ def test_a_killed_child_is_restarted_with_backoff_and_reported(tmp_path: Path) -
         supervisor.stop()
         sleeper.stop()
     assert json.loads(state_file.read_text())["processes"]["sleeper"]["state"] == "stopped"
+
+
+# A server that answers HTTP (any path: 404 is an answer), or, with "hung", accepts TCP
+# connections and never reads them: alive, listening, answering nothing.
+_SERVER = """
+import http.server, socket, sys, time
+port, mode = int(sys.argv[1]), sys.argv[2]
+if mode == "hung":
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("127.0.0.1", port)); s.listen(64); time.sleep(600)
+http.server.ThreadingHTTPServer.allow_reuse_address = True
+http.server.ThreadingHTTPServer(("127.0.0.1", port), http.server.BaseHTTPRequestHandler).serve_forever()
+"""
+
+FAST_PROBE = Liveness(period_s=0.2, timeout_s=0.3, failures=3, start_grace_s=1.0)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("fault", ["SIGSTOP", "hung"])
+def test_a_process_that_answers_no_liveness_probe_is_killed_and_restarted(tmp_path: Path, fault: str) -> None:
+    port = free_port()
+    mode = "hung" if fault == "hung" else "serve"
+    server = EdgeProcess([sys.executable, "-c", _SERVER, str(port), mode], dict(os.environ),
+                         livez=("127.0.0.1", port)).start()
+    supervisor = Supervisor(backoff_min_s=0.2, backoff_max_s=1.0, liveness=FAST_PROBE).start()
+    try:
+        child = supervisor.watch("server", server)
+        first = server.pid
+        assert first is not None
+        if fault == "SIGSTOP":
+            _wait(lambda: child.answered_pid == first, 20, "a first answer")
+            time.sleep(1.0)  # answering, it is left alone
+            assert child.hung_kills == 0 and server.pid == first
+            os.kill(first, signal.SIGSTOP)
+        _wait(lambda: child.hung_kills == 1, 20, "the kill of the process that answers nothing")
+        _wait(lambda: child.restarts == 1 and child.state is ChildState.RUNNING, 20, "the restart")
+        assert server.pid != first and child.last_exit == -signal.SIGKILL
+        assert not psutil.pid_exists(first) or psutil.Process(first).status() == psutil.STATUS_ZOMBIE
+        if fault == "SIGSTOP":  # the new process answers, and is left alone
+            second = server.pid
+            _wait(lambda: child.answered_pid == second, 20, "the restarted process answering")
+        assert supervisor.snapshot()["processes"]["server"]["hung_kills"] == 1
+    finally:
+        supervisor.stop()
+        server.stop()
+
+
+@pytest.mark.timeout(60)
+def test_a_stopped_redis_server_is_killed_and_restarted_with_its_data(tmp_path: Path) -> None:
+    server = EmbeddedRedis(tmp_path / "redis", appendfsync="always").start()
+    supervisor = Supervisor(backoff_min_s=0.2, backoff_max_s=1.0, liveness=FAST_PROBE).start()
+    try:
+        child = supervisor.watch("redis-server", server)
+        client = redis.Redis.from_url(server.url, socket_timeout=5)
+        client.set("acked", "yes")
+        first = server.pid
+        assert first is not None
+        _wait(lambda: child.answered_pid == first, 20, "a first PING answered")
+        os.kill(first, signal.SIGSTOP)
+        _wait(lambda: child.restarts == 1 and child.state is ChildState.RUNNING, 30, "the restart")
+        assert child.hung_kills == 1 and server.pid != first
+        assert client.get("acked") == b"yes"  # the AOF brought it back; the client reconnected
+    finally:
+        supervisor.stop()
+        server.stop()
 
 
 def _two_free_ports() -> int:

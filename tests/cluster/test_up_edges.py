@@ -74,7 +74,6 @@ async def _ride_through_a_freeze(urls: list[str], frozen_pid: int, data_dir: Pat
         return {"paused": paused["state"], "stalls": client.stalls, "url": client.url.removesuffix("/v1/devices").replace("ws", "http"),
                 "acked": stream.acked, "sent": stream.next_seq - 1}
     finally:
-        os.kill(frozen_pid, signal.SIGCONT)
         await client.close()
         await tokens.aclose()
 
@@ -84,11 +83,14 @@ def test_up_with_two_edges_serves_one_session_from_both(tmp_path: Path) -> None:
     port = _two_free_ports()
     log = tmp_path / "up.log"
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "RAY_ADDRESS")}
+    # the frozen edge is killed after 4 unanswered probes 2 s apart: after its rider has moved
+    env.update(PULSELINE_LIVENESS_PERIOD_S="2", PULSELINE_LIVENESS_FAILURES="4")
     proc = subprocess.Popen(
         [sys.executable, "-m", "launch.cli", "up", "--edges", "2", "--port", str(port), "--data-dir", str(tmp_path)],
         stdout=subprocess.DEVNULL, stderr=open(log, "w"), env=env,
     )
     first, second = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port + 1}"
+    frozen = 0
     try:
         _wait_healthy(first, proc, log)
         _wait_healthy(second, proc, log)
@@ -107,10 +109,28 @@ def test_up_with_two_edges_serves_one_session_from_both(tmp_path: Path) -> None:
         assert out["paused"] == "paused", out  # `pulseline status` says so
         assert out["stalls"] >= 1 and out["url"] == first, out
         assert out["acked"] == out["sent"] == 12, out
+        # the supervisor's liveness probe finds the frozen edge, kills it and starts another
+        from cluster.supervisor import read_state
+
+        def restarted() -> bool:
+            edge = read_state(tmp_path)["processes"][f"edge-{port + 1}"]  # type: ignore[index]
+            return bool(edge["hung_kills"] == 1 and edge["restarts"] == 1 and edge["state"] == "running")
+
+        deadline = time.monotonic() + 120
+        while not restarted() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert restarted(), read_state(tmp_path)
+        _wait_healthy(second, proc, log)
+        assert "answered none of 4 liveness probes in a row (stopped)" in log.read_text()
     finally:
+        if frozen:
+            try:
+                os.kill(frozen, signal.SIGCONT)  # if the test failed before the kill
+            except ProcessLookupError:
+                pass
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
     assert proc.returncode == 0, log.read_text()
-    assert log.read_text().count("pulseline: stopped") == 2  # the extra edge stopped too
+    assert log.read_text().count("pulseline: stopped") == 2  # the extra edge (its second process) stopped too
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"{second}/healthz", timeout=1)
