@@ -202,6 +202,25 @@ def _start_stack(settings: Any) -> tuple[Any, str | None]:
                       "authentication needs RAY_AUTH_MODE=token and its token: docs/cluster.md)")
 
 
+def _raise_open_files_limit() -> None:
+    """Every socket is a file: raise this process's soft limit on open files to its hard limit
+    (1,024 by default on many systems: an edge would refuse connections past ~1,000 riders).
+    Its children (redis-server, Ray, the extra edges) inherit it."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = 1 << 20 if hard == resource.RLIM_INFINITY else hard  # (Linux's nr_open default)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open-files limit from %s to %s: %s", soft, target, exc)
+            return
+    if target < 16384:
+        log.warning("open files are limited to %d here: at most ~%d connections per edge (raise it with "
+                    "`ulimit -n` or LimitNOFILE= in a systemd unit)", hard, hard - 200)
+
+
 def _last_words(exc: BaseException) -> str:
     """What went wrong, in one line: Ray's errors wrap the cause's traceback in their text."""
     cause = exc.__cause__ or exc
@@ -219,6 +238,7 @@ def _run_stack(args: argparse.Namespace, after_start: Any = None) -> int:
 
     settings = _settings(args)
     configure_from(settings)
+    _raise_open_files_limit()
     try:
         check_settings(settings)
     except InsecureSettings as exc:

@@ -56,17 +56,42 @@ from sims.histogram import LatencyHistogram  # noqa: E402
 ROUND_S = 1.0  # one admission round (0.5 s) plus a tick: riders admitted together welcome in any order
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def _free_ports(count: int) -> int:
+    """A port P with P + 1 ... P + count - 1 free too (``up --edges N`` serves on them)."""
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        try:
+            for i in range(1, count):
+                with socket.socket() as t:
+                    t.bind(("127.0.0.1", port + i))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError(f"no {count} adjacent free ports")
+
+
+def _raise_open_files_limit(wanted: int) -> None:
+    """Every rider is a socket here and at an edge: this process and the stack (its children)
+    need more open files than the usual limit (root may raise the hard limit too)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= wanted:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, max(hard, wanted)))
+    except (ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 class Stack:
     """``python -m launch.cli up`` in its own process group."""
 
     def __init__(self, args: argparse.Namespace, secret: str) -> None:
-        self.port = args.port or _free_port()
+        self.port = args.port or _free_ports(args.edges)
+        self.edges = args.edges
         self.workdir = Path(tempfile.mkdtemp(prefix="admission-storm-"))
         self.log = self.workdir / "stack.log"
         # (every rider of this box comes from 127.0.0.1: the per-address limit, 4,096 by
@@ -77,14 +102,15 @@ class Stack:
         for item in args.env:
             key, _, value = item.partition("=")
             env[key] = value
-        cmd = [sys.executable, "-m", "launch.cli", "up", "--port", str(self.port), "--data-dir", str(self.workdir / "data")]
+        cmd = [sys.executable, "-m", "launch.cli", "up", "--port", str(self.port), "--edges", str(args.edges),
+               "--data-dir", str(self.workdir / "data")]
         self._sink = open(self.log, "wb")
         self.proc = subprocess.Popen(cmd, env=env, stdout=self._sink, stderr=subprocess.STDOUT, start_new_session=True,
                                      cwd=Path(__file__).resolve().parents[1])
 
     @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+    def urls(self) -> list[str]:
+        return [f"http://127.0.0.1:{self.port + i}" for i in range(self.edges)]
 
     async def ready(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -93,7 +119,8 @@ class Stack:
                 if self.proc.poll() is not None:
                     raise RuntimeError(f"the stack exited ({self.proc.returncode}); see {self.log}")
                 try:
-                    if (await http.get(f"{self.url}/readyz")).status_code == 200:
+                    codes = [(await http.get(f"{url}/readyz")).status_code for url in self.urls]
+                    if codes == [200] * len(codes):
                         return
                 except httpx.HTTPError:
                     pass
@@ -142,18 +169,22 @@ async def _sampler(riders: list[Rider], period_s: float, stop: asyncio.Event, st
         await asyncio.sleep(max(0.0, period_s - (time.monotonic() - began)))
 
 
-async def _queue_gauge(url: str, headers: dict[str, str], series: list[tuple[float, float]], origin: float,
+async def _queue_gauge(urls: list[str], headers: dict[str, str], series: list[tuple[float, float]], origin: float,
                        stop: asyncio.Event) -> None:
+    """Riders waiting in the edges' admission queues (added over the edges), once a second."""
     pattern = re.compile(r"^pulseline_admission_queue_riders(?:\{[^}]*\})? ([0-9.e+]+)$", re.M)
     async with httpx.AsyncClient(timeout=10, headers=headers) as http:
         while not stop.is_set():
-            try:
-                text = (await http.get(f"{url}/metrics")).text
-                match = pattern.search(text)
+            total, seen = 0.0, False
+            for url in urls:
+                try:
+                    match = pattern.search((await http.get(f"{url}/metrics")).text)
+                except httpx.HTTPError:
+                    continue
                 if match:
-                    series.append((round(time.monotonic() - origin, 1), float(match.group(1))))
-            except httpx.HTTPError:
-                pass
+                    total, seen = total + float(match.group(1)), True
+            if seen:
+                series.append((round(time.monotonic() - origin, 1), total))
             await asyncio.sleep(1.0)
 
 
@@ -169,19 +200,32 @@ def _quantiles(text: str, name: str) -> dict[str, float | None]:
     return out
 
 
-async def _edge_histograms(url: str, headers: dict[str, str]) -> dict[str, Any]:
-    """The edge's own view: ack and sample->board latency of every tick of the run."""
+async def _edge_histograms(urls: list[str], headers: dict[str, str]) -> dict[str, Any]:
+    """The edges' own view: ack and sample->board latency of every tick of the run (every
+    edge's buckets added up)."""
     async with httpx.AsyncClient(timeout=30, headers=headers) as http:
-        text = (await http.get(f"{url}/metrics")).text
+        texts = [(await http.get(f"{url}/metrics")).text for url in urls]
+    text = _added_buckets(texts, ("pulseline_ack_latency_seconds", "pulseline_sample_to_board_seconds"))
     return {"ack_latency": _quantiles(text, "pulseline_ack_latency_seconds"),
             "sample_to_board": _quantiles(text, "pulseline_sample_to_board_seconds")}
+
+
+def _added_buckets(texts: list[str], names: tuple[str, ...]) -> str:
+    """The histogram bucket lines of ``names`` with each bucket's counts added over ``texts``."""
+    added: dict[tuple[str, str], float] = {}
+    for text in texts:
+        for name in names:
+            for match in re.finditer(rf'^{name}_bucket{{le="([^"]+)"}} ([0-9.e+]+)$', text, re.M):
+                key = (name, match.group(1))
+                added[key] = added.get(key, 0.0) + float(match.group(2))
+    return "\n".join(f'{name}_bucket{{le="{le}"}} {count}' for (name, le), count in added.items())
 
 
 def _progress(text: str) -> None:
     print(f"[storm {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
 
 
-async def storm(args: argparse.Namespace, url: str, secret: str) -> dict[str, Any]:
+async def storm(args: argparse.Namespace, urls: list[str], secret: str) -> dict[str, Any]:
     from api.auth import mint_token
 
     def token(**claims: Any) -> str:
@@ -190,6 +234,7 @@ async def storm(args: argparse.Namespace, url: str, secret: str) -> dict[str, An
     operator = {"Authorization": f"Bearer {token(kind='operator', subject='storm')}"}
     sid = f"storm-{secrets.token_hex(3)}"
     rng = random.Random(args.seed)
+    url = urls[0]
     async with httpx.AsyncClient(base_url=url, headers=operator, timeout=60) as http:
         (await http.post("/v1/sessions", json={"id": sid, "capacity": args.capacity,
                                                "expected_riders": args.in_class + args.joiners})).raise_for_status()
@@ -200,13 +245,13 @@ async def storm(args: argparse.Namespace, url: str, secret: str) -> dict[str, An
         for i in range(n):
             joins_at = 0.0 if i < args.in_class else times[i - args.in_class]
             stream_device, participant = f"{sid}-d{i}", f"{sid}-r{i}"
-            riders.append(Rider(i, sid, url, token(kind="device", device=stream_device, participant=participant,
+            riders.append(Rider(i, sid, urls[i % len(urls)], token(kind="device", device=stream_device, participant=participant,
                                                    sessions=[sid]), joins_at))
         in_class, joiners = riders[:args.in_class], riders[args.in_class:]
         stop, during = asyncio.Event(), LatencyHistogram()
         queue_series: list[tuple[float, float]] = []
         origin = time.monotonic()
-        gauge = asyncio.create_task(_queue_gauge(url, operator, queue_series, origin, stop))
+        gauge = asyncio.create_task(_queue_gauge(urls, operator, queue_series, origin, stop))
         for rider in in_class:
             rider.started_at = time.monotonic()
             rider.client.start()
@@ -244,10 +289,11 @@ async def storm(args: argparse.Namespace, url: str, secret: str) -> dict[str, An
             await asyncio.sleep(0.2)
         (await http.post(f"/v1/sessions/{sid}/flush")).raise_for_status()
         snapshot = (await http.get(f"/v1/sessions/{sid}")).json()
-        edge_view = await _edge_histograms(url, operator)
+        edge_view = await _edge_histograms(urls, operator)
         await asyncio.gather(*(r.client.close() for r in riders), return_exceptions=True)
     result = _summary(args, sid, in_class, joiners, storm_origin, admit_done, during, lag, queue_series, snapshot)
-    result["edge_histograms"] = edge_view  # (the edge's, whole run: not this driver's own lag)
+    result["edge_histograms"] = edge_view  # (the edges', whole run: not this driver's own lag)
+    result["edges"] = len(urls)
     return result
 
 
@@ -331,16 +377,18 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     load_before = os.getloadavg()[0]
     stack = None
     secret = args.secret or secrets.token_hex(32)
+    _raise_open_files_limit(2 * (args.in_class + args.joiners) + 4096)
     if args.url:
-        url = args.url
+        urls = args.url.split(",")
     else:
         stack = Stack(args, secret)
-        url = stack.url
+        urls = stack.urls
+    url = urls[0]
     try:
         if stack is not None:
             await stack.ready(args.ready_timeout_s)
-            _progress(f"stack up on {url} (log {stack.log})")
-        result = await (swarm_storm(args, url) if args.driver == "swarm" else storm(args, url, secret))
+            _progress(f"stack up on {', '.join(urls)} (log {stack.log})")
+        result = await (swarm_storm(args, url) if args.driver == "swarm" else storm(args, urls, secret))
     finally:
         if stack is not None:
             await asyncio.to_thread(stack.stop)
@@ -366,7 +414,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--ready-timeout-s", type=float, default=240.0)
     p.add_argument("--port", type=int, default=0, help="the stack's edge port (default: a free one)")
     p.add_argument("--env", action="append", default=[], help="KEY=VALUE for the stack (repeatable)")
-    p.add_argument("--url", default=None, help="drive this edge instead of starting a stack")
+    p.add_argument("--url", default=None, help="drive this edge (several: comma-separated) instead of starting a stack")
+    p.add_argument("--edges", type=int, default=1, help="the stack's edges (up --edges N); riders go round-robin")
     p.add_argument("--secret", default=None, help="with --url: the stack's development secret")
     p.add_argument("--seed", type=int, default=16)
     p.add_argument("--driver", choices=["lean", "swarm"], default="lean",
