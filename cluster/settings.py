@@ -84,7 +84,9 @@ class Settings(BaseSettings):
     # shards are fixed when it is created (riders by a hash of their id); "sharded", a class
     # created over class shards records each rider's shard and adds shards as riders join past
     # class_shard_riders per shard; "all", every dedicated class starts as one class shard and grows.
-    class_shard_growth: Literal["off", "sharded", "all"] = "off"
+    # "sharded" by default: a class booked too small grows instead of overfilling its shards
+    # (measured: no cost on the 3,000-rider class, docs/benchmarks.md).
+    class_shard_growth: Literal["off", "sharded", "all"] = "sharded"
     # view=all rows per frame on a sharded class's board (it pages; a single actor's class sends all)
     board_page_rows: int = Field(default=500, ge=10, le=5000)
     # Where a class created without an expected size (or placement) runs.

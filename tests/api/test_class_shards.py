@@ -61,6 +61,7 @@ def sharding_edge(edge_settings: Any) -> Iterator[EdgeServer]:
     """An edge of its own whose classes of more than 100 expected riders are sharded, and
     whose ``view=all`` pages have at most 100 rows (so the swarm's probe watches 3 pages)."""
     server = EdgeServer(edge_settings.model_copy(update={"port": _free_port(), "class_shard_riders": 100,
+                                                         "class_shard_growth": "off",  # (riders hashed)
                                                          "board_page_rows": 100})).start()
     yield server
     server.stop()
