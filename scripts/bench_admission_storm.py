@@ -17,8 +17,9 @@ Prints one JSON object: joiners welcomed / not, how many queued and the longest 
 by more than one admission round plus a tick), the time from the first joiner's hello to
 the last welcome, waits (hello -> welcome) p50 / p99 / max, samples sent / acknowledged /
 rejected / lost (sent and never acknowledged after the drain) and the class's own count of
-applied samples, reconnects, client errors, the in-class riders' ack latency during the
-storm, the edge's admission queue over time (``pulseline_admission_queue_riders``), and the
+applied samples, reconnects, client errors, the in-class riders' ack latency (sample made
+-> acknowledged, timed to 50 ms) before, during and after the storm (``--baseline-s`` of
+riding before it), the edge's admission queue over time (``pulseline_admission_queue_riders``), and the
 1-minute load average before and after. A benchmark, not a test: it asserts nothing.
 ``--url`` drives a stack that is already up instead (then ``--secret`` is its dev secret).
 
@@ -139,34 +140,103 @@ class Stack:
 
 
 class Rider:
-    def __init__(self, index: int, sid: str, url: str, token: str, joins_at: float) -> None:
+    def __init__(self, index: int, sid: str, joins_at: float) -> None:
         self.index = index
         self.stream = DeviceStream(f"{sid}-d{index}", f"{sid}-r{index}", sid)
-        self.client = HubClient(f"{url.replace('http', 'ws', 1)}/v1/devices", [self.stream], token=token)
+        self.client: HubClient  # its connection (its own, or a hub's it shares: _connect)
         self.joins_at = joins_at  # seconds after the storm's origin
         self.started_at: float | None = None  # monotonic: its first hello
-        self.ack_ms = LatencyHistogram()  # sample made -> acknowledged (in-class riders)
+        self.watched = False  # an in-class rider: its acks are timed
         self.made: dict[int, float] = {}
+        # from the frames for its device (a hub carries several riders)
+        self.welcomed_at: float | None = None
+        self.queued_at: float | None = None
+        self.queue_first: int | None = None
+        self.queue_frames = 0
+
+    def on_frame(self, frame: dict[str, Any]) -> None:
+        kind = frame.get("t")
+        if kind == "welcome" and self.welcomed_at is None:
+            self.welcomed_at = time.monotonic()
+        elif kind == "queue":
+            self.queue_frames += 1
+            if self.queued_at is None:
+                self.queued_at, self.queue_first = time.monotonic(), frame.get("position")
 
 
-async def _sampler(riders: list[Rider], period_s: float, stop: asyncio.Event, storm: tuple[float, float],
-                   during: LatencyHistogram) -> None:
+def _connect(riders: list[Rider], size: int, urls: list[str], sid: str, token: Any) -> list[HubClient]:
+    """One ``HubClient`` per ``size`` riders (in order), edges round-robin: a phone each with
+    ``size`` 1 (a device token), a gym hub of ``size`` riders otherwise (a hub token). Every
+    rider of a hub joins when its first does."""
+    clients: list[HubClient] = []
+    for k in range(0, len(riders), size):
+        group = riders[k : k + size]
+        url = f"{urls[len(clients) % len(urls)].replace('http', 'ws', 1)}/v1/devices"
+        if size == 1:
+            r = group[0]
+            claims = {"kind": "device", "device": r.stream.device, "participant": r.stream.participant, "sessions": [sid]}
+        else:
+            claims = {"kind": "hub", "hub": f"{sid}-h{k // size}", "devices": [r.stream.device for r in group],
+                      "sessions": [sid]}
+        by_device = {r.stream.device: r for r in group}
+
+        def on_frame(frame: dict[str, Any], by_device: dict[str, Rider] = by_device) -> None:
+            if frame.get("t") == "welcome":
+                for device in frame.get("devices", {}):
+                    if device in by_device:
+                        by_device[device].on_frame(frame)
+            elif frame.get("device") in by_device:
+                by_device[frame["device"]].on_frame(frame)
+
+        client = HubClient(url, [r.stream for r in group], token=token(**claims), on_frame=on_frame)
+        for r in group:
+            r.client, r.joins_at = client, group[0].joins_at
+        clients.append(client)
+    return clients
+
+
+async def _sampler(riders: list[Rider], period_s: float, stop: asyncio.Event) -> None:
     """Every rider that has said hello makes one sample per period (kept until welcomed)."""
     while not stop.is_set():
         began = time.monotonic()
         for rider in riders:
             if rider.started_at is None:
                 continue
-            for seq in [s for s in rider.made if s <= rider.stream.acked]:  # acked since: latency
-                made = rider.made.pop(seq)
-                ms = (began - made) * 1000.0
-                rider.ack_ms.record(ms)
-                if storm[0] <= made <= storm[1]:
-                    during.record(ms)
+            if not rider.watched:  # (the in-class riders' acks are timed by _ack_watch)
+                for seq in [s for s in rider.made if s <= rider.stream.acked]:
+                    del rider.made[seq]
             row = rider.stream.new_sample(time.time(), 150.0 + rider.index % 100, 130.0)
             rider.made[row[0]] = began
             await rider.client.send_rows(rider.stream, [row])
         await asyncio.sleep(max(0.0, period_s - (time.monotonic() - began)))
+
+
+class AckTimes:
+    """The in-class riders' sample -> acknowledgement times, before, during and after the storm."""
+
+    def __init__(self) -> None:
+        self.storm: tuple[float, float] | None = None  # (monotonic) while the joiners come in and wait
+        self.before, self.during, self.after = LatencyHistogram(), LatencyHistogram(), LatencyHistogram()
+
+    def record(self, made: float, ms: float) -> None:
+        if self.storm is None or made < self.storm[0]:
+            self.before.record(ms)
+        elif made <= self.storm[1]:
+            self.during.record(ms)
+        else:
+            self.after.record(ms)
+
+
+async def _ack_watch(riders: list[Rider], times: AckTimes, stop: asyncio.Event, every_s: float = 0.05) -> None:
+    """Times the in-class riders' acks to within ``every_s`` (the sampler's period is too coarse)."""
+    while not stop.is_set():
+        now = time.monotonic()
+        for rider in riders:
+            if rider.made and min(rider.made) <= rider.stream.acked:
+                for seq in [s for s in rider.made if s <= rider.stream.acked]:
+                    made = rider.made.pop(seq)
+                    times.record(made, (now - made) * 1000.0)
+        await asyncio.sleep(every_s)
 
 
 async def _queue_gauge(urls: list[str], headers: dict[str, str], series: list[tuple[float, float]], origin: float,
@@ -241,91 +311,105 @@ async def storm(args: argparse.Namespace, urls: list[str], secret: str) -> dict[
         (await http.post(f"/v1/sessions/{sid}/phase", json={"phase": "live"})).raise_for_status()
         n = args.in_class + args.joiners
         times = sorted(rng.uniform(0, args.window_s) for _ in range(args.joiners))
-        riders = []
-        for i in range(n):
-            joins_at = 0.0 if i < args.in_class else times[i - args.in_class]
-            stream_device, participant = f"{sid}-d{i}", f"{sid}-r{i}"
-            riders.append(Rider(i, sid, urls[i % len(urls)], token(kind="device", device=stream_device, participant=participant,
-                                                   sessions=[sid]), joins_at))
+        riders = [Rider(i, sid, 0.0 if i < args.in_class else times[i - args.in_class]) for i in range(n)]
         in_class, joiners = riders[:args.in_class], riders[args.in_class:]
-        stop, during = asyncio.Event(), LatencyHistogram()
+        in_class_clients = _connect(in_class, args.hub_size, urls, sid, token)
+        joiner_clients = _connect(joiners, args.hub_size, urls, sid, token)
+        stop, acks = asyncio.Event(), AckTimes()
         queue_series: list[tuple[float, float]] = []
         origin = time.monotonic()
         gauge = asyncio.create_task(_queue_gauge(urls, operator, queue_series, origin, stop))
         for rider in in_class:
             rider.started_at = time.monotonic()
-            rider.client.start()
-        await asyncio.wait_for(asyncio.gather(*(r.client.ready.wait() for r in in_class)), args.admit_timeout_s)
-        _progress(f"{len(in_class)} riders in class {sid}; {len(joiners)} joiners over {args.window_s:g} s")
+        for client in in_class_clients:
+            client.start()
+        await asyncio.wait_for(asyncio.gather(*(c.ready.wait() for c in in_class_clients)), args.admit_timeout_s)
+        for rider in in_class:
+            rider.watched = True
+        sampler = asyncio.create_task(_sampler(riders, args.sample_period_s, stop))
+        watch = asyncio.create_task(_ack_watch(in_class, acks, stop))
+        _progress(f"{len(in_class)} riders in class {sid}; riding {args.baseline_s:g} s before the storm")
+        await asyncio.sleep(args.baseline_s)
+        _progress(f"{len(joiners)} joiners over {args.window_s:g} s")
         storm_origin = time.monotonic()
-        sampler = asyncio.create_task(_sampler(riders, args.sample_period_s, stop,
-                                               (storm_origin, storm_origin + args.window_s + 30), during))
+        acks.storm = (storm_origin, storm_origin + 3600.0)  # (until the last welcome, below)
         lag = LatencyHistogram()  # how late this process started a joiner (its own lag)
-        for rider in joiners:
-            delay = storm_origin + rider.joins_at - time.monotonic()
+        for k, client in enumerate(joiner_clients):
+            group = joiners[k * args.hub_size : (k + 1) * args.hub_size]
+            delay = storm_origin + group[0].joins_at - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
             else:
                 lag.record(-delay * 1000.0)
-            rider.started_at = time.monotonic()
-            rider.client.start()
+            for rider in group:
+                rider.started_at = time.monotonic()
+            client.start()
         last_report, deadline = 0.0, time.monotonic() + args.admit_timeout_s
         while time.monotonic() < deadline:
-            welcomed = sum(1 for r in joiners if r.client.welcomed_at is not None)
+            welcomed = sum(1 for r in joiners if r.welcomed_at is not None)
             if welcomed == len(joiners):
                 break
             if time.monotonic() - last_report > 5:
                 last_report = time.monotonic()
-                queued = sum(1 for r in joiners if r.client.queue_first is not None)
+                queued = sum(1 for r in joiners if r.queued_at is not None)
                 _progress(f"welcomed {welcomed}/{len(joiners)}, queued at some point {queued}, "
                           f"edge queue {queue_series[-1][1] if queue_series else '?'}")
             await asyncio.sleep(0.2)
         admit_done = time.monotonic()
+        acks.storm = (storm_origin, admit_done)
         await asyncio.sleep(args.ride_after_s)
         stop.set()
         await asyncio.gather(sampler, gauge, return_exceptions=True)
+        stop.clear()  # the watcher goes on timing the in-class riders' last acks through the drain
+        watch.cancel()
+        watch = asyncio.create_task(_ack_watch(in_class, acks, stop))
         drain_deadline = time.monotonic() + args.drain_s
-        while any(r.stream.unacked for r in riders if r.client.welcomed_at is not None) and time.monotonic() < drain_deadline:
+        while any(r.stream.unacked for r in riders if r.welcomed_at is not None) and time.monotonic() < drain_deadline:
             await asyncio.sleep(0.2)
+        stop.set()
+        await asyncio.gather(watch, return_exceptions=True)
         (await http.post(f"/v1/sessions/{sid}/flush")).raise_for_status()
         snapshot = (await http.get(f"/v1/sessions/{sid}")).json()
         edge_view = await _edge_histograms(urls, operator)
-        await asyncio.gather(*(r.client.close() for r in riders), return_exceptions=True)
-    result = _summary(args, sid, in_class, joiners, storm_origin, admit_done, during, lag, queue_series, snapshot)
+        await asyncio.gather(*(c.close() for c in in_class_clients + joiner_clients), return_exceptions=True)
+    result = _summary(args, sid, in_class, joiners, storm_origin, admit_done, acks, lag, queue_series, snapshot)
     result["edge_histograms"] = edge_view  # (the edges', whole run: not this driver's own lag)
     result["edges"] = len(urls)
     return result
 
 
 def _summary(args: argparse.Namespace, sid: str, in_class: list[Rider], joiners: list[Rider], storm_origin: float,
-             admit_done: float, during: LatencyHistogram, lag: LatencyHistogram,
+             admit_done: float, acks: AckTimes, lag: LatencyHistogram,
              queue_series: list[tuple[float, float]], snapshot: dict[str, Any]) -> dict[str, Any]:
     riders = in_class + joiners
-    welcomed = [r for r in joiners if r.client.welcomed_at is not None]
+    welcomed = [r for r in joiners if r.welcomed_at is not None]
     waits = LatencyHistogram()
     for r in welcomed:
-        assert r.started_at is not None and r.client.welcomed_at is not None
-        waits.record((r.client.welcomed_at - r.started_at) * 1000.0)
-    queued = [r for r in joiners if r.client.queued_at is not None]
-    by_ticket = sorted((r.client.queued_at, r.client.welcomed_at) for r in queued  # type: ignore[type-var]
-                       if r.client.welcomed_at is not None)
+        assert r.started_at is not None and r.welcomed_at is not None
+        waits.record((r.welcomed_at - r.started_at) * 1000.0)
+    queued = [r for r in joiners if r.queued_at is not None]
+    by_ticket = sorted((r.queued_at, r.welcomed_at) for r in queued  # type: ignore[type-var]
+                       if r.welcomed_at is not None)
     inversions = sum(1 for a, b in zip(by_ticket, by_ticket[1:]) if a[1] > b[1] + ROUND_S)
+    worst = max((a[1] - b[1] for a, b in zip(by_ticket, by_ticket[1:])), default=0.0)
     sent = sum(r.stream.sent for r in riders)
     rejected = sum(sum(r.stream.rejected.values()) for r in riders)
     unacked = sum(len(r.stream.unacked) for r in riders)
     errors: dict[str, int] = {}
-    for r in riders:
-        for kind, count in r.client.errors.items():
+    clients = list({id(r.client): r.client for r in riders}.values())
+    for client in clients:
+        for kind, count in client.errors.items():
             errors[kind] = errors.get(kind, 0) + count
-    last_welcome = max((r.client.welcomed_at for r in welcomed), default=None)  # type: ignore[type-var]
+    last_welcome = max((r.welcomed_at for r in welcomed), default=None)  # type: ignore[type-var]
     w = waits.summary()
     return {
         "session": sid, "joiners": len(joiners), "in_class": len(in_class), "window_s": args.window_s,
         "capacity": args.capacity, "rate_per_s": args.rate, "burst": args.burst,
         "welcomed": len(welcomed), "not_welcomed": len(joiners) - len(welcomed),
-        "queued": len(queued), "max_position": max((r.client.queue_first or 0 for r in queued), default=0),
-        "queue_frames": sum(r.client.queue_frames for r in joiners),
+        "queued": len(queued), "max_position": max((r.queue_first or 0 for r in queued), default=0),
+        "queue_frames": sum(r.queue_frames for r in joiners), "connections": len(clients), "hub_size": args.hub_size,
         "admitted_in_order": inversions == 0, "order_inversions": inversions,
+        "worst_inversion_s": round(max(0.0, worst), 2),
         "time_to_admit_all_s": None if len(welcomed) < len(joiners) or last_welcome is None
         else round(last_welcome - storm_origin, 2),
         "admission_gave_up_after_s": None if len(welcomed) == len(joiners) else round(admit_done - storm_origin, 1),
@@ -333,9 +417,10 @@ def _summary(args: argparse.Namespace, sid: str, in_class: list[Rider], joiners:
         "samples": {"sent": sent, "acknowledged": sent - unacked - rejected, "rejected": rejected, "lost": unacked,
                     "applied_by_class": (snapshot.get("totals") or {}).get("applied")},
         "participants_in_class": len(snapshot.get("participants", [])),
-        "reconnects": sum(max(0, r.client.connects - 1) for r in riders),
+        "reconnects": sum(max(0, c.connects - 1) for c in clients),
         "client_errors": errors,
-        "in_class_ack_ms_during_storm": during.summary(),
+        "in_class_ack_ms": {"before_storm": acks.before.summary(), "during_storm": acks.during.summary(),
+                            "after_storm": acks.after.summary()},
         "driver_start_lag_ms": lag.summary(),
         "edge_queue_riders": queue_series[:: max(1, len(queue_series) // 60)],
     }
@@ -409,6 +494,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--burst", type=int, default=400, help="PULSELINE_ADMIT_BURST of the stack")
     p.add_argument("--sample-period-s", type=float, default=1.0, help="each rider makes a sample this often")
     p.add_argument("--admit-timeout-s", type=float, default=300.0, help="give up waiting for welcomes after this")
+    p.add_argument("--hub-size", type=int, default=1,
+                   help="riders per connection: 1 = a phone each; 30 = gym hubs (a hub's riders join together)")
+    p.add_argument("--baseline-s", type=float, default=10.0, help="the in-class riders ride this long before the storm")
     p.add_argument("--ride-after-s", type=float, default=3.0, help="keep riding this long after the last welcome")
     p.add_argument("--drain-s", type=float, default=60.0, help="wait this long for the last acknowledgements")
     p.add_argument("--ready-timeout-s", type=float, default=240.0)
