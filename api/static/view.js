@@ -10,9 +10,9 @@ import { BoardClient } from "/static/pulseline.js";  // the JS client (clients/j
   const LABELS = {
     rank: "#", participant: "Rider", energy_kj: "Output (kJ)", power_w: "Power (W)", hr_bpm: "Heart rate",
     cadence_rpm: "Cadence (rpm)", speed_mps: "Speed (km/h)", distance_m: "Distance (km)", samples: "Samples",
-    np_w: "NP (W)", power_target: "Target",
+    np_w: "NP (W)", power_target: "Target", replay_rank: "Replay #",
   };
-  const ORDER = ["rank", "participant", "energy_kj", "power_w", "power_target", "np_w", "hr_bpm", "cadence_rpm", "speed_mps", "distance_m"];
+  const ORDER = ["rank", "replay_rank", "participant", "energy_kj", "power_w", "power_target", "np_w", "hr_bpm", "cadence_rpm", "speed_mps", "distance_m"];
   const TARGET = { below: "▲ push", in: "✓ on", above: "▼ ease" };  // a rider against the segment's power target
   const AWAY_S = 15;        // a rider whose newest sample is older than this is marked away
   const CHART_S = 120;      // the chart shows the class's average power over this window
@@ -109,6 +109,11 @@ import { BoardClient } from "/static/pulseline.js";  // the JS client (clients/j
     if (at.power_target !== undefined && row[at.power_target] !== null) {  // a class plan's segment target
       parts.push(document.createTextNode(` · target: ${format("power_target", row[at.power_target])}`));
     }
+    const replay = lastBoard && lastBoard.replay;
+    if (replay && at.replay_rank !== undefined && typeof row[at.replay_rank] === "number") {  // riding on demand
+      parts.push(document.createTextNode(" · replay "), cell("strong", `#${row[at.replay_rank]}`),
+        document.createTextNode(` of ${replay.recorded + replay.here_now}`));
+    }
     $("you").replaceChildren(...parts);
     $("you").hidden = false;
   }
@@ -134,6 +139,19 @@ import { BoardClient } from "/static/pulseline.js";  // the JS client (clients/j
     }
     $("plan-next").textContent = next ? `Next: ${next.kind}${next.cue ? " — " + next.cue : ""}` : "";
     $("plan").hidden = false;
+  }
+
+  function renderReplay(replay) {  // an on-demand class: the recorded riders ("ghosts") at the offset
+    if (!replay) { $("replay").hidden = true; return; }
+    const at = typeof replay.offset_s === "number" ? `${clock(Math.round(replay.offset_s))} of ${clock(replay.class_s)}`
+      : `${clock(replay.class_s)} class`;
+    $("replay-of").textContent = `On demand: ${replay.of}`;
+    $("replay-meta").textContent = ` · ${at} · ${replay.recorded} recorded ${replay.recorded === 1 ? "rider" : "riders"}` +
+      ` · ${replay.here_now} riding now`;
+    const ghosts = replay.ghosts || [];
+    $("ghosts").replaceChildren(...ghosts.map(([name, kj]) => cell("li", `${name} — ${format("energy_kj", kj)} kJ`)));
+    $("ghosts-none").hidden = ghosts.length > 0;
+    $("replay").hidden = false;
   }
 
   function drawChart() {
@@ -163,7 +181,7 @@ import { BoardClient } from "/static/pulseline.js";  // the JS client (clients/j
   function render(board) {
     lastBoard = board;
     const at = Object.fromEntries(board.cols.map((c, i) => [c, i]));
-    const cols = ORDER.filter((c) => c in at);
+    const cols = ORDER.filter((c) => c in at && (c !== "replay_rank" || board.replay));
     renderHead(cols);
     const rows = board.rows || board.top || [];
     loadNames(rows.map((r) => r[at.participant]));
@@ -190,6 +208,7 @@ import { BoardClient } from "/static/pulseline.js";  // the JS client (clients/j
       drawChart();
     }
     renderPlan(board.plan, board.phase);
+    renderReplay(board.replay);
     $("results").hidden = board.phase !== "ended";
     $("meta").textContent = `${board.phase} · ${board.n} ${board.n === 1 ? "rider" : "riders"} · updated ${new Date(board.ts * 1000).toLocaleTimeString()}`;
   }

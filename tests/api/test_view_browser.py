@@ -133,3 +133,40 @@ def test_an_old_query_token_link_is_cleaned_and_a_bad_token_explains_itself(brow
         assert "does not give access" in (page.text_content("#note") or "")
     finally:
         context.close()
+
+
+def test_an_on_demand_class_shows_its_recorded_riders_and_the_riders_replay_rank(browser: Any, edge: Any, tokens: Any,
+                                                                                 unique_id: str) -> None:
+    from tests.api.test_on_demand import _hub, _ride
+
+    sid = f"aired-page-{unique_id}"
+    with httpx.Client(base_url=edge.url, headers=tokens.headers(), timeout=60) as http:
+        http.post("/v1/sessions", json={"id": sid}).raise_for_status()
+        http.post(f"/v1/sessions/{sid}/phase", json={"phase": "live"}).raise_for_status()
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(lambda: asyncio.run(_ride(edge.ws_url, _hub(tokens, sid, ["ann", "bob"]), sid,
+                                                  {"ann": 100.0, "bob": 400.0}, 10))).result()
+        http.post(f"/v1/sessions/{sid}/flush").raise_for_status()
+        http.post(f"/v1/sessions/{sid}/phase", json={"phase": "ended"}).raise_for_status()
+        made = http.post(f"/v1/sessions/{sid}/on-demand")
+        assert made.status_code == 201, made.text
+        od = made.json()["id"]
+    viewer = tokens("viewer", sessions=[od])
+    with ThreadPoolExecutor(1) as pool:  # zed rides the replay at 300 W while the page watches
+        riding = pool.submit(lambda: asyncio.run(_ride(edge.ws_url, _hub(tokens, od, ["zed"]), od, {"zed": 300.0}, 20)))
+        context, page, _ = _open(browser, f"{edge.url}/v1/sessions/{od}/view?participant=zed#token={viewer}")
+        try:
+            expect(page.locator("#replay")).to_be_visible(timeout=30000)
+            expect(page.locator("#replay-of")).to_have_text(f"On demand: {sid}")
+            expect(page.locator("#replay-meta")).to_contain_text("2 recorded riders · 1 riding now", timeout=20000)
+            expect(page.locator("#ghosts li")).to_have_count(2, timeout=20000)
+            ghosts = page.eval_on_selector_all("#ghosts li", "items => items.map(i => i.textContent)")
+            assert ghosts[0].startswith("bob — ") and ghosts[1].startswith("ann — "), ghosts  # ahead: bob's 400 W
+            assert "Replay #" in (page.text_content("#head") or "")
+            # 300 W: behind bob's 400 W, ahead of ann's 100 W at the same offset
+            expect(page.locator("#you")).to_contain_text("replay #2 of 3", timeout=30000)
+            page.set_viewport_size({"width": 390, "height": 844})  # a phone: no sideways scrolling
+            assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+        finally:
+            context.close()
+            riding.result()
