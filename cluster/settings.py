@@ -185,7 +185,9 @@ class Settings(BaseSettings):
     # row (its loop hung, or stopped by SIGSTOP or a debugger) is killed and restarted, as a
     # Kubernetes liveness probe would. liveness_failures = 0: no probe (attaching a debugger).
     liveness_period_s: float = Field(default=5.0, gt=0)
-    liveness_timeout_s: float = Field(default=2.0, gt=0)  # per probe
+    # per probe; generous, so that an edge that is only overloaded (its loop seconds late) is
+    # not killed with all its riders: their clients' own stall check moves them first
+    liveness_timeout_s: float = Field(default=5.0, gt=0)
     liveness_failures: int = Field(default=3, ge=0)
     # An ended class's Redis keys expire this long after it ended (0 = keep for ever);
     # cluster/session_records.py. Results published to leaderboards are not affected.

@@ -89,7 +89,7 @@ class Liveness:
     """The liveness probe (``Settings.liveness_*``)."""
 
     period_s: float = 5.0
-    timeout_s: float = 2.0
+    timeout_s: float = 5.0
     failures: int = 3  # unanswered probes in a row before the kill; 0 = no probe
     # A process that has not answered once since it started is given this long (an edge
     # attaching to Ray on a busy box takes tens of seconds) before its misses count.
