@@ -52,6 +52,18 @@ def redis_server_binary() -> str:
     return found
 
 
+def ping_reply(address: tuple[str, int], timeout_s: float) -> bytes:
+    """The first bytes a Redis at ``address`` answers to ``PING`` (b"" when it does not, in
+    ``timeout_s``): ``+PONG``, ``-NOAUTH``, ``-LOADING``... each caller decides what counts."""
+    try:
+        with socket.create_connection(address, timeout=timeout_s) as s:
+            s.settimeout(timeout_s)
+            s.sendall(b"PING\r\n")
+            return s.recv(64)
+    except OSError:
+        return b""
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -117,23 +129,12 @@ class EmbeddedRedis:
         raise RedisStartError(f"redis-server did not answer on port {self.port}")
 
     def _ping(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
-                s.sendall(b"PING\r\n")
-                return s.recv(16).startswith(b"+PONG")
-        except OSError:
-            return False
+        return ping_reply(("127.0.0.1", self.port), 0.5).startswith(b"+PONG")
 
     def answers(self, timeout_s: float) -> bool:
         """Any reply to PING within ``timeout_s`` (``-LOADING`` while it reads a big AOF
         counts: it runs); for the supervisor's liveness probe."""
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=timeout_s) as s:
-                s.settimeout(timeout_s)
-                s.sendall(b"PING\r\n")
-                return bool(s.recv(16))
-        except OSError:
-            return False
+        return bool(ping_reply(("127.0.0.1", self.port), timeout_s))
 
     def exit_code(self) -> int | None:
         """None while it runs (or before it started); its exit status once it exited."""

@@ -33,7 +33,6 @@ import json
 import logging
 import os
 import random
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -42,6 +41,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlparse
 
+from cluster.redis_server import ping_reply
 from storage.redis_url import parse
 
 from prometheus_client import Counter, Gauge
@@ -143,14 +143,7 @@ class ExternalRedis:
 
 
 def _answers(address: tuple[str, int], timeout_s: float) -> bool:
-    try:
-        with socket.create_connection(address, timeout=timeout_s) as s:
-            s.settimeout(timeout_s)
-            s.sendall(b"PING\r\n")
-            reply = s.recv(64)
-    except OSError:
-        return False
-    return reply.startswith(b"+PONG") or reply.startswith(b"-NOAUTH")  # answering is reachable
+    return ping_reply(address, timeout_s).startswith((b"+PONG", b"-NOAUTH"))  # answering is reachable
 
 
 class Supervisor:
