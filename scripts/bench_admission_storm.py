@@ -327,7 +327,8 @@ async def storm(args: argparse.Namespace, urls: list[str], secret: str) -> dict[
         for rider in in_class:
             rider.watched = True
         sampler = asyncio.create_task(_sampler(riders, args.sample_period_s, stop))
-        watch = asyncio.create_task(_ack_watch(in_class, acks, stop))
+        watched = asyncio.Event()  # (its own: the watcher times the last acks through the drain too)
+        watch = asyncio.create_task(_ack_watch(in_class, acks, watched))
         _progress(f"{len(in_class)} riders in class {sid}; riding {args.baseline_s:g} s before the storm")
         await asyncio.sleep(args.baseline_s)
         _progress(f"{len(joiners)} joiners over {args.window_s:g} s")
@@ -360,13 +361,10 @@ async def storm(args: argparse.Namespace, urls: list[str], secret: str) -> dict[
         await asyncio.sleep(args.ride_after_s)
         stop.set()
         await asyncio.gather(sampler, gauge, return_exceptions=True)
-        stop.clear()  # the watcher goes on timing the in-class riders' last acks through the drain
-        watch.cancel()
-        watch = asyncio.create_task(_ack_watch(in_class, acks, stop))
         drain_deadline = time.monotonic() + args.drain_s
         while any(r.stream.unacked for r in riders if r.welcomed_at is not None) and time.monotonic() < drain_deadline:
             await asyncio.sleep(0.2)
-        stop.set()
+        watched.set()
         await asyncio.gather(watch, return_exceptions=True)
         (await http.post(f"/v1/sessions/{sid}/flush")).raise_for_status()
         snapshot = (await http.get(f"/v1/sessions/{sid}")).json()
