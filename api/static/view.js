@@ -90,7 +90,7 @@ import { BoardClient } from "/static/pulseline.js";  // the JS client (clients/j
     $("head").replaceChildren(...cols.map((c) => cell("th", LABELS[c] || c, "col-" + c)));
   }
 
-  function renderYou(row, at, n) {
+  function renderYou(row, at, n, replay) {
     if (!row) {  // no viewer of its own, or a rider (?participant=) the class does not have
       $("you").replaceChildren(document.createTextNode(you === null ? "" : `${you} is not riding in this class (yet)`));
       $("you").hidden = you === null;
@@ -109,7 +109,6 @@ import { BoardClient } from "/static/pulseline.js";  // the JS client (clients/j
     if (at.power_target !== undefined && row[at.power_target] !== null) {  // a class plan's segment target
       parts.push(document.createTextNode(` · target: ${format("power_target", row[at.power_target])}`));
     }
-    const replay = lastBoard && lastBoard.replay;
     if (replay && at.replay_rank !== undefined && typeof row[at.replay_rank] === "number") {  // riding on demand
       parts.push(document.createTextNode(" · replay "), cell("strong", `#${row[at.replay_rank]}`),
         document.createTextNode(` of ${replay.recorded + replay.here_now}`));
@@ -199,7 +198,7 @@ import { BoardClient } from "/static/pulseline.js";  // the JS client (clients/j
       }));
       return tr;
     }));
-    renderYou(mine || (you !== null ? board.you : null), at, board.n);
+    renderYou(mine || (you !== null ? board.you : null), at, board.n, board.replay);
     const powers = rows.map((r) => r[at.power_w]).filter((v) => typeof v === "number");
     if (board.version !== lastVersion) {
       lastVersion = board.version;
